@@ -67,7 +67,17 @@ def macros(header):
     return defs
 
 
-def split_macros(defs):
+def enum_constants(cdef):
+    """The enumerators declared in ``cdef`` (macros may be written in terms of them)."""
+    import cffi
+
+    ffi = cffi.FFI()
+    ffi.cdef(cdef)
+    lib = ffi.dlopen(None)
+    return {name: getattr(lib, name) for name in dir(lib)}
+
+
+def split_macros(defs, enums):
     constants, ioctls = {}, {}
     for name in sorted(defs):
         if not name.startswith("KVM"):
@@ -78,7 +88,7 @@ def split_macros(defs):
             ioctls[name] = (m.group(1) or "", m.group(2), m.group(3), m.group(4))
             continue
         try:
-            constants[name] = c_int_eval(body, dict(constants))
+            constants[name] = c_int_eval(body, {**enums, **constants})
         except Exception:
             pass  # strings, function-like macros, expressions over types
     return constants, ioctls
@@ -134,8 +144,8 @@ def main():
     ap.add_argument("--header", default="linux/kvm.h")
     ap.add_argument("--out", default=DEFAULT_OUT)
     args = ap.parse_args()
-    constants, ioctls = split_macros(macros(args.header))
     cdef = declarations(args.header)
+    constants, ioctls = split_macros(macros(args.header), enum_constants(cdef))
     text = render(args.header, cdef, constants, sizable(cdef, ioctls))
     with open(args.out, "w") as f:
         f.write(text)

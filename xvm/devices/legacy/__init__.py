@@ -1,0 +1,1 @@
+"""PC legacy devices: the 8250/16550A UART, the i8042 reset line, ACPI PM registers."""
