@@ -1,0 +1,420 @@
+/*
+ * cvmm: a tiny KVM VMM in C, the performance baseline for xvm.
+ *
+ * Boots a test guest ELF through its PVH entry exactly as xvm does:
+ * KVM_CREATE_VM, KVM_CREATE_IRQCHIP, RAM at GPA 0, PT_LOAD segments copied
+ * to their physical addresses, struct hvm_start_info + command line,
+ * 32-bit flat protected mode (paging off), rip = PVH entry,
+ * rbx = start_info, rflags = 2, CPUID from KVM_GET_SUPPORTED_CPUID.
+ *
+ * Port I/O handled in userspace: 8250 THR (0x3f8) -> stdout, LSR (0x3fd)
+ * reads 0x60, scratch (0x3ff) writes counted, 0x604 SLP_EN -> exit 0,
+ * i8042 reset (0x64 <- 0xfe) -> exit 2, port 0x80 ignored.
+ *
+ * Timing: wall time between the guest's "bench start" and "bench done"
+ * lines, and ns per PIO exit over that window, printed to stderr.
+ *
+ * usage: cvmm [-c vcpus] [-m MiB] [-q] guest.elf ["cmdline"]
+ */
+#define _GNU_SOURCE
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define START_INFO_GPA	0x6000
+#define MEMMAP_GPA	0x6100
+#define CMDLINE_GPA	0x20000
+#define CMDLINE_MAX	4096
+#define XEN_ELFNOTE_PHYS32_ENTRY 18
+#define XEN_HVM_START_MAGIC_VALUE 0x336ec578
+#define MAX_VCPUS	32
+
+struct hvm_start_info {
+	uint32_t magic, version, flags, nr_modules;
+	uint64_t modlist_paddr, cmdline_paddr, rsdp_paddr, memmap_paddr;
+	uint32_t memmap_entries, reserved;
+};
+
+struct hvm_memmap_table_entry {
+	uint64_t addr, size;
+	uint32_t type, reserved;
+};
+
+static int kvm_fd, vm_fd, run_size, nr_vcpus = 1, quiet;
+static uint8_t *ram;
+static uint64_t ram_size = 128ull << 20;
+static uint32_t pvh_entry;
+static struct kvm_cpuid2 *cpuid;
+
+/* statistics and the bench window, updated by the vCPU threads */
+static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t exits_total, exits_io, scratch_writes, bench_scratch0;
+static struct timespec bench_t0;
+static char line[512];
+static size_t line_len;
+static uint8_t uart_regs[8];
+
+static void __attribute__((noreturn)) die(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, "cvmm: ");
+	vfprintf(stderr, fmt, ap);
+	if (errno)
+		fprintf(stderr, ": %s", strerror(errno));
+	fprintf(stderr, "\n");
+	va_end(ap);
+	exit(1);
+}
+
+static double now_diff_ns(const struct timespec *a, const struct timespec *b)
+{
+	return (b->tv_sec - a->tv_sec) * 1e9 + (b->tv_nsec - a->tv_nsec);
+}
+
+static void load_elf(const char *path)
+{
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		die("open %s", path);
+	struct stat st;
+	fstat(fd, &st);
+	uint8_t *img = mmap(NULL, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	if (img == MAP_FAILED)
+		die("mmap %s", path);
+	Elf64_Ehdr *eh = (Elf64_Ehdr *)img;
+	errno = 0;
+	if ((size_t)st.st_size < sizeof(*eh) || memcmp(eh->e_ident, ELFMAG, SELFMAG) ||
+	    eh->e_ident[EI_CLASS] != ELFCLASS64 || eh->e_machine != EM_X86_64)
+		die("%s: not an x86-64 ELF64 image", path);
+	if (eh->e_phoff + (uint64_t)eh->e_phnum * sizeof(Elf64_Phdr) > (uint64_t)st.st_size)
+		die("%s: program headers out of file", path);
+	Elf64_Phdr *ph = (Elf64_Phdr *)(img + eh->e_phoff);
+	for (int i = 0; i < eh->e_phnum; i++) {
+		if (ph[i].p_offset + ph[i].p_filesz > (uint64_t)st.st_size)
+			die("%s: segment %d out of file", path, i);
+		if (ph[i].p_type == PT_LOAD) {
+			if (ph[i].p_paddr + ph[i].p_memsz > ram_size || ph[i].p_filesz > ph[i].p_memsz)
+				die("%s: segment %d does not fit in RAM", path, i);
+			memcpy(ram + ph[i].p_paddr, img + ph[i].p_offset, ph[i].p_filesz);
+			memset(ram + ph[i].p_paddr + ph[i].p_filesz, 0, ph[i].p_memsz - ph[i].p_filesz);
+		} else if (ph[i].p_type == PT_NOTE) {
+			uint64_t off = 0;
+			while (off + sizeof(Elf64_Nhdr) <= ph[i].p_filesz) {
+				Elf64_Nhdr *n = (Elf64_Nhdr *)(img + ph[i].p_offset + off);
+				const char *name = (const char *)(n + 1);
+				uint64_t desc = off + sizeof(*n) + ((n->n_namesz + 3) & ~3u);
+				if (n->n_type == XEN_ELFNOTE_PHYS32_ENTRY && n->n_namesz == 4 &&
+				    !memcmp(name, "Xen", 4) && n->n_descsz >= 4 && desc + 4 <= ph[i].p_filesz)
+					memcpy(&pvh_entry, img + ph[i].p_offset + desc, 4);
+				off = desc + ((n->n_descsz + 3) & ~3u);
+			}
+		}
+	}
+	if (!pvh_entry)
+		die("%s: no PVH entry note (Xen, type 18)", path);
+	munmap(img, st.st_size);
+	close(fd);
+}
+
+static void setup_start_info(const char *cmdline)
+{
+	struct hvm_start_info *si = (void *)(ram + START_INFO_GPA);
+	struct hvm_memmap_table_entry *mm = (void *)(ram + MEMMAP_GPA);
+	size_t n = strlen(cmdline);
+	if (n >= CMDLINE_MAX)
+		n = CMDLINE_MAX - 1;
+	memcpy(ram + CMDLINE_GPA, cmdline, n);
+	ram[CMDLINE_GPA + n] = 0;
+	mm[0] = (struct hvm_memmap_table_entry){ 0, 0x9fc00, 1, 0 };
+	mm[1] = (struct hvm_memmap_table_entry){ 0x100000, ram_size - 0x100000, 1, 0 };
+	*si = (struct hvm_start_info){
+		.magic = XEN_HVM_START_MAGIC_VALUE, .version = 1,
+		.cmdline_paddr = CMDLINE_GPA, .memmap_paddr = MEMMAP_GPA, .memmap_entries = 2,
+	};
+}
+
+static void setup_cpuid(void)
+{
+	int n = 256;
+	cpuid = calloc(1, sizeof(*cpuid) + n * sizeof(struct kvm_cpuid_entry2));
+	cpuid->nent = n;
+	if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, cpuid) < 0)
+		die("KVM_GET_SUPPORTED_CPUID");
+}
+
+static void setup_vcpu(int vcpu_fd, int index)
+{
+	/* CPUID: supported set, with this vCPU's APIC ID in leaf 1 */
+	for (uint32_t i = 0; i < cpuid->nent; i++)
+		if (cpuid->entries[i].function == 1)
+			cpuid->entries[i].ebx = (cpuid->entries[i].ebx & 0x00ffffff) | ((uint32_t)index << 24);
+	if (ioctl(vcpu_fd, KVM_SET_CPUID2, cpuid) < 0)
+		die("KVM_SET_CPUID2");
+	if (index != 0)
+		return;	/* APs wait for INIT/SIPI in the in-kernel LAPIC */
+
+	struct kvm_sregs s;
+	if (ioctl(vcpu_fd, KVM_GET_SREGS, &s) < 0)
+		die("KVM_GET_SREGS");
+	struct kvm_segment code = {
+		.base = 0, .limit = 0xffffffff, .selector = 0x08, .type = 0xb,
+		.present = 1, .dpl = 0, .db = 1, .s = 1, .l = 0, .g = 1,
+	};
+	struct kvm_segment data = code;
+	data.selector = 0x10;
+	data.type = 0x3;
+	s.cs = code;
+	s.ds = s.es = s.fs = s.gs = s.ss = data;
+	s.cr0 = 0x11;	/* PE | ET, paging off */
+	s.cr4 = 0;
+	s.efer = 0;
+	if (ioctl(vcpu_fd, KVM_SET_SREGS, &s) < 0)
+		die("KVM_SET_SREGS");
+
+	struct kvm_regs r = { 0 };
+	r.rip = pvh_entry;
+	r.rbx = START_INFO_GPA;
+	r.rflags = 2;
+	if (ioctl(vcpu_fd, KVM_SET_REGS, &r) < 0)
+		die("KVM_SET_REGS");
+}
+
+static void console_char(uint8_t c)
+{
+	if (!quiet)
+		putchar(c);
+	if (c == '\n') {
+		line[line_len] = 0;
+		if (!strncmp(line, "bench start", 11)) {
+			clock_gettime(CLOCK_MONOTONIC, &bench_t0);
+			bench_scratch0 = scratch_writes;
+		} else if (!strncmp(line, "bench done", 10)) {
+			struct timespec t1;
+			clock_gettime(CLOCK_MONOTONIC, &t1);
+			double ns = now_diff_ns(&bench_t0, &t1);
+			uint64_t n = scratch_writes - bench_scratch0;
+			fflush(stdout);
+			fprintf(stderr, "cvmm: bench %lu PIO exits in %.3f ms: %.0f ns per PIO exit\n",
+				n, ns / 1e6, n ? ns / n : 0.0);
+		}
+		line_len = 0;
+		fflush(stdout);
+	} else if (line_len + 1 < sizeof(line)) {
+		line[line_len++] = c;
+	}
+}
+
+static void __attribute__((noreturn)) finish(int code, const char *why)
+{
+	fflush(stdout);
+	if (!quiet || code)
+		fprintf(stderr, "cvmm: %s (exits %lu, io %lu, scratch writes %lu)\n",
+			why, exits_total, exits_io, scratch_writes);
+	exit(code);
+}
+
+/* returns the value for an IN, handles an OUT */
+static uint32_t pio(uint16_t port, int out, uint32_t val, int size)
+{
+	if (port >= 0x3f8 && port <= 0x3ff) {
+		int reg = port - 0x3f8;
+		if (out) {
+			if (reg == 0 && !(uart_regs[3] & 0x80))
+				console_char((uint8_t)val);
+			else if (reg == 7)
+				scratch_writes++;
+			uart_regs[reg] = (uint8_t)val;
+			return 0;
+		}
+		if (reg == 5)
+			return 0x60;	/* LSR: THR empty, transmitter empty */
+		if (reg == 0 || reg == 2)
+			return reg == 2 ? 0xc1 : 0;
+		return uart_regs[reg];
+	}
+	if (port == 0x604 && out && size == 2) {
+		if (val & 0x2000)
+			finish(0, "guest powered off");
+		return 0;
+	}
+	if (port == 0x64 && out) {
+		if ((val & 0xff) == 0xfe)
+			finish(2, "guest requested reset");
+		return 0;
+	}
+	if (port == 0x64 && !out)
+		return 0;	/* i8042 status: empty */
+	if (out)
+		return 0;	/* 0x80 and anything else: ignored */
+	return 0xffffffff;
+}
+
+struct vcpu {
+	int index, fd;
+	struct kvm_run *run;
+	pthread_t thread;
+};
+
+static void *vcpu_thread(void *arg)
+{
+	struct vcpu *v = arg;
+	struct kvm_run *run = v->run;
+	for (;;) {
+		if (ioctl(v->fd, KVM_RUN, 0) < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			die("KVM_RUN vcpu %d", v->index);
+		}
+		pthread_mutex_lock(&out_lock);
+		exits_total++;
+		switch (run->exit_reason) {
+		case KVM_EXIT_IO: {
+			exits_io++;
+			uint8_t *data = (uint8_t *)run + run->io.data_offset;
+			for (uint32_t i = 0; i < run->io.count; i++, data += run->io.size) {
+				int out = run->io.direction == KVM_EXIT_IO_OUT;
+				uint32_t val = 0;
+				if (out)
+					memcpy(&val, data, run->io.size);
+				val = pio(run->io.port, out, val, run->io.size);
+				if (!out)
+					memcpy(data, &val, run->io.size);
+			}
+			break;
+		}
+		case KVM_EXIT_MMIO:
+			if (!run->mmio.is_write)
+				memset(run->mmio.data, 0xff, sizeof(run->mmio.data));
+			if (!quiet)
+				fprintf(stderr, "cvmm: vcpu %d: unhandled MMIO %s at %#llx\n", v->index,
+					run->mmio.is_write ? "write" : "read", run->mmio.phys_addr);
+			break;
+		case KVM_EXIT_HLT:
+			break;
+		case KVM_EXIT_SHUTDOWN: {
+			pthread_mutex_unlock(&out_lock);
+			struct kvm_regs r;
+			ioctl(v->fd, KVM_GET_REGS, &r);
+			fprintf(stderr, "cvmm: vcpu %d: shutdown (triple fault?) rip=%#llx\n", v->index, r.rip);
+			finish(3, "shutdown");
+		}
+		case KVM_EXIT_INTERNAL_ERROR: {
+			pthread_mutex_unlock(&out_lock);
+			struct kvm_regs r;
+			ioctl(v->fd, KVM_GET_REGS, &r);
+			fprintf(stderr, "cvmm: vcpu %d: internal error suberror %u rip=%#llx", v->index,
+				run->internal.suberror, r.rip);
+			for (uint32_t i = 0; i < run->internal.ndata && i < 16; i++)
+				fprintf(stderr, " %#llx", run->internal.data[i]);
+			fprintf(stderr, "\n");
+			finish(4, "internal error");
+		}
+		case KVM_EXIT_FAIL_ENTRY:
+			pthread_mutex_unlock(&out_lock);
+			fprintf(stderr, "cvmm: vcpu %d: entry failed, reason %#llx\n", v->index,
+				run->fail_entry.hardware_entry_failure_reason);
+			finish(4, "entry failure");
+		case KVM_EXIT_SYSTEM_EVENT:
+			pthread_mutex_unlock(&out_lock);
+			finish(run->system_event.type == KVM_SYSTEM_EVENT_RESET ? 2 : 0, "system event");
+		default:
+			pthread_mutex_unlock(&out_lock);
+			fprintf(stderr, "cvmm: vcpu %d: unhandled exit reason %u\n", v->index, run->exit_reason);
+			finish(4, "unhandled exit");
+		}
+		pthread_mutex_unlock(&out_lock);
+	}
+	return NULL;
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: cvmm [-c vcpus] [-m MiB] [-q] guest.elf [\"cmdline\"]\n");
+	exit(1);
+}
+
+int main(int argc, char **argv)
+{
+	int opt;
+	while ((opt = getopt(argc, argv, "c:m:q")) != -1) {
+		switch (opt) {
+		case 'c':
+			nr_vcpus = atoi(optarg);
+			if (nr_vcpus < 1 || nr_vcpus > MAX_VCPUS)
+				usage();
+			break;
+		case 'm':
+			ram_size = strtoull(optarg, NULL, 0) << 20;
+			if (ram_size < (8ull << 20) || ram_size > (3ull << 30))
+				usage();
+			break;
+		case 'q':
+			quiet = 1;
+			break;
+		default:
+			usage();
+		}
+	}
+	if (optind >= argc)
+		usage();
+	const char *elf = argv[optind];
+	const char *cmdline = optind + 1 < argc ? argv[optind + 1] : "";
+
+	kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (kvm_fd < 0)
+		die("open /dev/kvm");
+	if (ioctl(kvm_fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION)
+		die("KVM API version mismatch");
+	vm_fd = ioctl(kvm_fd, KVM_CREATE_VM, 0);
+	if (vm_fd < 0)
+		die("KVM_CREATE_VM");
+	ioctl(vm_fd, KVM_SET_TSS_ADDR, 0xfffbd000UL);	/* VMX real mode needs it; harmless elsewhere */
+	if (ioctl(vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
+		die("KVM_CREATE_IRQCHIP");
+	run_size = ioctl(kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+	if (run_size <= 0)
+		die("KVM_GET_VCPU_MMAP_SIZE");
+
+	ram = mmap(NULL, ram_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (ram == MAP_FAILED)
+		die("mmap guest RAM");
+	struct kvm_userspace_memory_region region = {
+		.slot = 0, .guest_phys_addr = 0, .memory_size = ram_size, .userspace_addr = (uint64_t)ram,
+	};
+	if (ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
+		die("KVM_SET_USER_MEMORY_REGION");
+
+	load_elf(elf);
+	setup_start_info(cmdline);
+	setup_cpuid();
+
+	static struct vcpu vcpus[MAX_VCPUS];
+	for (int i = 0; i < nr_vcpus; i++) {
+		struct vcpu *v = &vcpus[i];
+		v->index = i;
+		v->fd = ioctl(vm_fd, KVM_CREATE_VCPU, i);
+		if (v->fd < 0)
+			die("KVM_CREATE_VCPU %d", i);
+		v->run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd, 0);
+		if (v->run == MAP_FAILED)
+			die("mmap kvm_run");
+		setup_vcpu(v->fd, i);
+	}
+	for (int i = 1; i < nr_vcpus; i++)
+		pthread_create(&vcpus[i].thread, NULL, vcpu_thread, &vcpus[i]);
+	vcpu_thread(&vcpus[0]);
+	return 0;
+}
