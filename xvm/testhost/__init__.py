@@ -1,0 +1,35 @@
+"""The HVM test host: where tests boot unmodified Linux guests on hosts without VT-x/AMD-V.
+
+/dev/kvm on the project's machines is PVM and cannot run unmodified kernels. The test host is a
+QEMU-TCG machine (``-accel tcg,thread=multi -cpu max -smp 2``, emulated AMD-V) running Debian's
+generic kernel with kvm_amd, so that inside it /dev/kvm is hardware-assisted and xvm (or QEMU,
+the peer) boots unmodified Debian kernels as nested guests. See /work/shared/ENVIRONMENT.md.
+
+Setup (idempotent): ``scripts/setup-testhost.sh`` installs qemu-system-x86 and busybox-static,
+downloads the kernels into ``$XVM_CACHE`` (default /var/cache/xvm) without installing them, and
+runs ``python3 -m xvm.testhost prepare``.
+
+Use::
+
+    from xvm.testhost import TestHost
+    result = TestHost(stream=sys.stderr).run(["python3", "-m", "pytest", "tests/hvm"], timeout=1800)
+    result.exit_status, result.output
+
+    python3 -m xvm.testhost run [--timeout S] -- CMD...
+
+Where this machine itself has vmx/svm (real hardware, or inside the test host), ``run`` simply
+runs the command here (``mode="direct"``). For nested guests: :func:`cloud_kernel` (paths of the
+cached Debian cloud kernel: bzImage and extracted vmlinux) and :func:`nested_initramfs` (a tiny
+busybox initramfs whose init prints :data:`NESTED_MARKER` and powers off).
+"""
+from .cache import GuestKernel, cache_dir, cloud_kernel, guest_kernel
+from .errors import (NotPreparedError, QemuMissingError, TestHostCrashed, TestHostError,
+                     TestHostTimeout, SETUP_COMMAND)
+from .host import Result, TestHost, hardware_virtualization, qemu_path
+from .initramfs import NESTED_MARKER, nested_initramfs
+
+__all__ = [
+    "GuestKernel", "NESTED_MARKER", "NotPreparedError", "QemuMissingError", "Result", "SETUP_COMMAND",
+    "TestHost", "TestHostCrashed", "TestHostError", "TestHostTimeout", "cache_dir", "cloud_kernel",
+    "guest_kernel", "hardware_virtualization", "nested_initramfs", "qemu_path",
+]

@@ -1,0 +1,344 @@
+"""TestHost: run a command where /dev/kvm is hardware-assisted.
+
+On a host with vmx/svm the command simply runs here (``mode="direct"``). Otherwise (PVM hosts)
+it runs inside the TCG test host (``mode="tcg"``): QEMU in software emulation, ``-cpu max``
+(emulated AMD-V), Debian's generic kernel with kvm_amd, the host's root shared read-only over
+virtio-9p under a tmpfs overlay, and one writable 9p share -- the results directory, mounted at
+the same path as on the host. The job runs in ``cwd`` with a clean environment; its exit status
+comes back in ``<results>/.xvm-testhost/status`` (and as a marker line on the serial console).
+Every run has a timeout and is retried once on a hang (ENVIRONMENT.md: rare TCG hangs).
+"""
+import dataclasses
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from . import cache, initramfs
+from .errors import QemuMissingError, TestHostCrashed, TestHostError, TestHostTimeout
+
+QEMU = "qemu-system-x86_64"
+CTL_DIR = ".xvm-testhost"
+TAIL_LINES = 60
+# Variables passed from the caller's environment into the job (besides PATH, HOME, LANG).
+PASSED_ENV = ("PYENV_VERSION", "PYTEST_ADDOPTS", "TZ")
+
+
+def hardware_virtualization() -> bool:
+    """True when this machine has VT-x/AMD-V (vmx/svm in /proc/cpuinfo) and /dev/kvm."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return ("vmx" in flags or "svm" in flags) and os.path.exists("/dev/kvm")
+    except OSError:
+        pass
+    return False
+
+
+def qemu_path() -> str | None:
+    return shutil.which(QEMU)
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    exit_status: int
+    output: str  # what the command wrote (console text between the begin and exit markers)
+    console: str  # the whole serial console (in direct mode: the output)
+    mode: str  # "tcg" or "direct"
+    attempts: int
+    duration: float  # seconds, the successful attempt, QEMU start to exit
+    boot_time: float | None  # seconds from QEMU start until the command started (tcg only)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+class TestHost:
+    """Boots the TCG test host for each :meth:`run` (or runs directly on HVM hosts).
+
+    ``stream``: a text file (e.g. sys.stderr) that receives the console as it arrives.
+    ``mode``: "auto" (direct where hardware_virtualization(), else tcg), "tcg" or "direct".
+    """
+
+    __test__ = False
+
+    def __init__(self, *, mode="auto", memory="4G", smp=2, boot_timeout=180.0, retries=1,
+                 stream=None, pvh=True, qemu_args=(), kernel_args=""):
+        if mode not in ("auto", "tcg", "direct"):
+            raise ValueError(f"mode must be auto, tcg or direct, not {mode!r}")
+        if mode == "auto":
+            mode = "direct" if hardware_virtualization() else "tcg"
+        self.mode = mode
+        self.memory = memory
+        self.smp = smp
+        self.boot_timeout = boot_timeout
+        self.retries = retries
+        self.stream = stream
+        self.pvh = pvh
+        self.qemu_args = list(qemu_args)
+        self.kernel_args = kernel_args
+        self._prepared = None
+
+    # --- setup ------------------------------------------------------------------------------
+
+    def prepare(self):
+        """Check QEMU and the cached kernels, build the initramfs (cached). Raises
+        QemuMissingError or NotPreparedError (naming scripts/setup-testhost.sh)."""
+        if self.mode == "direct":
+            return None
+        if self._prepared is None:
+            qemu = qemu_path()
+            if qemu is None:
+                raise QemuMissingError()
+            package, initrd = initramfs.testhost_initramfs()
+            kernel = package.bzimage
+            if self.pvh:
+                kernel = cache.extract_vmlinux(package.bzimage, cache.build_dir() / f"vmlinux-{package.release}")
+            self._prepared = (qemu, kernel, initrd)
+        return self._prepared
+
+    def qemu_command(self, results_dir: Path) -> list[str]:
+        qemu, kernel, initrd = self.prepare()
+        append = " ".join([
+            "console=ttyS0", "quiet", "loglevel=3", "panic=-1", "mitigations=off",
+            "random.trust_cpu=on", "8250.nr_uarts=1",
+            f"xvm.results={results_dir}",
+            f"xvm.python={os.path.realpath(sys.executable)}",
+            f"xvm.keeper={Path(__file__).with_name('keeper.py').resolve()}",
+            self.kernel_args,
+        ]).strip()
+        return [
+            qemu, "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(self.smp),
+            "-m", str(self.memory), "-M", "pc", "-nodefaults", "-no-user-config",
+            "-display", "none", "-no-reboot",
+            "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
+            "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
+            "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
+            "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
+            "-fsdev", f"local,id=results,path={results_dir},security_model=none",
+            "-device", "virtio-9p-pci,fsdev=results,mount_tag=xvmresults",
+            *self.qemu_args,
+        ]
+
+    # --- running ----------------------------------------------------------------------------
+
+    def run(self, command, timeout=1800.0, *, cwd=None, env=None, results_dir=None) -> Result:
+        """Run ``command`` (a shell string or an argv list) and return its Result.
+
+        ``cwd`` defaults to the current directory (it must be on the host's root filesystem,
+        which the test host sees unchanged). ``env`` adds variables. ``results_dir`` is the
+        writable share, at the same path inside and out; by default a temporary directory
+        that is removed afterwards.
+        """
+        cwd = Path(cwd or os.getcwd()).resolve()
+        if self.mode == "direct":
+            return self._run_direct(command, timeout, cwd, env)
+        self.prepare()
+        own_dir = results_dir is None
+        results = Path(tempfile.mkdtemp(prefix="xvm-testhost-") if own_dir else results_dir).resolve()
+        if any(c.isspace() for c in str(results)):
+            raise ValueError(f"results_dir must not contain white space: {results}")
+        try:
+            ctl = results / CTL_DIR
+            ctl.mkdir(parents=True, exist_ok=True)
+            (ctl / "job.sh").write_text(_job_script(command, cwd, self._job_env(cwd, env)))
+            last = None
+            for attempt in range(1, self.retries + 2):
+                try:
+                    return self._attempt(results, timeout, attempt)
+                except TestHostTimeout as e:
+                    last = e
+                    self._say(f"xvm.testhost: attempt {attempt} timed out; "
+                              + ("retrying" if attempt <= self.retries else "giving up"))
+            raise last
+        finally:
+            if own_dir:
+                shutil.rmtree(results, ignore_errors=True)
+
+    def _job_env(self, cwd, extra):
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"),
+            "HOME": os.environ.get("HOME", "/root"),
+            "LANG": "C.UTF-8",
+            "TERM": "dumb",
+            "PYTHONUNBUFFERED": "1",
+            "XVM_TESTHOST_INNER": "1",
+            "XVM_CACHE": str(cache.cache_dir()),
+        }
+        python_dir = str(Path(sys.executable).parent)
+        if python_dir not in env["PATH"].split(":"):
+            env["PATH"] = python_dir + ":" + env["PATH"]
+        pythonpath = [str(cwd)] + [p for p in os.environ.get("PYTHONPATH", "").split(":") if p]
+        env["PYTHONPATH"] = ":".join(pythonpath)
+        for key, value in os.environ.items():
+            if key in PASSED_ENV or (key.startswith("XVM_") and key not in env):
+                env[key] = value
+        env.update(extra or {})
+        return env
+
+    def _say(self, text):
+        if self.stream is not None:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def _attempt(self, results, timeout, attempt) -> Result:
+        ctl = results / CTL_DIR
+        status_file = ctl / "status"
+        status_file.unlink(missing_ok=True)
+        argv = self.qemu_command(results)
+        console = _Console(self.stream, initramfs.BEGIN_MARKER)
+        start = time.monotonic()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        reader = threading.Thread(target=console.pump, args=(proc.stdout,), daemon=True)
+        reader.start()
+        hung = None
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                elapsed = time.monotonic() - start
+                if console.begun is None and elapsed > self.boot_timeout:
+                    hung = f"the test host did not boot within {self.boot_timeout:.0f} s"
+                elif elapsed > timeout:
+                    hung = f"the test host run did not finish within {timeout:.0f} s"
+                if hung:
+                    _kill(proc)
+                    break
+        except BaseException:
+            _kill(proc)
+            raise
+        finally:
+            reader.join(timeout=10)
+        duration = time.monotonic() - start
+        text = console.text()
+        (ctl / f"console-{attempt}.log").write_text(text)
+        tail = _tail(text)
+        if hung:
+            raise TestHostTimeout(f"attempt {attempt}: {hung}", tail, attempt)
+        if "xvm-testhost: FATAL" in text:
+            raise TestHostCrashed(f"the test host's init failed (QEMU exit {proc.returncode})", tail, attempt)
+        status = None
+        if status_file.exists():
+            status = int(status_file.read_text().strip() or "-1")
+        else:
+            marker = _find_exit_marker(text)
+            if marker is not None:
+                status = marker
+        if status is None:
+            raise TestHostCrashed(
+                f"the test host stopped without reporting an exit status (QEMU exit {proc.returncode})",
+                tail, attempt)
+        boot_time = console.begun - start if console.begun is not None else None
+        return Result(exit_status=status, output=_between_markers(text), console=text, mode="tcg",
+                      attempts=attempt, duration=duration, boot_time=boot_time)
+
+    def _run_direct(self, command, timeout, cwd, env) -> Result:
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+        console = _Console(self.stream, None)
+        start = time.monotonic()
+        proc = subprocess.Popen(argv, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        reader = threading.Thread(target=console.pump, args=(proc.stdout,), daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            reader.join(timeout=10)
+            raise TestHostTimeout(f"command did not finish within {timeout:.0f} s", _tail(console.text()))
+        except BaseException:
+            _kill(proc)
+            raise
+        reader.join(timeout=10)
+        text = console.text()
+        return Result(exit_status=proc.returncode, output=text, console=text, mode="direct",
+                      attempts=1, duration=time.monotonic() - start, boot_time=None)
+
+
+class _Console:
+    """Collects a child's output, streams it, and notes when the begin marker went by."""
+
+    def __init__(self, stream, begin_marker):
+        self.stream = stream
+        self.begin_marker = begin_marker.encode() if begin_marker else None
+        self.begun = None
+        self._data = bytearray()
+
+    def pump(self, pipe):
+        while True:
+            chunk = pipe.read1(65536) if hasattr(pipe, "read1") else pipe.read(65536)
+            if not chunk:
+                break
+            self._data += chunk
+            if self.begun is None and self.begin_marker is not None \
+                    and self.begin_marker in self._data[-len(chunk) - 64:]:
+                self.begun = time.monotonic()
+            if self.stream is not None:
+                try:
+                    self.stream.write(chunk.decode(errors="replace").replace("\r\n", "\n"))
+                    self.stream.flush()
+                except (OSError, ValueError):
+                    self.stream = None
+
+    def text(self) -> str:
+        return bytes(self._data).decode(errors="replace").replace("\r\n", "\n").replace("\r", "")
+
+
+def _job_script(command, cwd, env) -> str:
+    lines = ["#!/bin/sh", f"cd {shlex.quote(str(cwd))} || exit 125"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
+    if isinstance(command, str):
+        lines.append(command)
+    else:
+        lines.append("exec " + shlex.join(list(command)))
+    return "\n".join(lines) + "\n"
+
+
+def _kill(proc):
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def _tail(text, lines=TAIL_LINES) -> str:
+    return "\n".join(text.rstrip("\n").split("\n")[-lines:])
+
+
+def _find_exit_marker(text):
+    for line in reversed(text.split("\n")):
+        if line.startswith(initramfs.EXIT_MARKER + " "):
+            try:
+                return int(line.split()[1])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+def _between_markers(text) -> str:
+    begin = text.find(initramfs.BEGIN_MARKER)
+    if begin < 0:
+        return ""
+    begin = text.find("\n", begin) + 1
+    end = text.rfind("\n" + initramfs.EXIT_MARKER + " ")
+    return text[begin:end + 1] if end >= begin else text[begin:]
+
+
+__all__ = ["TestHost", "Result", "TestHostError", "hardware_virtualization", "qemu_path"]
