@@ -1,0 +1,29 @@
+"""xvm — a virtual machine monitor in Python on Linux KVM.
+
+    import xvm
+    with xvm.connect() as host:
+        dom = host.define(xvm.DomainConfig(name="demo", memory_mib=64, kernel="guest.elf"))
+        dom.start()
+        dom.console.expect("login:")
+"""
+from .config import DomainConfig
+from .console import Console
+from .domain import Domain, DomainState, ShutdownTimeout
+from .errors import (
+    BootError,
+    ConfigError,
+    ConsoleTimeout,
+    GuestError,
+    HostError,
+    KvmError,
+    NotFoundError,
+    StateError,
+    XvmError,
+)
+from .host import Capabilities, Host, connect
+
+__all__ = [
+    "BootError", "Capabilities", "ConfigError", "Console", "ConsoleTimeout", "Domain", "DomainConfig",
+    "DomainState", "GuestError", "Host", "HostError", "KvmError", "NotFoundError", "ShutdownTimeout",
+    "StateError", "XvmError", "connect",
+]

@@ -1,0 +1,96 @@
+"""Typed, validated domain configuration."""
+import os
+import re
+import uuid as uuid_module
+from dataclasses import dataclass, field, fields, replace
+
+from .errors import ConfigError
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+MIN_MEMORY_MIB = 16
+MAX_VCPUS = 255
+CMDLINE_MAX = 4095
+
+
+@dataclass(frozen=True, kw_only=True)
+class DomainConfig:
+    """What a domain is: validated on construction, immutable afterwards.
+
+    ``DomainConfig(name="web", memory_mib=256, kernel="vmlinux", vcpus=2)``;
+    derive a changed copy with :meth:`replace`.
+    """
+
+    name: str
+    memory_mib: int
+    kernel: str
+    uuid: uuid_module.UUID = None
+    vcpus: int = 1
+    initrd: str = None
+    cmdline: str = ""
+    disks: tuple = field(default=())
+    nics: tuple = field(default=())
+
+    def __post_init__(self):
+        set_ = object.__setattr__.__get__(self)
+        if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
+            raise ConfigError(
+                f"domain name {self.name!r} is invalid: use 1-64 letters, digits, '_', '.', '+' or '-', "
+                "starting with a letter or digit"
+            )
+        set_("uuid", _uuid(self.uuid))
+        if not _is_int(self.vcpus) or not 1 <= self.vcpus <= MAX_VCPUS:
+            raise ConfigError(f"vcpus must be an integer from 1 to {MAX_VCPUS}, not {self.vcpus!r}")
+        if not _is_int(self.memory_mib) or self.memory_mib < MIN_MEMORY_MIB:
+            raise ConfigError(f"memory_mib must be an integer of at least {MIN_MEMORY_MIB}, not {self.memory_mib!r}")
+        set_("kernel", _boot_file(self.kernel, "kernel"))
+        if self.initrd is not None:
+            set_("initrd", _boot_file(self.initrd, "initrd"))
+        if not isinstance(self.cmdline, str):
+            raise ConfigError(f"cmdline must be a string, not {type(self.cmdline).__name__}")
+        if "\0" in self.cmdline or len(self.cmdline.encode()) > CMDLINE_MAX:
+            raise ConfigError(f"cmdline must be at most {CMDLINE_MAX} bytes with no NUL character")
+        set_("disks", tuple(self.disks))
+        set_("nics", tuple(self.nics))
+
+    @property
+    def memory_bytes(self):
+        return self.memory_mib << 20
+
+    def replace(self, **changes):
+        """A copy with ``changes`` applied, validated again."""
+        return replace(self, **changes)
+
+    def to_dict(self):
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = str(value) if isinstance(value, uuid_module.UUID) else value
+        return out
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _uuid(value):
+    if value is None:
+        return uuid_module.uuid4()
+    if isinstance(value, uuid_module.UUID):
+        return value
+    try:
+        return uuid_module.UUID(str(value))
+    except ValueError:
+        raise ConfigError(f"uuid {value!r} is not a UUID") from None
+
+
+def _boot_file(path, what):
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"{what} must be a path, not {type(path).__name__}")
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        raise ConfigError(f"{what} {path} does not exist")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} {path} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{what} {path} is not readable")
+    return path

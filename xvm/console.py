@@ -1,0 +1,116 @@
+"""A domain's serial console: a bounded log, input, and expect-style scripting.
+
+The log survives reboots of the domain (like xenconsoled's): output is
+appended as the guest writes it and the oldest bytes are dropped beyond
+``limit``.  ``read()`` returns what arrived since the last ``read()``;
+``expect()`` waits for a regular expression in what arrived since the last
+match.
+"""
+import re
+import threading
+import time
+
+from .errors import ConsoleTimeout, StateError
+
+DEFAULT_LOG_LIMIT = 1 << 20
+
+
+class Console:
+    def __init__(self, limit=DEFAULT_LOG_LIMIT):
+        self.limit = limit
+        self._log = bytearray()
+        self._base = 0  # absolute position of _log[0]
+        self._read_pos = 0
+        self._expect_pos = 0
+        self._cond = threading.Condition()
+        self._input = None  # callable taking bytes while the guest runs
+        self._closed_reason = "the domain is not running"
+
+    # -- fed by the machine -------------------------------------------------
+    def _feed(self, data):
+        with self._cond:
+            self._log += data
+            excess = len(self._log) - self.limit
+            if excess > 0:
+                del self._log[:excess]
+                self._base += excess
+            self._cond.notify_all()
+
+    def _attach(self, input_sink):
+        with self._cond:
+            self._input = input_sink
+            self._closed_reason = None
+            self._cond.notify_all()
+
+    def _detach(self, reason):
+        with self._cond:
+            self._input = None
+            self._closed_reason = reason
+            self._cond.notify_all()
+
+    # -- user side ----------------------------------------------------------
+    @property
+    def end(self):
+        """Absolute position just after the newest byte."""
+        return self._base + len(self._log)
+
+    def log(self):
+        """Everything still retained, oldest first (bytes)."""
+        with self._cond:
+            return bytes(self._log)
+
+    def text(self):
+        return self.log().decode("utf-8", "replace")
+
+    def read(self):
+        """Output that arrived since the previous ``read()`` (bytes, may be empty)."""
+        with self._cond:
+            data = self._since(self._read_pos)
+            self._read_pos = self.end
+            return data
+
+    def write(self, data):
+        """Send ``data`` (str or bytes) to the guest's serial input."""
+        if isinstance(data, str):
+            data = data.encode()
+        with self._cond:
+            sink = self._input
+        if sink is None:
+            raise StateError(f"cannot write to the console: {self._closed_reason}")
+        sink(bytes(data))
+
+    def expect(self, pattern, timeout=30.0):
+        """Wait for ``pattern`` (a regex, str or bytes) in output since the last match.
+
+        Returns the ``re.Match`` (on text if ``pattern`` is a str, on bytes
+        otherwise).  Raises :class:`ConsoleTimeout` with the tail of the output
+        if it does not appear in ``timeout`` seconds, and :class:`StateError` if
+        the domain stops before it appears.
+        """
+        regex = re.compile(pattern) if isinstance(pattern, (str, bytes)) else pattern
+        textual = isinstance(regex.pattern, str)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                window = self._since(self._expect_pos)
+                haystack = window.decode("utf-8", "surrogateescape") if textual else window
+                match = regex.search(haystack)
+                if match:
+                    consumed = haystack[: match.end()]
+                    if textual:
+                        consumed = consumed.encode("utf-8", "surrogateescape")
+                    self._expect_pos = max(self._expect_pos, self._base) + len(consumed)
+                    return match
+                if self._input is None:
+                    raise StateError(
+                        f"console closed ({self._closed_reason}) before {regex.pattern!r} appeared; "
+                        f"last output:\n{window[-2000:].decode('utf-8', 'replace')}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ConsoleTimeout(regex.pattern, timeout, window)
+                self._cond.wait(remaining)
+
+    def _since(self, position):
+        start = max(position - self._base, 0)
+        return bytes(self._log[start:])
