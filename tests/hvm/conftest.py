@@ -1,0 +1,208 @@
+"""Tests under tests/hvm need hardware-assisted KVM (they boot unmodified Linux guests).
+
+* On a machine with vmx/svm (real hardware, or inside the HVM test host) they run directly.
+* Otherwise (the project's PVM machines) the outer pytest boots the TCG test host ONCE per
+  session, the first time one of these tests runs, runs all the selected tests/hvm tests inside
+  it with ``--junitxml`` written to the results share, and each outer item then reports the
+  inner result of the same node id (pass, fail with the inner failure text, skip with the
+  inner reason).
+* Not set up (kernels not downloaded): the tests fail, naming scripts/setup-testhost.sh.
+  No qemu-system-x86_64 at all: they are skipped.
+
+Environment: XVM_HVM_TIMEOUT (seconds for the inner run, default 600 + 120 per test),
+XVM_HVM_STREAM=1 (stream the test host's console to the terminal; also with -s or -vv).
+The console log and junit XML stay in the results directory printed in the summary.
+"""
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from xvm.testhost import (NESTED_MARKER, TestHost, TestHostError, cloud_kernel,
+                          hardware_virtualization, nested_initramfs, qemu_path)
+from xvm.testhost.junit import junit_key, read_junit
+
+HVM_DIR = Path(__file__).resolve().parent
+INNER_ENV = "XVM_TESTHOST_INNER"
+
+
+def _is_hvm_item(item) -> bool:
+    return HVM_DIR == Path(str(item.fspath)).resolve().parent or HVM_DIR in Path(str(item.fspath)).resolve().parents
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "hvm: needs hardware-assisted KVM (runs inside the HVM test host on PVM machines)")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    hvm = [i for i, item in enumerate(items) if _is_hvm_item(item)]
+    for i in hvm:
+        items[i].add_marker(pytest.mark.hvm)
+    if not hvm or hardware_virtualization():
+        return  # run here
+    if os.environ.get(INNER_ENV):
+        for i in hvm:
+            items[i].add_marker(pytest.mark.usefixtures("_hvm_broken_inner"))
+        return
+    if qemu_path() is None:
+        skip = pytest.mark.skip(reason="needs hardware-assisted KVM or qemu-system-x86_64 for the HVM test host "
+                                       "(run scripts/setup-testhost.sh)")
+        for i in hvm:
+            items[i].add_marker(skip)
+        return
+    runner = _InnerRun(config, [items[i].nodeid for i in hvm])
+    config.stash[_RUNNER] = runner
+    for i in hvm:
+        items[i] = _RemoteItem.from_parent(items[i].parent, name=items[i].name, original=items[i], runner=runner)
+
+
+@pytest.fixture
+def _hvm_broken_inner():
+    pytest.fail("inside the HVM test host but /dev/kvm is not hardware-assisted (did kvm_amd load?)", pytrace=False)
+
+
+_RUNNER = pytest.StashKey()
+
+
+class _InnerRun:
+    """The one inner pytest session in the test host, started by the first remote item."""
+
+    def __init__(self, config, nodeids):
+        self.config = config
+        self.nodeids = nodeids
+        self.outcomes = None
+        self.error = None
+        self.result = None
+        self.results_dir = None
+        self.wall = None
+
+    def outcome_of(self, nodeid):
+        if self.outcomes is None and self.error is None:
+            self._run()
+        if self.error is not None:
+            return None
+        return self.outcomes.get(junit_key(nodeid))
+
+    def _stream_wanted(self):
+        opt = self.config.option
+        return (os.environ.get("XVM_HVM_STREAM") == "1" or getattr(opt, "capture", "") == "no"
+                or getattr(opt, "verbose", 0) >= 2)
+
+    def _run(self):
+        start = time.monotonic()
+        self.results_dir = Path(tempfile.mkdtemp(prefix="xvm-hvm-"))
+        junit = self.results_dir / "junit.xml"
+        rootdir = Path(str(self.config.rootpath))
+        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs",
+                   f"--rootdir={rootdir}", f"--junitxml={junit}"]
+        if self.config.inipath:
+            command += ["-c", str(self.config.inipath)]
+        command += self.nodeids
+        timeout = float(os.environ.get("XVM_HVM_TIMEOUT") or 600 + 120 * len(self.nodeids))
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        stream = sys.stderr if self._stream_wanted() else None
+        try:
+            with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+                if stream:
+                    stream.write(f"\n[xvm hvm] booting the HVM test host for {len(self.nodeids)} test(s)\n")
+                host = TestHost(stream=stream)
+                self.result = host.run(command, timeout=timeout, cwd=rootdir, results_dir=self.results_dir)
+            (self.results_dir / "output.log").write_text(self.result.output)
+            if not junit.exists():
+                raise TestHostError(f"the inner pytest wrote no {junit.name} (exit status "
+                                    f"{self.result.exit_status}); its output ends:\n" + _tail(self.result.output))
+            self.outcomes = read_junit(junit)
+        except TestHostError as e:
+            self.error = e
+        finally:
+            self.wall = time.monotonic() - start
+
+    def summary(self):
+        if self.wall is None:
+            return None
+        if self.error is not None:
+            return f"HVM test host: FAILED after {self.wall:.1f} s (results in {self.results_dir})"
+        boot = f"{self.result.boot_time:.1f}" if self.result.boot_time is not None else "?"
+        return (f"HVM test host: {len(self.nodeids)} test(s) in {self.wall:.1f} s (TCG machine ready in {boot} s, "
+                f"attempt {self.result.attempts}, inner exit {self.result.exit_status}); "
+                f"console and junit in {self.results_dir}")
+
+
+class _RemoteFailure(Exception):
+    pass
+
+
+class _RemoteItem(pytest.Item):
+    """Stands in for a tests/hvm item on a machine without hardware virtualization: reports
+    the outcome the same node id had inside the test host."""
+
+    def __init__(self, *, original, runner, **kwargs):
+        super().__init__(**kwargs)
+        self.original = original
+        self.runner = runner
+        self.own_markers = list(original.own_markers)
+        self.keywords.update(original.keywords)
+
+    def reportinfo(self):
+        return self.original.reportinfo()
+
+    def runtest(self):
+        outcome = self.runner.outcome_of(self.nodeid)
+        if self.runner.error is not None:
+            raise _RemoteFailure(f"HVM test host: {self.runner.error}")
+        if outcome is None:
+            raise _RemoteFailure("the test host's pytest reported no result for this test; its output ends:\n"
+                                 + _tail(self.runner.result.output))
+        if outcome.outcome == "passed":
+            return
+        if outcome.outcome == "skipped":
+            pytest.skip(_skip_reason(outcome))
+        if outcome.outcome == "xfailed":
+            pytest.xfail(_skip_reason(outcome))
+        raise _RemoteFailure(f"[in the HVM test host] {outcome.message}\n\n{outcome.text}".rstrip())
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, _RemoteFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+
+def _skip_reason(outcome):
+    return outcome.message or outcome.text.strip() or "skipped in the HVM test host"
+
+
+def _tail(text, lines=40):
+    return "\n".join(text.rstrip("\n").split("\n")[-lines:])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    runner = config.stash.get(_RUNNER, None)
+    line = runner.summary() if runner else None
+    if line:
+        terminalreporter.write_line(line)
+
+
+# --- fixtures for tests that run with hardware-assisted KVM -------------------------------------
+
+
+@pytest.fixture(scope="session")
+def guest_kernel():
+    """The cached, unmodified Debian cloud kernel (bzImage, vmlinux) -- NotPreparedError names
+    the setup command if it is missing."""
+    return cloud_kernel(vmlinux=True)
+
+
+@pytest.fixture(scope="session")
+def guest_initramfs():
+    """A tiny busybox initramfs whose init prints NESTED_MARKER and powers off."""
+    return nested_initramfs()
+
+
+@pytest.fixture(scope="session")
+def nested_marker():
+    return NESTED_MARKER
