@@ -153,7 +153,7 @@ class Domain:
         with self._lock:
             self._transition("shutdown")
             machine, watcher = self._machine, self._watcher
-            machine.acpi_pm.press_power_button()
+            machine.acpi_pm.raise_power_button()
             if not self._changed.wait_for(lambda: self._machine is not machine, timeout):
                 raise ShutdownTimeout(
                     f"domain {self.name!r} did not power off within {timeout:g}s of the power button",

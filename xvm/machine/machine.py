@@ -11,7 +11,6 @@ import enum
 import threading
 from dataclasses import dataclass
 
-from ..devices.legacy.acpi_pm import PM_BASE, PM_SIZE, AcpiPm
 from ..devices.legacy.i8042 import DATA_PORT as I8042_BASE
 from ..devices.legacy.i8042 import I8042
 from ..devices.legacy.serial import Serial8250
@@ -20,12 +19,12 @@ from ..kvm import exits
 from ..kvm.memory import GuestMemory
 from ..kvm.vcpu import install_kick_handler
 from . import cpu, layout
+from .acpi.pm import PM_BASE, PM_SIZE, SCI_IRQ, AcpiPm
 from .boot.elf import ElfImage, is_elf, load_pvh
 from .bus import Bus
 
 COM1_BASE = 0x3F8
 COM1_IRQ = 4
-SCI_IRQ = 9
 POST_PORT = 0x80  # POST codes and, on PVM hosts, the "deliver pending interrupts" doorbell
 
 
@@ -91,7 +90,8 @@ class Machine:
         self.serial = Serial8250(console_sink, lambda level: self.vm.irq_line(COM1_IRQ, int(level)))
         self.i8042 = I8042(lambda: self._guest_exit(ExitReason.RESET, "i8042 reset"))
         self.acpi_pm = AcpiPm(
-            lambda: self._guest_exit(ExitReason.POWEROFF), lambda level: self.vm.irq_line(SCI_IRQ, int(level))
+            sci=lambda level: self.vm.irq_line(SCI_IRQ, int(level)),
+            on_poweroff=lambda: self._guest_exit(ExitReason.POWEROFF),
         )
         self.pio_bus.register(COM1_BASE, 8, self.serial)
         self.pio_bus.register(I8042_BASE, 5, self.i8042)

@@ -1,1 +1,1 @@
-"""PC legacy devices: the 8250/16550A UART, the i8042 reset line, ACPI PM registers."""
+"""PC legacy devices: the 8250/16550A UART and the i8042 reset line."""
