@@ -6,11 +6,15 @@ const struct hvm_start_info *start_info;
 
 char cpu_stacks[MAX_CPUS * STACK_SIZE] __attribute__((aligned(4096)));
 
-/* one virtual-IF area per cpu, each in its own cache line */
+/*
+ * One virtual-IF area per cpu. PVM ignores the low 12 bits of the address
+ * written to MSR_PVM_VIF (it reads back page-aligned), so each area must sit
+ * at the start of its own page.
+ */
 static struct {
 	struct pvm_vif vif;
-	u8 pad[64 - sizeof(struct pvm_vif)];
-} vif_area[MAX_CPUS] __attribute__((aligned(64)));
+	u8 pad[4096 - sizeof(struct pvm_vif)];
+} vif_area[MAX_CPUS] __attribute__((aligned(4096)));
 
 struct idt_entry {
 	u16 off0, sel;
@@ -242,6 +246,8 @@ void NORETURN poweroff(void)
 {
 	/* ACPI PM1a_CNT at 0x604: SLP_TYP=0 | SLP_EN (QEMU -M pc, xvm) */
 	outw(0x604, 0x2000);
+	delay_us(200000);	/* QEMU acts on the request asynchronously */
+	outb(0xf4, 0);		/* QEMU isa-debug-exit, if present (e.g. -M microvm) */
 	printf("poweroff: still running\n");
 	halt();
 }
@@ -249,6 +255,7 @@ void NORETURN poweroff(void)
 void NORETURN reboot(void)
 {
 	outb(0x64, 0xfe);	/* i8042: pulse reset line */
+	delay_us(200000);
 	printf("reboot: still running\n");
 	halt();
 }
