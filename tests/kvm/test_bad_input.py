@@ -39,7 +39,7 @@ def test_corrupt_kernel_fails_cleanly(no_leaks, host, tmp_path):
     junk = tmp_path / "junk"
     junk.write_bytes(os.urandom(64 * 1024))
     dom = host.define(xvm.DomainConfig(name="junk", memory_mib=64, kernel=junk))
-    with pytest.raises(xvm.BootError, match="not a kernel"):
+    with pytest.raises(xvm.BootError, match="not a Linux kernel"):
         dom.start()
     assert dom.state is DomainState.SHUTOFF and dom.id is None and dom.machine is None
 

@@ -20,7 +20,9 @@ from ..kvm.memory import GuestMemory
 from ..kvm.vcpu import install_kick_handler
 from . import cpu, layout
 from .acpi.pm import PM_BASE, PM_SIZE, SCI_IRQ, AcpiPm
-from .boot.elf import ElfImage, is_elf, load_pvh
+from .acpi import build_tables
+from .boot.elf import ElfImage, load_pvh
+from .boot.linux import KernelFormat, kernel_format, load_bzimage
 from .bus import Bus
 
 COM1_BASE = 0x3F8
@@ -75,9 +77,8 @@ class Machine:
     def _build(self, kernel, initrd, cmdline, console_sink):
         kernel_data = _read_boot_file(kernel, "kernel")
         initrd_data = _read_boot_file(initrd, "initrd") if initrd is not None else None
-        if not is_elf(kernel_data[:4]):
-            raise BootError(f"{kernel}: not a kernel xvm can boot (expected an ELF image with a PVH note)")
-        image = ElfImage(kernel_data, str(kernel))
+        kind = kernel_format(kernel_data, str(kernel))
+        image = ElfImage(kernel_data, str(kernel)) if kind is KernelFormat.ELF else None
 
         self.vm = self.kvm.create_vm()
         self.vm.set_tss_address()
@@ -98,9 +99,17 @@ class Machine:
         self.pio_bus.register(PM_BASE, PM_SIZE, self.acpi_pm)
         self.pio_bus.register(POST_PORT, 1, _IgnoredPort())
 
-        plan = load_pvh(
-            self.memory, image, cmdline=cmdline.encode(), initrd=initrd_data, memory_bytes=self.memory_bytes
-        )
+        rsdp = build_tables(self.memory, cpus=self.vcpu_count)
+        if image is not None:
+            plan = load_pvh(
+                self.memory, image, cmdline=cmdline.encode(), initrd=initrd_data,
+                memory_bytes=self.memory_bytes, rsdp=rsdp,
+            )
+        else:
+            plan = load_bzimage(
+                self.memory, kernel_data, cmdline=cmdline.encode(), initrd=initrd_data, rsdp=rsdp,
+                e820=layout.e820_map(self.memory_bytes), path=str(kernel),
+            )
         supported = self.kvm.supported_cpuid()
         for index in range(self.vcpu_count):
             vcpu = self.vm.create_vcpu(index)
