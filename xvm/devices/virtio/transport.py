@@ -1,0 +1,316 @@
+"""What every virtio transport shares: status, features, queue setup, worker.
+
+:class:`VirtioTransport` holds the transport-independent state of one virtio
+function and drives its :class:`~.device.VirtioDevice` through the life cycle
+of §3.1: feature negotiation at FEATURES_OK, activation and the data-plane
+worker at DRIVER_OK, reset on status 0.  virtio-mmio (:mod:`.mmio`) maps its
+registers onto it; virtio-pci will do the same with its capabilities.
+
+Threads: register accesses come from vCPU threads (serialised here by a
+lock); queue service runs on the worker thread; ``interrupt_status`` is
+shared and guarded by its own lock.
+"""
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+from .device import (
+    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_F_EVENT_IDX,
+    VIRTIO_F_INDIRECT_DESC, DeviceStatus, EventFdLine, Interrupt, InterruptKind,
+)
+from .errors import FeatureError, QueueError, StatusError, VirtioConfigError
+from .persist import QueueConfigState, TransportState
+from .queue import Queue
+from .worker import Worker, drain_eventfd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QueueConfig:
+    """One virtqueue's registers as the driver sets them (§4.2.3.2)."""
+
+    max_size: int
+    size: int = 0
+    ready: bool = False
+    desc_table: int = 0
+    avail_ring: int = 0
+    used_ring: int = 0
+
+    def clear(self):
+        self.size = 0
+        self.ready = False
+        self.desc_table = self.avail_ring = self.used_ring = 0
+
+
+class TransportInterrupt(Interrupt):
+    """The :class:`Interrupt` a transport hands to its device."""
+
+    def __init__(self, transport):
+        self._transport = transport
+
+    def trigger(self, kind):
+        self._transport.raise_interrupt(InterruptKind(kind))
+
+
+class VirtioTransport:
+    """Transport-independent state and life cycle of one virtio function.
+
+    ``irq`` is the interrupt line: anything with ``trigger()``, or an int
+    eventfd (registered by the machine with KVM_IRQFD).
+    """
+
+    def __init__(self, device, memory, irq, *, name=None):
+        if not device.queue_max_sizes:
+            raise VirtioConfigError(f"{type(device).__name__} declares no virtqueues")
+        self.device = device
+        self.memory = memory
+        self.irq = EventFdLine(irq) if isinstance(irq, int) else irq
+        self.name = name or f"virtio-{device.device_id}"
+        self.status = DeviceStatus()
+        self.driver_features = 0
+        self.queue_configs = [QueueConfig(m) for m in device.queue_max_sizes]
+        self.interrupt_status = 0
+        self.config_generation = 0
+        self.illegal_access_count = 0
+        self._notify_fds = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+                            for _ in device.queue_max_sizes]
+        self._irq_lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._worker = None
+        self.active = False
+
+    # -- notifications -----------------------------------------------------
+
+    def notify_eventfds(self):
+        """One eventfd per queue, index = queue index, stable for the
+        transport's life.  The machine registers each as a KVM ioeventfd on
+        the transport's notify address with datamatch = queue index."""
+        return list(self._notify_fds)
+
+    def notify(self, index):
+        """A queue notification that reached us through the bus (no ioeventfd):
+        forward it to the worker, never serve it on the vCPU thread."""
+        if 0 <= index < len(self._notify_fds):
+            os.eventfd_write(self._notify_fds[index], 1)
+        else:
+            self._illegal("notify of a queue that does not exist (§4.2.2)", queue=index)
+
+    def raise_interrupt(self, kind):
+        with self._irq_lock:
+            if kind & InterruptKind.CONFIG_CHANGE:
+                self.config_generation = (self.config_generation + 1) & 0xFFFFFFFF
+            self.interrupt_status |= int(kind)
+        self.irq.trigger()
+
+    def ack_interrupt(self, bits):
+        with self._irq_lock:
+            self.interrupt_status &= ~bits
+
+    def resample(self):
+        """For a level-triggered line: re-raise it if the driver left bits set
+        (call when the machine's resamplefd fires)."""
+        if self.interrupt_status:
+            self.irq.trigger()
+
+    # -- status and features (§2.1, §2.2, §3.1) ------------------------------
+
+    def write_status(self, value):
+        with self._lock:
+            if value == 0:
+                self.reset()
+                return
+            try:
+                newly = self.status.write(value)
+            except StatusError as e:
+                self._illegal(str(e))
+                return
+            if newly & VIRTIO_CONFIG_S_FEATURES_OK:
+                try:
+                    self.device.ack_features(self.driver_features)
+                except FeatureError as e:
+                    # §3.1.1 step 6: the driver re-reads status and sees FEATURES_OK clear.
+                    log.info("%s: features refused: %s", self.name, e)
+                    self.status.clear(VIRTIO_CONFIG_S_FEATURES_OK)
+            if newly & VIRTIO_CONFIG_S_DRIVER_OK:
+                self._activate()
+
+    def write_driver_features(self, word, value):
+        """Set 32 bits ``word`` of the driver's features (§4.2.2 DriverFeatures)."""
+        with self._lock:
+            # §3.1.1: features are written before FEATURES_OK and are fixed after it.
+            if VIRTIO_CONFIG_S_FEATURES_OK in self.status:
+                self._illegal("driver features written after FEATURES_OK (§3.1.1)")
+                return
+            if word > 1:
+                return  # no feature bits beyond 63 exist; writes are ignored
+            shift = 32 * word
+            self.driver_features = ((self.driver_features & ~(0xFFFFFFFF << shift))
+                                    | ((value & 0xFFFFFFFF) << shift))
+
+    def device_features_word(self, word):
+        if word > 1:
+            return 0
+        return (self.device.device_features >> (32 * word)) & 0xFFFFFFFF
+
+    # -- queue setup (§4.2.3.2) ------------------------------------------------
+
+    def queue_config(self, index):
+        return self.queue_configs[index] if 0 <= index < len(self.queue_configs) else None
+
+    def queue_writable(self, index, what):
+        """The config of queue ``index`` if the driver may change it now."""
+        config = self.queue_config(index)
+        if config is None:
+            self._illegal(f"{what} for a queue that does not exist (§4.2.3.2)", queue=index)
+            return None
+        # §4.2.3.2: a queue is configured while QueueReady is 0 and before DRIVER_OK.
+        if config.ready or self.active:
+            self._illegal(f"{what} while the queue is ready (§4.2.3.2)", queue=index)
+            return None
+        return config
+
+    def set_queue_ready(self, index, ready):
+        with self._lock:
+            config = self.queue_config(index)
+            if config is None:
+                self._illegal("QueueReady for a queue that does not exist", queue=index)
+                return
+            if not ready:
+                if self.active:
+                    self._illegal("queue disabled while the device is live (§4.2.3.2)",
+                                  queue=index)
+                    return
+                config.ready = False
+                return
+            if config.ready:
+                return
+            # §4.2.2.2 "The driver MUST NOT write a value which is greater than the size of
+            # the queue the device supports to QueueNum"; §2.7 ring geometry and placement.
+            if config.size > config.max_size:
+                self._fail_queue(index, QueueError("QueueNum above QueueNumMax (§4.2.2.2)",
+                                                   size=config.size, max=config.max_size))
+                return
+            try:
+                Queue(self.memory, config.size, config.desc_table, config.avail_ring,
+                      config.used_ring)
+            except QueueError as e:
+                self._fail_queue(index, e)
+                return
+            config.ready = True
+
+    def _fail_queue(self, index, error):
+        log.warning("%s: queue %d unusable: %s", self.name, index, error)
+        self.illegal_access_count += 1
+        self.status.set_needs_reset()
+
+    # -- life cycle --------------------------------------------------------------
+
+    def _activate(self):
+        features = self.device.acked_features
+        queues = []
+        try:
+            for config in self.queue_configs:
+                if not config.ready:
+                    queues.append(None)
+                    continue
+                queues.append(Queue(self.memory, config.size, config.desc_table,
+                                    config.avail_ring, config.used_ring,
+                                    event_idx=bool(features >> VIRTIO_F_EVENT_IDX & 1),
+                                    indirect=bool(features >> VIRTIO_F_INDIRECT_DESC & 1)))
+            self.device.activate(self.memory, queues, TransportInterrupt(self))
+        except Exception as e:  # the device refused: the driver sees NEEDS_RESET (§2.1.2)
+            log.warning("%s: activation failed: %s", self.name, e)
+            self.status.set_needs_reset()
+            self.raise_interrupt(InterruptKind.CONFIG_CHANGE)
+            return
+        worker = Worker(name=self.name, on_error=self._device_error)
+        for index, fd in enumerate(self._notify_fds):
+            worker.add_eventfd(fd, self._serve_callback(index))
+        for fd, callback in self.device.event_sources():
+            worker.add(fd, callback)
+        worker.start()
+        self._worker = worker
+        self.active = True
+        # Notifications that arrived before DRIVER_OK are already pending on the eventfds.
+
+    def _serve_callback(self, index):
+        def serve():
+            self.device.process_queue(index)
+        return serve
+
+    def _device_error(self, exc):
+        """The device could not go on (a broken ring): §2.1.2 "the device SHOULD set
+        DEVICE_NEEDS_RESET" and then sends a configuration change notification."""
+        self.status.set_needs_reset()
+        self.raise_interrupt(InterruptKind.CONFIG_CHANGE)
+
+    def reset(self):
+        """Device reset (§2.4): stop the worker, reset the device, clear state."""
+        with self._lock:
+            if self._worker is not None:
+                self._worker.stop()
+                self._worker = None
+            self.active = False
+            self.device.reset()
+            self.status.write(0)
+            self.driver_features = 0
+            for config in self.queue_configs:
+                config.clear()
+            with self._irq_lock:
+                self.interrupt_status = 0
+            for fd in self._notify_fds:
+                drain_eventfd(fd)
+
+    def close(self):
+        self.reset()
+        for fd in self._notify_fds:
+            os.close(fd)
+        self._notify_fds = []
+
+    def _illegal(self, message, **details):
+        self.illegal_access_count += 1
+        detail = "".join(f" {k}={v}" for k, v in details.items())
+        log.info("%s: ignored illegal driver access: %s%s", self.name, message, detail)
+
+    # -- state -------------------------------------------------------------------
+
+    def save(self):
+        """Transport state; only consistent while the worker is quiesced (the
+        machine pauses vCPUs and drains I/O first)."""
+        active = ()
+        if self.active:
+            active = tuple(q.save() for q in self.device.queues if q is not None)
+        return TransportState(
+            self.status.value, self.driver_features, self.interrupt_status,
+            self.config_generation,
+            tuple(QueueConfigState(c.size, c.ready, c.desc_table, c.avail_ring, c.used_ring)
+                  for c in self.queue_configs),
+            active,
+        )
+
+    def restore(self, state):
+        """Load ``state`` into a freshly reset transport; re-activates the device
+        (and its worker) if the state was live."""
+        with self._lock:
+            self.reset()
+            self.driver_features = state.driver_features
+            for config, saved in zip(self.queue_configs, state.queues):
+                config.size, config.ready = saved.size, saved.ready
+                config.desc_table, config.avail_ring = saved.desc_table, saved.avail_ring
+                config.used_ring = saved.used_ring
+            self.config_generation = state.config_generation
+            self.status.value = state.status
+            if state.status & VIRTIO_CONFIG_S_FEATURES_OK:
+                self.device.ack_features(state.driver_features)
+            if state.status & VIRTIO_CONFIG_S_DRIVER_OK:
+                self._activate()
+                saved = iter(state.active_queues)
+                for queue in self.device.queues:
+                    if queue is not None:
+                        s = next(saved)
+                        queue.next_avail, queue.next_used = s.next_avail, s.next_used
+                        queue._signalled_used = s.signalled_used
+            with self._irq_lock:
+                self.interrupt_status = state.interrupt_status
