@@ -104,8 +104,9 @@ def test_every_checksum_is_right(memory):
         found[sig] = (addr, table)
     assert set(found) == {b"FACP", b"APIC"}
     fadt = found[b"FACP"][1]
-    facs_addr, dsdt_addr = struct.unpack_from("<II", fadt, 36)
-    assert struct.unpack_from("<QQ", fadt, 132) == (facs_addr, dsdt_addr)
+    firmware_ctrl, dsdt_addr = struct.unpack_from("<II", fadt, 36)
+    facs_addr, x_dsdt = struct.unpack_from("<QQ", fadt, 132)
+    assert firmware_ctrl == 0 and x_dsdt == dsdt_addr  # X_FIRMWARE_CTRL only: one FACS
     dsdt_len = struct.unpack_from("<I", memory.read(dsdt_addr + 4, 4))[0]
     assert sum(memory.read(dsdt_addr, dsdt_len)) % 256 == 0
     assert memory.read(facs_addr, 4) == b"FACS"

@@ -165,7 +165,9 @@ def fadt(
     reset_port, reset_value = reset if reset is not None else (0, 0)
 
     body = bytearray()
-    body += struct.pack("<II", facs_address, dsdt_address)  # FIRMWARE_CTRL, DSDT
+    # FIRMWARE_CTRL must be zero when X_FIRMWARE_CTRL is set (5.2.9, Table 5.9): Linux
+    # would otherwise install the FACS twice.  DSDT and X_DSDT both point at the DSDT.
+    body += struct.pack("<II", 0, dsdt_address)  # FIRMWARE_CTRL, DSDT
     body += struct.pack("<BBH", 0, 0, sci_irq)  # reserved, Preferred_PM_Profile (unspecified), SCI_INT
     body += struct.pack("<IBBBB", 0, 0, 0, 0, 0)  # SMI_CMD, ACPI_ENABLE, ACPI_DISABLE, S4BIOS_REQ, PSTATE_CNT
     body += struct.pack(
