@@ -1,0 +1,275 @@
+"""virtio-blk (virtio 1.2 §5.2): features, configuration space, request service.
+
+``VirtioBlock(disk)`` opens the disk's backend (taking its lock) and is a
+:class:`~xvm.devices.virtio.device.VirtioDevice`, so any transport can carry
+it.  Requests are served on the transport's worker thread; a malformed
+request fails alone (IOERR/UNSUPP, or used length 0 when it has no status
+byte), a broken ring puts the device in DEVICE_NEEDS_RESET.
+"""
+import logging
+import struct
+
+from ..virtio.device import (
+    VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, InterruptKind,
+    VirtioDevice, bit,
+)
+from ..virtio.errors import ChainError, QueueError
+from .backend.raw import SECTOR_SIZE
+from .errors import BackendError, DiskConfigError
+from .metrics import BlockMetrics
+from .persist import BlockState
+from .request import (
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, Limits, RequestError, parse,
+)
+
+log = logging.getLogger(__name__)
+
+VIRTIO_ID_BLOCK = 2  # §5 Device Types
+
+# §5.2.3 Feature bits
+VIRTIO_BLK_F_SIZE_MAX = 1
+VIRTIO_BLK_F_SEG_MAX = 2
+VIRTIO_BLK_F_GEOMETRY = 4
+VIRTIO_BLK_F_RO = 5
+VIRTIO_BLK_F_BLK_SIZE = 6
+VIRTIO_BLK_F_FLUSH = 9
+VIRTIO_BLK_F_TOPOLOGY = 10
+VIRTIO_BLK_F_CONFIG_WCE = 11
+VIRTIO_BLK_F_MQ = 12
+VIRTIO_BLK_F_DISCARD = 13
+VIRTIO_BLK_F_WRITE_ZEROES = 14
+
+DEFAULT_QUEUE_SIZE = 256
+MAX_DISCARD_SECTORS = 1 << 23  # 4 GiB per segment
+MAX_DISCARD_SEG = 32
+DISCARD_SECTOR_ALIGNMENT = 8  # 4 KiB, the host file system's usual block
+
+# §5.2.4 struct virtio_blk_config, up to and including write_zeroes_may_unmap
+# and padding (72 bytes with the secure-erase fields, which stay 0).
+_CONFIG = struct.Struct("<QIIHBBIBBHIBxHIIIIIBxxxIII")
+assert _CONFIG.size == 72
+
+
+class VirtioBlock(VirtioDevice):
+    """A virtio-blk device over a :class:`~xvm.devices.block.Disk`.
+
+    ``backend`` may be given instead of being opened from ``disk`` (tests,
+    custom backends).  ``queue_size`` is QueueNumMax; SEG_MAX is
+    ``queue_size - 2`` (header and status take two descriptors).
+    """
+
+    device_id = VIRTIO_ID_BLOCK
+
+    def __init__(self, disk, *, backend=None, queue_size=DEFAULT_QUEUE_SIZE):
+        super().__init__()
+        if queue_size < 4 or queue_size & (queue_size - 1) or queue_size > 32768:
+            raise DiskConfigError(f"virtio-blk queue size {queue_size} is not a power of 2 "
+                                  "in 4..32768", getattr(disk, "path", None))
+        self.disk = disk
+        self.backend = backend if backend is not None else disk.open()
+        self.readonly = bool(disk.readonly or self.backend.readonly)
+        self.serial_bytes = disk.serial_bytes
+        self.queue_max_sizes = (queue_size,)
+        self.seg_max = queue_size - 2
+        self.capacity = self.backend.size // SECTOR_SIZE
+        self.metrics = BlockMetrics()
+        self.broken = False
+        self.limits = Limits(self.capacity, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
+                             MAX_DISCARD_SECTORS, MAX_DISCARD_SEG)
+
+    # -- features and configuration (§5.2.3, §5.2.4) --------------------------------
+
+    @property
+    def device_features(self):
+        features = (bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_INDIRECT_DESC)
+                    | bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_BLK_F_SEG_MAX)
+                    | bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_FLUSH))
+        if self.readonly:
+            features |= bit(VIRTIO_BLK_F_RO)
+        else:
+            if self.backend.supports_discard:
+                features |= bit(VIRTIO_BLK_F_DISCARD)
+            if self.backend.supports_write_zeroes:
+                features |= bit(VIRTIO_BLK_F_WRITE_ZEROES)
+        return features
+
+    def config_space(self):
+        return _CONFIG.pack(
+            self.capacity,          # capacity, in 512-byte sectors
+            0,                      # size_max (VIRTIO_BLK_F_SIZE_MAX not offered)
+            self.seg_max,           # seg_max
+            0, 0, 0,                # geometry: cylinders, heads, sectors
+            SECTOR_SIZE,            # blk_size
+            0, 0, 0, 0,             # topology
+            0,                      # writeback (VIRTIO_BLK_F_CONFIG_WCE not offered)
+            1,                      # num_queues
+            self.limits.max_discard_sectors, self.limits.max_discard_seg,
+            DISCARD_SECTOR_ALIGNMENT,
+            self.limits.max_write_zeroes_sectors, self.limits.max_write_zeroes_seg,
+            1,                      # write_zeroes_may_unmap
+            0, 0, 0,                # secure erase (not offered)
+        )
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def activate(self, memory, queues, interrupt):
+        # §5.2.5: the device has one request queue (no VIRTIO_BLK_F_MQ).
+        if not queues or queues[0] is None:
+            raise QueueError("virtio-blk activated without its request queue (§5.2.2)")
+        super().activate(memory, queues, interrupt)
+        self.broken = False
+        self.metrics.activate_count += 1
+
+    def reset(self):
+        super().reset()
+        self.broken = False
+
+    def close(self):
+        self.backend.close()
+
+    # -- the data plane (worker thread) ----------------------------------------------
+
+    def process_queue(self, index):
+        queue = self.queues[index] if index < len(self.queues) else None
+        if queue is None or self.broken:
+            return
+        self.metrics.queue_notify_count += 1
+        completed = False
+        try:
+            while True:
+                while True:
+                    try:
+                        chain = queue.pop()
+                    except ChainError as e:
+                        if e.head is None:
+                            raise
+                        # A malformed chain fails alone: returned unused (§2.7.8).
+                        log.info("virtio-blk: malformed chain: %s", e)
+                        self.metrics.invalid_chain_count += 1
+                        queue.add_used(e.head, 0)
+                        completed = True
+                        continue
+                    if chain is None:
+                        break
+                    queue.add_used(chain.head, self.handle(chain))
+                    completed = True
+                if not queue.enable_notification():
+                    break
+        except QueueError:
+            # The ring itself is corrupt: stop serving it; the transport sets
+            # DEVICE_NEEDS_RESET (§2.1.2).
+            self.metrics.queue_error_count += 1
+            self.broken = True
+            raise
+        finally:
+            if completed and queue.needs_notification():
+                self.metrics.interrupt_count += 1
+                self.interrupt.trigger(InterruptKind.USED_BUFFER)
+
+    def handle(self, chain):
+        """Carry out one request; returns the used length (bytes written)."""
+        try:
+            request = parse(chain, self.limits)
+        except RequestError as e:
+            self.metrics.invalid_request_count += 1
+            log.info("virtio-blk: request %d refused: %s", chain.head, e.reason)
+            if e.status == VIRTIO_BLK_S_UNSUPP:
+                self.metrics.unsupported_count += 1
+            if e.status_gpa is None:
+                return 0
+            self.memory.write(e.status_gpa, bytes([e.status]))
+            return 1
+        written = 0
+        try:
+            status, written = self.execute(request)
+        except BackendError as e:
+            log.warning("virtio-blk: %s", e)
+            self.metrics.io_error_count += 1
+            status = VIRTIO_BLK_S_IOERR
+        self.memory.write(request.status_gpa, bytes([status]))
+        return written + 1
+
+    def execute(self, request):
+        """Returns ``(status, bytes written to device-writable data)``."""
+        kind = request.type
+        if kind == VIRTIO_BLK_T_IN:
+            views = [self.memory.view(gpa, n) for gpa, n in request.data]
+            self.backend.readv(request.sector * SECTOR_SIZE, views)
+            self.metrics.read_count += 1
+            self.metrics.read_bytes += request.data_len
+            return VIRTIO_BLK_S_OK, request.data_len
+        if kind == VIRTIO_BLK_T_GET_ID:
+            self.metrics.get_id_count += 1
+            remaining = self.serial_bytes
+            written = 0
+            for gpa, n in request.data:
+                if not remaining:
+                    break
+                self.memory.write(gpa, remaining[:n])
+                written += min(n, len(remaining))
+                remaining = remaining[n:]
+            return VIRTIO_BLK_S_OK, written
+        if kind == VIRTIO_BLK_T_FLUSH:
+            # Offered by default; completes only after fdatasync (unsafe cache: no-op).
+            self.metrics.flush_count += 1
+            if self.backend.flush():
+                self.metrics.fdatasync_count += 1
+            return VIRTIO_BLK_S_OK, 0
+        # Everything below writes the disk.
+        if self.readonly:
+            # §5.2.6.2 "A device MUST set the status byte to VIRTIO_BLK_S_IOERR for a write
+            # request if the VIRTIO_BLK_F_RO feature if offered, and MUST NOT write any data."
+            self.metrics.io_error_count += 1
+            return VIRTIO_BLK_S_IOERR, 0
+        if kind == VIRTIO_BLK_T_OUT:
+            views = [self.memory.view(gpa, n) for gpa, n in request.data]
+            self.backend.writev(request.sector * SECTOR_SIZE, views)
+            self.metrics.write_count += 1
+            self.metrics.write_bytes += request.data_len
+            return VIRTIO_BLK_S_OK, 0
+        if kind == VIRTIO_BLK_T_DISCARD:
+            # §5.2.6.2: only when VIRTIO_BLK_F_DISCARD was negotiated.
+            if not self.has_acked(VIRTIO_BLK_F_DISCARD):
+                self.metrics.unsupported_count += 1
+                return VIRTIO_BLK_S_UNSUPP, 0
+            for seg in request.segments:
+                self.backend.discard(seg.sector * SECTOR_SIZE, seg.num_sectors * SECTOR_SIZE)
+            self.metrics.discard_count += 1
+            return VIRTIO_BLK_S_OK, 0
+        if kind == VIRTIO_BLK_T_WRITE_ZEROES:
+            if not self.has_acked(VIRTIO_BLK_F_WRITE_ZEROES):
+                self.metrics.unsupported_count += 1
+                return VIRTIO_BLK_S_UNSUPP, 0
+            for seg in request.segments:
+                self.backend.write_zeroes(seg.sector * SECTOR_SIZE,
+                                          seg.num_sectors * SECTOR_SIZE,
+                                          bool(seg.flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP))
+            self.metrics.write_zeroes_count += 1
+            return VIRTIO_BLK_S_OK, 0
+        self.metrics.unsupported_count += 1
+        return VIRTIO_BLK_S_UNSUPP, 0
+
+    # -- state -------------------------------------------------------------------------
+
+    def save(self):
+        return BlockState(self.disk.path, self.readonly, self.disk.serial, self.disk.cache,
+                          self.capacity, self.acked_features,
+                          self.queue_max_sizes[0])
+
+    @classmethod
+    def restore(cls, state, disk=None):
+        """A device for ``state``; ``disk`` defaults to one rebuilt from it.  The
+        image must still have the saved capacity."""
+        if disk is None:
+            from .disk import Disk
+            disk = Disk(state.path, readonly=state.readonly, serial=state.serial,
+                        cache=state.cache)
+        device = cls(disk, queue_size=state.queue_size)
+        if device.capacity != state.capacity:
+            device.close()
+            raise DiskConfigError(f"disk image {state.path!r} has {device.capacity} sectors, "
+                                  f"the snapshot expects {state.capacity}", state.path)
+        device.acked_features = state.acked_features
+        return device

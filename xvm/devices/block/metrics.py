@@ -1,0 +1,30 @@
+"""virtio-blk counters, named after the events they count.
+
+Written by the device's worker thread only; reading them from elsewhere gives
+a slightly stale but never torn value (each is a single int).
+"""
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class BlockMetrics:
+    activate_count: int = 0
+    queue_notify_count: int = 0
+    read_count: int = 0
+    read_bytes: int = 0
+    write_count: int = 0
+    write_bytes: int = 0
+    flush_count: int = 0
+    fdatasync_count: int = 0
+    get_id_count: int = 0
+    discard_count: int = 0
+    write_zeroes_count: int = 0
+    unsupported_count: int = 0
+    io_error_count: int = 0
+    invalid_request_count: int = 0
+    invalid_chain_count: int = 0
+    queue_error_count: int = 0
+    interrupt_count: int = 0
+
+    def snapshot(self):
+        return asdict(self)
