@@ -269,3 +269,9 @@ def test_acpiexec_loads_namespace_and_evaluates_s5(tmp_path):
     assert '"LNRO0005"' in out, out
     assert "47 01 F8 03 F8 03 01 08 22 10 00 79" in out, out
     assert "AE_AML" not in out and "AE_NOT_FOUND" not in out, out
+
+
+def test_extra_devices_go_under_sb():
+    pci = aml.device("PCI0", aml.name("_HID", aml.eisa_id("PNP0A08")), aml.name("_UID", 0))
+    dsdt = layout_tables(cpus=1, extra_devices=[pci]).tables["DSDT"][1]
+    assert pci in dsdt

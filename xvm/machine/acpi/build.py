@@ -56,13 +56,15 @@ def layout_tables(
     pm_timer=True,
     reset=(0x64, 0xFE),
     extra_tables=(),
+    extra_devices=(),
     lapic_address=LAPIC_ADDRESS,
     ioapic_address=IOAPIC_ADDRESS,
 ):
     """Build and place every table without touching memory; returns :class:`AcpiTables`.
 
     ``base_gpa`` is where the tables after the RSDP start (default: right after
-    it).  ``extra_tables`` are complete tables (e.g. an MCFG) to list in the XSDT.
+    it).  ``extra_tables`` are complete tables (e.g. an MCFG) to list in the XSDT;
+    ``extra_devices`` encoded AML terms for the DSDT's ``\\_SB`` scope.
     ``reset`` is the FADT reset register ``(io_port, value)``: by default the
     i8042's pulse-reset command, which the machine emulates anyway.
     """
@@ -81,7 +83,10 @@ def layout_tables(
         return placed[signature][0]
 
     facs_gpa = place("FACS", tables.facs(), alignment=64)
-    dsdt_gpa = place("DSDT", tables.dsdt(cpus=cpus, serial=serial, i8042=i8042, virtio_mmio=virtio_mmio))
+    dsdt_gpa = place(
+        "DSDT",
+        tables.dsdt(cpus=cpus, serial=serial, i8042=i8042, virtio_mmio=virtio_mmio, extra_devices=extra_devices),
+    )
     fadt_gpa = place(
         "FACP",
         tables.fadt(

@@ -222,12 +222,13 @@ def madt(
     return sdt(b"APIC", MADT_REVISION, bytes(body))
 
 
-def dsdt(*, cpus, serial=((0x3F8, 4),), i8042=True, virtio_mmio=()):
+def dsdt(*, cpus, serial=((0x3F8, 4),), i8042=True, virtio_mmio=(), extra_devices=()):
     """The DSDT: ``\\_S5`` (SLP_TYP 0) and, under ``\\_SB``, the processors, the
     COM ports, the i8042 and every virtio-mmio device (``LNRO0005``, found by
     Linux's virtio_mmio driver through ACPI, no command line needed).
 
-    ``virtio_mmio`` holds :class:`~.build.VirtioMmio` (or ``(base, size, gsi[, level])``).
+    ``virtio_mmio`` holds :class:`~.build.VirtioMmio` (or ``(base, size, gsi[, level])``);
+    ``extra_devices`` are encoded AML terms (e.g. an ``aml.device("PCI0", ...)``) added to ``\\_SB``.
     """
     if len(virtio_mmio) > 256:
         raise ConfigError("at most 256 virtio-mmio devices")
@@ -274,5 +275,6 @@ def dsdt(*, cpus, serial=((0x3F8, 4),), i8042=True, virtio_mmio=()):
                 ),
             )
         )
+    devices.extend(bytes(term) for term in extra_devices)
     body = aml.name("\\_S5", [0, 0, 0, 0]) + aml.scope("\\_SB", *devices)
     return sdt(b"DSDT", 2, body)
