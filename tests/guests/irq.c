@@ -15,6 +15,7 @@ const char guest_name[] = "irq";
 #define UART_IRQ_PIN 4
 
 extern volatile u64 irq_count, irq_entry_if_clear;
+extern int vif_restore_in_handler;
 
 static volatile u64 ticks, uart_irqs;
 static volatile u64 first_cs, first_rflags;
@@ -79,6 +80,40 @@ void guest_main(void)
 			printf("debug: after sti if_=%u pending=%u ticks=%lu rflags=%#lx\n", v->if_, v->pending, ticks, fl);
 		}
 		irq_disable();
+	}
+	if (cmdline_long("irqcost", 0)) {
+		/* cost of one timer interrupt: loop iterations lost per tick */
+		long cost_us = cmdline_long("cost_tick_us", 100);
+		u64 window = hz / 10;	/* 100 ms */
+		lapic_write(LAPIC_TIMER_INIT, 0);
+		u64 base = 0, loaded = 0, t = rdtsc();
+		while (rdtsc() - t < window)
+			base++;
+		u64 ticks0 = ticks;
+		lapic_timer_periodic(TIMER_VECTOR, (u32)cost_us);
+		irq_enable();
+		t = rdtsc();
+		while (rdtsc() - t < window)
+			loaded++;
+		irq_disable();
+		u64 n = ticks - ticks0;
+		u64 lost_ns = base > loaded ? (base - loaded) * 100000000UL / base : 0;
+		printf("irqcost: %lu ticks of %ld us in 100 ms, %lu ns of guest time lost per tick\n",
+		       n, cost_us, n ? lost_ns / n : 0);
+		lapic_timer_periodic(TIMER_VECTOR, (u32)period);
+	}
+	if (pvm && cmdline_long("iretq_test", 0)) {
+		/* does iretq alone restore the virtual IF from the frame's RFLAGS.IF? */
+		struct pvm_vif *v = this_vif();
+		vif_restore_in_handler = 0;
+		u64 before = ticks;
+		irq_enable();
+		while (ticks == before)
+			cpu_relax();
+		u8 after = v->if_;
+		vif_restore_in_handler = 1;
+		irq_disable();
+		printf("iretq_test: virtual IF after iretq = %u\n", after);
 	}
 	while (seen < (u64)nticks) {
 		if (poll) {

@@ -1,6 +1,7 @@
 /*
  * pio_bench: count (cmdline count=N, default 100000) byte writes to the
  * UART scratch register 0x3ff; every one of them exits to the VMM.
+ * port=N selects another port (e.g. port=0x80 to see how a host treats it).
  */
 #include "rt.h"
 
@@ -11,10 +12,13 @@ void guest_main(void)
 	long count = cmdline_long("count", 100000);
 	if (count < 0)
 		count = 100000;
+	u16 port = (u16)cmdline_long("port", 0x3ff);
+	if (port != 0x3ff)
+		printf("bench port %#x\n", port);
 	printf("bench start %ld\n", count);
 	u64 t0 = rdtsc();
 	for (long i = 0; i < count; i++)
-		outb(0x3ff, (u8)i);
+		outb(port, (u8)i);
 	u64 t1 = rdtsc();
 	printf("bench done %ld\n", count);
 	if (count)

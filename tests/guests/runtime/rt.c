@@ -30,6 +30,8 @@ extern char ap_trampoline_start[], ap_trampoline_end[];
 
 /* seen by tests/diagnostics: the virtual IF when an interrupt arrived */
 volatile u64 irq_count, irq_entry_if_clear;
+/* PVM: re-raise the virtual IF after a handler ourselves (1) or rely on iretq (0) */
+int vif_restore_in_handler = 1;
 
 int this_cpu(void)
 {
@@ -137,7 +139,7 @@ void trap_dispatch(struct trap_frame *f)
 		irq_handlers[f->vector](f);
 	else if (f->vector != 0xff)
 		lapic_eoi();
-	if (v) {
+	if (v && vif_restore_in_handler) {
 		/* Interrupts were enabled when this one was taken: re-enable, as iretq would. */
 		v->if_ = 1;
 		barrier();
