@@ -71,6 +71,7 @@ static uint8_t rx_fifo[4096];
 static size_t rx_head, rx_tail;	/* guarded by out_lock */
 static uint64_t port_exits[65536], irq_lines;
 static int verbose;
+static uint64_t mmio_exits, bench_mmio0;
 
 /* 8250 interrupt line: ISA IRQ 4 -> in-kernel IOAPIC pin 4 (edge) */
 static void uart_update_irq(void)
@@ -239,15 +240,17 @@ static void console_char(uint8_t c)
 			clock_gettime(CLOCK_MONOTONIC, &bench_t0);
 			bench_scratch0 = scratch_writes;
 			bench_io0 = exits_io;
+			bench_mmio0 = mmio_exits;
 		} else if (!strncmp(line, "bench done", 10)) {
 			struct timespec t1;
 			clock_gettime(CLOCK_MONOTONIC, &t1);
 			double ns = now_diff_ns(&bench_t0, &t1);
 			uint64_t n = scratch_writes - bench_scratch0;
+			uint64_t m = mmio_exits - bench_mmio0;
 			fflush(stdout);
 			fprintf(stderr, "cvmm: bench %lu PIO exits in %.3f ms: %.0f ns per PIO exit "
-				"(%lu userspace I/O exits in the window)\n",
-				n, ns / 1e6, n ? ns / n : 0.0, exits_io - bench_io0);
+				"(%lu userspace I/O exits, %lu MMIO exits in the window)\n",
+				n, ns / 1e6, n ? ns / n : 0.0, exits_io - bench_io0, m);
 		}
 		line_len = 0;
 		fflush(stdout);
@@ -260,7 +263,7 @@ static void __attribute__((noreturn)) finish(int code, const char *why)
 {
 	fflush(stdout);
 	if (verbose) {
-		fprintf(stderr, "cvmm: uart irq edges %lu; port exits:", irq_lines);
+		fprintf(stderr, "cvmm: uart irq edges %lu; mmio exits %lu; port exits:", irq_lines, mmio_exits);
 		for (int p = 0; p < 65536; p++)
 			if (port_exits[p])
 				fprintf(stderr, " %#x:%lu", p, port_exits[p]);
@@ -361,8 +364,8 @@ static void *vcpu_thread(void *arg)
 		case KVM_EXIT_MMIO:
 			if (!run->mmio.is_write)
 				memset(run->mmio.data, 0xff, sizeof(run->mmio.data));
-			if (!quiet)
-				fprintf(stderr, "cvmm: vcpu %d: unhandled MMIO %s at %#llx\n", v->index,
+			if (mmio_exits++ == 0 && !quiet)
+				fprintf(stderr, "cvmm: vcpu %d: unhandled MMIO %s at %#llx (reported once)\n", v->index,
 					run->mmio.is_write ? "write" : "read", run->mmio.phys_addr);
 			break;
 		case KVM_EXIT_HLT:
