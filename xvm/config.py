@@ -29,6 +29,7 @@ class DomainConfig:
     cmdline: str = ""
     disks: tuple = field(default=())
     nics: tuple = field(default=())
+    disable_cpu_features: tuple = field(default=())
 
     def __post_init__(self):
         set_ = object.__setattr__.__get__(self)
@@ -49,6 +50,7 @@ class DomainConfig:
             raise ConfigError(f"cmdline must be a string, not {type(self.cmdline).__name__}")
         if "\0" in self.cmdline or len(self.cmdline.encode()) > CMDLINE_MAX:
             raise ConfigError(f"cmdline must be at most {CMDLINE_MAX} bytes with no NUL character")
+        set_("disable_cpu_features", _cpu_features(self.disable_cpu_features))
         set_("disks", tuple(self.disks))
         set_("nics", tuple(self.nics))
 
@@ -66,6 +68,18 @@ class DomainConfig:
             value = getattr(self, f.name)
             out[f.name] = str(value) if isinstance(value, uuid_module.UUID) else value
         return out
+
+
+def _cpu_features(names):
+    from .machine.cpu import CPU_FEATURES
+
+    names = (names,) if isinstance(names, str) else tuple(names)
+    unknown = [name for name in names if name not in CPU_FEATURES]
+    if unknown:
+        raise ConfigError(
+            f"unknown CPU feature(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(CPU_FEATURES))}"
+        )
+    return names
 
 
 def _is_int(value):

@@ -190,6 +190,7 @@ class Domain:
             initrd=cfg.initrd,
             cmdline=cfg.cmdline,
             console_sink=self.console._feed,
+            disabled_cpu_features=cfg.disable_cpu_features,
         )
         try:
             machine.start()

@@ -17,13 +17,33 @@ APIC_MODE_NMI = 0x4
 
 CPUID_EXT_HYPERVISOR = 1 << 31  # leaf 1 ECX
 
+# CPU features a domain may hide from its guest: name -> (leaf, subleaf, register, bit) to clear.
+# Hiding "xsave" also hides what depends on it (OSXSAVE, AVX and its successors) and leaf 0xD.
+CPU_FEATURES = {
+    "xsave": ((1, 0, "ecx", 26), (1, 0, "ecx", 27), (1, 0, "ecx", 28), (1, 0, "ecx", 12), (1, 0, "ecx", 29),
+              (7, 0, "ebx", 5), (7, 0, "ebx", 16), (7, 0, "ebx", 17), (7, 0, "ebx", 28), (7, 0, "ebx", 30),
+              (7, 0, "ebx", 31), (7, 0, "ecx", 1), (7, 0, "edx", 2), (7, 0, "edx", 3)),
+    "x2apic": ((1, 0, "ecx", 21),),
+    "pdpe1gb": ((0x8000_0001, 0, "edx", 26),),
+    "rdtscp": ((0x8000_0001, 0, "edx", 27),),
+    "pcid": ((1, 0, "ecx", 17),),
+}
+XSAVE_LEAF = 0xD
 
-def configure_cpuid(vcpu, supported, vcpu_count):
-    """Give ``vcpu`` the host's supported CPUID with its own APIC ID and topology."""
+
+def configure_cpuid(vcpu, supported, vcpu_count, disabled_features=()):
+    """Give ``vcpu`` the host's supported CPUID with its own APIC ID and topology,
+    less the features named in ``disabled_features`` (keys of CPU_FEATURES)."""
     cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": supported.nent, "entries": supported.nent})
     ffi.memmove(cpuid.entries, supported.entries, ffi.sizeof("struct kvm_cpuid_entry2") * supported.nent)
+    clear = [bit for name in disabled_features for bit in CPU_FEATURES[name]]
     for i in range(cpuid.nent):
         entry = cpuid.entries[i]
+        for leaf, subleaf, register, bit in clear:
+            if entry.function == leaf and entry.index == subleaf:
+                setattr(entry, register, getattr(entry, register) & ~(1 << bit))
+        if entry.function == XSAVE_LEAF and "xsave" in disabled_features:
+            entry.eax = entry.ebx = entry.ecx = entry.edx = 0
         if entry.function == 1:
             # EBX[31:24] initial APIC ID, EBX[23:16] logical processors per package.
             entry.ebx = (vcpu.id << 24) | (min(vcpu_count, 255) << 16) | (entry.ebx & 0xFFFF)

@@ -52,10 +52,14 @@ class _IgnoredPort:
 
 
 class Machine:
-    def __init__(self, kvm, *, vcpus, memory_bytes, kernel, initrd=None, cmdline="", console_sink=None):
+    def __init__(
+        self, kvm, *, vcpus, memory_bytes, kernel, initrd=None, cmdline="", console_sink=None,
+        disabled_cpu_features=(),
+    ):
         self.kvm = kvm
         self.vcpu_count = vcpus
         self.memory_bytes = memory_bytes
+        self.disabled_cpu_features = tuple(disabled_cpu_features)
         self.pio_bus = Bus("port I/O")
         self.mmio_bus = Bus("MMIO")
         self.vm = None
@@ -113,7 +117,7 @@ class Machine:
         supported = self.kvm.supported_cpuid()
         for index in range(self.vcpu_count):
             vcpu = self.vm.create_vcpu(index)
-            cpu.configure_cpuid(vcpu, supported, self.vcpu_count)
+            cpu.configure_cpuid(vcpu, supported, self.vcpu_count, self.disabled_cpu_features)
             cpu.configure_fpu(vcpu)
             cpu.configure_lapic(vcpu)
         cpu.configure_boot_registers(self.vm.vcpus[0], plan)

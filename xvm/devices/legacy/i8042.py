@@ -16,6 +16,8 @@ CMD_SELF_TEST = 0xAA
 CMD_PULSE_RESET = 0xFE
 SELF_TEST_OK = 0x55
 STATUS_OUTPUT_FULL = 0x01
+STATUS_SYSTEM_FLAG = 0x04  # set after a successful self-test, as firmware leaves it
+STATUS_UNLOCKED = 0x10  # keyboard not inhibited (no "keylock")
 
 
 class I8042:
@@ -33,7 +35,7 @@ class I8042:
             if offset == 0:
                 return self._output.popleft() if self._output else 0
             if offset == COMMAND_PORT - DATA_PORT:
-                return STATUS_OUTPUT_FULL if self._output else 0
+                return STATUS_UNLOCKED | STATUS_SYSTEM_FLAG | (STATUS_OUTPUT_FULL if self._output else 0)
             return 0xFF
 
     def write(self, offset, size, value):
