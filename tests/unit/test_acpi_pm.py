@@ -1,6 +1,9 @@
 """The ACPI PM1a event/control registers, power button, S5 power-off and PM timer."""
+import pytest
+
 from xvm.machine.acpi import AcpiPm, AcpiPmState
 from xvm.machine.acpi import pm
+from xvm.machine.bus import Bus
 
 
 class Recorder:
@@ -116,3 +119,70 @@ def test_save_restore():
     other.restore(state)
     assert other.sci_level and rec2.levels == [True]
     assert other.read(0, 4) == pm.PWRBTN_STS | (pm.PWRBTN_EN << 16)
+
+
+@pytest.fixture
+def pm_bus():
+    """(bus, recorder): the device on a port-I/O bus at PM_BASE, as Machine registers it."""
+    rec = Recorder()
+    bus = Bus("port I/O")
+    dev = AcpiPm(sci=rec.sci, on_poweroff=rec.poweroff)
+    bus.register(pm.PM_BASE, pm.PM_SIZE, dev)
+    bus.pm = dev
+    return bus, rec
+
+
+@pytest.mark.parametrize("slp_typ", [t for t in range(8) if t != pm.S5_SLP_TYP])
+def test_no_sleep_type_but_s5_powers_off(pm_bus, slp_typ):
+    bus, rec = pm_bus
+    bus.write(pm.PM1A_CNT_BLK, 2, pm.SCI_EN | (slp_typ << pm.SLP_TYP_SHIFT) | pm.SLP_EN)
+    assert rec.poweroffs == 0
+
+
+def test_s5_without_slp_en_does_not_power_off(pm_bus):
+    bus, rec = pm_bus
+    bus.write(pm.PM1A_CNT_BLK, 2, pm.S5_SLP_TYP << pm.SLP_TYP_SHIFT)
+    bus.write(pm.PM1A_CNT_BLK, 2, pm.SCI_EN)
+    assert rec.poweroffs == 0
+
+
+def test_s5_through_the_bus_powers_off_once(pm_bus):
+    bus, rec = pm_bus
+    bus.write(pm.PM1A_CNT_BLK, 2, (pm.S5_SLP_TYP << pm.SLP_TYP_SHIFT) | pm.SLP_EN)
+    assert rec.poweroffs == 1
+    bus.write(pm.PM1A_EVT_BLK + 2, 2, pm.PWRBTN_EN)  # unrelated writes do not repeat it
+    assert rec.poweroffs == 1
+
+
+def test_slp_en_in_a_byte_write_to_the_high_half(pm_bus):
+    # PM1a_CNT is 16 bits wide but the FADT allows byte access: SLP_TYP/SLP_EN live in byte 1.
+    bus, rec = pm_bus
+    bus.write(pm.PM1A_CNT_BLK + 1, 1, ((pm.S5_SLP_TYP << pm.SLP_TYP_SHIFT) | pm.SLP_EN) >> 8)
+    assert rec.poweroffs == 1
+
+
+def test_disabling_the_event_drops_the_sci_but_keeps_status(pm_bus):
+    bus, rec = pm_bus
+    bus.write(pm.PM1A_EVT_BLK + 2, 2, pm.PWRBTN_EN)
+    bus.pm.raise_power_button()
+    assert rec.levels == [True]
+    bus.write(pm.PM1A_EVT_BLK + 2, 2, 0)
+    assert rec.levels == [True, False]
+    assert bus.read(pm.PM1A_EVT_BLK, 2) & pm.PWRBTN_STS
+
+
+def test_clearing_another_status_bit_keeps_the_sci(pm_bus):
+    bus, rec = pm_bus
+    bus.write(pm.PM1A_EVT_BLK + 2, 2, pm.PWRBTN_EN)
+    bus.pm.raise_power_button()
+    bus.write(pm.PM1A_EVT_BLK, 2, pm.SLPBTN_STS | pm.TMR_STS)
+    assert bus.pm.sci_level and rec.levels == [True]
+    assert bus.read(pm.PM1A_EVT_BLK, 2) & pm.PWRBTN_STS
+
+
+def test_pressing_twice_before_the_guest_clears_raises_once(pm_bus):
+    bus, rec = pm_bus
+    bus.write(pm.PM1A_EVT_BLK + 2, 2, pm.PWRBTN_EN)
+    bus.pm.raise_power_button()
+    bus.pm.raise_power_button()
+    assert rec.levels == [True]  # level-triggered: no second edge
