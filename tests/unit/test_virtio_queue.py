@@ -1,10 +1,15 @@
-"""The split virtqueue against hand-built rings in real guest memory."""
+"""The split virtqueue against hand-built rings in real guest memory.
+
+Every test runs twice: with the Python reference chain walker and with the C
+walker (skipped if it cannot be built here).
+"""
 import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from xvm.devices.virtio import native as native_loader
 from xvm.devices.virtio.errors import ChainError, QueueError
 from xvm.devices.virtio.queue import (
     VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
@@ -20,6 +25,19 @@ DATA = 0x20000
 TABLE = 0x30000
 
 
+NATIVE = False
+
+
+@pytest.fixture(params=[False, True], ids=["python", "native"], autouse=True)
+def walker(request):
+    global NATIVE
+    if request.param and native_loader.load() is None:
+        pytest.skip("the C chain walker cannot be built here")
+    NATIVE = request.param
+    yield request.param
+    NATIVE = False
+
+
 @pytest.fixture
 def memory():
     with GuestMemory.create(LAYOUT) as mem:
@@ -28,7 +46,9 @@ def memory():
 
 def make(memory, size=16, **kw):
     ring = DriverRing(memory, RING, size)
-    queue = Queue(memory, size, ring.desc_table, ring.avail_ring, ring.used_ring, **kw)
+    queue = Queue(memory, size, ring.desc_table, ring.avail_ring, ring.used_ring,
+                  native=NATIVE, **kw)
+    assert queue.native is NATIVE
     return ring, queue
 
 
@@ -263,7 +283,7 @@ def test_avail_idx_too_far_ahead(memory):
 ])
 def test_bad_geometry(memory, size, desc, avail, used, match):
     with pytest.raises(QueueError, match=match):
-        Queue(memory, size, desc, avail, used)
+        Queue(memory, size, desc, avail, used, native=NATIVE)
 
 
 def test_notification_without_event_idx(memory):
@@ -310,7 +330,7 @@ def test_save_restore(memory):
     ring.publish(ring.add_chain([(DATA, 8, True)]))
     q.add_used(q.pop().head, 0)
     state = q.save()
-    q2 = Queue.restore(memory, state)
+    q2 = Queue.restore(memory, state, native=NATIVE)
     assert (q2.next_avail, q2.next_used, q2.event_idx, q2.indirect) == (1, 1, True, True)
     assert type(state).restore(state.save()) == state
 
@@ -346,7 +366,8 @@ def _check_chain(memory, chain):
     assert total <= 2**32
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(size_log=st.integers(0, 4), descs=st.lists(_DESCS, min_size=16, max_size=16),
        table=st.lists(_DESCS, min_size=0, max_size=24), heads=st.lists(st.integers(0, 20),
                                                                        min_size=1, max_size=4),
@@ -356,7 +377,7 @@ def test_hostile_tables(size_log, descs, table, heads, indirect, event_idx):
     with GuestMemory.create(LAYOUT) as memory:
         ring = DriverRing(memory, RING, size)
         q = Queue(memory, size, ring.desc_table, ring.avail_ring, ring.used_ring,
-                  indirect=indirect, event_idx=event_idx)
+                  indirect=indirect, event_idx=event_idx, native=NATIVE)
         for i in range(size):
             addr, length, flags, nxt = descs[i]
             ring.write_desc(i, addr, length, flags, nxt)
@@ -375,7 +396,8 @@ def test_hostile_tables(size_log, descs, table, heads, indirect, event_idx):
         assert q.pop() is None
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=st.binary(min_size=16 * 8 + 6 + 2 * 8, max_size=16 * 8 + 6 + 2 * 8),
        table=st.binary(min_size=0, max_size=256))
 def test_random_bytes_as_rings(raw, table):
@@ -387,7 +409,7 @@ def test_random_bytes_as_rings(raw, table):
         memory.write(ring.avail_ring, raw[16 * size:])
         memory.write(TABLE, table)
         q = Queue(memory, size, ring.desc_table, ring.avail_ring, ring.used_ring,
-                  indirect=True)
+                  indirect=True, native=NATIVE)
         for _ in range(size + 1):
             try:
                 chain = q.pop()
@@ -398,3 +420,31 @@ def test_random_bytes_as_rings(raw, table):
             if chain is None:
                 break
             _check_chain(memory, chain)
+
+
+def _outcome(queue, head):
+    try:
+        chain = queue.walk(head)
+    except ChainError as e:
+        return ("error", e.reason, e.head)
+    return ("chain", chain.readable, chain.writable)
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(descs=st.lists(_DESCS, min_size=8, max_size=8), table=st.lists(_DESCS, max_size=12),
+       head=st.integers(0, 9), indirect=st.booleans())
+def test_c_and_python_walkers_agree(walker, descs, table, head, indirect):
+    """Differential test: the C walker gives exactly the Python reference's answer."""
+    if not walker:
+        return  # one run is enough; it compares both
+    with GuestMemory.create(LAYOUT) as memory:
+        ring = DriverRing(memory, RING, 8)
+        for i, (addr, length, flags, nxt) in enumerate(descs):
+            ring.write_desc(i, addr, length, flags, nxt)
+        for i, (addr, length, flags, nxt) in enumerate(table):
+            memory.write(TABLE + 16 * i, struct.pack("<QIHH", addr, length, flags, nxt))
+        args = (memory, 8, ring.desc_table, ring.avail_ring, ring.used_ring)
+        py = Queue(*args, indirect=indirect, native=False)
+        c = Queue(*args, indirect=indirect, native=True)
+        assert _outcome(py, head) == _outcome(c, head)

@@ -16,10 +16,10 @@ barrier.
 """
 import struct
 import threading
-from dataclasses import dataclass, field
 
 from ...errors import GuestMemoryError
-from .errors import ChainError, QueueError
+from . import native as _native_loader
+from .errors import ChainError, QueueError, VirtioConfigError
 
 # §2.7.5 The Virtqueue Descriptor Table
 VIRTQ_DESC_F_NEXT = 1
@@ -38,6 +38,32 @@ VIRTQ_MAX_CHAIN_BYTES = 1 << 32
 VIRTQ_DESC_ALIGN = 16
 VIRTQ_AVAIL_ALIGN = 2
 VIRTQ_USED_ALIGN = 4
+
+# Why a chain is refused; the codes are shared with the C walker (_native).
+E_HEAD_RANGE = 1
+E_TOO_LONG = 2
+E_INDIRECT_NOT_NEGOTIATED = 3
+E_NESTED_INDIRECT = 4
+E_INDIRECT_WITH_NEXT = 5
+E_INDIRECT_LEN = 6
+E_INDIRECT_NOT_IN_RAM = 7
+E_TOTAL_LEN = 8
+E_BUFFER_NOT_IN_RAM = 9
+E_READABLE_AFTER_WRITABLE = 10
+E_NEXT_RANGE = 11
+CHAIN_ERRORS = {
+    E_HEAD_RANGE: "available ring head index >= Queue Size (§2.7.6)",
+    E_TOO_LONG: "descriptor chain longer than Queue Size (§2.7.5.3.1)",
+    E_INDIRECT_NOT_NEGOTIATED: "INDIRECT descriptor without VIRTIO_F_INDIRECT_DESC (§2.7.5.3.1)",
+    E_NESTED_INDIRECT: "nested indirect table (§2.7.5.3.1)",
+    E_INDIRECT_WITH_NEXT: "INDIRECT together with NEXT (§2.7.5.3.1)",
+    E_INDIRECT_LEN: "indirect table length is zero or not a multiple of 16 (§2.7.5.3)",
+    E_INDIRECT_NOT_IN_RAM: "indirect table is not in guest RAM (§2.7.5.3)",
+    E_TOTAL_LEN: "descriptor chain longer than 2^32 bytes (§2.7.5.2)",
+    E_BUFFER_NOT_IN_RAM: "buffer is not in guest RAM (§2.7.5)",
+    E_READABLE_AFTER_WRITABLE: "device-readable descriptor after a device-writable one (§2.7.4.2)",
+    E_NEXT_RANGE: "next index beyond the descriptor table (§2.7.5)",
+}
 
 _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
@@ -67,19 +93,26 @@ def used_ring_size(size):
     return 6 + VIRTQ_USED_ELEM_SIZE * size
 
 
-@dataclass(frozen=True, eq=False)
 class DescriptorChain:
     """One available descriptor chain, checked and flattened.
 
     ``readable`` and ``writable`` are tuples of ``(gpa, length)`` pieces, each
     wholly inside one guest RAM region (a buffer that crosses from one region
-    into an adjacent one is split).  Zero-length buffers are dropped.
+    into an adjacent one is split).  Zero-length buffers are dropped.  (A
+    plain slotted class, not a dataclass: it is made once per request.)
     """
 
-    head: int
-    readable: tuple
-    writable: tuple
-    memory: object = field(repr=False)
+    __slots__ = ("head", "readable", "writable", "memory")
+
+    def __init__(self, head, readable, writable, memory):
+        self.head = head
+        self.readable = readable
+        self.writable = writable
+        self.memory = memory
+
+    def __repr__(self):
+        return (f"DescriptorChain(head={self.head}, readable={self.readable}, "
+                f"writable={self.writable})")
 
     @property
     def readable_len(self):
@@ -125,10 +158,15 @@ class Queue:
     ``event_idx`` and ``indirect`` say whether VIRTIO_F_EVENT_IDX and
     VIRTIO_F_INDIRECT_DESC were negotiated.  The constructor checks the ring
     geometry and raises :class:`QueueError` if the driver's setup is unusable.
+
+    ``native`` picks the chain walker: ``True`` the C one (an error if it is
+    unavailable), ``False`` the Python reference, ``None`` (default) C when
+    available.  The C walker caches host addresses of ``memory``'s regions:
+    the memory must not be unmapped or extended while the queue lives.
     """
 
     def __init__(self, memory, size, desc_table, avail_ring, used_ring, *,
-                 event_idx=False, indirect=False):
+                 event_idx=False, indirect=False, native=None):
         # §2.7 "Queue Size value is always a power of 2. The maximum Queue Size value is 32768."
         if not (0 < size <= VIRTQ_MAX_SIZE) or size & (size - 1):
             raise QueueError("queue size is not a power of 2 in 1..32768 (§2.7)", size=size)
@@ -157,6 +195,34 @@ class Queue:
         self.next_used = 0
         # used.idx when we last notified (or decided not to); None = never.
         self._signalled_used = None
+        self._walker = self.walk_python
+        module = _native_loader.load() if native is not False else None
+        if module is not None:
+            self._setup_native(module)
+            self._walker = self.walk_native
+        elif native:
+            raise VirtioConfigError("the C chain walker is not available")
+
+    @property
+    def native(self):
+        return self._walker == self.walk_native
+
+    def _setup_native(self, module):
+        ffi = module.ffi
+        regions = self.memory.regions
+        self._lib = module.lib
+        self._c_regions = ffi.new("struct xvm_region[]", len(regions))
+        for c, region in zip(self._c_regions, regions):
+            c.gpa, c.size, c.host = region.gpa, region.size, region.host_address
+        self._c_nregions = len(regions)
+        self._c_desc = self.memory.host_address(self.desc_table, desc_table_size(self.size))
+        # Each of at most 2*size descriptors yields at most one piece per region.
+        self._c_max_out = 2 * self.size * max(1, len(regions))
+        self._c_out = ffi.new("struct xvm_piece[]", self._c_max_out)
+        self._c_words = memoryview(ffi.buffer(self._c_out)).cast("Q")
+        self._c_nread = ffi.new("uint32_t *")
+        self._c_ntotal = ffi.new("uint32_t *")
+        self._c_err = ffi.new("uint64_t *")
 
     # -- driver → device ---------------------------------------------------------
 
@@ -186,15 +252,34 @@ class Queue:
         if self.event_idx:
             # §2.7.10: avail_event tells the driver when to notify us next.
             self._write_avail_event(self.next_avail)
-        return self.walk(head)
+        return self._walker(head)
 
     def walk(self, head):
-        """Parse the chain starting at descriptor ``head`` (the reference
-        Python chain walker)."""
+        """Parse the chain starting at descriptor ``head``."""
+        return self._walker(head)
+
+    def walk_native(self, head):
+        """The C chain walker: same checks, same order, same errors."""
+        rc = self._lib.xvm_walk_chain(
+            self._c_regions, self._c_nregions, self._c_desc, self.size, head,
+            1 if self.indirect else 0, self._c_out, self._c_max_out,
+            self._c_nread, self._c_ntotal, self._c_err)
+        if rc:
+            reason = CHAIN_ERRORS.get(rc, f"chain walker error {rc}")
+            raise ChainError(reason, head=None if rc == E_HEAD_RANGE else head,
+                             value=self._c_err[0])
+        nread = 2 * self._c_nread[0]
+        words = self._c_words[:2 * self._c_ntotal[0]].tolist()
+        readable = tuple(zip(words[0:nread:2], words[1:nread:2]))
+        writable = tuple(zip(words[nread::2], words[nread + 1::2]))
+        return DescriptorChain(head, readable, writable, self.memory)
+
+    def walk_python(self, head):
+        """The reference Python chain walker."""
         # §2.7.6 ring[] holds descriptor-table indices: a head beyond the table
         # cannot be returned to the used ring; the device must reset.
         if head >= self.size:
-            raise ChainError("available ring head index >= Queue Size (§2.7.6)", head=None,
+            raise ChainError(CHAIN_ERRORS[E_HEAD_RANGE], head=None,
                              index=head, size=self.size)
         readable = []
         writable = []
@@ -210,33 +295,32 @@ class Queue:
             # bounds every loop (§2.7.5.2 "loops in the descriptor chain are forbidden").
             count += 1
             if count > self.size:
-                raise ChainError("descriptor chain longer than Queue Size (§2.7.5.3.1)",
+                raise ChainError(CHAIN_ERRORS[E_TOO_LONG],
                                  head=head, size=self.size)
             addr, length, flags, next_index = _DESC.unpack_from(table, VIRTQ_DESC_SIZE * index)
             if flags & VIRTQ_DESC_F_INDIRECT:
                 # §2.7.5.3.1 "The driver MUST NOT set the VIRTQ_DESC_F_INDIRECT flag unless
                 # the VIRTIO_F_INDIRECT_DESC feature was negotiated."
                 if not self.indirect:
-                    raise ChainError("INDIRECT descriptor without VIRTIO_F_INDIRECT_DESC "
-                                     "(§2.7.5.3.1)", head=head, index=index)
+                    raise ChainError(CHAIN_ERRORS[E_INDIRECT_NOT_NEGOTIATED], head=head,
+                                     index=index)
                 # §2.7.5.3.1 "The driver MUST NOT set the VIRTQ_DESC_F_INDIRECT flag within
                 # an indirect descriptor (i.e. only one table per descriptor)."
                 if in_indirect:
-                    raise ChainError("nested indirect table (§2.7.5.3.1)", head=head,
+                    raise ChainError(CHAIN_ERRORS[E_NESTED_INDIRECT], head=head,
                                      index=index)
                 # §2.7.5.3.1 "A driver MUST NOT set both VIRTQ_DESC_F_INDIRECT and
                 # VIRTQ_DESC_F_NEXT in flags."
                 if flags & VIRTQ_DESC_F_NEXT:
-                    raise ChainError("INDIRECT together with NEXT (§2.7.5.3.1)", head=head,
+                    raise ChainError(CHAIN_ERRORS[E_INDIRECT_WITH_NEXT], head=head,
                                      index=index)
                 # §2.7.5.3: the table is len/16 descriptors; anything else is no table.
                 if length == 0 or length % VIRTQ_DESC_SIZE:
-                    raise ChainError("indirect table length is zero or not a multiple of 16 "
-                                     "(§2.7.5.3)", head=head, length=length)
+                    raise ChainError(CHAIN_ERRORS[E_INDIRECT_LEN], head=head, length=length)
                 try:
                     table = self.memory.view(addr, length)
                 except GuestMemoryError:
-                    raise ChainError("indirect table is not in guest RAM (§2.7.5.3)",
+                    raise ChainError(CHAIN_ERRORS[E_INDIRECT_NOT_IN_RAM],
                                      head=head, gpa=addr, length=length) from None
                 table_len = length // VIRTQ_DESC_SIZE
                 in_indirect = True
@@ -246,7 +330,7 @@ class Queue:
             # §2.7.5.2 "Drivers MUST NOT add a descriptor chain longer than 2^32 bytes in total"
             total += length
             if total > VIRTQ_MAX_CHAIN_BYTES:
-                raise ChainError("descriptor chain longer than 2^32 bytes (§2.7.5.2)",
+                raise ChainError(CHAIN_ERRORS[E_TOTAL_LEN],
                                  head=head, total=total)
             if length:
                 pieces = self._guest_ranges(head, addr, length)
@@ -256,14 +340,14 @@ class Queue:
                     # §2.7.4.2 "The driver MUST place any device-writable descriptor
                     # elements after any device-readable descriptor elements."
                     if writable:
-                        raise ChainError("device-readable descriptor after a device-writable "
-                                         "one (§2.7.4.2)", head=head, index=index)
+                        raise ChainError(CHAIN_ERRORS[E_READABLE_AFTER_WRITABLE],
+                                         head=head, index=index)
                     readable.extend(pieces)
             if not flags & VIRTQ_DESC_F_NEXT:
                 break
             # §2.7.5: next indexes the same table; outside it there is no descriptor.
             if next_index >= table_len:
-                raise ChainError("next index beyond the descriptor table (§2.7.5)",
+                raise ChainError(CHAIN_ERRORS[E_NEXT_RANGE],
                                  head=head, next=next_index, table_len=table_len)
             index = next_index
         return DescriptorChain(head, tuple(readable), tuple(writable), self.memory)
@@ -278,7 +362,7 @@ class Queue:
             try:
                 region = memory.region_of(gpa, 1)
             except GuestMemoryError:
-                raise ChainError("buffer is not in guest RAM (§2.7.5)", head=head, gpa=gpa,
+                raise ChainError(CHAIN_ERRORS[E_BUFFER_NOT_IN_RAM], head=head, gpa=gpa,
                                  length=length) from None
             take = min(length, region.end - gpa)
             pieces.append((gpa, take))
@@ -337,9 +421,9 @@ class Queue:
                           self._signalled_used)
 
     @classmethod
-    def restore(cls, memory, state):
+    def restore(cls, memory, state, native=None):
         queue = cls(memory, state.size, state.desc_table, state.avail_ring, state.used_ring,
-                    event_idx=state.event_idx, indirect=state.indirect)
+                    event_idx=state.event_idx, indirect=state.indirect, native=native)
         queue.next_avail = state.next_avail
         queue.next_used = state.next_used
         queue._signalled_used = state.signalled_used

@@ -1,0 +1,182 @@
+"""cffi (API mode) build of the C descriptor-chain walker.
+
+The C walker does exactly what :meth:`xvm.devices.virtio.queue.Queue.walk`
+does, check for check and in the same order, and reports the same error
+codes (``queue.E_*``); the Python walker stays the reference and both pass
+the same tests.  Built by setuptools through ``cffi_modules`` when the
+package is installed, or on first use into a cache directory
+(:mod:`xvm.devices.virtio.native`).
+"""
+import cffi
+
+CDEF = """
+struct xvm_region { uint64_t gpa; uint64_t size; uintptr_t host; };
+struct xvm_piece { uint64_t gpa; uint64_t len; };
+int xvm_walk_chain(const struct xvm_region *regions, uint32_t nregions,
+                   uintptr_t desc_table, uint32_t queue_size, uint32_t head,
+                   int indirect_ok, struct xvm_piece *out, uint32_t max_out,
+                   uint32_t *n_readable, uint32_t *n_total, uint64_t *err_value);
+"""
+
+SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+
+struct xvm_region { uint64_t gpa; uint64_t size; uintptr_t host; };
+struct xvm_piece { uint64_t gpa; uint64_t len; };
+
+/* virtio 1.2 §2.7.5 struct virtq_desc, little-endian (x86). */
+struct virtq_desc { uint64_t addr; uint32_t len; uint16_t flags; uint16_t next; };
+
+#define VIRTQ_DESC_F_NEXT     1
+#define VIRTQ_DESC_F_WRITE    2
+#define VIRTQ_DESC_F_INDIRECT 4
+#define VIRTQ_DESC_SIZE       16
+
+/* Error codes: keep in step with xvm/devices/virtio/queue.py E_*. */
+enum {
+    E_HEAD_RANGE = 1, E_TOO_LONG = 2, E_INDIRECT_NOT_NEGOTIATED = 3, E_NESTED_INDIRECT = 4,
+    E_INDIRECT_WITH_NEXT = 5, E_INDIRECT_LEN = 6, E_INDIRECT_NOT_IN_RAM = 7, E_TOTAL_LEN = 8,
+    E_BUFFER_NOT_IN_RAM = 9, E_READABLE_AFTER_WRITABLE = 10, E_NEXT_RANGE = 11,
+    E_OUT_FULL = 12,
+};
+
+/* The region holding gpa (regions sorted by gpa, non-overlapping), or NULL. */
+static const struct xvm_region *find_region(const struct xvm_region *r, uint32_t n, uint64_t gpa)
+{
+    uint32_t lo = 0, hi = n;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (r[mid].gpa <= gpa)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0)
+        return NULL;
+    r = &r[lo - 1];
+    return gpa - r->gpa < r->size ? r : NULL;
+}
+
+/* Host address of [gpa, gpa+len) if it lies wholly inside one region, else 0. */
+static uintptr_t host_range(const struct xvm_region *r, uint32_t n, uint64_t gpa, uint64_t len)
+{
+    const struct xvm_region *c = find_region(r, n, gpa);
+    if (!c)
+        return 0;
+    uint64_t off = gpa - c->gpa;
+    if (len > c->size - off)
+        return 0;
+    return c->host + off;
+}
+
+int xvm_walk_chain(const struct xvm_region *regions, uint32_t nregions,
+                   uintptr_t desc_table, uint32_t queue_size, uint32_t head,
+                   int indirect_ok, struct xvm_piece *out, uint32_t max_out,
+                   uint32_t *n_readable, uint32_t *n_total, uint64_t *err_value)
+{
+    const unsigned char *table = (const unsigned char *)desc_table;
+    uint32_t table_len = queue_size, index = head, count = 0, nout = 0, nread = 0;
+    int in_indirect = 0, seen_writable = 0;
+    uint64_t total = 0;
+
+    /* §2.7.6: ring[] entries index the descriptor table. */
+    if (head >= queue_size) {
+        *err_value = head;
+        return E_HEAD_RANGE;
+    }
+    for (;;) {
+        struct virtq_desc d;
+        /* §2.7.5.3.1: no chain longer than Queue Size, counted afresh in an indirect
+         * table; this bounds every loop (§2.7.5.2). */
+        if (++count > queue_size) {
+            *err_value = queue_size;
+            return E_TOO_LONG;
+        }
+        /* One read of the guest's descriptor: later changes by the guest are not seen. */
+        memcpy(&d, table + (size_t)VIRTQ_DESC_SIZE * index, sizeof d);
+        __asm__ __volatile__("" ::: "memory");
+        if (d.flags & VIRTQ_DESC_F_INDIRECT) {
+            uintptr_t t;
+            if (!indirect_ok)                   /* §2.7.5.3.1 */
+                return E_INDIRECT_NOT_NEGOTIATED;
+            if (in_indirect)                    /* §2.7.5.3.1 one table per descriptor */
+                return E_NESTED_INDIRECT;
+            if (d.flags & VIRTQ_DESC_F_NEXT)    /* §2.7.5.3.1 not both INDIRECT and NEXT */
+                return E_INDIRECT_WITH_NEXT;
+            if (d.len == 0 || d.len % VIRTQ_DESC_SIZE) {  /* §2.7.5.3 */
+                *err_value = d.len;
+                return E_INDIRECT_LEN;
+            }
+            t = host_range(regions, nregions, d.addr, d.len);
+            if (!t) {                           /* §2.7.5.3 */
+                *err_value = d.addr;
+                return E_INDIRECT_NOT_IN_RAM;
+            }
+            table = (const unsigned char *)t;
+            table_len = d.len / VIRTQ_DESC_SIZE;
+            in_indirect = 1;
+            index = 0;
+            count = 0;
+            continue;
+        }
+        total += d.len;                         /* §2.7.5.2 at most 2^32 bytes */
+        if (total > (1ULL << 32)) {
+            *err_value = total;
+            return E_TOTAL_LEN;
+        }
+        if (d.len) {
+            uint64_t gpa = d.addr, len = d.len;
+            int writable = d.flags & VIRTQ_DESC_F_WRITE;
+            while (len) {                       /* §2.7.5: buffers are guest RAM */
+                const struct xvm_region *c = find_region(regions, nregions, gpa);
+                uint64_t take;
+                if (!c) {
+                    *err_value = gpa;
+                    return E_BUFFER_NOT_IN_RAM;
+                }
+                take = c->size - (gpa - c->gpa);
+                if (take > len)
+                    take = len;
+                if (nout >= max_out)
+                    return E_OUT_FULL;
+                out[nout].gpa = gpa;
+                out[nout].len = take;
+                nout++;
+                gpa += take;
+                len -= take;
+            }
+            if (writable) {
+                seen_writable = 1;
+            } else {
+                if (seen_writable)              /* §2.7.4.2 writable after readable */
+                    return E_READABLE_AFTER_WRITABLE;
+                nread = nout;
+            }
+        }
+        if (!(d.flags & VIRTQ_DESC_F_NEXT))
+            break;
+        if (d.next >= table_len) {              /* §2.7.5 next stays in the table */
+            *err_value = d.next;
+            return E_NEXT_RANGE;
+        }
+        index = d.next;
+    }
+    *n_readable = nread;
+    *n_total = nout;
+    return 0;
+}
+"""
+
+
+def make_builder(module_name="xvm.devices.virtio._native"):
+    builder = cffi.FFI()
+    builder.cdef(CDEF)
+    builder.set_source(module_name, SOURCE, extra_compile_args=["-O2", "-std=gnu11"])
+    return builder
+
+
+ffibuilder = make_builder()
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)
