@@ -359,3 +359,44 @@ def test_save_restore(env):
         assert ring.wait_used() == [(head, 3)]
     finally:
         mmio2.close()
+
+
+def test_pause_holds_notifications_until_resume(env):
+    memory, irq, dev, mmio, d = env
+    d.init()
+    mmio.pause()
+    ring = d.rings[0]
+    head = echo(memory, ring, b"held")
+    d.kick(0)
+    time.sleep(0.05)
+    assert ring.take_used() == []
+    state = mmio.save()
+    assert state.active_queues[0].next_avail == 0
+    mmio.resume()
+    assert ring.wait_used() == [(head, 4)]
+
+
+def test_level_triggered_resample(env):
+    memory, _, _, _, _ = env
+    irq = EventFdLine()
+    resample = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    dev = EchoDevice()
+    mmio = VirtioMmioDevice(dev, memory, irq, resample_fd=resample)
+    try:
+        d = MmioDriver(mmio, memory, RING)
+        d.init()
+        echo(memory, d.rings[0], b"x")
+        d.kick(0)
+        wait_irq(irq)
+        # The guest EOIs without acking InterruptStatus: KVM signals the resamplefd
+        # and the line must be raised again.
+        os.eventfd_write(resample, 1)
+        wait_irq(irq)
+        d.ack_interrupts()
+        os.eventfd_write(resample, 1)
+        time.sleep(0.05)
+        assert irq.read() == 0
+    finally:
+        mmio.close()
+        irq.close()
+        os.close(resample)

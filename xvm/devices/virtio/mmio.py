@@ -9,8 +9,10 @@ Wiring (done by the machine): register the window ``[base, base+MMIO_SIZE)``
 on the MMIO bus; for each ``(index, fd)`` in ``enumerate(notify_eventfds())``
 register a KVM ioeventfd at ``base + VIRTIO_MMIO_QUEUE_NOTIFY``, 4 bytes,
 datamatch ``index``; give the constructor an eventfd registered with
-KVM_IRQFD for the device's GSI (edge-triggered; for a level-triggered line
-also register a resamplefd and call :meth:`resample` when it fires).
+KVM_IRQFD for the device's GSI.  Edge-triggered is the simple case; for a
+level-triggered line register the irqfd with a resamplefd and pass that
+resamplefd as ``resample_fd``: the worker then re-raises the line while
+InterruptStatus is non-zero.
 """
 import struct
 
@@ -67,8 +69,9 @@ _CONFIG_FORMATS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Str
 class VirtioMmioDevice:
     """A virtio device behind a virtio-mmio (version 2) register window."""
 
-    def __init__(self, device, memory, irq, *, name=None):
-        self.transport = VirtioTransport(device, memory, irq, name=name)
+    def __init__(self, device, memory, irq, *, name=None, resample_fd=None):
+        self.transport = VirtioTransport(device, memory, irq, name=name,
+                                         resample_fd=resample_fd)
         self.device = device
         self.device_features_sel = 0
         self.driver_features_sel = 0
@@ -92,11 +95,17 @@ class VirtioMmioDevice:
     def resample(self):
         self.transport.resample()
 
+    def pause(self):
+        self.transport.pause()
+
+    def resume(self):
+        self.transport.resume()
+
     def save(self):
         return self.transport.save()
 
-    def restore(self, state):
-        self.transport.restore(state)
+    def restore(self, state, *, paused=False):
+        self.transport.restore(state, paused=paused)
 
     def close(self):
         self.transport.close()

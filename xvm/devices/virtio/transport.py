@@ -61,7 +61,7 @@ class VirtioTransport:
     eventfd (registered by the machine with KVM_IRQFD).
     """
 
-    def __init__(self, device, memory, irq, *, name=None):
+    def __init__(self, device, memory, irq, *, name=None, resample_fd=None):
         if not device.queue_max_sizes:
             raise VirtioConfigError(f"{type(device).__name__} declares no virtqueues")
         self.device = device
@@ -79,7 +79,9 @@ class VirtioTransport:
         self._irq_lock = threading.Lock()
         self._lock = threading.RLock()
         self._worker = None
+        self.resample_fd = resample_fd
         self.active = False
+        self.paused = False
 
     # -- notifications -----------------------------------------------------
 
@@ -133,8 +135,8 @@ class VirtioTransport:
                     # §3.1.1 step 6: the driver re-reads status and sees FEATURES_OK clear.
                     log.info("%s: features refused: %s", self.name, e)
                     self.status.clear(VIRTIO_CONFIG_S_FEATURES_OK)
-            if newly & VIRTIO_CONFIG_S_DRIVER_OK:
-                self._activate()
+            if newly & VIRTIO_CONFIG_S_DRIVER_OK and self._activate():
+                self._start_worker()
 
     def write_driver_features(self, word, value):
         """Set 32 bits ``word`` of the driver's features (§4.2.2 DriverFeatures)."""
@@ -224,16 +226,37 @@ class VirtioTransport:
             log.warning("%s: activation failed: %s", self.name, e)
             self.status.set_needs_reset()
             self.raise_interrupt(InterruptKind.CONFIG_CHANGE)
-            return
+            return False
+        self.active = True
+        return True
+
+    def _start_worker(self):
         worker = Worker(name=self.name, on_error=self._device_error)
         for index, fd in enumerate(self._notify_fds):
             worker.add_eventfd(fd, self._serve_callback(index))
+        if self.resample_fd is not None:
+            worker.add_eventfd(self.resample_fd, self.resample)
         for fd, callback in self.device.event_sources():
             worker.add(fd, callback)
         worker.start()
         self._worker = worker
-        self.active = True
         # Notifications that arrived before DRIVER_OK are already pending on the eventfds.
+
+    def pause(self):
+        """Quiesce the data plane: the request being served completes, the worker
+        stops; notifications that arrive meanwhile stay pending on their
+        eventfds.  Call before :meth:`save` on a live device."""
+        with self._lock:
+            if self._worker is not None:
+                self._worker.stop()
+                self._worker = None
+            self.paused = True
+
+    def resume(self):
+        with self._lock:
+            self.paused = False
+            if self.active and self._worker is None:
+                self._start_worker()
 
     def _serve_callback(self, index):
         def serve():
@@ -253,6 +276,7 @@ class VirtioTransport:
                 self._worker.stop()
                 self._worker = None
             self.active = False
+            self.paused = False
             self.device.reset()
             self.status.write(0)
             self.driver_features = 0
@@ -277,8 +301,8 @@ class VirtioTransport:
     # -- state -------------------------------------------------------------------
 
     def save(self):
-        """Transport state; only consistent while the worker is quiesced (the
-        machine pauses vCPUs and drains I/O first)."""
+        """Transport state; consistent only while the data plane is quiesced
+        (:meth:`pause`, with the vCPUs stopped) or inactive."""
         active = ()
         if self.active:
             active = tuple(q.save() for q in self.device.queues if q is not None)
@@ -290,9 +314,10 @@ class VirtioTransport:
             active,
         )
 
-    def restore(self, state):
-        """Load ``state`` into a freshly reset transport; re-activates the device
-        (and its worker) if the state was live."""
+    def restore(self, state, *, paused=False):
+        """Load ``state`` into this transport (reset first); re-activates the
+        device if the state was live and starts its worker unless ``paused``
+        (then :meth:`resume` starts it)."""
         with self._lock:
             self.reset()
             self.driver_features = state.driver_features
@@ -304,13 +329,20 @@ class VirtioTransport:
             self.status.value = state.status
             if state.status & VIRTIO_CONFIG_S_FEATURES_OK:
                 self.device.ack_features(state.driver_features)
+            live = False
             if state.status & VIRTIO_CONFIG_S_DRIVER_OK:
-                self._activate()
-                saved = iter(state.active_queues)
-                for queue in self.device.queues:
-                    if queue is not None:
-                        s = next(saved)
-                        queue.next_avail, queue.next_used = s.next_avail, s.next_used
-                        queue._signalled_used = s.signalled_used
+                live = self._activate()
+                if live:
+                    saved = iter(state.active_queues)
+                    for queue in self.device.queues:
+                        if queue is not None:
+                            s = next(saved)
+                            queue.next_avail, queue.next_used = s.next_avail, s.next_used
+                            queue._signalled_used = s.signalled_used
             with self._irq_lock:
                 self.interrupt_status = state.interrupt_status
+            if live:
+                if paused:
+                    self.paused = True
+                else:
+                    self._start_worker()
