@@ -265,7 +265,7 @@ def test_relocatable_kernel_moves_down_when_memory_is_small():
 
 
 def test_kernel_too_large(memory):
-    with pytest.raises(BootError, match=r"kernel needs 128 MiB.*64 MiB of guest RAM"):
+    with pytest.raises(BootError, match=r"kernel needs 128 MiB.*64 MiB of guest memory"):
         load_bzimage(memory, fake_bzimage(init_size=128 * MiB))
 
 

@@ -224,7 +224,7 @@ def _place_kernel(image, ram, ram_bytes):
             return address
     raise BootError(
         f"{image.path}: kernel needs {need >> 20} MiB at {hdr.pref_address:#x}"
-        f"{' (relocatable)' if hdr.relocatable else ''}; it does not fit in {ram_bytes >> 20} MiB of guest RAM"
+        f"{' (relocatable)' if hdr.relocatable else ''}; it does not fit in {ram_bytes >> 20} MiB of guest memory"
     )
 
 
@@ -242,7 +242,7 @@ def _place_initrd(image, size, ram, kernel_start, kernel_end):
         if address >= lo:
             return address
     raise BootError(
-        f"initrd of {size / (1 << 20):.1f} MiB does not fit in guest RAM below {top:#x} beside the kernel "
+        f"initrd of {size / (1 << 20):.1f} MiB does not fit in guest memory below {top:#x} beside the kernel "
         f"({kernel_start:#x}-{kernel_end:#x})"
     )
 
