@@ -190,5 +190,7 @@ def test_block_device_backend(image):
             backend.readv(8192, [memoryview(out)])
             assert out == bytes(4096)
             backend.discard(0, 4096)
+            with pytest.raises(DiskBusyError):
+                Disk(dev)  # held exclusively (O_EXCL and flock) by the backend
     finally:
         subprocess.run(["losetup", "-d", dev], timeout=20)

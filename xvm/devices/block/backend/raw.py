@@ -57,6 +57,12 @@ def open_image(path, readonly, cache="none"):
     if cache == "writethrough" and not readonly:
         flags |= os.O_DSYNC
     try:
+        if not readonly and stat.S_ISBLK(os.stat(path).st_mode):
+            # O_EXCL on a block device: EBUSY if the host has it mounted or in use.
+            flags |= os.O_EXCL
+    except OSError:
+        pass  # the open below reports it
+    try:
         fd = os.open(path, flags)
     except FileNotFoundError:
         raise DiskConfigError(f"disk image {path!r} does not exist", path,
@@ -65,6 +71,9 @@ def open_image(path, readonly, cache="none"):
         raise DiskConfigError(f"disk image {path!r} is a directory", path,
                               errno.EISDIR) from None
     except OSError as e:
+        if e.errno == errno.EBUSY:
+            raise DiskBusyError(f"disk {path!r} is in use by the host (mounted, or held "
+                                "by another program)", path, e.errno) from None
         how = "reading" if readonly else "writing (use readonly=True for a read-only disk)"
         raise DiskConfigError(f"disk image {path!r} cannot be opened for {how}: "
                               f"{e.strerror}", path, e.errno) from None
