@@ -40,6 +40,7 @@ class Worker:
         self._thread = None
         self._epoll = None
         self._stop_fd = -1
+        self._self_stop = False
 
     def add_eventfd(self, fd, callback):
         def on_ready(events, fd=fd, callback=callback):
@@ -74,7 +75,10 @@ class Worker:
             return
         os.eventfd_write(self._stop_fd, 1)
         if thread is threading.current_thread():
-            return  # asked from a handler: the loop ends when the handler returns
+            # Asked from a handler: the loop ends when the handler returns and
+            # cleans up after itself.
+            self._self_stop = True
+            return
         thread.join(timeout)
         if thread.is_alive():
             raise RuntimeError(f"worker {self.name} did not stop within {timeout}s")
@@ -85,6 +89,18 @@ class Worker:
         self._thread = None
 
     def _run(self):
+        try:
+            self._loop()
+        finally:
+            if self._self_stop:
+                self._epoll.close()
+                os.close(self._stop_fd)
+                self._epoll = None
+                self._stop_fd = -1
+                self._thread = None
+                self._self_stop = False
+
+    def _loop(self):
         epoll = self._epoll
         stop_fd = self._stop_fd
         handlers = self._handlers
