@@ -10,7 +10,10 @@
   No qemu-system-x86_64 at all: they are skipped.
 
 Environment: XVM_HVM_TIMEOUT (seconds for the inner run, default 600 + 120 per test),
-XVM_HVM_STREAM=1 (stream the test host's console to the terminal; also with -s or -vv).
+XVM_HVM_STREAM=1 (stream the test host's console to the terminal; also with -s or -vv),
+XVM_HVM_PLUGINS=a,b (pytest plugins to load inside: the inner pytest runs with
+PYTEST_DISABLE_PLUGIN_AUTOLOAD=1, because discovering entry points over 9p costs ~45 s under TCG;
+e.g. XVM_HVM_PLUGINS=_hypothesis_pytestplugin).
 The console log and junit XML stay in the results directory printed in the summary.
 """
 import contextlib
@@ -59,6 +62,9 @@ def pytest_collection_modifyitems(session, config, items):
     config.stash[_RUNNER] = runner
     for i in hvm:
         items[i] = _RemoteItem.from_parent(items[i].parent, name=items[i].name, original=items[i], runner=runner)
+        if config.pluginmanager.hasplugin("timeout"):
+            # The first item waits for the whole inner session, which has its own timeout.
+            items[i].add_marker(pytest.mark.timeout(0))
 
 
 @pytest.fixture
@@ -95,23 +101,20 @@ class _InnerRun:
 
     def _run(self):
         start = time.monotonic()
-        self.results_dir = Path(tempfile.mkdtemp(prefix="xvm-hvm-"))
-        junit = self.results_dir / "junit.xml"
-        rootdir = Path(str(self.config.rootpath))
-        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs",
-                   f"--rootdir={rootdir}", f"--junitxml={junit}"]
-        if self.config.inipath:
-            command += ["-c", str(self.config.inipath)]
-        command += self.nodeids
-        timeout = float(os.environ.get("XVM_HVM_TIMEOUT") or 600 + 120 * len(self.nodeids))
-        capman = self.config.pluginmanager.getplugin("capturemanager")
-        stream = sys.stderr if self._stream_wanted() else None
         try:
+            stream = sys.stderr if self._stream_wanted() else None
+            host = TestHost(stream=stream)
+            host.prepare()  # NotPreparedError names scripts/setup-testhost.sh
+            self.results_dir = Path(tempfile.mkdtemp(prefix="xvm-hvm-"))
+            junit = self.results_dir / "junit.xml"
+            capman = self.config.pluginmanager.getplugin("capturemanager")
             with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
                 if stream:
                     stream.write(f"\n[xvm hvm] booting the HVM test host for {len(self.nodeids)} test(s)\n")
-                host = TestHost(stream=stream)
-                self.result = host.run(command, timeout=timeout, cwd=rootdir, results_dir=self.results_dir)
+                # Entry-point plugin discovery reads every dist-info over 9p: ~45 s under TCG.
+                env = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+                self.result = host.run(self._command(junit), timeout=self._timeout(), cwd=self._rootdir(),
+                                       env=env, results_dir=self.results_dir)
             (self.results_dir / "output.log").write_text(self.result.output)
             if not junit.exists():
                 raise TestHostError(f"the inner pytest wrote no {junit.name} (exit status "
@@ -122,11 +125,30 @@ class _InnerRun:
         finally:
             self.wall = time.monotonic() - start
 
+    def _rootdir(self):
+        return Path(str(self.config.rootpath))
+
+    def _timeout(self):
+        return float(os.environ.get("XVM_HVM_TIMEOUT") or 600 + 120 * len(self.nodeids))
+
+    def _command(self, junit):
+        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs",
+                   "-o", "junit_family=xunit1", f"--rootdir={self._rootdir()}", f"--junitxml={junit}"]
+        if self.config.inipath:
+            command += ["-c", str(self.config.inipath)]
+        if self.config.pluginmanager.hasplugin("timeout"):
+            command += ["-p", "pytest_timeout"]  # per-test timeouts inside too
+        for plugin in os.environ.get("XVM_HVM_PLUGINS", "").split(","):
+            if plugin.strip():
+                command += ["-p", plugin.strip()]
+        return command + self.nodeids
+
     def summary(self):
         if self.wall is None:
             return None
         if self.error is not None:
-            return f"HVM test host: FAILED after {self.wall:.1f} s (results in {self.results_dir})"
+            where = f" (results in {self.results_dir})" if self.results_dir else ""
+            return f"HVM test host: FAILED after {self.wall:.1f} s{where}"
         boot = f"{self.result.boot_time:.1f}" if self.result.boot_time is not None else "?"
         return (f"HVM test host: {len(self.nodeids)} test(s) in {self.wall:.1f} s (TCG machine ready in {boot} s, "
                 f"attempt {self.result.attempts}, inner exit {self.result.exit_status}); "
@@ -161,7 +183,10 @@ class _RemoteItem(pytest.Item):
         if outcome.outcome == "passed":
             return
         if outcome.outcome == "skipped":
-            pytest.skip(_skip_reason(outcome))
+            try:  # report the test's own location, not this file's
+                raise pytest.skip.Exception(_skip_reason(outcome), _use_item_location=True)
+            except TypeError:
+                pytest.skip(_skip_reason(outcome))
         if outcome.outcome == "xfailed":
             pytest.xfail(_skip_reason(outcome))
         raise _RemoteFailure(f"[in the HVM test host] {outcome.message}\n\n{outcome.text}".rstrip())

@@ -18,6 +18,7 @@ def main(argv=None):
     run.add_argument("--retries", type=int, default=1, help="retries after a hang (default 1)")
     run.add_argument("--results-dir", help="writable share, same path inside (default: a temporary dir)")
     run.add_argument("--memory", default="4G")
+    run.add_argument("--boot-timeout", type=float, default=90.0, help="seconds until the command starts (default 90)")
     run.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 
@@ -27,7 +28,8 @@ def main(argv=None):
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
         if not command:
             parser.error("run: no command given")
-        host = TestHost(mode=args.mode, retries=args.retries, memory=args.memory, stream=sys.stdout)
+        host = TestHost(mode=args.mode, retries=args.retries, memory=args.memory, boot_timeout=args.boot_timeout,
+                        stream=sys.stdout)
         result = host.run(command, timeout=args.timeout, results_dir=args.results_dir)
         boot = f", booted in {result.boot_time:.1f} s" if result.boot_time is not None else ""
         print(f"xvm.testhost: exit status {result.exit_status} ({result.mode}, {result.duration:.1f} s"

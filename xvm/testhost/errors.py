@@ -44,6 +44,7 @@ class _MachineError(TestHostError):
         super().__init__(text)
         self.console_tail = console_tail
         self.attempts = attempts
+        self.reason = message
 
 
 class TestHostTimeout(_MachineError):

@@ -10,6 +10,7 @@ Every run has a timeout and is retried once on a hang (ENVIRONMENT.md: rare TCG 
 """
 import dataclasses
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -26,6 +27,9 @@ from .errors import QemuMissingError, TestHostCrashed, TestHostError, TestHostTi
 QEMU = "qemu-system-x86_64"
 CTL_DIR = ".xvm-testhost"
 TAIL_LINES = 60
+# Kernel messages of the test host itself (a printk line, at the start of a console line) that
+# mean the TCG machine has hung: no need to wait for the timeout.
+HANG_SIGN = re.compile(rb"(?m)^\[ *\d+\.\d+\] (watchdog: BUG: soft lockup|rcu: INFO: \w+ (self-)?detected stall)")
 # Variables passed from the caller's environment into the job (besides PATH, HOME, LANG).
 PASSED_ENV = ("PYENV_VERSION", "PYTEST_ADDOPTS", "TZ")
 
@@ -71,7 +75,7 @@ class TestHost:
 
     __test__ = False
 
-    def __init__(self, *, mode="auto", memory="4G", smp=2, boot_timeout=180.0, retries=1,
+    def __init__(self, *, mode="auto", memory="4G", smp=2, boot_timeout=90.0, retries=1,
                  stream=None, pvh=True, qemu_args=(), kernel_args=""):
         if mode not in ("auto", "tcg", "direct"):
             raise ValueError(f"mode must be auto, tcg or direct, not {mode!r}")
@@ -147,6 +151,7 @@ class TestHost:
         results = Path(tempfile.mkdtemp(prefix="xvm-testhost-") if own_dir else results_dir).resolve()
         if any(c.isspace() for c in str(results)):
             raise ValueError(f"results_dir must not contain white space: {results}")
+        failed = False
         try:
             ctl = results / CTL_DIR
             ctl.mkdir(parents=True, exist_ok=True)
@@ -157,11 +162,16 @@ class TestHost:
                     return self._attempt(results, timeout, attempt)
                 except TestHostTimeout as e:
                     last = e
-                    self._say(f"xvm.testhost: attempt {attempt} timed out; "
-                              + ("retrying" if attempt <= self.retries else "giving up"))
+                    failed = True
+                    self._say(f"xvm.testhost: attempt {attempt} hung ({e.reason}); "
+                              + ("retrying" if attempt <= self.retries else "giving up")
+                              + f"; console in {ctl}/console-{attempt}.log")
             raise last
+        except TestHostError:
+            failed = True
+            raise
         finally:
-            if own_dir:
+            if own_dir and not failed:
                 shutil.rmtree(results, ignore_errors=True)
 
     def _job_env(self, cwd, extra):
@@ -212,6 +222,8 @@ class TestHost:
                 elapsed = time.monotonic() - start
                 if console.begun is None and elapsed > self.boot_timeout:
                     hung = f"the test host did not boot within {self.boot_timeout:.0f} s"
+                elif console.hang_sign is not None:
+                    hung = f"the test host's kernel reported a hang: {console.hang_sign}"
                 elif elapsed > timeout:
                     hung = f"the test host run did not finish within {timeout:.0f} s"
                 if hung:
@@ -227,7 +239,10 @@ class TestHost:
         (ctl / f"console-{attempt}.log").write_text(text)
         tail = _tail(text)
         if hung:
-            raise TestHostTimeout(f"attempt {attempt}: {hung}", tail, attempt)
+            error = TestHostTimeout(f"attempt {attempt}: {hung} (console in {ctl}/console-{attempt}.log)",
+                                    tail, attempt)
+            error.reason = hung
+            raise error
         if "xvm-testhost: FATAL" in text:
             raise TestHostCrashed(f"the test host's init failed (QEMU exit {proc.returncode})", tail, attempt)
         status = None
@@ -277,6 +292,7 @@ class _Console:
         self.stream = stream
         self.begin_marker = begin_marker.encode() if begin_marker else None
         self.begun = None
+        self.hang_sign = None
         self._data = bytearray()
 
     def pump(self, pipe):
@@ -288,6 +304,10 @@ class _Console:
             if self.begun is None and self.begin_marker is not None \
                     and self.begin_marker in self._data[-len(chunk) - 64:]:
                 self.begun = time.monotonic()
+            if self.begin_marker is not None and self.hang_sign is None:
+                match = HANG_SIGN.search(self._data, max(0, len(self._data) - len(chunk) - 200))
+                if match:
+                    self.hang_sign = match.group(1).decode()
             if self.stream is not None:
                 try:
                     self.stream.write(chunk.decode(errors="replace").replace("\r\n", "\n"))
