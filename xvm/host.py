@@ -5,7 +5,7 @@ import threading
 from dataclasses import dataclass, field
 
 from .domain import Domain, DomainState
-from .errors import ConfigError, NotFoundError
+from .errors import ConfigError, NotFoundError, StateError
 from .kvm.generated import kvm_h
 from .kvm.system import Kvm
 
@@ -149,7 +149,10 @@ class Host:
         """Destroy every running domain of this host and release /dev/kvm."""
         for domain in self.domains():
             if domain.state in (DomainState.RUNNING, DomainState.PAUSED):
-                domain.destroy()
+                try:
+                    domain.destroy()
+                except StateError:
+                    pass  # it powered off by itself meanwhile
         self.kvm.close()
 
     def __enter__(self):
