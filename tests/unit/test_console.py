@@ -109,8 +109,10 @@ def test_expect_consumes_only_up_to_the_match(console):
 
 def test_consumed_length_counts_utf8_bytes(console):
     # A str match is on decoded text; the position advanced must be in bytes.
-    console._feed("\u00e9\u00e9\u00e9 X \u00e9 Y".encode())
+    console._feed("\u00e9\u00e9\u00e9\u00e9 X \u00e9 Y".encode())  # 4 characters, 8 bytes before " X"
     console.expect("X", timeout=0)
+    with pytest.raises(ConsoleTimeout):
+        console.expect("X", timeout=0)  # consumed: counting characters as bytes would find it again
     assert console.expect(r"\S+ Y", timeout=0).group() == "\u00e9 Y"
 
 

@@ -68,10 +68,10 @@ def kernel_image(**kw):
 
 @pytest.fixture
 def ram():
-    """(memory, memory_bytes): 16 MiB of guest RAM laid out as the machine does, filled with 0xCC."""
+    """(memory, memory_bytes): 16 MiB of guest RAM laid out as the machine does, the low 2 MiB 0xCC."""
     memory_bytes = 16 * MiB
     memory = GuestMemory.create(layout.ram_ranges(memory_bytes))
-    memory.fill(0, memory_bytes, 0xCC)  # so that zero-filling is visible
+    memory.fill(0, 2 * MiB, 0xCC)  # so that zero-filling and stray writes are visible
     yield memory, memory_bytes
     memory.close()
 
