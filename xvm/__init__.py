@@ -8,6 +8,7 @@
 """
 from .config import DomainConfig
 from .console import Console
+from .devices.block import Disk
 from .domain import Domain, DomainState, ShutdownTimeout
 from .errors import (
     BootError,
@@ -23,7 +24,7 @@ from .errors import (
 from .host import Capabilities, Host, connect
 
 __all__ = [
-    "BootError", "Capabilities", "ConfigError", "Console", "ConsoleTimeout", "Domain", "DomainConfig",
+    "BootError", "Capabilities", "ConfigError", "Console", "ConsoleTimeout", "Disk", "Domain", "DomainConfig",
     "DomainState", "GuestError", "Host", "HostError", "KvmError", "NotFoundError", "ShutdownTimeout",
     "StateError", "XvmError", "connect",
 ]

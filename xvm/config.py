@@ -51,7 +51,7 @@ class DomainConfig:
         if "\0" in self.cmdline or len(self.cmdline.encode()) > CMDLINE_MAX:
             raise ConfigError(f"cmdline must be at most {CMDLINE_MAX} bytes with no NUL character")
         set_("disable_cpu_features", _cpu_features(self.disable_cpu_features))
-        set_("disks", tuple(self.disks))
+        set_("disks", _disks(self.disks))
         set_("nics", tuple(self.nics))
 
     @property
@@ -80,6 +80,20 @@ def _cpu_features(names):
             f"unknown CPU feature(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(CPU_FEATURES))}"
         )
     return names
+
+
+def _disks(disks):
+    from .devices.block import Disk
+
+    disks = tuple(disks)
+    for disk in disks:
+        if not isinstance(disk, Disk):
+            raise ConfigError(f"disks must be xvm.Disk objects, not {type(disk).__name__}")
+    paths = [os.path.realpath(disk.path) for disk in disks]
+    for path in paths:
+        if paths.count(path) > 1:
+            raise ConfigError(f"disk {path} is given more than once")
+    return disks
 
 
 def _is_int(value):

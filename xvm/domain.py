@@ -191,6 +191,7 @@ class Domain:
             cmdline=cfg.cmdline,
             console_sink=self.console._feed,
             disabled_cpu_features=cfg.disable_cpu_features,
+            disks=cfg.disks,
         )
         try:
             machine.start()

@@ -8,19 +8,22 @@ port-I/O or MMIO bus.  When the guest powers off, resets or crashes, or the
 machine is stopped, every vCPU thread ends and ``wait()`` returns the reason.
 """
 import enum
+import os
 import threading
 from dataclasses import dataclass
 
 from ..devices.legacy.i8042 import DATA_PORT as I8042_BASE
 from ..devices.legacy.i8042 import I8042
+from ..devices.block import VirtioBlock
 from ..devices.legacy.serial import Serial8250
+from ..devices.virtio.mmio import VirtioMmioDevice
 from ..errors import BootError, ConfigError
 from ..kvm import exits
 from ..kvm.memory import GuestMemory
 from ..kvm.vcpu import install_kick_handler
 from . import cpu, layout
 from .acpi.pm import PM_BASE, PM_SIZE, SCI_IRQ, AcpiPm
-from .acpi import build_tables
+from .acpi import VirtioMmio, build_tables
 from .boot.elf import ElfImage, load_pvh
 from .boot.linux import KernelFormat, kernel_format, load_bzimage
 from .bus import Bus
@@ -43,6 +46,29 @@ class MachineExit:
     detail: str = ""
 
 
+# IOAPIC inputs above the ISA range, so no legacy device shares them; edge-triggered.
+VIRTIO_MMIO_GSIS = tuple(range(16, 24))
+
+
+@dataclass(eq=False)
+class VirtioSlot:
+    """One virtio-mmio device as the machine wired it."""
+
+    device: object
+    transport: object
+    base: int
+    gsi: int
+    irq_fd: int
+
+    def close(self):
+        if self.transport is not None:
+            self.transport.close()
+        self.device.close()
+        if self.irq_fd >= 0:
+            os.close(self.irq_fd)
+            self.irq_fd = -1
+
+
 class _IgnoredPort:
     def read(self, offset, size):
         return 0xFF
@@ -54,7 +80,7 @@ class _IgnoredPort:
 class Machine:
     def __init__(
         self, kvm, *, vcpus, memory_bytes, kernel, initrd=None, cmdline="", console_sink=None,
-        disabled_cpu_features=(),
+        disabled_cpu_features=(), disks=(),
     ):
         self.kvm = kvm
         self.vcpu_count = vcpus
@@ -70,15 +96,16 @@ class Machine:
         self._pause_requested = False
         self._parked = 0
         self._started = False
+        self.virtio = []  # VirtioSlot per virtio-mmio device
         install_kick_handler()
         try:
-            self._build(kernel, initrd, cmdline, console_sink or (lambda data: None))
+            self._build(kernel, initrd, cmdline, console_sink or (lambda data: None), disks)
         except BaseException:
             self.close()
             raise
 
     # -- construction -----------------------------------------------------
-    def _build(self, kernel, initrd, cmdline, console_sink):
+    def _build(self, kernel, initrd, cmdline, console_sink, disks):
         kernel_data = _read_boot_file(kernel, "kernel")
         initrd_data = _read_boot_file(initrd, "initrd") if initrd is not None else None
         kind = kernel_format(kernel_data, str(kernel))
@@ -103,7 +130,12 @@ class Machine:
         self.pio_bus.register(PM_BASE, PM_SIZE, self.acpi_pm)
         self.pio_bus.register(POST_PORT, 1, _IgnoredPort())
 
-        rsdp = build_tables(self.memory, cpus=self.vcpu_count)
+        for disk in disks:
+            self.add_virtio_mmio(VirtioBlock(disk), name=f"virtio-blk:{disk.path}")
+        rsdp = build_tables(
+            self.memory, cpus=self.vcpu_count,
+            virtio_mmio=[VirtioMmio(slot.base, slot.transport.size, slot.gsi) for slot in self.virtio],
+        )
         if image is not None:
             plan = load_pvh(
                 self.memory, image, cmdline=cmdline.encode(), initrd=initrd_data,
@@ -122,6 +154,28 @@ class Machine:
             cpu.configure_lapic(vcpu)
         cpu.configure_boot_registers(self.vm.vcpus[0], plan)
 
+    def add_virtio_mmio(self, device, name=None):
+        """Put ``device`` (a VirtioDevice) behind a virtio-mmio window with its own GSI.
+
+        Queue notifications arrive on KVM ioeventfds and interrupts leave on a
+        KVM irqfd, so the data plane never passes through a vCPU thread.
+        """
+        index = len(self.virtio)
+        if index >= len(VIRTIO_MMIO_GSIS):
+            device.close()
+            raise ConfigError(f"a machine has at most {len(VIRTIO_MMIO_GSIS)} virtio-mmio devices")
+        base = layout.VIRTIO_MMIO_BASE + index * layout.VIRTIO_MMIO_SIZE
+        gsi = VIRTIO_MMIO_GSIS[index]
+        irq_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        slot = VirtioSlot(device, None, base, gsi, irq_fd)
+        self.virtio.append(slot)  # from here on close() releases it
+        self.vm.irqfd(irq_fd, gsi)
+        slot.transport = VirtioMmioDevice(device, self.memory, irq_fd, name=name)
+        self.mmio_bus.register(base, slot.transport.size, slot.transport)
+        for queue, fd in enumerate(slot.transport.notify_eventfds()):
+            self.vm.ioeventfd(fd, base + slot.transport.notify_offset, 4, datamatch=queue)
+        return slot
+
     # -- lifecycle --------------------------------------------------------
     def start(self):
         if self._started:
@@ -134,15 +188,19 @@ class Machine:
             thread.start()
 
     def pause(self):
-        """Stop every vCPU outside KVM_RUN; returns once all are parked."""
+        """Stop every vCPU outside KVM_RUN, then let the devices finish in-flight I/O."""
         with self._state_lock:
             self._pause_requested = True
         for vcpu in self.vm.vcpus:
             vcpu.kick()
         with self._state_lock:
             self._state_lock.wait_for(lambda: self._parked == self._running_threads() or self._exit)
+        for slot in self.virtio:
+            slot.transport.pause()
 
     def resume(self):
+        for slot in self.virtio:
+            slot.transport.resume()
         with self._state_lock:
             self._pause_requested = False
             self._state_lock.notify_all()
@@ -176,6 +234,9 @@ class Machine:
         if self._threads:
             self.stop()
             self._threads.clear()
+        for slot in self.virtio:
+            slot.close()
+        self.virtio.clear()
         if self.vm is not None:
             self.vm.close()
             self.vm = None
