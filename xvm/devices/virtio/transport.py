@@ -22,6 +22,7 @@ from .device import (
 from .errors import FeatureError, QueueError, StatusError, VirtioConfigError
 from .persist import QueueConfigState, TransportState
 from .queue import Queue
+from . import native as _native_loader
 from .worker import Worker, drain_eventfd
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,9 @@ class VirtioTransport:
         self.resample_fd = resample_fd
         self.active = False
         self.paused = False
+        # Find (or build, once per host) the C chain walker now, on the control plane,
+        # not on a vCPU thread at DRIVER_OK.
+        _native_loader.load()
 
     # -- notifications -----------------------------------------------------
 
@@ -196,7 +200,7 @@ class VirtioTransport:
                 return
             try:
                 Queue(self.memory, config.size, config.desc_table, config.avail_ring,
-                      config.used_ring)
+                      config.used_ring, native=False)
             except QueueError as e:
                 self._fail_queue(index, e)
                 return
