@@ -370,3 +370,68 @@ def test_features_without_discard_negotiated(image, memory, irq):
     finally:
         mmio.close()
         dev.close()
+
+
+# -- hostile requests through the whole device (no worker: process_queue called directly) --
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+class _Irq:
+    def __init__(self):
+        self.count = 0
+
+    def trigger(self, kind):
+        self.count += 1
+
+
+_HOSTILE_DESC = st.tuples(
+    st.one_of(st.sampled_from([HDR, DATA, STATUS, TABLE, 0x3FFFFF, 0x400000, 2**64 - 8]),
+              st.integers(0x20000, 0x500000)),  # never the ring itself (RING..0x13000)
+    st.one_of(st.sampled_from([0, 1, 15, 16, 17, 512, 513, 4096]), st.integers(0, 2**32 - 1)),
+    st.integers(0, 7),
+    st.integers(0, 9),
+)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(descs=st.lists(_HOSTILE_DESC, min_size=8, max_size=8),
+       headers=st.lists(st.tuples(st.sampled_from([0, 1, 4, 8, 11, 13, 99]),
+                                  st.integers(0, 2**64 - 1) | st.integers(0, 9000)),
+                        min_size=1, max_size=3),
+       segment=st.binary(min_size=16, max_size=16),
+       heads=st.lists(st.integers(0, 7), min_size=1, max_size=8))
+def test_hostile_requests_fail_alone(image, descs, headers, segment, heads):
+    from xvm.devices.virtio.queue import Queue
+    from xvm.devices.virtio.testing import DriverRing
+    with GuestMemory.create([(0, 0x400000)]) as memory:
+        dev = VirtioBlock(Disk(image))
+        try:
+            ring = DriverRing(memory, RING, 8)
+            for i, (addr, length, flags, nxt) in enumerate(descs):
+                ring.write_desc(i, addr, length, flags, nxt)
+            for i, (type_, sector) in enumerate(headers):
+                memory.write(HDR + 16 * i, struct.pack("<IIQ", type_, 0, sector))
+            memory.write(DATA, segment)
+            queue = Queue(memory, 8, ring.desc_table, ring.avail_ring, ring.used_ring,
+                          indirect=True, event_idx=True)
+            dev.ack_features(dev.device_features)
+            dev.activate(memory, [queue], _Irq())
+            for head in heads:
+                ring.publish(head)
+            dev.process_queue(0)  # never raises for per-request faults
+            used = ring.take_used()
+            assert sorted(h for h, _ in used) == sorted(heads)  # every request completed
+            assert not dev.broken
+            # The device still serves a good request afterwards.
+            ring.write_desc(0, HDR, 16, VIRTQ_DESC_F_NEXT, 1)
+            ring.write_desc(1, STATUS, 1, VIRTQ_DESC_F_WRITE)
+            memory.write(HDR, struct.pack("<IIQ", VIRTIO_BLK_T_FLUSH, 0, 0))
+            ring.publish(0)
+            dev.process_queue(0)
+            assert ring.take_used() == [(0, 1)]
+            assert memory.read(STATUS, 1)[0] == VIRTIO_BLK_S_OK
+        finally:
+            dev.close()
