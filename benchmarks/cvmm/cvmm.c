@@ -67,6 +67,7 @@ static struct timespec bench_t0;
 static char line[512];
 static size_t line_len;
 static uint8_t uart_regs[8];
+static struct timespec t_start, t_first_output;
 static uint8_t rx_fifo[4096];
 static size_t rx_head, rx_tail;	/* guarded by out_lock */
 static uint64_t port_exits[65536], irq_lines;
@@ -199,7 +200,8 @@ static void setup_vcpu(int vcpu_fd, int index)
 	for (uint32_t i = 0; i < cpuid->nent; i++)
 		if (cpuid->entries[i].function == 1)
 			cpuid->entries[i].ebx = (cpuid->entries[i].ebx & 0x00ffffff) | ((uint32_t)index << 24);
-	if (ioctl(vcpu_fd, KVM_SET_CPUID2, cpuid) < 0)
+	/* CVMM_NO_CPUID=1 (experiment): leave the vCPU's CPUID table empty */
+	if (!getenv("CVMM_NO_CPUID") && ioctl(vcpu_fd, KVM_SET_CPUID2, cpuid) < 0)
 		die("KVM_SET_CPUID2");
 	if (index != 0)
 		return;	/* APs wait for INIT/SIPI in the in-kernel LAPIC */
@@ -217,6 +219,11 @@ static void setup_vcpu(int vcpu_fd, int index)
 	s.cs = code;
 	s.ds = s.es = s.fs = s.gs = s.ss = data;
 	s.cr0 = 0x11;	/* PE | ET, paging off */
+	/* CVMM_ZERO_SELECTORS=1 (experiment): selector values 0, as PVH allows */
+	if (getenv("CVMM_ZERO_SELECTORS"))
+		s.cs.selector = s.ds.selector = s.es.selector = s.fs.selector = s.gs.selector = s.ss.selector = 0;
+	if (getenv("CVMM_CR0_PE_ONLY"))
+		s.cr0 = 0x1;
 	s.cr4 = 0;
 	s.efer = 0;
 	if (ioctl(vcpu_fd, KVM_SET_SREGS, &s) < 0)
@@ -230,8 +237,11 @@ static void setup_vcpu(int vcpu_fd, int index)
 		die("KVM_SET_REGS");
 }
 
+
 static void console_char(uint8_t c)
 {
+	if (!t_first_output.tv_sec)
+		clock_gettime(CLOCK_MONOTONIC, &t_first_output);
 	if (!quiet)
 		putchar(c);
 	if (c == '\n') {
@@ -263,6 +273,11 @@ static void __attribute__((noreturn)) finish(int code, const char *why)
 {
 	fflush(stdout);
 	if (verbose) {
+		struct timespec t_end;
+		clock_gettime(CLOCK_MONOTONIC, &t_end);
+		fprintf(stderr, "cvmm: first console byte after %.3f ms, exit after %.3f ms\n",
+			t_first_output.tv_sec ? now_diff_ns(&t_start, &t_first_output) / 1e6 : -1.0,
+			now_diff_ns(&t_start, &t_end) / 1e6);
 		fprintf(stderr, "cvmm: uart irq edges %lu; mmio exits %lu; port exits:", irq_lines, mmio_exits);
 		for (int p = 0; p < 65536; p++)
 			if (port_exits[p])
@@ -309,6 +324,14 @@ static uint32_t pio(uint16_t port, int out, uint32_t val, int size)
 		if (reg == 2)	/* IIR: FIFOs on; receive data available or none */
 			return ((uart_regs[1] & 1) && rx_head != rx_tail) ? 0xc4 : 0xc1;
 		return uart_regs[reg];
+	}
+	if (port == 0xe9 && out) {	/* boot-stage trace from guests built with -DBOOT_TRACE */
+		if (verbose) {
+			struct timespec t;
+			clock_gettime(CLOCK_MONOTONIC, &t);
+			fprintf(stderr, "cvmm: trace %u at %.3f ms\n", val & 0xff, now_diff_ns(&t_start, &t) / 1e6);
+		}
+		return 0;
 	}
 	if (port == 0x604 && out && size == 2) {
 		if (val & 0x2000)
@@ -450,7 +473,8 @@ int main(int argc, char **argv)
 	vm_fd = ioctl(kvm_fd, KVM_CREATE_VM, 0);
 	if (vm_fd < 0)
 		die("KVM_CREATE_VM");
-	ioctl(vm_fd, KVM_SET_TSS_ADDR, 0xfffbd000UL);	/* VMX real mode needs it; harmless elsewhere */
+	if (!getenv("CVMM_NO_TSS"))	/* VMX real mode needs it; harmless elsewhere */
+		ioctl(vm_fd, KVM_SET_TSS_ADDR, 0xfffbd000UL);
 	if (ioctl(vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
 		die("KVM_CREATE_IRQCHIP");
 	run_size = ioctl(kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
@@ -486,6 +510,7 @@ int main(int argc, char **argv)
 	signal(SIGINT, on_signal);
 	pthread_t input;
 	pthread_create(&input, NULL, stdin_thread, NULL);
+	clock_gettime(CLOCK_MONOTONIC, &t_start);
 	for (int i = 1; i < nr_vcpus; i++)
 		pthread_create(&vcpus[i].thread, NULL, vcpu_thread, &vcpus[i]);
 	vcpu_thread(&vcpus[0]);

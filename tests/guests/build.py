@@ -33,7 +33,7 @@ CFLAGS = (
     "-fno-pic", "-fno-pie", "-no-pie", "-static",
     "-mno-red-zone", "-mgeneral-regs-only", "-mcmodel=small",
     "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-fno-omit-frame-pointer",
-    "-fcf-protection=none",
+    "-fcf-protection=none", "-fno-tree-loop-distribute-patterns",
 )
 LDFLAGS = ("-Wl,--build-id=none", "-Wl,-z,max-page-size=0x1000", "-Wl,-z,noexecstack",
            "-Wl,--no-warn-rwx-segments")

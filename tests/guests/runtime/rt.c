@@ -4,7 +4,10 @@
 int pvm;
 const struct hvm_start_info *start_info;
 
-char cpu_stacks[MAX_CPUS * STACK_SIZE] __attribute__((aligned(4096)));
+#define BOOT_BSS __attribute__((section(".bss.boot")))
+
+/* Not zeroed by the guest (see start.S): in use before .bss is cleared. */
+char cpu_stacks[MAX_CPUS * STACK_SIZE] __attribute__((aligned(4096))) BOOT_BSS;
 
 /*
  * One virtual-IF area per cpu. PVM ignores the low 12 bits of the address
@@ -14,7 +17,9 @@ char cpu_stacks[MAX_CPUS * STACK_SIZE] __attribute__((aligned(4096)));
 static struct {
 	struct pvm_vif vif;
 	u8 pad[4096 - sizeof(struct pvm_vif)];
-} vif_area[MAX_CPUS] __attribute__((aligned(4096)));
+} vif_area[MAX_CPUS] __attribute__((aligned(4096))) BOOT_BSS;
+static struct idt_entry_early { u64 lo, hi; } early_idt[14] __attribute__((aligned(16))) BOOT_BSS;
+extern char __bss_start[], __bss_end[];
 
 struct idt_entry {
 	u16 off0, sel;
@@ -269,8 +274,38 @@ extern void cmdline_init(const struct hvm_start_info *si);
 
 __attribute__((weak)) void guest_ap_main(int cpu) { (void)cpu; }
 
+/*
+ * On a PVM host the vCPU is emulated instruction by instruction (several us
+ * each) until the guest registers its virtual-IF page; only then does it run
+ * natively. So do as little as possible before that: an IDT with just #GP
+ * (for the rdmsr probe on other hosts), the probe, the registration.
+ */
+static int pvm_enter(void)
+{
+	u64 gp = isr_stubs[13];
+	early_idt[13].lo = (gp & 0xffff) | ((u64)GDT_CODE64 << 16) | (0x8eUL << 40) |
+			   ((gp >> 16 & 0xffff) << 48);
+	early_idt[13].hi = gp >> 32;
+	struct __attribute__((packed)) { u16 limit; u64 base; } p = { sizeof(early_idt) - 1, (u64)early_idt };
+	__asm__ volatile("lidt %0" :: "m"(p));
+
+	int ok;
+	u64 id = rdmsr_safe(MSR_PVM_ID, &ok);
+	if (!ok || id != PVM_ID_VALUE)
+		return 0;
+	vif_area[0].vif.if_ = 0;
+	vif_area[0].vif.pending = 0;
+	wrmsr(MSR_PVM_VIF, (u64)&vif_area[0].vif);
+	return 1;
+}
+
 void rt_start_bsp(u32 start_info_paddr)
 {
+	int on_pvm = pvm_enter();
+	/* now native on PVM: clear .bss (not done by start.S, see there) */
+	for (u64 *p = (u64 *)__bss_start; p < (u64 *)__bss_end; p++)
+		*p = 0;
+	pvm = on_pvm;
 	idt_init();
 	idt_load();
 	uart_init();
@@ -280,12 +315,6 @@ void rt_start_bsp(u32 start_info_paddr)
 		cmdline_init(start_info);
 	else
 		start_info = 0;
-
-	int ok;
-	u64 id = rdmsr_safe(MSR_PVM_ID, &ok);
-	pvm = ok && id == PVM_ID_VALUE;
-	if (pvm)
-		wrmsr(MSR_PVM_VIF, (u64)&vif_area[0].vif);
 
 	/* mask both 8259s: firmware may have left them routed to LINT0 */
 	outb(0x21, 0xff);
@@ -300,9 +329,9 @@ void rt_start_bsp(u32 start_info_paddr)
 
 void rt_start_ap(int cpu)
 {
-	idt_load();
-	if (pvm)
+	if (pvm)	/* first: the AP runs emulated until it registers its VIF page */
 		wrmsr(MSR_PVM_VIF, (u64)&vif_area[cpu].vif);
+	idt_load();
 	guest_ap_main(cpu);
 	halt();
 }

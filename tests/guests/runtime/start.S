@@ -23,7 +23,16 @@
 #define PTE_LARGE (PTE_P | PTE_RW | PTE_US | PTE_PS)
 
 #define MSR_EFER 0xc0000080
+
+/* -DBOOT_TRACE: mark boot stages on port 0xe9 (cvmm -v prints when they happen) */
+#ifdef BOOT_TRACE
+#define TRACE(n) movb $n, %al; outb %al, $0xe9
+#else
+#define TRACE(n)
+#endif
 #define EFER_LME 0x100
+
+	.section .note.GNU-stack, "", @progbits
 
 /* ---------------------------------------------------------------- notes */
 	.pushsection .note.Xen, "a", @note
@@ -45,6 +54,7 @@ pvh_start32:
 	cli
 	cld
 	movl %ebx, %esi			/* start_info, kept in %esi */
+	TRACE(1)
 	lgdt gdt_ptr
 	movl $GDT_DATA, %eax
 	movl %eax, %ds
@@ -91,16 +101,16 @@ start64:
 	xorl %eax, %eax
 	movl %eax, %fs
 	movl %eax, %gs
+	TRACE(2)
 	testl %edi, %edi
 	jz ap_start64
 
-	/* BSP: zero .bss (nothing lives there yet), stack = cpu 0's stack */
-	movq $__bss_start, %rdi
-	movq $__bss_end, %rcx
-	subq %rdi, %rcx
-	shrq $3, %rcx
-	xorl %eax, %eax
-	rep stosq
+	/*
+	 * BSP. On PVM hosts everything up to the registration of the virtual-IF
+	 * page is emulated, so rt_start_bsp registers it first and only then
+	 * zeroes .bss; the stack lives in .bss.boot, which is never zeroed by
+	 * the guest (the loader zero-fills it as part of the PT_LOAD memsz).
+	 */
 	movq $cpu_stacks + STACK_SIZE, %rsp
 	xorl %ebp, %ebp
 	movl %esi, %edi
