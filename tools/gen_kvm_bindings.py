@@ -27,6 +27,9 @@ DEFAULT_OUT = os.path.join(HERE, "..", "xvm", "kvm", "generated", "kvm_h.py")
 PREPROCESSOR_DEFINES = ["-D__signed__=signed", "-D__extension__=", "-D__attribute__(x)="]
 # __DECLARE_FLEX_ARRAY(T, name) expands to `struct { struct { } __empty_name; T name[]; };`
 FLEX_ARRAY = re.compile(r"struct\s*\{\s*struct\s*\{\s*\}\s*__empty_\w+;\s*([^;]*\[\]);\s*\};")
+# A union of zero-length arrays has size 0 to gcc but 1 to cffi; declare it as a flexible
+# byte array instead, which is 0 to both (kvm_nested_state.data).
+ZERO_LENGTH_UNION = re.compile(r"union\s*\{(?:\s*[^;{}]*\[0\];)+\s*\}\s*(\w+);")
 ARRAY_BOUND = re.compile(r"\[([^\]\[]*[^\d\]\s][^\]\[]*)\]")
 INT_SUFFIX = re.compile(r"\b(0[xX][0-9a-fA-F]+|\d+)[uUlL]+\b")
 IOCTL = re.compile(r"^_IO(W|R|WR)?\(\s*(\w+)\s*,\s*(\w+)\s*(?:,\s*(.+?))?\s*\)$")
@@ -54,6 +57,7 @@ def c_int_eval(expr, names):
 
 def declarations(header):
     src = FLEX_ARRAY.sub(r"\1;", preprocess(header))
+    src = ZERO_LENGTH_UNION.sub(r"__u8 \1[];", src)
     # cffi wants array bounds as plain numbers.
     return ARRAY_BOUND.sub(lambda m: "[%d]" % c_int_eval(m.group(1), {}), src)
 

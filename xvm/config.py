@@ -73,8 +73,11 @@ class DomainConfig:
 def _cpu_features(names):
     from .machine.cpu import CPU_FEATURES
 
-    names = (names,) if isinstance(names, str) else tuple(names)
-    unknown = [name for name in names if name not in CPU_FEATURES]
+    try:
+        names = (names,) if isinstance(names, str) else tuple(names)
+        unknown = [name for name in names if name not in CPU_FEATURES]
+    except TypeError:
+        raise ConfigError(f"disable_cpu_features must be a list of feature names, not {names!r}") from None
     if unknown:
         raise ConfigError(
             f"unknown CPU feature(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(CPU_FEATURES))}"

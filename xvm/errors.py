@@ -60,6 +60,10 @@ class KvmError(HostError):
             message += f": {detail}"
         super().__init__(message, errno)
         self.ioctl = ioctl
+        self._args = (ioctl, errno, detail)
+
+    def __reduce__(self):
+        return (type(self), self._args)
 
 
 class KvmUnavailableError(HostError):
@@ -73,6 +77,9 @@ class GuestMemoryError(XvmError, IndexError):
         super().__init__(f"guest-physical range {gpa:#x}+{length:#x} is not in guest RAM")
         self.gpa = gpa
         self.length = length
+
+    def __reduce__(self):
+        return (type(self), (self.gpa, self.length))
 
 
 class GuestError(XvmError):
@@ -94,3 +101,6 @@ class ConsoleTimeout(XvmError, TimeoutError):
         self.pattern = pattern
         self.timeout = timeout
         self.tail = tail
+
+    def __reduce__(self):
+        return (type(self), (self.pattern, self.timeout, self.tail))

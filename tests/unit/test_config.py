@@ -8,6 +8,8 @@ import uuid
 
 import pytest
 
+import xvm
+
 from xvm.config import CMDLINE_MAX, MAX_VCPUS, MIN_MEMORY_MIB, DomainConfig
 from xvm.errors import ConfigError
 from xvm.machine import layout
@@ -264,12 +266,6 @@ def test_unknown_cpu_feature_message_lists_only_the_unknown(make):
     assert str(info.value).startswith("unknown CPU feature(s) 'sse9', 'avx512'; known: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="_cpu_features calls tuple(names) unchecked: None (or any non-iterable) escapes as TypeError "
-    "instead of a ConfigError naming disable_cpu_features",
-)
 @pytest.mark.parametrize("value", [None, 3])
 def test_non_iterable_cpu_features_is_a_config_error(make, value):
     with pytest.raises(ConfigError, match="disable_cpu_features"):
@@ -288,11 +284,22 @@ def test_config_is_immutable(make, field, value):
     assert cfg.to_dict() == before
 
 
-def test_sequences_are_frozen_into_tuples(make):
-    disks = ["disk0"]
-    cfg = make(disks=disks, nics=["nic0"])
-    disks.append("disk1")
-    assert cfg.disks == ("disk0",) and cfg.nics == ("nic0",)
+def test_sequences_are_frozen_into_tuples(make, tmp_path):
+    image = tmp_path / "disk0.img"
+    image.write_bytes(bytes(4096))
+    disks = [xvm.Disk(image)]
+    cfg = make(disks=disks, disable_cpu_features=["xsave"])
+    disks.append(xvm.Disk(image))
+    assert cfg.disks == (xvm.Disk(image),) and cfg.disable_cpu_features == ("xsave",)
+
+
+def test_disks_must_be_disk_objects_and_distinct(make, tmp_path):
+    image = tmp_path / "disk0.img"
+    image.write_bytes(bytes(4096))
+    with pytest.raises(ConfigError, match="xvm.Disk objects, not str"):
+        make(disks=[str(image)])
+    with pytest.raises(ConfigError, match="more than once"):
+        make(disks=[xvm.Disk(image), xvm.Disk(image, readonly=True)])
 
 
 def test_keyword_only(kernel):

@@ -164,12 +164,6 @@ def test_simple_errors_survive_pickling(err):
     assert vars(copy) == vars(err)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="errors whose __init__ takes other arguments than the message (KvmError, GuestMemoryError, "
-    "ConsoleTimeout) cannot be unpickled: BaseException.__reduce__ calls cls(*self.args) = cls(message)",
-)
 @pytest.mark.parametrize(
     "err",
     [KvmError("KVM_RUN", errno.EFAULT), GuestMemoryError(0x1000, 8), ConsoleTimeout("x", 1.0, b"tail")],

@@ -181,7 +181,7 @@ def test_key_ioctl_numbers_match_c_macros(c_values, name):
 
 
 # A union made only of zero-length arrays (struct kvm_nested_state's ``data``) is 0 bytes to gcc
-# but 1 byte to cffi, so cffi pads the struct to 136 bytes instead of 128; see the xfail tests below.
+# but 1 byte to cffi; the generator declares it as a flexible byte array so both agree.
 NESTED_STATE_STRUCTS = {"kvm_nested_state"}
 NESTED_STATE_IOCTLS = {"KVM_GET_NESTED_STATE", "KVM_SET_NESTED_STATE"}
 
@@ -207,20 +207,10 @@ def test_every_generated_ioctl_number_matches_its_c_macro(c_values):
     assert not wrong, f"ioctl numbers differ from <linux/kvm.h> (cffi, C): {wrong}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gen_kvm_bindings keeps `union { T vmx[0]; U svm[0]; } data;` which cffi sizes as 1 byte "
-    "(gcc: 0), so sizeof(struct kvm_nested_state) is 136 instead of 128",
-)
 def test_kvm_nested_state_size_matches_c_compiler(c_values):
     assert ffi.sizeof("struct kvm_nested_state") == c_values["layout kvm_nested_state"][0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the size field of KVM_GET/SET_NESTED_STATE is computed from the mis-sized struct "
-    "kvm_nested_state (0x88 instead of 0x80), so the request numbers are ones the kernel does not know",
-)
 @pytest.mark.parametrize("name", sorted(NESTED_STATE_IOCTLS))
 def test_nested_state_ioctl_numbers_match_c_macros(c_values, name):
     assert kvm_ffi.IOCTLS[name] == c_values[f"ioctl {name}"]

@@ -213,11 +213,6 @@ def test_create_failure_releases_what_was_allocated(monkeypatch):
             region.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GuestMemory.create closes only regions already added: the region whose add() raised "
-    "keeps its memfd and mapping open (leak)",
-)
 def test_create_failure_releases_the_rejected_region_too(monkeypatch):
     opened = []
     real_create = MemoryRegion.create.__func__

@@ -79,7 +79,12 @@ class GuestMemory:
         memory = cls()
         try:
             for gpa, size in layout:
-                memory.add(MemoryRegion.create(gpa, size))
+                region = MemoryRegion.create(gpa, size)
+                try:
+                    memory.add(region)
+                except BaseException:
+                    region.close()
+                    raise
         except BaseException:
             memory.close()
             raise

@@ -14,8 +14,9 @@ from ..errors import ConfigError
 class Bus:
     def __init__(self, name):
         self.name = name
-        self._starts = []
-        self._ranges = []  # (start, end, device), sorted by start
+        # (starts, ranges) published together as one tuple, so the vCPU threads'
+        # lock-free lookups never see one list updated without the other.
+        self._table = ((), ())  # starts; (start, end, device) sorted by start
         self._lock = threading.Lock()
         self.unclaimed = 0
 
@@ -23,24 +24,23 @@ class Bus:
         if size <= 0:
             raise ConfigError(f"{self.name} range at {base:#x} has no size")
         with self._lock:
-            i = bisect.bisect(self._starts, base)
-            if (i > 0 and self._ranges[i - 1][1] > base) or (
-                i < len(self._ranges) and base + size > self._ranges[i][0]
-            ):
+            starts, ranges = self._table
+            i = bisect.bisect(starts, base)
+            if (i > 0 and ranges[i - 1][1] > base) or (i < len(ranges) and base + size > ranges[i][0]):
                 raise ConfigError(f"{self.name} range {base:#x}+{size:#x} overlaps a registered device")
-            self._starts.insert(i, base)
-            self._ranges.insert(i, (base, base + size, device))
+            self._publish(ranges[:i] + ((base, base + size, device),) + ranges[i:])
 
     def unregister(self, device):
         with self._lock:
-            keep = [(i, r) for i, r in enumerate(self._ranges) if r[2] is not device]
-            self._ranges = [r for _, r in keep]
-            self._starts = [r[0] for r in self._ranges]
+            self._publish(tuple(r for r in self._table[1] if r[2] is not device))
+
+    def _publish(self, ranges):
+        self._table = (tuple(r[0] for r in ranges), ranges)
 
     def find(self, address):
         """``(device, offset)`` for ``address``, or ``(None, 0)``."""
-        ranges = self._ranges
-        i = bisect.bisect(self._starts, address) - 1
+        starts, ranges = self._table
+        i = bisect.bisect(starts, address) - 1
         if i >= 0:
             start, end, device = ranges[i]
             if address < end:

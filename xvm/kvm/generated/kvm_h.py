@@ -341,10 +341,7 @@ struct kvm_nested_state {
   struct kvm_svm_nested_state_hdr svm;
   __u8 pad[120];
  } hdr;
- union {
-  struct kvm_vmx_nested_state_data vmx[0];
-  struct kvm_svm_nested_state_data svm[0];
- } data;
+ __u8 data[];
 };
 struct kvm_pmu_event_filter {
  __u32 action;

@@ -49,8 +49,10 @@ class ElfImage:
         self.pvh_entry = None
         for i in range(phnum):
             p_type, _flags, offset, _vaddr, paddr, filesz, memsz, _align = _PHDR.unpack_from(data, phoff + i * phentsize)
-            if offset + filesz > len(data) or filesz > memsz:
+            if offset + filesz > len(data):
                 raise BootError(f"{path}: ELF segment {i} lies outside the file (truncated image?)")
+            if filesz > memsz:
+                raise BootError(f"{path}: ELF segment {i} has more file bytes than memory bytes")
             if p_type == PT_LOAD and memsz:
                 self.segments.append((paddr, memoryview(data)[offset : offset + filesz], memsz))
             elif p_type == PT_NOTE:
