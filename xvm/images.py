@@ -262,8 +262,11 @@ def _download(root, flavour, say):
             say(f"downloading {name}")
             try:
                 _run(["apt-get", "download", name], cwd=tmp)
-            except KernelDownloadError:
-                _apt_update(say)
+            except KernelDownloadError as first:  # stale package lists? update once and retry
+                try:
+                    _apt_update(say)
+                except KernelDownloadError:
+                    raise first from None
                 _run(["apt-get", "download", name], cwd=tmp)
             debs = sorted(Path(tmp).glob(f"{name}_*.deb"))
             if not debs:
