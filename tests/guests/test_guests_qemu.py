@@ -186,3 +186,32 @@ def test_irq_timer_and_uart_echo(boot, machine):
     console.send("quit\n")
     console.expect(r"^irq: quit after \d+ uart interrupts", timeout=10)
     _expect_poweroff(console, machine)
+
+
+@pytest.mark.parametrize("fault,name,vector", [(1, "#UD", 6), (2, "#PF", 14), (3, "#DE", 0), (4, "#GP", 13)])
+def test_exception_is_reported(boot, fault, name, vector):
+    console = boot("hello", "microvm", append=f"fault={fault}")
+    m = console.expect(rf"^EXCEPTION {name} vector={vector} error=0x[0-9a-f]+ rip=(0x[0-9a-f]+) .* cr2=(0x[0-9a-f]+)",
+                       timeout=15)
+    assert int(m.group(1), 16) >= 0x100000
+    if name == "#PF":
+        assert m.group(2) == "0x123456789000"
+
+
+def test_reboot_resets_the_machine(boot):
+    console = boot("reboot", "pc")  # -no-reboot: QEMU exits (status 0) on the guest's reset
+    console.expect(r"^xvm-guest reboot ready$")
+    console.expect(r"^reboot: requesting reset$")
+    assert console.wait_exit() == 0
+    assert not any("still running" in line for line in console.history)
+
+
+def test_pio_bench_and_busy_run(boot):
+    console = boot("pio_bench", "microvm", append="count=1000")
+    console.expect(r"^bench start 1000$")
+    console.expect(r"^bench done 1000$", timeout=15)
+    _expect_poweroff(console, "microvm")
+    busy = boot("busy", "microvm", append="shift=20")
+    first = int(busy.expect(r"^count (\d+)$").group(1))
+    second = int(busy.expect(r"^count (\d+)$").group(1))
+    assert second == first + (1 << 20)

@@ -111,10 +111,9 @@ static void NORETURN exception(struct trap_frame *f)
 {
 	u64 cr2 = 0;
 	if (f->vector == 14) {
-		if (pvm)
+		__asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
+		if (pvm && !cr2)
 			cr2 = this_vif()->cr2;
-		else
-			__asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
 	}
 	const char *name = exc_names[f->vector] ? exc_names[f->vector] : "?";
 	printf("EXCEPTION %s vector=%lu error=%#lx rip=%#lx rsp=%#lx cr2=%#lx cpu=%d\n",
