@@ -14,6 +14,14 @@
 
 static spinlock_t console_lock;
 
+/* For the exception path: take the console even if this cpu faulted while holding it. */
+void console_lock_break(void)
+{
+	for (long i = 0; i < 10000000 && console_lock.locked; i++)
+		cpu_relax();
+	spin_unlock(&console_lock);
+}
+
 void uart_init(void)
 {
 	outb(COM1 + UART_IER, 0x00);

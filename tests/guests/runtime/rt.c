@@ -102,6 +102,8 @@ void irq_register(int vector, irq_handler_t fn)
 	irq_handlers[vector] = fn;
 }
 
+void console_lock_break(void);
+
 static const char *const exc_names[32] = {
 	"#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS",
 	"#NP", "#SS", "#GP", "#PF", "15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP",
@@ -116,6 +118,7 @@ static void NORETURN exception(struct trap_frame *f)
 			cr2 = this_vif()->cr2;
 	}
 	const char *name = exc_names[f->vector] ? exc_names[f->vector] : "?";
+	console_lock_break();
 	printf("EXCEPTION %s vector=%lu error=%#lx rip=%#lx rsp=%#lx cr2=%#lx cpu=%d\n",
 	       name, f->vector, f->error, f->rip, f->rsp, cr2, this_cpu());
 	halt();
