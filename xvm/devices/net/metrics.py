@@ -1,0 +1,28 @@
+"""virtio-net counters, named after the events they count.
+
+Written by the device's worker thread only; reading them from elsewhere gives
+a slightly stale but never torn value (each is a single int).
+"""
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class NetMetrics:
+    activate_count: int = 0
+    rx_notify_count: int = 0
+    tx_notify_count: int = 0
+    tap_readable_count: int = 0
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    rx_dropped_count: int = 0  # a frame no buffer chain could hold
+    rx_starved_count: int = 0  # the guest had no rx buffers: TAP polling stopped
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    tx_dropped_count: int = 0  # a malformed tx request, dropped alone
+    tap_write_error_count: int = 0
+    invalid_chain_count: int = 0
+    queue_error_count: int = 0
+    interrupt_count: int = 0
+
+    def snapshot(self):
+        return asdict(self)

@@ -1,0 +1,24 @@
+"""Plain-data state of a virtio-net device, for snapshots.
+
+The queues' cursors belong to the transport's state; this is what the net
+device itself must find again: its MAC, MTU, bridge and the features the
+driver accepted.  Frames in flight are not state: a frame read from the TAP
+but not yet delivered is dropped on save, as a switch may drop it.
+"""
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class NetState:
+    mac: str
+    mtu: int
+    bridge: str | None
+    acked_features: int
+    queue_size: int
+
+    def save(self):
+        return asdict(self)
+
+    @classmethod
+    def restore(cls, data):
+        return cls(**data)
