@@ -5,6 +5,12 @@
  * "tick <n>" for the first few ticks (ticks=N, default 5), then enables the
  * 8250 receive interrupt (IER bit 0, MCR OUT2) routed through IOAPIC pin 4 and
  * echoes each received line as "echo: <line>". The line "quit" powers off.
+ *
+ * Probes of the host's interrupt model (PVM facts in README.md):
+ *   debug=1        LAPIC/VIF state while interrupts are disabled, then enabled
+ *   poll=1         wait for ticks by spinning with interrupts enabled, not hlt
+ *   iretq_test=1   (PVM) does iretq alone restore the virtual IF?
+ *   ifonly_test=1  (PVM) latency of a pending interrupt after if_=1 with/without out 0x80
  */
 #include "rt.h"
 
@@ -81,26 +87,30 @@ void guest_main(void)
 		}
 		irq_disable();
 	}
-	if (cmdline_long("irqcost", 0)) {
-		/* cost of one timer interrupt: loop iterations lost per tick */
-		long cost_us = cmdline_long("cost_tick_us", 100);
-		u64 window = hz / 10;	/* 100 ms */
-		lapic_write(LAPIC_TIMER_INIT, 0);
-		u64 base = 0, loaded = 0, t = rdtsc();
-		while (rdtsc() - t < window)
-			base++;
-		u64 ticks0 = ticks;
-		lapic_timer_periodic(TIMER_VECTOR, (u32)cost_us);
-		irq_enable();
-		t = rdtsc();
-		while (rdtsc() - t < window)
-			loaded++;
+	if (pvm && cmdline_long("ifonly_test", 0)) {
+		/* with an interrupt pending, does raising if_ without the port 0x80 doorbell deliver it? */
+		struct pvm_vif *v = this_vif();
 		irq_disable();
-		u64 n = ticks - ticks0;
-		u64 lost_ns = base > loaded ? (base - loaded) * 100000000UL / base : 0;
-		printf("irqcost: %lu ticks of %ld us in 100 ms, %lu ns of guest time lost per tick\n",
-		       n, cost_us, n ? lost_ns / n : 0);
-		lapic_timer_periodic(TIMER_VECTOR, (u32)period);
+		while (!v->pending)
+			cpu_relax();
+		u64 before = ticks;
+		u64 t = rdtsc();
+		v->if_ = 1;
+		while (ticks == before && rdtsc() - t < hz)
+			cpu_relax();
+		u64 late_us = (rdtsc() - t) * 1000000 / hz;
+		irq_disable();
+		while (!v->pending)
+			cpu_relax();
+		before = ticks;
+		t = rdtsc();
+		irq_enable();	/* if_ = 1 and the port 0x80 doorbell */
+		while (ticks == before && rdtsc() - t < hz)
+			cpu_relax();
+		u64 doorbell_us = (rdtsc() - t) * 1000000 / hz;
+		irq_disable();
+		printf("ifonly_test: pending interrupt delivered %lu us after if_=1 alone, "
+		       "%lu us after if_=1 + out 0x80\n", late_us, doorbell_us);
 	}
 	if (pvm && cmdline_long("iretq_test", 0)) {
 		/* does iretq alone restore the virtual IF from the frame's RFLAGS.IF? */
