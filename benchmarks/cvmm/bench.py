@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per-exit costs of this host's /dev/kvm, measured with cvmm and the pio_bench guest.
 
-    python3 benchmarks/cvmm/bench.py [--repeat 5] [--count 20000] [op ...]
+    python3 benchmarks/cvmm/bench.py [--repeat 5] [--count 20000] [--qemu] [op ...]
 
 For each operation prints the VMM-side wall time per operation (between the
 guest's "bench start" and "bench done" lines) and the guest's own TSC-based
@@ -59,19 +59,38 @@ def run_once(cvmm: pathlib.Path, image: pathlib.Path, args: str, count: int) -> 
     return float(m.group(1)) * 1e6 / count, float(g.group(1))
 
 
+def run_qemu(image: pathlib.Path, args: str, count: int) -> float:
+    """The guest's own TSC-based ns/op under qemu -accel kvm -M microvm (the reference peer)."""
+    argv = ["qemu-system-x86_64", "-accel", "kvm", "-M", "microvm", "-m", "128", "-display", "none",
+            "-nodefaults", "-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+            "-kernel", str(image), "-append", f"count={count} {args}"]
+    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+    g = re.search(r"bench guest_ns_per_op (\d+)", proc.stdout)
+    if not g:
+        raise RuntimeError(f"qemu failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return float(g.group(1))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--count", type=int, default=20000)
+    ap.add_argument("--qemu", action="store_true", help="also run the guest under qemu -accel kvm -M microvm")
     ap.add_argument("ops", nargs="*", default=list(OPS))
     opts = ap.parse_args()
     cvmm, image = cvmm_binary(), guest_image()
-    print(f"{'operation':24} {'vmm ns/op min':>14} {'median':>10} {'guest ns/op min':>16}")
+    header = f"{'operation':24} {'cvmm ns/op min':>14} {'median':>10} {'guest ns/op min':>16}"
+    print(header + (f" {'qemu guest ns/op min':>21}" if opts.qemu else ""))
     for op in opts.ops:
-        runs = [run_once(cvmm, image, OPS[op], opts.count) for _ in range(opts.repeat)]
-        vmm = [r[0] for r in runs]
-        guest = [r[1] for r in runs]
-        print(f"{op:24} {min(vmm):14.0f} {statistics.median(vmm):10.0f} {min(guest):16.0f}", flush=True)
+        vmm, guest, qemu = [], [], []
+        for _ in range(opts.repeat):  # interleaved, so both see the same host load
+            v, g = run_once(cvmm, image, OPS[op], opts.count)
+            vmm.append(v)
+            guest.append(g)
+            if opts.qemu:
+                qemu.append(run_qemu(image, OPS[op], opts.count))
+        line = f"{op:24} {min(vmm):14.0f} {statistics.median(vmm):10.0f} {min(guest):16.0f}"
+        print(line + (f" {min(qemu):21.0f}" if opts.qemu else ""), flush=True)
     return 0
 
 
