@@ -65,9 +65,11 @@ acpid -c /etc/acpi -l /run/acpid.log || echo "xvm-image: acpid failed"
 echo "xvm-image: ready"
 echo "xvm-image: cpus=$(nproc)"
 run=
+set -f
 for arg in $(cat /proc/cmdline); do
     case "$arg" in xvm.run=*) run="${arg#xvm.run=}" ;; esac
 done
+set +f
 if [ -n "$run" ]; then
     if echo "$run" | base64 -d > /run/xvm-run.sh 2>/dev/null; then
         sh /run/xvm-run.sh
@@ -208,10 +210,11 @@ def _vmlinux(root, package, say):
         say("extracting vmlinux")
     try:
         return _cache.extract_vmlinux(package.bzimage, dest)
-    except ValueError:
-        return None  # a compression extract_vmlinux does not know: the bzImage still boots
-    except OSError as e:
-        raise HostError(f"cannot write {dest}: {e.strerror}", e.errno) from None
+    except ValueError as e:  # a compression extract_vmlinux does not know: the bzImage still boots
+        say(f"no vmlinux: {e}")
+    except OSError as e:  # e.g. a read-only cache: the bzImage still boots
+        say(f"no vmlinux: cannot write {dest}: {e.strerror}")
+    return None
 
 
 # --- the kernel package -------------------------------------------------------------------------
