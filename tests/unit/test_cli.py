@@ -132,3 +132,14 @@ def test_a_new_verb_is_one_entry(capsys):
     )),)
     args = cli.build_parser(verbs).parse_args(["domain", "list", "--all"])
     assert args.run(args) == 0 and called == [True]
+
+
+def test_unwritable_cache_is_status_1(kernel_cache, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "cache"
+    (root / "kernels").mkdir(parents=True)
+    (root / "kernels" / "cloud").symlink_to((kernel_cache / "kernels" / "cloud").resolve())
+    (root / "images").write_text("not a directory")
+    monkeypatch.setenv("XVM_CACHE", str(root))
+    assert cli.main(["image", "build", "--quiet", "--no-vmlinux"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"xvm: cannot write the image into {root / 'images'}")

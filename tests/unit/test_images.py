@@ -285,3 +285,17 @@ def test_download_failure_is_a_clear_error(package, tmp_path, monkeypatch):
     assert "update " in log.read_text()  # retried once after refreshing the package lists
     assert not (root / "kernels" / "cloud").exists()
     assert [p.name for p in (root / "kernels").iterdir()] == []
+
+
+def test_unwritable_cache(package, tmp_path):
+    # Running as root ignores permissions: make the cache's subdirectories plain files instead.
+    root = tmp_path / "cache"
+    (root / "kernels").mkdir(parents=True)
+    (root / "kernels" / "cloud").symlink_to(package.root)
+    (root / "testhost").write_text("not a directory")
+    (root / "images").write_text("not a directory")
+    messages = []
+    with pytest.raises(XvmError, match=r"cannot write the image into .*images") as info:
+        build_image("cloud", progress=messages.append, cache=root)
+    assert info.value.errno is not None
+    assert any(m.startswith("no vmlinux: cannot write") for m in messages)  # optional: not fatal
