@@ -271,8 +271,23 @@ def test_queue_registers_locked_while_ready(env):
     d.w(M.VIRTIO_MMIO_QUEUE_DESC_LOW, 0)
     assert mmio.transport.queue_configs[0].size == 16
     assert mmio.transport.queue_configs[0].desc_table == RING
-    d.w(M.VIRTIO_MMIO_QUEUE_READY, 0)  # cannot disable a live queue
-    assert d.r(M.VIRTIO_MMIO_QUEUE_READY) == 1
+
+
+
+def test_driver_stops_using_a_live_queue(env):
+    memory, irq, dev, mmio, d = env
+    d.init(num_queues=2)
+    d.w(M.VIRTIO_MMIO_QUEUE_SEL, 1)
+    d.w(M.VIRTIO_MMIO_QUEUE_READY, 0)  # §4.2.2.2: stop using the queue, read back 0
+    assert d.r(M.VIRTIO_MMIO_QUEUE_READY) == 0
+    assert dev.queues[1] is None
+    echo(memory, d.rings[1], b"ignored")
+    d.kick(1)
+    head = echo(memory, d.rings[0], b"still served")
+    d.kick(0)
+    assert d.rings[0].wait_used() == [(head, 12)]
+    assert d.rings[1].take_used() == []
+    assert not d.status() & NEEDS_RESET
 
 
 def test_odd_width_control_access_ignored(env):

@@ -233,6 +233,12 @@ class VirtioDevice:
         self.queues = list(queues)
         self.interrupt = interrupt
 
+    def disable_queue(self, index):
+        """The driver stopped using queue ``index`` while live (QueueReady 0,
+        §4.2.2.2); the worker is stopped during this call."""
+        if index < len(self.queues):
+            self.queues[index] = None
+
     def process_queue(self, index):
         """Serve queue ``index``; runs on the transport's worker thread."""
         raise NotImplementedError

@@ -184,10 +184,16 @@ class VirtioTransport:
                 self._illegal("QueueReady for a queue that does not exist", queue=index)
                 return
             if not ready:
-                if self.active:
-                    self._illegal("queue disabled while the device is live (§4.2.3.2)",
-                                  queue=index)
-                    return
+                # §4.2.2.2 "To stop using the queue the driver MUST write zero (0x0) to
+                # this QueueReady register and MUST read the value back": honour it even
+                # while live, with the worker stopped so no request is half served.
+                if self.active and config.ready:
+                    worker, self._worker = self._worker, None
+                    if worker is not None:
+                        worker.stop()
+                    self.device.disable_queue(index)
+                    if worker is not None:
+                        self._start_worker()
                 config.ready = False
                 return
             if config.ready:
@@ -264,7 +270,10 @@ class VirtioTransport:
 
     def _serve_callback(self, index):
         def serve():
-            self.device.process_queue(index)
+            queues = self.device.queues
+            # A queue the driver never set up (or stopped using) is not served.
+            if index < len(queues) and queues[index] is not None:
+                self.device.process_queue(index)
         return serve
 
     def _device_error(self, exc):
