@@ -22,9 +22,10 @@ from .errors import (
     XvmError,
 )
 from .host import Capabilities, Host, connect
+from .net import HostNetwork, Network, Nic
 
 __all__ = [
     "BootError", "Capabilities", "ConfigError", "Console", "ConsoleTimeout", "Disk", "Domain", "DomainConfig",
-    "DomainState", "GuestError", "Host", "HostError", "KvmError", "NotFoundError", "ShutdownTimeout",
+    "DomainState", "GuestError", "Host", "HostError", "HostNetwork", "KvmError", "Network", "Nic", "NotFoundError", "ShutdownTimeout",
     "StateError", "XvmError", "connect",
 ]

@@ -30,6 +30,7 @@ class DomainConfig:
     disks: tuple = field(default=())
     nics: tuple = field(default=())
     disable_cpu_features: tuple = field(default=())
+    virtio_transport: str = "mmio"  # "mmio" or "pci" (virtio-pci with MSI-X)
 
     def __post_init__(self):
         set_ = object.__setattr__.__get__(self)
@@ -52,7 +53,9 @@ class DomainConfig:
             raise ConfigError(f"cmdline must be at most {CMDLINE_MAX} bytes with no NUL character")
         set_("disable_cpu_features", _cpu_features(self.disable_cpu_features))
         set_("disks", _disks(self.disks))
-        set_("nics", tuple(self.nics))
+        if self.virtio_transport not in ("mmio", "pci"):
+            raise ConfigError(f"virtio_transport must be 'mmio' or 'pci', not {self.virtio_transport!r}")
+        set_("nics", _nics(self.nics, self.uuid))
 
     @property
     def memory_bytes(self):
@@ -97,6 +100,12 @@ def _disks(disks):
         if paths.count(path) > 1:
             raise ConfigError(f"disk {path} is given more than once")
     return disks
+
+
+def _nics(nics, domain_uuid):
+    from .net import validate_nics
+
+    return validate_nics(nics, domain_uuid)
 
 
 def _is_int(value):

@@ -192,6 +192,8 @@ class Domain:
             console_sink=self.console._feed,
             disabled_cpu_features=cfg.disable_cpu_features,
             disks=cfg.disks,
+            virtio_transport=cfg.virtio_transport,
+            nics=self._host._plan_nics(self) if cfg.nics else (),
         )
         try:
             machine.start()

@@ -8,6 +8,7 @@ from .domain import Domain, DomainState
 from .errors import ConfigError, NotFoundError, StateError
 from .kvm.generated import kvm_h
 from .kvm.system import Kvm
+from .net import NetworkTable, effective_macs, plan_nics
 
 # The KVM capabilities xvm relies on, by name.
 REQUIRED_CAPS = (
@@ -73,6 +74,7 @@ class Host:
         self._domains = {}  # name -> Domain
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
+        self._networks = NetworkTable(self)
 
     def capabilities(self):
         caps = {name: self.kvm.check_extension(getattr(kvm_h, name)) for name in REPORTED_CAPS}
@@ -126,6 +128,48 @@ class Host:
                     return domain
         raise NotFoundError(f"no domain named {name_or_uuid!r}")
 
+    # -- networks --------------------------------------------------------------
+    def define_network(self, network):
+        """Make an :class:`xvm.Network` known to the host (inactive); returns a HostNetwork."""
+        return self._networks.define(network)
+
+    def create_network(self, network):
+        """Define a network and start it (its bridge is created now)."""
+        net = self._networks.define(network)
+        try:
+            return net.start()
+        except BaseException:
+            self._networks.forget(net)
+            raise
+
+    def networks(self):
+        return self._networks.list()
+
+    def lookup_network(self, name):
+        """The HostNetwork called ``name``; raises NotFoundError."""
+        return self._networks.lookup(name)
+
+    def _forget_network(self, net):
+        self._networks.forget(net)
+
+    def _running_domains(self):
+        return [d for d in self.domains() if d.machine is not None]
+
+    def _network_users(self, net):
+        return {d.name for d in self._running_domains()
+                if any(n.network == net.name or n.bridge == net.bridge for n in d.config.nics)}
+
+    def _plan_nics(self, domain):
+        """The domain's NICs resolved for a boot (networks active, bridges there,
+        no MAC shared with another running domain)."""
+        with self._lock:
+            in_use = {}
+            for other in self._running_domains():
+                if other is not domain:
+                    for mac in effective_macs(other.config.nics, other.config.uuid):
+                        in_use[mac] = other.name
+            return plan_nics(domain.config, self._networks, in_use)
+
     def _rename(self, domain, new_config):
         with self._lock:
             if new_config.name != domain.name and new_config.name in self._domains:
@@ -153,6 +197,7 @@ class Host:
                     domain.destroy()
                 except StateError:
                     pass  # it powered off by itself meanwhile
+        self._networks.close()
         self.kvm.close()
 
     def __enter__(self):

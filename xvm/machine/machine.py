@@ -17,6 +17,9 @@ from ..devices.legacy.i8042 import I8042
 from ..devices.block import VirtioBlock
 from ..devices.legacy.serial import Serial8250
 from ..devices.virtio.mmio import VirtioMmioDevice
+from ..devices.virtio.pci import VirtioPciDevice
+from ..devices.pci import GsiRouter, PciHostBridge
+from ..devices.pci import acpi as pci_acpi
 from ..errors import BootError, ConfigError
 from ..kvm import exits
 from ..kvm.memory import GuestMemory
@@ -80,7 +83,8 @@ class _IgnoredPort:
 class Machine:
     def __init__(
         self, kvm, *, vcpus, memory_bytes, kernel, initrd=None, cmdline="", console_sink=None,
-        disabled_cpu_features=(), disks=(),
+        disabled_cpu_features=(), disks=(), nics=(),
+        virtio_transport="mmio",
     ):
         self.kvm = kvm
         self.vcpu_count = vcpus
@@ -97,15 +101,21 @@ class Machine:
         self._parked = 0
         self._started = False
         self.virtio = []  # VirtioSlot per virtio-mmio device
+        self.virtio_pci = []  # VirtioSlot per virtio-pci function
+        if virtio_transport not in ("mmio", "pci"):
+            raise ConfigError(f"virtio_transport must be 'mmio' or 'pci', not {virtio_transport!r}")
+        self.virtio_transport = virtio_transport
+        self.pci = None  # the PCI host bridge (bus 0)
+        self.gsi_router = None  # KVM GSI routing: IOAPIC/PIC defaults + MSI vectors
         install_kick_handler()
         try:
-            self._build(kernel, initrd, cmdline, console_sink or (lambda data: None), disks)
+            self._build(kernel, initrd, cmdline, console_sink or (lambda data: None), disks, nics)
         except BaseException:
             self.close()
             raise
 
     # -- construction -----------------------------------------------------
-    def _build(self, kernel, initrd, cmdline, console_sink, disks):
+    def _build(self, kernel, initrd, cmdline, console_sink, disks, nics=()):
         kernel_data = _read_boot_file(kernel, "kernel")
         initrd_data = _read_boot_file(initrd, "initrd") if initrd is not None else None
         kind = kernel_format(kernel_data, str(kernel))
@@ -129,12 +139,21 @@ class Machine:
         self.pio_bus.register(I8042_BASE, 5, self.i8042)
         self.pio_bus.register(PM_BASE, PM_SIZE, self.acpi_pm)
         self.pio_bus.register(POST_PORT, 1, _IgnoredPort())
+        self.gsi_router = GsiRouter(self.vm)
+        self.pci = PciHostBridge(self.mmio_bus, window=layout.PCI_MMIO_WINDOW,
+                                 ecam_base=layout.PCI_ECAM_BASE)
+        self.pci.register(self.pio_bus)
 
         for disk in disks:
-            self.add_virtio_mmio(VirtioBlock(disk), name=f"virtio-blk:{disk.path}")
+            self.add_virtio(VirtioBlock(disk), name=f"virtio-blk:{disk.path}")
+        for nic in nics:  # xvm.net.NicPlan: opens a TAP on its bridge
+            self.add_virtio_mmio(nic.open_device(), name=f"virtio-net:{nic.mac}")
         rsdp = build_tables(
             self.memory, cpus=self.vcpu_count,
             virtio_mmio=[VirtioMmio(slot.base, slot.transport.size, slot.gsi) for slot in self.virtio],
+            extra_tables=[pci_acpi.mcfg(layout.PCI_ECAM_BASE)],
+            extra_devices=[pci_acpi.pci_root(layout.PCI_MMIO_WINDOW),
+                           pci_acpi.ecam_reservation(layout.PCI_ECAM_BASE, layout.PCI_ECAM_SIZE)],
         )
         if image is not None:
             plan = load_pvh(
@@ -176,6 +195,32 @@ class Machine:
             self.vm.ioeventfd(fd, base + slot.transport.notify_offset, 4, datamatch=queue)
         return slot
 
+    def add_virtio(self, device, name=None):
+        """Add ``device`` behind the machine's virtio transport (``virtio_transport``)."""
+        if self.virtio_transport == "pci":
+            return self.add_virtio_pci(device, name=name)
+        return self.add_virtio_mmio(device, name=name)
+
+    def add_virtio_pci(self, device, name=None):
+        """Put ``device`` (a VirtioDevice) on PCI bus 0 as a modern virtio-pci function.
+
+        Notifications arrive on KVM ioeventfds (one address per queue, moved with
+        BAR 0); interrupts leave on one irqfd per MSI-X vector, whose GSI is routed
+        to the message the guest programs in the vector table.
+        """
+        slot = VirtioSlot(device, None, 0, -1, -1)
+        self.virtio_pci.append(slot)  # from here on close() releases it
+        vm = self.vm
+
+        def ioeventfd(fd, address, length, remove=False):
+            vm.ioeventfd(fd, address, length, remove=remove)
+
+        slot.transport = VirtioPciDevice(device, self.memory, router=self.gsi_router, irqfd=vm.irqfd,
+                                         irqfd_remove=vm.irqfd_remove, ioeventfd=ioeventfd, name=name)
+        self.pci.add(slot.transport)
+        slot.base = slot.transport.bar_address(0)
+        return slot
+
     # -- lifecycle --------------------------------------------------------
     def start(self):
         if self._started:
@@ -195,11 +240,11 @@ class Machine:
             vcpu.kick()
         with self._state_lock:
             self._state_lock.wait_for(lambda: self._parked == self._running_threads() or self._exit)
-        for slot in self.virtio:
+        for slot in self.virtio + self.virtio_pci:
             slot.transport.pause()
 
     def resume(self):
-        for slot in self.virtio:
+        for slot in self.virtio + self.virtio_pci:
             slot.transport.resume()
         with self._state_lock:
             self._pause_requested = False
@@ -234,9 +279,10 @@ class Machine:
         if self._threads:
             self.stop()
             self._threads.clear()
-        for slot in self.virtio:
+        for slot in self.virtio + self.virtio_pci:
             slot.close()
         self.virtio.clear()
+        self.virtio_pci.clear()
         if self.vm is not None:
             self.vm.close()
             self.vm = None
