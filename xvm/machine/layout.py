@@ -2,7 +2,8 @@
 
     0x0000_0000  RAM (low): real-mode IVT/BDA, boot structures, kernel at 1 MiB
     0x000E_0000  ACPI RSDP search area (inside low RAM)
-    0xC000_0000  32-bit MMIO hole: virtio-mmio window, IOAPIC, LAPIC, KVM TSS
+    0xC000_0000  32-bit MMIO hole: virtio-mmio window, PCI ECAM and BAR window, IOAPIC,
+                 LAPIC, KVM TSS
     0x1_0000_0000  RAM (high): whatever did not fit below the hole
 """
 MiB = 1 << 20
@@ -25,6 +26,9 @@ KERNEL_MIN_ADDRESS = 0x10_0000
 
 VIRTIO_MMIO_BASE = 0xD000_0000
 VIRTIO_MMIO_SIZE = 0x1000
+PCI_ECAM_BASE = 0xE000_0000  # ECAM of PCI bus 0, declared by the MCFG table
+PCI_ECAM_SIZE = 1 << 20
+PCI_MMIO_WINDOW = (0xE100_0000, 0xF000_0000)  # 32-bit BARs: the DSDT PCI0 _CRS window
 IOAPIC_ADDRESS = 0xFEC0_0000
 LAPIC_ADDRESS = 0xFEE0_0000
 

@@ -125,13 +125,15 @@ class PciTransport(VirtioTransport):
         self._serving = None  # the queue the worker is serving now
 
     def _serve_callback(self, index):
-        def serve():
+        serve = super()._serve_callback(index)
+
+        def serve_tracked():
             self._serving = index
             try:
-                self.device.process_queue(index)
+                serve()
             finally:
                 self._serving = None
-        return serve
+        return serve_tracked
 
     def raise_interrupt(self, kind):
         kind = InterruptKind(kind)
