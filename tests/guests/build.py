@@ -22,7 +22,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 RUNTIME = HERE / "runtime"
 DEFAULT_OUTDIR = HERE / "out"
 
-GUESTS = ("hello", "smp", "irq", "busy", "poweroff", "reboot", "pio_bench")
+GUESTS = ("hello", "smp", "irq", "busy", "poweroff", "reboot", "pio_bench", "net")
 
 RUNTIME_SOURCES = ("start.S", "rt.c", "lib.c")
 RUNTIME_DEPS = RUNTIME_SOURCES + ("rt.h", "layout.h", "guest.ld")

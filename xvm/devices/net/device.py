@@ -174,6 +174,11 @@ class VirtioNet(VirtioDevice):
         self._set_polling(True)
 
     def close(self):
+        # Drop every view of guest memory (queues, held chains) so the machine
+        # can unmap it.
+        self.queues = ()
+        self.memory = None
+        self._held = []
         if self._poll is not None:
             self._poll.close()
             self._poll = None
