@@ -116,8 +116,6 @@ class TestHost:
             "console=ttyS0", "quiet", "loglevel=3", "panic=-1", "mitigations=off",
             "random.trust_cpu=on", "8250.nr_uarts=1",
             f"xvm.results={results_dir}",
-            f"xvm.python={os.path.realpath(sys.executable)}",
-            f"xvm.keeper={Path(__file__).with_name('keeper.py').resolve()}",
             self.kernel_args,
         ]).strip()
         return [

@@ -11,7 +11,7 @@ cached in ``$XVM_CACHE/testhost`` under a hash of their content.
 import stat
 from pathlib import Path
 
-from . import cache
+from . import cache, keeper
 from .errors import NotPreparedError
 
 BUSYBOX = Path("/bin/busybox")
@@ -138,8 +138,6 @@ def resolve_modules(modules_dir: Path, wanted) -> list[tuple[str, bytes]]:
 # Kernel command line parameters read by the init below:
 #   xvm.results=<path>   where the results share (9p tag "xvmresults") is mounted, the same path
 #                        as on the host; the job is <path>/.xvm-testhost/job.sh
-#   xvm.python=<path>    python interpreter for the KVM keeper
-#   xvm.keeper=<path>    the keeper script (xvm/testhost/keeper.py on the shared root)
 TESTHOST_INIT = r"""#!/bin/sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -154,8 +152,6 @@ done
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         xvm.results=*) RESULTS="${arg#xvm.results=}" ;;
-        xvm.python=*) PYTHON="${arg#xvm.python=}" ;;
-        xvm.keeper=*) KEEPER="${arg#xvm.keeper=}" ;;
     esac
 done
 mkdir -p /mnt/lower /mnt/rw /newroot
@@ -181,12 +177,13 @@ CTL="$RESULTS/.xvm-testhost"
 hostname xvm-testhost
 ip link set lo up 2>/dev/null
 if [ -e /dev/kvm ]; then
-    # Keep one idle KVM VM for the machine's whole life (ENVIRONMENT.md: avoids a livelock
-    # when the kernel live-patches its scheduler on the first VM create / last VM destroy).
-    chroot $N "$PYTHON" -I -S "$KEEPER" /run/xvm-keeper.ready </dev/null &
+    # Keep one idle KVM VM for the machine's whole life (keeper.py says why).
+    /bin/xvm-kvm-keeper </dev/null >/run/xvm-keeper.ready &
     i=0
-    while [ ! -e $N/run/xvm-keeper.ready ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
-    [ -e $N/run/xvm-keeper.ready ] || say "warning: the KVM keeper did not start"
+    while [ ! -s /run/xvm-keeper.ready ] && [ $i -lt 600 ] && kill -0 $! 2>/dev/null; do
+        sleep 0.05; i=$((i+1))
+    done
+    [ -s /run/xvm-keeper.ready ] || say "warning: the KVM keeper did not start"
 else
     say "warning: no /dev/kvm (kvm_amd did not load)"
 fi
@@ -206,13 +203,15 @@ def testhost_initramfs() -> tuple[cache.KernelPackage, Path]:
     """The generic kernel package and the test host's initramfs for it (built once, cached)."""
     package = cache.kernel_package("generic")
     busybox = BUSYBOX.read_bytes() if BUSYBOX.exists() else b""
-    key = cache.content_hash(package.release, TESTHOST_INIT, busybox, ",".join(TESTHOST_MODULES))
+    key = cache.content_hash(package.release, TESTHOST_INIT, busybox, ",".join(TESTHOST_MODULES),
+                             keeper.keeper_elf())
     dest = cache.build_dir() / f"testhost-{package.release}-{key}.cpio"
     if dest.exists():
         return package, dest
     writer = CpioWriter()
     _busybox_base(writer)
     writer.file("init", TESTHOST_INIT.encode(), 0o755)
+    writer.file("bin/xvm-kvm-keeper", keeper.keeper_elf(), 0o755)
     modules = resolve_modules(package.modules, TESTHOST_MODULES)
     for name, data in modules:
         writer.file(f"lib/modules/{name}.ko", data)
