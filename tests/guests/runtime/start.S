@@ -7,8 +7,10 @@
  * (first 4 GiB, 2 MiB pages, U/S=1 at every level, PML4 slot 256 empty: the
  * PVM contract) and call rt_start_bsp(start_info) in C.
  *
- * The page tables are static data, so the 32-bit part (emulated on PVM
- * hosts, ~1.5 us per instruction) is only a dozen instructions.
+ * On PVM hosts every instruction is emulated (microseconds each) until the
+ * guest registers its virtual-IF page, in long mode as well; hence static page
+ * tables (the 32-bit part is a dozen instructions) and the VIF registration
+ * as the first thing rt_start_bsp/rt_start_ap do.
  *
  * Application processors start in real mode at AP_TRAMPOLINE (copied there
  * by the BSP), switch to protected mode and join the same 32-bit path.
