@@ -435,3 +435,23 @@ def test_hostile_requests_fail_alone(image, descs, headers, segment, heads):
             assert memory.read(STATUS, 1)[0] == VIRTIO_BLK_S_OK
         finally:
             dev.close()
+
+
+def test_resize_sends_config_change(blk, image):
+    dev, mmio, drv = blk
+    irq_line = mmio.transport.irq
+    irq_line.read()
+    generation = mmio.read(M.VIRTIO_MMIO_CONFIG_GENERATION, 4)
+    os.truncate(image, 2 * DISK_SIZE)
+    assert dev.refresh_capacity() == 2 * DISK_SIZE // 512
+    assert mmio.read(M.VIRTIO_MMIO_CONFIG, 4) == 2 * DISK_SIZE // 512
+    assert mmio.read(M.VIRTIO_MMIO_CONFIG_GENERATION, 4) == generation + 1
+    assert drv.mmio_driver.ack_interrupts() & 2  # VIRTIO_MMIO_INT_CONFIG
+    assert irq_line.read() >= 1
+    # The new sectors are usable.
+    last = 2 * DISK_SIZE // 512 - 1
+    assert drv.request(VIRTIO_BLK_T_OUT, last, out=b"e" * 512)[0] == VIRTIO_BLK_S_OK
+    assert dev.refresh_capacity() == 2 * DISK_SIZE // 512  # unchanged: no interrupt
+    os.truncate(image, 2 * DISK_SIZE + 100)
+    with pytest.raises(Exception, match="not a multiple of 512"):
+        dev.refresh_capacity()

@@ -112,6 +112,26 @@ class VirtioBlock(VirtioDevice):
             0, 0, 0,                # secure erase (not offered)
         )
 
+    def refresh_capacity(self):
+        """Re-read the backend's size (the image was grown or shrunk on the host);
+        if it changed, update ``capacity`` and send a configuration change
+        notification (§5.2.4: the driver re-reads capacity).  Returns the new
+        capacity in sectors."""
+        size = self.backend._probe_size()
+        if size % SECTOR_SIZE:
+            raise DiskConfigError(f"disk image {self.disk.path!r} is now {size} bytes, not a "
+                                  f"multiple of {SECTOR_SIZE}", self.disk.path)
+        capacity = size // SECTOR_SIZE
+        if capacity != self.capacity:
+            self.backend.size = size
+            self.capacity = capacity
+            # One assignment: the worker sees the old limits or the new ones, never a mix.
+            self.limits = Limits(capacity, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
+                                 MAX_DISCARD_SECTORS, MAX_DISCARD_SEG)
+            if self.interrupt is not None:
+                self.interrupt.trigger(InterruptKind.CONFIG_CHANGE)
+        return capacity
+
     # -- life cycle ----------------------------------------------------------------
 
     def activate(self, memory, queues, interrupt):
