@@ -97,3 +97,43 @@ def test_kernel_too_large_for_memory(no_leaks, host, guest_kernel, cpus_initramf
     with pytest.raises(xvm.BootError, match="does not fit in 48 MiB"):
         dom.start()
     assert dom.state is DomainState.SHUTOFF
+
+
+@pytest.fixture(scope="module")
+def image():
+    from xvm.images import build_image
+
+    return build_image()
+
+
+def test_shutdown_powers_linux_off_through_the_power_button(no_leaks, host, image):
+    dom = linux(host, image.kernel, image.initrd, vcpus=2)
+    dom.start()
+    dom.console.expect("xvm-image: ready", timeout=BOOT_TIMEOUT)  # acpid is listening
+    assert int(dom.console.expect(r"xvm-image: cpus=(\d+)", timeout=60).group(1)) == 2
+    dom.shutdown(timeout=120)
+    assert dom.state is DomainState.SHUTOFF and dom.id is None
+    assert "reboot: Power down" in dom.console.text()
+
+
+def test_shutdown_times_out_when_the_guest_ignores_the_button(no_leaks, host, guest_kernel):
+    # No acpid, no button module: nothing in this guest acts on the power button.
+    initrd = nested_initramfs('echo "XVM-IGNORING"\nsleep 600\n')
+    dom = linux(host, guest_kernel.bzimage, initrd)
+    dom.start()
+    dom.console.expect("XVM-IGNORING", timeout=BOOT_TIMEOUT)
+    with pytest.raises(xvm.ShutdownTimeout, match="did not power off within 3s"):
+        dom.shutdown(timeout=3)
+    assert dom.state is DomainState.RUNNING
+    dom.destroy()
+
+
+def test_console_drives_the_shell(no_leaks, host, image):
+    dom = linux(host, image.kernel, image.initrd)
+    dom.start()
+    dom.console.expect("xvm-image: ready", timeout=BOOT_TIMEOUT)
+    dom.console.expect("# ", timeout=60)
+    dom.console.write("echo $((6*7)) > /tmp/x; cat /tmp/x\n")
+    dom.console.expect(r"\n42\r?\n", timeout=60)
+    dom.console.write("poweroff -f\n")
+    assert dom.wait(timeout=60) is DomainState.SHUTOFF
