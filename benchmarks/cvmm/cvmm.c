@@ -239,6 +239,26 @@ static void setup_vcpu(int vcpu_fd, int index)
 }
 
 
+static int vcpu0_fd_for_console = -1;
+
+/* CVMM_VIF_RESET=1 (experiment): at the guest's "irq: echo ready", read the
+ * PVM VIF MSR with KVM_GET_MSRS and write it back with KVM_SET_MSRS, as a
+ * save/restore would. */
+static void vif_msr_roundtrip(void)
+{
+	struct { struct kvm_msrs m; struct kvm_msr_entry e; } q = { .m.nmsrs = 1, .e.index = 0x4b564d10 };
+	int n = ioctl(vcpu0_fd_for_console, KVM_GET_MSRS, &q);
+	uint64_t got = q.e.data;
+	const char *mode = getenv("CVMM_VIF_RESET");
+	if (!strcmp(mode, "masked"))
+		q.e.data &= ~0xfffULL;
+	int m = ioctl(vcpu0_fd_for_console, KVM_SET_MSRS, &q);
+	q.e.data = 0;
+	int k = ioctl(vcpu0_fd_for_console, KVM_GET_MSRS, &q);
+	fprintf(stderr, "cvmm: VIF msr get %d -> %#lx, set(%s) %d, get %d -> %#llx\n", n, got, mode, m, k,
+		q.e.data);
+}
+
 static void console_char(uint8_t c)
 {
 	if (!t_first_output.tv_sec)
@@ -271,6 +291,8 @@ static void console_char(uint8_t c)
 			fprintf(stderr, "cvmm: bench vcpu thread cpu time %.3f ms: %.0f ns per operation "
 				"(%lu operations, %.0f ns wall)\n", cpu_ns / 1e6, ops ? cpu_ns / ops : 0.0, ops, ops ? ns / ops : 0.0);
 		}
+		if (!strncmp(line, "irq: echo ready", 15) && getenv("CVMM_VIF_RESET"))
+			vif_msr_roundtrip();
 		line_len = 0;
 		fflush(stdout);
 	} else if (line_len + 1 < sizeof(line)) {
@@ -278,10 +300,54 @@ static void console_char(uint8_t c)
 	}
 }
 
+static int vcpu0_fd = -1;
+
+static void dump_seg(const char *name, const struct kvm_segment *g)
+{
+	fprintf(stderr, " %s=%#x/base %#llx/type %u/dpl %u/l %u/db %u", name, g->selector, g->base, g->type,
+		g->dpl, g->l, g->db);
+}
+
+/* -v: what the VMM sees of vCPU 0 at the end (for save/restore on PVM) */
+static void dump_vcpu0(void)
+{
+	struct kvm_regs r;
+	struct kvm_sregs s;
+	if (vcpu0_fd < 0 || ioctl(vcpu0_fd, KVM_GET_REGS, &r) < 0 || ioctl(vcpu0_fd, KVM_GET_SREGS, &s) < 0)
+		return;
+	fprintf(stderr, "cvmm: vcpu0 rip=%#llx rsp=%#llx rflags=%#llx cr0=%#llx cr3=%#llx cr4=%#llx efer=%#llx",
+		r.rip, r.rsp, r.rflags, s.cr0, s.cr3, s.cr4, s.efer);
+	dump_seg("cs", &s.cs);
+	dump_seg("ss", &s.ss);
+	fprintf(stderr, "\n");
+
+	static const uint32_t probe[] = { 0x4b564d10, 0x4b564d11 };
+	struct { struct kvm_msr_list l; uint32_t idx[1024]; } list = { .l.nmsrs = 1024 };
+	int listed[2] = { 0, 0 };
+	if (ioctl(kvm_fd, KVM_GET_MSR_INDEX_LIST, &list) == 0)
+		for (uint32_t i = 0; i < list.l.nmsrs; i++)
+			for (int j = 0; j < 2; j++)
+				listed[j] |= list.l.indices[i] == probe[j];
+	for (int j = 0; j < 2; j++) {
+		struct { struct kvm_msrs m; struct kvm_msr_entry e; } q = { .m.nmsrs = 1, .e.index = probe[j] };
+		int n = ioctl(vcpu0_fd, KVM_GET_MSRS, &q);
+		fprintf(stderr, "cvmm: msr %#x: in KVM_GET_MSR_INDEX_LIST %s, KVM_GET_MSRS %s %#llx\n", probe[j],
+			listed[j] ? "yes" : "no", n == 1 ? "ok" : "failed", n == 1 ? q.e.data : 0ULL);
+	}
+	fprintf(stderr, "cvmm: other readable MSRs in 0x4b564d00-0x4b564dff:");
+	for (uint32_t idx = 0x4b564d00; idx <= 0x4b564dff; idx++) {
+		struct { struct kvm_msrs m; struct kvm_msr_entry e; } q = { .m.nmsrs = 1, .e.index = idx };
+		if (idx != probe[0] && idx != probe[1] && ioctl(vcpu0_fd, KVM_GET_MSRS, &q) == 1)
+			fprintf(stderr, " %#x=%#llx", idx, q.e.data);
+	}
+	fprintf(stderr, "\n");
+}
+
 static void __attribute__((noreturn)) finish(int code, const char *why)
 {
 	fflush(stdout);
 	if (verbose) {
+		dump_vcpu0();
 		struct timespec t_end;
 		clock_gettime(CLOCK_MONOTONIC, &t_end);
 		fprintf(stderr, "cvmm: first console byte after %.3f ms, exit after %.3f ms\n",
@@ -515,6 +581,7 @@ int main(int argc, char **argv)
 			die("mmap kvm_run");
 		setup_vcpu(v->fd, i);
 	}
+	vcpu0_fd = vcpu0_fd_for_console = vcpus[0].fd;
 	signal(SIGTERM, on_signal);
 	signal(SIGINT, on_signal);
 	pthread_t input;
