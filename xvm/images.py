@@ -25,6 +25,7 @@ import base64
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -50,7 +51,7 @@ RUN_PARAMETER = "xvm.run"
 # The image's /init. Each console line is slow under emulation: print only what callers wait for.
 INIT = r"""#!/bin/sh
 /bin/busybox --install -s /bin
-export PATH=/bin HOME=/root
+export PATH=/bin:/usr/sbin:/usr/bin:/sbin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
@@ -134,12 +135,14 @@ def run_argument(script: str) -> str:
 
 
 def build_image(flavour="cloud", *, progress=None, extra_modules=(), cache=None, download=True,
-                vmlinux=True) -> GuestImage:
+                vmlinux=True, extra_programs=()) -> GuestImage:
     """Build (or find in the cache) the guest image of kernel ``flavour`` ("cloud" or
     "generic"). ``progress`` is called with short messages; ``extra_modules`` are loaded
     after :data:`BASE_MODULES`; ``cache`` overrides ``$XVM_CACHE``. Without ``download``, a
     kernel package that is not in the cache is an error instead of an ``apt-get download``.
-    With ``vmlinux``, the uncompressed kernel is extracted too (once)."""
+    With ``vmlinux``, the uncompressed kernel is extracted too (once). ``extra_programs`` are
+    host programs (names on $PATH or absolute paths, e.g. ``"mkfs.ext4"``) copied into the
+    image at the same paths, with the shared libraries ``ldd`` says they need."""
     say = progress or (lambda message: None)
     root = Path(cache) if cache is not None else _cache.cache_dir()
     if flavour not in FLAVOURS:
@@ -147,8 +150,10 @@ def build_image(flavour="cloud", *, progress=None, extra_modules=(), cache=None,
     wanted = tuple(dict.fromkeys(BASE_MODULES + tuple(_modname(m) for m in extra_modules)))
     package = _kernel_package(root, flavour, download, say)
     busybox = _busybox()
+    programs = _host_programs(extra_programs)
     key = _cache.content_hash(package.release, str(package.bzimage.stat().st_size), INIT,
-                              POWER_BUTTON_HANDLER, PROFILE, ",".join(wanted), busybox)
+                              POWER_BUTTON_HANDLER, PROFILE, ",".join(wanted), busybox,
+                              *(f"{guest}={_file_stamp(host)}" for guest, host in programs.items()))
     out = root / "images" / f"{package.release}-{key}"
     elf = _vmlinux(root, package, say) if vmlinux else None
     manifest = out / "manifest.json"
@@ -157,7 +162,7 @@ def build_image(flavour="cloud", *, progress=None, extra_modules=(), cache=None,
         say(f"using cached {initrd}")
         modules = tuple(json.loads(manifest.read_text())["modules"])
     else:
-        modules = _write_initramfs(out, package, wanted, busybox, say)
+        modules = _write_initramfs(out, package, wanted, busybox, say, programs)
     return GuestImage(kernel=package.bzimage, vmlinux=elf, initrd=initrd, release=package.release,
                       modules=modules)
 
@@ -175,7 +180,29 @@ def _busybox() -> bytes:
                                  str(_initramfs.BUSYBOX)) from None
 
 
-def _write_initramfs(out, package, wanted, busybox, say):
+def _host_programs(names):
+    """``{path in the image: host file}`` for ``names`` and the shared libraries they load."""
+    files = {}
+    for name in names:
+        path = shutil.which(name)
+        if path is None:
+            raise ImageSourceMissing(f"host program {name!r} is not installed (not on $PATH)", name)
+        files[path.lstrip("/")] = os.path.realpath(path)
+        try:
+            ldd = subprocess.run(["ldd", path], capture_output=True, text=True, check=False).stdout
+        except FileNotFoundError:
+            raise ImageSourceMissing("ldd is missing (package libc-bin)", "ldd") from None
+        for library in re.findall(r"(/\S+) \(0x", ldd):
+            files[library.lstrip("/")] = os.path.realpath(library)
+    return files
+
+
+def _file_stamp(path):
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _write_initramfs(out, package, wanted, busybox, say, programs=None):
     say(f"resolving {len(wanted)} modules")
     try:
         resolved = _initramfs.resolve_modules(package.modules, wanted)
@@ -192,6 +219,16 @@ def _write_initramfs(out, package, wanted, busybox, say):
     writer.file("etc/acpi/PWRF/00000080", POWER_BUTTON_HANDLER.encode(), 0o755)
     for name, data in resolved:
         writer.file(f"lib/modules/{name}.ko", data)
+    made = {"bin", "dev", "proc", "sys", "tmp", "run", "mnt", "lib", "lib/modules", "root", "etc"}
+    for guest_path, host_path in sorted((programs or {}).items()):
+        parts = guest_path.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            directory = "/".join(parts[:depth])
+            if directory not in made:
+                writer.directory(directory)
+                made.add(directory)
+        with open(host_path, "rb") as f:
+            writer.file(guest_path, f.read(), 0o755)
     modules = tuple(name for name, _ in resolved)
     writer.file("lib/modules/load-order", "".join(f"{name}\n" for name in modules).encode())
     manifest = {"release": package.release, "kernel": str(package.bzimage), "modules": list(modules)}
