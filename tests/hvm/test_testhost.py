@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from xvm.testhost import qemu_path
+from xvm.testhost import TestHost, qemu_path
+from xvm.testhost.junit import junit_key
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_CREATE_VM = 0xAE01
@@ -75,3 +76,24 @@ def test_cloud_kernel_paths(guest_kernel):
     with open(guest_kernel.vmlinux, "rb") as f:
         assert f.read(4) == b"\x7fELF"
     assert "cloud" in guest_kernel.release
+
+
+def test_run_is_direct_where_virtualization_is_hardware_assisted():
+    host = TestHost()
+    assert host.mode == "direct"
+    result = host.run(["sh", "-c", "echo out; exit 3"], timeout=60)
+    assert (result.exit_status, result.output, result.mode) == (3, "out\n", "direct")
+
+
+@pytest.mark.parametrize("nodeid", [
+    "tests/hvm/test_x.py::test_a",
+    "tests/hvm/test_x.py::test_b[1-a b]",
+    "tests/hvm/test_x.py::TestC::test_d[x::y]",
+    "tests/hvm/sub/test_y.py::test_e",
+])
+def test_junit_key_matches_pytest(nodeid):
+    # The outer pytest finds an inner result by the (classname, name) pytest's junitxml derives
+    # from the node id; keep our copy of that rule in step with pytest's.
+    from _pytest.junitxml import mangle_test_address
+    names = mangle_test_address(nodeid)
+    assert junit_key(nodeid) == (".".join(names[:-1]), names[-1])
