@@ -239,7 +239,8 @@ static void setup_vcpu(int vcpu_fd, int index)
 }
 
 
-static int vcpu0_fd_for_console = -1;
+static int vcpu0_fd_for_console = -1, vcpu0_fd = -1;
+static volatile int relocate_pending;
 
 /* CVMM_VIF_RESET=1 (experiment): at the guest's "irq: echo ready", read the
  * PVM VIF MSR with KVM_GET_MSRS and write it back with KVM_SET_MSRS, as a
@@ -293,14 +294,18 @@ static void console_char(uint8_t c)
 		}
 		if (!strncmp(line, "irq: echo ready", 15) && getenv("CVMM_VIF_RESET"))
 			vif_msr_roundtrip();
+		if (getenv("CVMM_RELOCATE")) {
+			const char *at = getenv("CVMM_RELOCATE_AT") ? getenv("CVMM_RELOCATE_AT") : "irq: echo ready";
+			static int done;
+			if (!done && !strncmp(line, at, strlen(at)))
+				done = relocate_pending = 1;
+		}
 		line_len = 0;
 		fflush(stdout);
 	} else if (line_len + 1 < sizeof(line)) {
 		line[line_len++] = c;
 	}
 }
-
-static int vcpu0_fd = -1;
 
 static void dump_seg(const char *name, const struct kvm_segment *g)
 {
@@ -431,6 +436,81 @@ struct vcpu {
 	pthread_t thread;
 };
 
+/*
+ * CVMM_RELOCATE=1|novif (experiment, 1 vCPU): when the guest prints a line
+ * starting with CVMM_RELOCATE_AT (default "irq: echo ready"), move it to a brand-new VM the way a restore would:
+ * complete the pending exit, save regs/sregs/fpu/lapic/events/mp_state,
+ * the IOAPIC and selected MSRs (incl. PVM's VIF MSR), create a new VM on the
+ * same RAM, restore, continue. Shows what PVM needs for save/restore.
+ */
+static void relocate(struct vcpu *v)
+{
+	struct kvm_regs regs;
+	struct kvm_sregs sregs;
+	struct kvm_fpu fpu;
+	struct kvm_lapic_state lapic;
+	struct kvm_vcpu_events events;
+	struct kvm_mp_state mp;
+	struct kvm_irqchip ioapic = { .chip_id = KVM_IRQCHIP_IOAPIC };
+	static const uint32_t msr_idx[] = { 0x10 /* TSC */, 0xc0000081, 0xc0000082, 0xc0000084,
+		0xc0000100, 0xc0000101, 0xc0000102, 0x4b564d10 /* PVM VIF */ };
+	/* CVMM_RELOCATE=novif: leave PVM's VIF MSR out of the restored state */
+	int nmsr = !strcmp(getenv("CVMM_RELOCATE"), "novif") ? 7 : 8;
+	enum { NMSR = sizeof(msr_idx) / sizeof(msr_idx[0]) };
+	struct { struct kvm_msrs m; struct kvm_msr_entry e[NMSR]; } msrs = { .m.nmsrs = NMSR };
+	for (int i = 0; i < NMSR; i++)
+		msrs.e[i].index = msr_idx[i];
+
+	v->run->immediate_exit = 1;	/* complete the exit we are in, so state is consistent */
+	if (ioctl(v->fd, KVM_RUN, 0) == 0 || errno != EINTR)
+		fprintf(stderr, "cvmm: relocate: immediate_exit run did not return EINTR\n");
+	v->run->immediate_exit = 0;
+	int got = 0;
+	if (ioctl(v->fd, KVM_GET_REGS, &regs) < 0 || ioctl(v->fd, KVM_GET_SREGS, &sregs) < 0 ||
+	    ioctl(v->fd, KVM_GET_FPU, &fpu) < 0 || ioctl(v->fd, KVM_GET_LAPIC, &lapic) < 0 ||
+	    ioctl(v->fd, KVM_GET_VCPU_EVENTS, &events) < 0 || ioctl(v->fd, KVM_GET_MP_STATE, &mp) < 0 ||
+	    ioctl(vm_fd, KVM_GET_IRQCHIP, &ioapic) < 0 || (got = ioctl(v->fd, KVM_GET_MSRS, &msrs)) != NMSR)
+		die("relocate: saving state (msrs %d of %d)", got, NMSR);
+
+	int old_vm = vm_fd, old_vcpu = v->fd;
+	struct kvm_run *old_run = v->run;
+	vm_fd = ioctl(kvm_fd, KVM_CREATE_VM, 0);
+	if (vm_fd < 0)
+		die("relocate: KVM_CREATE_VM");
+	ioctl(vm_fd, KVM_SET_TSS_ADDR, 0xfffbd000UL);
+	if (ioctl(vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
+		die("relocate: KVM_CREATE_IRQCHIP");
+	struct kvm_userspace_memory_region region = {
+		.slot = 0, .guest_phys_addr = 0, .memory_size = ram_size, .userspace_addr = (uint64_t)ram,
+	};
+	if (ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0)
+		die("relocate: KVM_SET_USER_MEMORY_REGION");
+	if (ioctl(vm_fd, KVM_SET_IRQCHIP, &ioapic) < 0)
+		die("relocate: KVM_SET_IRQCHIP");
+	v->fd = ioctl(vm_fd, KVM_CREATE_VCPU, 0);
+	if (v->fd < 0)
+		die("relocate: KVM_CREATE_VCPU");
+	v->run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd, 0);
+	if (v->run == MAP_FAILED)
+		die("relocate: mmap kvm_run");
+	if (ioctl(v->fd, KVM_SET_CPUID2, cpuid) < 0 || ioctl(v->fd, KVM_SET_SREGS, &sregs) < 0 ||
+	    ioctl(v->fd, KVM_SET_REGS, &regs) < 0 || ioctl(v->fd, KVM_SET_FPU, &fpu) < 0 ||
+	    ioctl(v->fd, KVM_SET_LAPIC, &lapic) < 0)
+		die("relocate: restoring vcpu state");
+	msrs.m.nmsrs = nmsr;
+	int set = ioctl(v->fd, KVM_SET_MSRS, &msrs);
+	if (ioctl(v->fd, KVM_SET_VCPU_EVENTS, &events) < 0 || ioctl(v->fd, KVM_SET_MP_STATE, &mp) < 0)
+		die("relocate: restoring events/mp_state");
+	struct { struct kvm_msrs m; struct kvm_msr_entry e; } q = { .m.nmsrs = 1, .e.index = 0x4b564d10 };
+	ioctl(v->fd, KVM_GET_MSRS, &q);
+	fprintf(stderr, "cvmm: relocated vcpu 0 to a new VM: rip %#llx, KVM_SET_MSRS set %d of %d, "
+		"VIF msr %#llx -> %#llx\n", regs.rip, set, NMSR, msrs.e[NMSR - 1].data, q.e.data);
+	munmap(old_run, run_size);
+	close(old_vcpu);
+	close(old_vm);
+	vcpu0_fd = vcpu0_fd_for_console = v->fd;
+}
+
 static void *vcpu_thread(void *arg)
 {
 	struct vcpu *v = arg;
@@ -500,6 +580,11 @@ static void *vcpu_thread(void *arg)
 			finish(4, "unhandled exit");
 		}
 		pthread_mutex_unlock(&out_lock);
+		if (relocate_pending && v->index == 0 && nr_vcpus == 1) {
+			relocate_pending = 0;
+			relocate(v);
+			run = v->run;
+		}
 	}
 	return NULL;
 }
