@@ -38,15 +38,20 @@ static void timer_handler(struct trap_frame *f)
 	lapic_eoi();
 }
 
-static void uart_handler(struct trap_frame *f)
+static void uart_collect(void)
 {
-	(void)f;
-	uart_irqs++;
 	while (inb(COM1 + 5) & 0x01) {
 		char c = (char)inb(COM1);
 		if (rx_head - rx_tail < sizeof(rx_ring))
 			rx_ring[rx_head++ % sizeof(rx_ring)] = c;
 	}
+}
+
+static void uart_handler(struct trap_frame *f)
+{
+	(void)f;
+	uart_irqs++;
+	uart_collect();
 	lapic_eoi();
 }
 
@@ -145,10 +150,10 @@ void guest_main(void)
 
 	/* 8250 receive interrupt -> IOAPIC pin 4 -> UART_VECTOR on this cpu */
 	ioapic_route(UART_IRQ_PIN, UART_VECTOR, lapic_id());
-	while (inb(COM1 + 5) & 0x01)
-		inb(COM1);
 	outb(COM1 + 4, 0x0b);	/* DTR | RTS | OUT2 */
 	outb(COM1 + 1, 0x01);	/* IER: received data available */
+	/* input that arrived before the interrupt was enabled is kept, not dropped */
+	uart_collect();
 	printf("irq: echo ready\n");
 
 	char line[128];
