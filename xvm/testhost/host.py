@@ -206,7 +206,7 @@ class TestHost:
         console = _Console(self.stream, initramfs.BEGIN_MARKER)
         start = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
         reader = threading.Thread(target=console.pump, args=(proc.stdout,), daemon=True)
         reader.start()
         hung = None
@@ -325,6 +325,15 @@ def _job_script(command, cwd, env) -> str:
     else:
         lines.append("exec " + shlex.join(list(command)))
     return "\n".join(lines) + "\n"
+
+
+def _die_with_parent():
+    # QEMU must not outlive a killed test run: PR_SET_PDEATHSIG(SIGKILL).
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _kill(proc):

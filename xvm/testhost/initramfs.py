@@ -180,7 +180,7 @@ if [ -e /dev/kvm ]; then
     # Keep one idle KVM VM for the machine's whole life (keeper.py says why).
     /bin/xvm-kvm-keeper </dev/null >/run/xvm-keeper.ready &
     i=0
-    while [ ! -s /run/xvm-keeper.ready ] && [ $i -lt 600 ] && kill -0 $! 2>/dev/null; do
+    while [ ! -s /run/xvm-keeper.ready ] && [ $i -lt 1200 ] && kill -0 $! 2>/dev/null; do
         sleep 0.05; i=$((i+1))
     done
     [ -s /run/xvm-keeper.ready ] || say "warning: the KVM keeper did not start"
