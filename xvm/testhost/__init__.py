@@ -18,7 +18,18 @@ Use::
     python3 -m xvm.testhost run [--timeout S] -- CMD...
 
 Where this machine itself has vmx/svm (real hardware, or inside the test host), ``run`` simply
-runs the command here (``mode="direct"``). For nested guests: :func:`cloud_kernel` (paths of the
+runs the command here (``mode="direct"``).
+
+Inside the test host: the host's / is mounted read-only (9p, ``cache=loose``) under a tmpfs
+overlay, so writes succeed but vanish at power-off; /tmp, /run, /dev, /proc and /sys are the
+machine's own (``cwd`` and ``$XVM_CACHE`` must not be under them). The only writable share is
+``results_dir``, at the same path inside and out. The job gets a clean environment: the caller's
+PATH and HOME, LANG=C.UTF-8, PYTHONPATH=cwd, PYTHONUNBUFFERED=1, XVM_TESTHOST_INNER=1, every
+XVM_* variable, plus ``env``. Each run boots a fresh machine (≈6 s idle, up to ≈35 s on a
+loaded host), has a timeout, and is retried once on a hang (boot timeout, the kernel's soft
+lockup/RCU stall messages, or the overall timeout). Consoles are kept in
+``<results_dir>/.xvm-testhost/console-<attempt>.log`` (the temporary directory is kept when
+a run fails). For nested guests: :func:`cloud_kernel` (paths of the
 cached Debian cloud kernel: bzImage and extracted vmlinux) and :func:`nested_initramfs` (a tiny
 busybox initramfs whose init prints :data:`NESTED_MARKER` and powers off).
 """

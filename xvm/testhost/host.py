@@ -27,6 +27,8 @@ from .errors import QemuMissingError, TestHostCrashed, TestHostError, TestHostTi
 QEMU = "qemu-system-x86_64"
 CTL_DIR = ".xvm-testhost"
 TAIL_LINES = 60
+# Top-level directories the test host mounts its own file systems on (the host's are hidden).
+GUEST_PRIVATE = ("tmp", "run", "proc", "sys", "dev")
 # Kernel messages of the test host itself (a printk line, at the start of a console line) that
 # mean the TCG machine has hung: no need to wait for the timeout.
 HANG_SIGN = re.compile(rb"(?m)^\[ *\d+\.\d+\] (watchdog: BUG: soft lockup|rcu: INFO: \w+ (self-)?detected stall)")
@@ -145,6 +147,10 @@ class TestHost:
         if self.mode == "direct":
             return self._run_direct(command, timeout, cwd, env)
         self.prepare()
+        for path, what in ((cwd, "cwd"), (cache.cache_dir().resolve(), "XVM_CACHE")):
+            if path.parts[1:2] and path.parts[1] in GUEST_PRIVATE:
+                raise ValueError(f"{what} {path} is not visible inside the test host: /{path.parts[1]} is "
+                                 "the machine's own there (use a directory on the root filesystem)")
         own_dir = results_dir is None
         results = Path(tempfile.mkdtemp(prefix="xvm-testhost-") if own_dir else results_dir).resolve()
         if any(c.isspace() for c in str(results)):
