@@ -11,6 +11,7 @@ import pytest
 
 from xvm.testhost import TestHost, qemu_path
 from xvm.testhost.junit import junit_key
+from xvm.testhost.peer import qemu_kvm_command
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_CREATE_VM = 0xAE01
@@ -41,21 +42,11 @@ def test_dev_kvm_is_hardware_assisted():
         os.close(fd)
 
 
-def nested_qemu_command(kernel, initrd, append="console=ttyS0 quiet panic=-1", memory="256M"):
-    """QEMU booting a guest under hardware-assisted KVM: the peer baseline. XSAVE is hidden from
-    the guest: TCG does not forward XSETBV faithfully (ENVIRONMENT.md)."""
-    return [
-        qemu_path() or "qemu-system-x86_64", "-accel", "kvm", "-M", "pc", "-cpu", "host,-xsave",
-        "-m", memory, "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-serial", "stdio", "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
-    ]
-
-
 def test_qemu_kvm_boots_unmodified_cloud_kernel(guest_kernel, guest_initramfs, nested_marker, record_property):
     if qemu_path() is None:
         pytest.skip("qemu-system-x86_64 is not installed")
     start = time.monotonic()
-    proc = subprocess.run(nested_qemu_command(guest_kernel.bzimage, guest_initramfs),
+    proc = subprocess.run(qemu_kvm_command(guest_kernel.bzimage, guest_initramfs),
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           timeout=NESTED_BOOT_TIMEOUT)
     elapsed = time.monotonic() - start

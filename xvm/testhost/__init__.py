@@ -31,7 +31,8 @@ lockup/RCU stall messages, or the overall timeout). Consoles are kept in
 ``<results_dir>/.xvm-testhost/console-<attempt>.log`` (the temporary directory is kept when
 a run fails). For nested guests: :func:`cloud_kernel` (paths of the
 cached Debian cloud kernel: bzImage and extracted vmlinux) and :func:`nested_initramfs` (a tiny
-busybox initramfs whose init prints :data:`NESTED_MARKER` and powers off).
+busybox initramfs whose init prints :data:`NESTED_MARKER` and powers off); for the peer
+baseline, :func:`xvm.testhost.peer.qemu_kvm_command` (QEMU -accel kvm booting them).
 """
 from .cache import GuestKernel, cache_dir, cloud_kernel, guest_kernel
 from .errors import (NotPreparedError, QemuMissingError, TestHostCrashed, TestHostError,
