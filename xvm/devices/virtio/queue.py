@@ -195,17 +195,20 @@ class Queue:
         self.next_used = 0
         # used.idx when we last notified (or decided not to); None = never.
         self._signalled_used = None
-        self._walker = self.walk_python
+        # The walker is stored as a plain function, not a bound method: a bound
+        # method on self would make a reference cycle keeping the ring views (and
+        # so the guest RAM mapping) alive after the queue is dropped.
+        self._walker = Queue.walk_python
         module = _native_loader.load() if native is not False else None
         if module is not None:
             self._setup_native(module)
-            self._walker = self.walk_native
+            self._walker = Queue.walk_native
         elif native:
             raise VirtioConfigError("the C chain walker is not available")
 
     @property
     def native(self):
-        return self._walker == self.walk_native
+        return self._walker is Queue.walk_native
 
     def _setup_native(self, module):
         ffi = module.ffi
@@ -252,11 +255,11 @@ class Queue:
         if self.event_idx:
             # §2.7.10: avail_event tells the driver when to notify us next.
             self._write_avail_event(self.next_avail)
-        return self._walker(head)
+        return self._walker(self, head)
 
     def walk(self, head):
         """Parse the chain starting at descriptor ``head``."""
-        return self._walker(head)
+        return self._walker(self, head)
 
     def walk_native(self, head):
         """The C chain walker: same checks, same order, same errors."""
