@@ -3,11 +3,12 @@
  *
  * Finds the first virtio-net device by probing the virtio-mmio windows at
  * 0xD000_0000 + i*0x1000 for the magic "virt", brings it up (VERSION_1, MAC),
- * posts receive buffers, broadcasts `count=` frames (EtherType 0x88b5) whose
- * payload names this guest (`id=`), and prints every 0x88b5 frame it receives
- * ("RX <src mac> <payload>").  It runs for `ms=` milliseconds after its last
- * send, or until it has received `expect=` frames, then prints a summary and
- * powers off.  `pingpong=N` (with id=0 sending, id=1 echoing) measures
+ * posts receive buffers, broadcasts up to `count=` frames (EtherType 0x88b5),
+ * one every 100 ms, whose payload names this guest (`id=`), and prints every
+ * 0x88b5 frame it receives ("RX <src mac> <payload>").  It goes on for `ms=`
+ * milliseconds after it has received `expect=` frames (or, without expect=,
+ * after its last send) -- still sending, so a peer that started later hears
+ * it too -- then prints a summary and powers off.  `pingpong=N` (with id=0 sending, id=1 echoing) measures
  * round trips instead; `flood=1` sends the `count=` frames back to back.  No interrupts:
  * the used rings are polled.
  */
@@ -303,20 +304,16 @@ void guest_main(void)
 			int n = snprintf(payload, sizeof payload, "hello from guest %ld seq %lu", id, sent);
 			send_frame(broadcast, payload, n + 1);
 			next_send = flood ? t : t + 100000;
-			if ((long)sent == count)
-				end = t + ms * 1000;
 		}
 		if (poll_rx(src, buf, sizeof buf)) {
 			received++;
 			printf("RX %02x:%02x:%02x:%02x:%02x:%02x %s\n", src[0], src[1], src[2], src[3],
 			       src[4], src[5], buf);
 		}
-		if (expect >= 0 && (long)received >= expect && (long)sent >= count)
-			break;
+		if (!end && (expect >= 0 ? (long)received >= expect : (long)sent >= count))
+			end = t + ms * 1000;
 		if (end && t >= end)
 			break;
-		if (count == 0 && !end)
-			end = t + ms * 1000;
 	}
 	while (tx_done < sent) {	/* every frame handed to the device */
 		reclaim_tx();
