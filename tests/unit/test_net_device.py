@@ -347,3 +347,20 @@ def test_save_restore_state(net):
     assert state.mac == MAC and state.mtu == 9000
     from xvm.devices.net import NetState
     assert NetState.restore(state.save()) == state
+
+
+def test_transmit_header_split_across_descriptors(net, memory):
+    dev, mmio, backend = net
+    drv = NetDriver(memory, mmio)
+    header = HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, 14, 6, 0)
+    n = 12 + len(FRAME)
+    drv.send(FRAME, header=header,
+             buffers=[(TXBUF, 5, False), (TXBUF + 5, 3, False), (TXBUF + 8, n - 8, False)])
+    drv.tx.wait_used()
+    assert backend.peer.recv(65536) == header + FRAME
+    # The same split with an illegal header is still caught.
+    bad = HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, 500, 6, 0)
+    drv.send(FRAME, header=bad,
+             buffers=[(TXBUF, 5, False), (TXBUF + 5, 3, False), (TXBUF + 8, n - 8, False)])
+    drv.tx.wait_used()
+    wait_for(lambda: dev.metrics.tx_dropped_count == 1)

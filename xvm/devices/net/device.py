@@ -262,7 +262,7 @@ class VirtioNet(VirtioDevice):
 
     def _send(self, chain):
         try:
-            _, frame_len = parse_tx(chain, self.acked_features)
+            frame_len = parse_tx(chain, self.acked_features)
         except TxError as e:
             log.info("virtio-net: tx packet %d dropped: %s", chain.head, e.reason)
             self.metrics.tx_dropped_count += 1

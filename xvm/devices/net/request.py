@@ -12,6 +12,7 @@ import struct
 from dataclasses import dataclass
 
 from ..virtio.device import has_feature
+from ..virtio.queue import split_ranges
 
 # §5.1.3 Feature bits
 VIRTIO_NET_F_CSUM = 0
@@ -89,11 +90,14 @@ class NetHeader:
 
 
 def parse_tx(chain, features):
-    """Check a tx chain (§5.1.6.2); returns ``(header, frame_len)``."""
+    """Check a tx chain (§5.1.6.2); returns the frame's length (without the header)."""
     # §5.1.6.2: a transmitted packet is device-readable only.
     if chain.writable:
         raise TxError("device-writable buffer in a transmit chain (§5.1.6.2)")
-    total = chain.readable_len
+    readable = chain.readable
+    total = 0
+    for _, length in readable:
+        total += length
     # §5.1.6: every packet starts with the 12-byte struct virtio_net_hdr.
     if total < VIRTIO_NET_HDR_SIZE + ETH_HLEN:
         raise TxError(f"transmit chain of {total} bytes is shorter than the header "
@@ -101,45 +105,47 @@ def parse_tx(chain, features):
     frame_len = total - VIRTIO_NET_HDR_SIZE
     if frame_len > MAX_FRAME:
         raise TxError(f"frame of {frame_len} bytes is larger than {MAX_FRAME} (§5.1.6.2)")
-    raw = bytearray()
     memory = chain.memory
-    for gpa, length in chain.readable:
-        raw += memory.read(gpa, min(length, VIRTIO_NET_HDR_SIZE - len(raw)))
-        if len(raw) == VIRTIO_NET_HDR_SIZE:
-            break
-    header = NetHeader.unpack(raw)
+    gpa, length = readable[0]
+    if length >= VIRTIO_NET_HDR_SIZE:
+        raw = memory.read(gpa, VIRTIO_NET_HDR_SIZE)
+    else:
+        raw = b"".join(memory.read(gpa, length) for gpa, length in
+                       split_ranges(readable, 0, VIRTIO_NET_HDR_SIZE))
+    flags, gso_type, _, gso_size, csum_start, csum_offset, _ = _HDR.unpack(raw)
+    if not flags and not gso_type:
+        return frame_len  # nothing offloaded: the common case without CSUM
     # §5.1.6.2.1 "The driver MUST NOT set the VIRTIO_NET_HDR_F_DATA_VALID and
     # VIRTIO_NET_HDR_F_RSC_INFO bits in flags."
-    if header.flags & ~VIRTIO_NET_HDR_F_NEEDS_CSUM:
-        raise TxError(f"flags {header.flags:#x}: only NEEDS_CSUM is legal on transmit "
-                      "(§5.1.6.2.1)")
+    if flags & ~VIRTIO_NET_HDR_F_NEEDS_CSUM:
+        raise TxError(f"flags {flags:#x}: only NEEDS_CSUM is legal on transmit (§5.1.6.2.1)")
     # §5.1.6.2.1 "If VIRTIO_NET_F_CSUM is not negotiated, the driver MUST NOT set
     # VIRTIO_NET_HDR_F_NEEDS_CSUM"; csum_start/offset must lie inside the packet.
-    if header.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+    if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
         if not has_feature(features, VIRTIO_NET_F_CSUM):
             raise TxError("NEEDS_CSUM without VIRTIO_NET_F_CSUM (§5.1.6.2.1)")
-        if header.csum_start + header.csum_offset + 2 > frame_len:
-            raise TxError(f"checksum at {header.csum_start}+{header.csum_offset} lies "
-                          f"outside the {frame_len}-byte frame (§5.1.6.2)")
-    gso = header.gso_type & ~VIRTIO_NET_HDR_GSO_ECN
+        if csum_start + csum_offset + 2 > frame_len:
+            raise TxError(f"checksum at {csum_start}+{csum_offset} lies outside the "
+                          f"{frame_len}-byte frame (§5.1.6.2)")
+    gso = gso_type & ~VIRTIO_NET_HDR_GSO_ECN
     if gso != VIRTIO_NET_HDR_GSO_NONE:
         # §5.1.6.2.1 "If none of the VIRTIO_NET_F_HOST_TSO4, TSO6 or UFO options have
         # been negotiated, the driver MUST set gso_type to VIRTIO_NET_HDR_GSO_NONE";
         # each type needs its own feature.
         feature = _GSO_FEATURE.get(gso)
         if feature is None or not has_feature(features, feature):
-            raise TxError(f"gso_type {header.gso_type:#x} not negotiated (§5.1.6.2.1)")
+            raise TxError(f"gso_type {gso_type:#x} not negotiated (§5.1.6.2.1)")
         # §5.1.6.2.1 "the driver MUST set VIRTIO_NET_HDR_F_NEEDS_CSUM" with GSO, and
         # a segment size of 0 would make no progress.
-        if not header.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM or header.gso_size == 0:
+        if not flags & VIRTIO_NET_HDR_F_NEEDS_CSUM or gso_size == 0:
             raise TxError("GSO without NEEDS_CSUM or with gso_size 0 (§5.1.6.2.1)")
         # §5.1.6.2.1 ECN only with VIRTIO_NET_F_HOST_ECN.
-        if (header.gso_type & VIRTIO_NET_HDR_GSO_ECN
-                and not has_feature(features, VIRTIO_NET_F_HOST_ECN)):
+        if gso_type & VIRTIO_NET_HDR_GSO_ECN and not has_feature(features,
+                                                                 VIRTIO_NET_F_HOST_ECN):
             raise TxError("GSO_ECN without VIRTIO_NET_F_HOST_ECN (§5.1.6.2.1)")
-    elif header.gso_type & VIRTIO_NET_HDR_GSO_ECN:
+    elif gso_type & VIRTIO_NET_HDR_GSO_ECN:
         raise TxError("GSO_ECN on a packet without GSO (§5.1.6.2.1)")
-    return header, frame_len
+    return frame_len
 
 
 def tun_offloads(features, supported):
