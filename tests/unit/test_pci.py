@@ -280,3 +280,11 @@ def test_dsdt_compiles_with_iasl(tmp_path):
     text = (tmp_path / "dsdt.dsl").read_text()
     assert 'EisaId ("PNP0A08")' in text and "WordBusNumber" in text and "DWordMemory" in text
     assert "Return (Arg3)" in text
+
+
+def test_prt_routes_every_pin_of_each_slot_to_its_gsi():
+    assert pci_acpi.routing_table([(1, 23), (3, 23)]) == [
+        [0x1FFFF, 0, 0, 23], [0x1FFFF, 1, 0, 23], [0x1FFFF, 2, 0, 23], [0x1FFFF, 3, 0, 23],
+        [0x3FFFF, 0, 0, 23], [0x3FFFF, 1, 0, 23], [0x3FFFF, 2, 0, 23], [0x3FFFF, 3, 0, 23]]
+    assert b"_PRT" in pci_acpi.pci_root(WINDOW, prt=[(1, 23)])
+    assert b"_PRT" not in pci_acpi.pci_root(WINDOW)

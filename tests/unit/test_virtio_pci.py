@@ -41,6 +41,9 @@ class FakeVm:
 
     def irqfd(self, fd, gsi, resample_fd=None):
         self.irqfds[fd] = gsi
+        if resample_fd is not None:
+            self.resamplefds = getattr(self, "resamplefds", {})
+            self.resamplefds[fd] = resample_fd
 
     def irqfd_remove(self, fd, gsi):
         self.removed_irqfds.append((fd, gsi))
@@ -97,7 +100,8 @@ class Config:
 
 
 @pytest.fixture
-def env():
+def env(request):
+    intx_gsi = getattr(request, "param", None)
     memory = GuestMemory.create([(0, 0x100000)])
     vm = FakeVm()
     router = GsiRouter(vm)
@@ -106,7 +110,8 @@ def env():
     bridge.register(pio)
     dev = EchoDevice()
     function = P.VirtioPciDevice(dev, memory, router=router, irqfd=vm.irqfd,
-                                 irqfd_remove=vm.irqfd_remove, ioeventfd=vm.ioeventfd)
+                                 irqfd_remove=vm.irqfd_remove, ioeventfd=vm.ioeventfd,
+                                 intx_gsi=intx_gsi)
     slot = bridge.add(function)
     yield memory, vm, mmio, pio, bridge, function, Config(pio, slot << 3)
     function.close()
@@ -425,3 +430,43 @@ def test_close_releases_vectors(env):
     function.close()
     assert len(vm.removed_irqfds) == 3
     assert vm.msi_routes() == {}
+
+
+@pytest.mark.parametrize("env", [23], indirect=True)
+def test_intx_fallback_when_msix_is_off(env):
+    memory, vm, mmio, pio, bridge, function, cfg = env
+    assert cfg.read(0x3D, 1) == 1  # INTA#
+    (intx_fd, resample_fd), = vm.resamplefds.items()
+    assert vm.irqfds[intx_fd] == 23
+    d = probe(env)
+    rings = init_device(env, d, vectors=False)
+    assert cfg.read(0x06, 2) & 0x08 == 0
+    function.transport.raise_interrupt(InterruptKind.USED_BUFFER)
+    assert os.eventfd_read(intx_fd) == 1
+    assert cfg.read(0x06, 2) & 0x08  # Interrupt Status while the ISR is set
+    # KVM's resampler at EOI: the line is re-asserted while the ISR is non-zero.
+    function.transport.resample()
+    assert os.eventfd_read(intx_fd) == 1
+    assert mmio.read(d.isr, 1) == P.VIRTIO_ISR_QUEUE
+    function.transport.resample()
+    with pytest.raises(BlockingIOError):
+        os.eventfd_read(intx_fd)
+    assert cfg.read(0x06, 2) & 0x08 == 0
+    # Interrupt Disable in the command register keeps INTA# quiet.
+    cfg.write(0x04, 2, cfg.read(0x04, 2) | 0x400)
+    function.transport.raise_interrupt(InterruptKind.CONFIG_CHANGE)
+    with pytest.raises(BlockingIOError):
+        os.eventfd_read(intx_fd)
+    cfg.write(0x04, 2, cfg.read(0x04, 2) & ~0x400)
+    # With MSI-X on, INTx is never used.
+    mmio.read(d.isr, 1)
+    enable_msix(env, d, vectors=3)
+    function.transport.raise_interrupt(InterruptKind.CONFIG_CHANGE)
+    with pytest.raises(BlockingIOError):
+        os.eventfd_read(intx_fd)
+    function.close()
+    assert (intx_fd, 23) in vm.removed_irqfds
+
+
+def test_no_intx_pin_without_a_gsi(env):
+    assert env[6].read(0x3D, 1) == 0

@@ -48,4 +48,6 @@ def e820_map(memory_bytes):
     for gpa, size in ram_ranges(memory_bytes):
         start = max(gpa, KERNEL_MIN_ADDRESS)
         entries.append((start, gpa + size - start, 1))
-    return entries
+    # The ECAM window the MCFG declares, reserved as firmware would (PCI Firmware 3.0 §4.1.2).
+    entries.append((PCI_ECAM_BASE, PCI_ECAM_SIZE, 2))
+    return sorted(entries)

@@ -152,7 +152,8 @@ class Machine:
             self.memory, cpus=self.vcpu_count,
             virtio_mmio=[VirtioMmio(slot.base, slot.transport.size, slot.gsi) for slot in self.virtio],
             extra_tables=[pci_acpi.mcfg(layout.PCI_ECAM_BASE)],
-            extra_devices=[pci_acpi.pci_root(layout.PCI_MMIO_WINDOW),
+            extra_devices=[pci_acpi.pci_root(layout.PCI_MMIO_WINDOW, prt=[
+                               (slot.transport.slot, slot.gsi) for slot in self.virtio_pci if slot.gsi >= 0]),
                            pci_acpi.ecam_reservation(layout.PCI_ECAM_BASE, layout.PCI_ECAM_SIZE)],
         )
         if image is not None:
@@ -206,9 +207,10 @@ class Machine:
 
         Notifications arrive on KVM ioeventfds (one address per queue, moved with
         BAR 0); interrupts leave on one irqfd per MSI-X vector, whose GSI is routed
-        to the message the guest programs in the vector table.
+        to the message the guest programs in the vector table.  With MSI-X off, INTA#
+        of every function shares one level-triggered GSI (the DSDT's _PRT).
         """
-        slot = VirtioSlot(device, None, 0, -1, -1)
+        slot = VirtioSlot(device, None, 0, self._pci_intx_gsi(), -1)
         self.virtio_pci.append(slot)  # from here on close() releases it
         vm = self.vm
 
@@ -216,10 +218,20 @@ class Machine:
             vm.ioeventfd(fd, address, length, remove=remove)
 
         slot.transport = VirtioPciDevice(device, self.memory, router=self.gsi_router, irqfd=vm.irqfd,
-                                         irqfd_remove=vm.irqfd_remove, ioeventfd=ioeventfd, name=name)
+                                         irqfd_remove=vm.irqfd_remove, ioeventfd=ioeventfd, name=name,
+                                         intx_gsi=slot.gsi if slot.gsi >= 0 else None)
         self.pci.add(slot.transport)
         slot.base = slot.transport.bar_address(0)
         return slot
+
+    def _pci_intx_gsi(self):
+        """The GSI INTx of PCI bus 0 shares: the highest IOAPIC input above the ISA
+        range that no virtio-mmio device uses (-1 if none is left)."""
+        for slot in self.virtio_pci:
+            if slot.gsi >= 0:
+                return slot.gsi
+        used = {slot.gsi for slot in self.virtio}
+        return next((gsi for gsi in reversed(VIRTIO_MMIO_GSIS) if gsi not in used), -1)
 
     # -- lifecycle --------------------------------------------------------
     def start(self):

@@ -5,8 +5,9 @@
   (``_HID`` PNP0A08, ``_CID`` PNP0A03), segment 0, bus 0, whose ``_CRS``
   produces bus 0, the I/O ports except 0xCF8-0xCFF (consumed) and the 32-bit
   memory window the BARs live in.  ``_OSC`` grants the OS every control it
-  asks for (there is no firmware to keep any).  No ``_PRT``: functions have
-  no INTx pin, they interrupt through MSI-X.
+  asks for (there is no firmware to keep any).  ``_PRT`` (§6.2.13) routes
+  INTA#-INTD# of each listed slot straight to a GSI (no link devices):
+  level-triggered, active low, shareable.
 * ``\\_SB.MRES`` (PNP0C02): reserves the ECAM window as a motherboard
   resource, which is what Linux checks before it trusts the MCFG.
 """
@@ -60,8 +61,15 @@ def method_return_arg3(path):
     return bytes([_METHOD_OP]) + aml.pkg_length(len(body)) + body
 
 
-def pci_root(window, *, config_port=0xCF8):
-    """``Device(PCI0)`` for bus 0 with the memory ``window`` ``(start, end)``."""
+def routing_table(prt):
+    """``_PRT`` entries for ``prt`` = ``[(slot, gsi)]``: every pin of the slot to ``gsi``.
+    Each entry is ``Package {Address (slot << 16 | 0xFFFF), Pin, Source 0, GSI}``."""
+    return [[slot << 16 | 0xFFFF, pin, 0, gsi] for slot, gsi in prt for pin in range(4)]
+
+
+def pci_root(window, *, config_port=0xCF8, prt=()):
+    """``Device(PCI0)`` for bus 0 with the memory ``window`` ``(start, end)`` and
+    INTx routing ``prt`` (``[(slot, gsi)]``)."""
     start, end = window
     resources = aml.resource_template(
         word_address(_RESOURCE_BUS, 0, 0, type_flags=0),
@@ -78,6 +86,7 @@ def pci_root(window, *, config_port=0xCF8):
         aml.name("_BBN", 0),
         aml.name("_UID", 0),
         aml.name("_CRS", resources),
+        *([aml.name("_PRT", routing_table(prt))] if prt else []),
         method_return_arg3("_OSC"),
     )
 

@@ -81,6 +81,7 @@ class PciFunction:
         self.bar_sizes = [0] * PCI_NUM_BARS
         self.bar_regions = [None] * PCI_NUM_BARS
         self.on_mapping_change = None  # set by the host bridge
+        self.slot = None  # device number on bus 0, set by the host bridge
         self.illegal_access_count = 0
         self.lock = threading.RLock()
         self._cap_tail = None  # offset of the last capability's "next" byte

@@ -134,6 +134,7 @@ class PciHostBridge:
                     function.set_bar_address(index, address)
                     self._next_bar = address + size
             function.on_mapping_change = self.update_mappings
+            function.slot = device
             self.functions[device << 3] = function
             return device
 

@@ -16,13 +16,17 @@ that adapts any :class:`~.device.VirtioDevice`, built on the same
 Every queue has its own notify address, so the machine registers one KVM
 ioeventfd per queue with no datamatch (:meth:`bar_mapped`), and moves them
 when the guest moves BAR 0.  Interrupts leave through the MSI-X vectors'
-irqfds; while MSI-X is disabled only the ISR status records them (this
-function has no INTx pin).
+irqfds; while MSI-X is disabled the ISR status records them and, if the
+machine gave the function an INTx GSI, INTA# is asserted (level-triggered,
+re-asserted through a KVM resamplefd while the ISR is non-zero).
 """
 import logging
+import os
 import struct
 
-from ..pci.config import PCI_CAP_ID_VNDR, PciFunction
+from ..pci.config import (
+    PCI_CAP_ID_VNDR, PCI_COMMAND_INTX_DISABLE, PCI_STATUS, PCI_STATUS_INTERRUPT, PciFunction,
+)
 from ..pci.msix import PCI_MSIX_FLAGS, Msix
 from .device import InterruptKind
 from .transport import VirtioTransport
@@ -34,6 +38,7 @@ VIRTIO_PCI_MODERN_DEVICE_BASE = 0x1040  # §4.1.2.1: 0x1040 + virtio device ID
 VIRTIO_PCI_SUBSYSTEM_ID = 0x1100  # §4.1.2.1: >= 0x40 for non-transitional devices
 VIRTIO_PCI_REVISION = 1  # §4.1.2.1: non-transitional devices have revision >= 1
 VIRTIO_MSI_NO_VECTOR = 0xFFFF
+PCI_INTERRUPT_PIN_INTA = 1
 
 # §4.1.4 Virtio Structure PCI Capabilities (names from <linux/virtio_pci.h>)
 VIRTIO_PCI_CAP_COMMON_CFG = 1
@@ -108,17 +113,59 @@ _CONFIG_FORMATS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Str
 
 
 class _NoIntx:
-    """This function has no INTx pin: with MSI-X off, the ISR is all there is."""
+    """A function without an INTx pin: with MSI-X off, the ISR is all there is."""
 
     def trigger(self):
         pass
+
+    def close(self):
+        pass
+
+
+class _IntxLine:
+    """INTA# of the function: an irqfd with a resamplefd on a level-triggered GSI.
+
+    Asserted while MSI-X is off and the command register's Interrupt Disable is
+    clear (PCI 3.0 §6.2.2); KVM deasserts it at the guest's EOI and signals the
+    resamplefd, and the transport re-asserts it while the ISR is non-zero.
+    """
+
+    def __init__(self, function, gsi, irqfd, irqfd_remove):
+        self.function = function
+        self.gsi = gsi
+        self.fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.resample_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._irqfd_remove = irqfd_remove
+        try:
+            irqfd(self.fd, gsi, resample_fd=self.resample_fd)
+        except BaseException:
+            self.close(registered=False)
+            raise
+
+    def trigger(self):
+        if not self.function.command & PCI_COMMAND_INTX_DISABLE:
+            os.eventfd_write(self.fd, 1)
+
+    def close(self, registered=True):
+        if self.fd < 0:
+            return
+        if registered and self._irqfd_remove is not None:
+            try:
+                self._irqfd_remove(self.fd, self.gsi)
+            except OSError:
+                pass
+        os.close(self.fd)
+        os.close(self.resample_fd)
+        self.fd = self.resample_fd = -1
 
 
 class PciTransport(VirtioTransport):
     """:class:`VirtioTransport` with MSI-X vectors per queue and for config changes."""
 
-    def __init__(self, device, memory, msix, *, name=None):
-        super().__init__(device, memory, _NoIntx(), name=name)
+    def __init__(self, device, memory, msix, *, intx=None, name=None):
+        intx = intx or _NoIntx()
+        super().__init__(device, memory, intx, name=name,
+                         resample_fd=getattr(intx, "resample_fd", None))
         self.msix = msix
         self.config_vector = VIRTIO_MSI_NO_VECTOR
         self.queue_vectors = [VIRTIO_MSI_NO_VECTOR] * len(self.queue_configs)
@@ -191,10 +238,13 @@ class VirtioPciDevice(PciFunction):
     ``router`` is the machine's :class:`~xvm.devices.pci.GsiRouter`;
     ``irqfd(fd, gsi)`` registers an irqfd, ``irqfd_remove(fd, gsi)`` removes
     it; ``ioeventfd(fd, address, length, remove=False)`` (de)registers a KVM
-    ioeventfd without datamatch.
+    ioeventfd without datamatch.  With ``intx_gsi`` the function has an INTA#
+    pin on that (level-triggered, possibly shared) GSI, used while MSI-X is
+    disabled; ``irqfd`` must then accept ``resample_fd=``.
     """
 
-    def __init__(self, device, memory, *, router, irqfd, ioeventfd, irqfd_remove=None, name=None):
+    def __init__(self, device, memory, *, router, irqfd, ioeventfd, irqfd_remove=None, name=None,
+                 intx_gsi=None):
         if not 0 < device.device_id < 0x40:
             raise ValueError(f"virtio device ID {device.device_id} has no PCI device ID")
         name = name or f"virtio-pci-{device.device_id}"
@@ -205,16 +255,23 @@ class VirtioPciDevice(PciFunction):
             revision=VIRTIO_PCI_REVISION,
             subsystem_vendor_id=PCI_VENDOR_ID_REDHAT_QUMRANET,
             subsystem_id=VIRTIO_PCI_SUBSYSTEM_ID,
+            interrupt_pin=PCI_INTERRUPT_PIN_INTA if intx_gsi is not None else 0,
             name=name,
         )
         self.device = device
         self._ioeventfd = ioeventfd
         self._irqfd_remove = irqfd_remove
         num_queues = len(device.queue_max_sizes)
+        self.intx_gsi = intx_gsi
         self.msix = Msix(num_queues + 1, bar=MSIX_BAR, router=router, irqfd=irqfd, name=name)
+        self.intx = None
         try:
-            self.transport = PciTransport(device, memory, self.msix, name=name)
+            if intx_gsi is not None:
+                self.intx = _IntxLine(self, intx_gsi, irqfd, irqfd_remove)
+            self.transport = PciTransport(device, memory, self.msix, intx=self.intx, name=name)
         except BaseException:
+            if self.intx is not None:
+                self.intx.close()
             self.msix.close(irqfd_remove)
             raise
         self.device_feature_select = 0
@@ -278,6 +335,8 @@ class VirtioPciDevice(PciFunction):
     def close(self):
         self.transport.close()
         self.msix.close(self._irqfd_remove)
+        if self.intx is not None:
+            self.intx.close()
 
     # -- configuration space hooks ------------------------------------------------
 
@@ -294,6 +353,12 @@ class VirtioPciDevice(PciFunction):
                 self.bar0_write(bar_offset, length, self._get(data, length))
 
     def read_config_register(self, offset, size):
+        if offset <= PCI_STATUS < offset + size:
+            # §6.2.3 Status bit 3: the function's INTx is asserted (the ISR is non-zero).
+            status = self._get(PCI_STATUS, 2) & ~PCI_STATUS_INTERRUPT
+            if self.intx is not None and self.transport.interrupt_status:
+                status |= PCI_STATUS_INTERRUPT
+            self._put(PCI_STATUS, 2, status)
         data = self.pci_cfg_cap + 16
         if offset < data + 4 and offset + size > data:
             target = self._pci_cfg_target()
