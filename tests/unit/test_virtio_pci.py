@@ -12,7 +12,7 @@ from xvm.devices.virtio import pci as P
 from xvm.devices.virtio.device import (
     VIRTIO_CONFIG_S_ACKNOWLEDGE as ACK, VIRTIO_CONFIG_S_DRIVER as DRIVER,
     VIRTIO_CONFIG_S_DRIVER_OK as DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK as FEATURES_OK,
-    VIRTIO_F_VERSION_1, InterruptKind, VirtioDevice, bit,
+    InterruptKind, VirtioDevice,
 )
 from xvm.devices.virtio.testing import DriverRing
 from xvm.kvm.memory import GuestMemory
@@ -354,7 +354,7 @@ def test_bad_vectors_read_back_no_vector(env):
 def test_isr_without_msix(env):
     memory, vm, mmio, pio, bridge, function, cfg = env
     d = probe(env)
-    rings = init_device(env, d, vectors=False)
+    init_device(env, d, vectors=False)
     function.transport.raise_interrupt(InterruptKind.CONFIG_CHANGE)
     assert mmio.read(d.isr, 1) == P.VIRTIO_ISR_CONFIG
     assert mmio.read(d.isr, 1) == 0  # read clears
@@ -439,7 +439,7 @@ def test_intx_fallback_when_msix_is_off(env):
     (intx_fd, resample_fd), = vm.resamplefds.items()
     assert vm.irqfds[intx_fd] == 23
     d = probe(env)
-    rings = init_device(env, d, vectors=False)
+    init_device(env, d, vectors=False)
     assert cfg.read(0x06, 2) & 0x08 == 0
     function.transport.raise_interrupt(InterruptKind.USED_BUFFER)
     assert os.eventfd_read(intx_fd) == 1
