@@ -470,3 +470,42 @@ def test_intx_fallback_when_msix_is_off(env):
 
 def test_no_intx_pin_without_a_gsi(env):
     assert env[6].read(0x3D, 1) == 0
+
+
+def test_save_and_restore_into_a_new_function(env):
+    import json
+
+    memory, vm, mmio, pio, bridge, function, cfg = env
+    d = probe(env)
+    enable_msix(env, d, vectors=3)
+    rings = init_device(env, d)
+    function.pause()
+    state = P.VirtioPciState.restore(json.loads(json.dumps(function.save().save())))
+    assert state == function.save()
+    function.close()
+    # A second machine: fresh bus, fresh VM, same memory.
+    vm2, mmio2, pio2 = FakeVm(), Bus("MMIO"), Bus("PIO")
+    bridge2 = PciHostBridge(mmio2, window=WINDOW, ecam_base=ECAM)
+    bridge2.register(pio2)
+    f2 = P.VirtioPciDevice(EchoDevice(), memory, router=GsiRouter(vm2), irqfd=vm2.irqfd,
+                           irqfd_remove=vm2.irqfd_remove, ioeventfd=vm2.ioeventfd)
+    slot = bridge2.add(f2)
+    try:
+        f2.restore(state)
+        cfg2 = Config(pio2, slot << 3)
+        for reg in range(0, 0x100, 4):
+            assert cfg2.read(reg) == cfg.read(reg), hex(reg)
+        assert sorted(vm2.msi_routes().values()) == [(MSI_ADDRESS, 0x30 + i) for i in range(3)]
+        assert set(vm2.ioeventfds) == set(vm.ioeventfds)  # same BAR 0, same notify addresses
+        assert mmio2.read(d.base + P.VIRTIO_PCI_COMMON_NUMQ, 2) == 2
+        assert f2.transport.active and f2.transport.queue_vectors == [1, 2]
+        ring = rings[0]
+        memory.write(DATA, b"restored")
+        head = ring.add_chain([(DATA, 8, False), (DATA + 0x3000, 64, True)])
+        ring.publish(head)
+        os.eventfd_write(f2.notify_eventfds()[0], 1)
+        fd_by_gsi = {gsi: fd for fd, gsi in vm2.irqfds.items()}
+        assert wait_fd(fd_by_gsi[FIRST_MSI_GSI + 1]) >= 1
+        assert memory.read(DATA + 0x3000, 8) == b"restored"
+    finally:
+        f2.close()

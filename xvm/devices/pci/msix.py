@@ -214,6 +214,24 @@ class Msix:
                 vector.pending = False
                 os.eventfd_write(vector.fd, 1)
 
+    def save(self):
+        """``(enabled, function_masked, ((address, data, masked, pending), ...))``."""
+        with self._lock:
+            return (self.enabled, self.function_masked,
+                    tuple((v.address, v.data, v.masked, v.pending) for v in self.vectors))
+
+    def restore(self, state):
+        enabled, function_masked, vectors = state
+        if len(vectors) != len(self.vectors):
+            raise ValueError(f"MSI-X state has {len(vectors)} vectors, the function {len(self.vectors)}")
+        with self._lock:
+            for vector, (address, data, masked, pending) in zip(self.vectors, vectors):
+                vector.address, vector.data = address, data
+                vector.masked, vector.pending = bool(masked), bool(pending)
+            self.enabled, self.function_masked = bool(enabled), bool(function_masked)
+            self._sync_routes()
+            self._flush_pending()
+
     def reset(self):
         with self._lock:
             self.enabled = self.function_masked = False

@@ -23,12 +23,15 @@ re-asserted through a KVM resamplefd while the ISR is non-zero).
 import logging
 import os
 import struct
+from dataclasses import dataclass
 
 from ..pci.config import (
-    PCI_CAP_ID_VNDR, PCI_COMMAND_INTX_DISABLE, PCI_STATUS, PCI_STATUS_INTERRUPT, PciFunction,
+    PCI_CAP_ID_VNDR, PCI_COMMAND_INTX_DISABLE, PCI_CONFIG_SIZE, PCI_STATUS, PCI_STATUS_INTERRUPT,
+    PciFunction,
 )
 from ..pci.msix import PCI_MSIX_FLAGS, Msix
 from .device import InterruptKind
+from .persist import TransportState
 from .transport import VirtioTransport
 
 log = logging.getLogger(__name__)
@@ -110,6 +113,33 @@ _COMMON_WIDTHS = {
 }
 _CONFIG_FORMATS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"),
                    8: struct.Struct("<Q")}
+
+
+@dataclass(frozen=True)
+class VirtioPciState:
+    """A virtio-pci function: transport, PCI configuration header and capabilities,
+    MSI-X table, vector assignment and the driver's selectors."""
+
+    transport: TransportState
+    config: bytes  # configuration space bytes 0-255
+    msix: tuple  # Msix.save()
+    config_vector: int
+    queue_vectors: tuple
+    selectors: tuple  # device_feature_select, driver_feature_select, queue_select
+
+    def save(self):
+        enabled, masked, vectors = self.msix
+        return {"transport": self.transport.save(), "config": self.config.hex(),
+                "msix": [enabled, masked, [list(v) for v in vectors]],
+                "config_vector": self.config_vector, "queue_vectors": list(self.queue_vectors),
+                "selectors": list(self.selectors)}
+
+    @classmethod
+    def restore(cls, data):
+        enabled, masked, vectors = data["msix"]
+        return cls(TransportState.restore(data["transport"]), bytes.fromhex(data["config"]),
+                   (enabled, masked, tuple(tuple(v) for v in vectors)), data["config_vector"],
+                   tuple(data["queue_vectors"]), tuple(data["selectors"]))
 
 
 class _NoIntx:
@@ -331,6 +361,34 @@ class VirtioPciDevice(PciFunction):
 
     def resume(self):
         self.transport.resume()
+
+    def save(self):
+        """Consistent while the data plane is quiesced (:meth:`pause`, vCPUs stopped)."""
+        t = self.transport
+        with self.lock:
+            return VirtioPciState(
+                t.save(), bytes(self.config[:PCI_CONFIG_SIZE]), self.msix.save(), t.config_vector,
+                tuple(t.queue_vectors),
+                (self.device_feature_select, self.driver_feature_select, self.queue_select))
+
+    def restore(self, state, *, paused=False):
+        """Load ``state`` (from a function of the same device type); BARs are
+        remapped where the saved header puts them."""
+        if len(state.queue_vectors) != self.num_queues or len(state.config) != PCI_CONFIG_SIZE:
+            raise ValueError("virtio-pci state is for a different device")
+        t = self.transport
+        with self.lock:
+            self.config[:PCI_CONFIG_SIZE] = state.config
+            (self.device_feature_select, self.driver_feature_select,
+             self.queue_select) = state.selectors
+            self.msix.restore(state.msix)
+            t.restore(state.transport, paused=True)
+            t.config_vector = state.config_vector
+            t.queue_vectors = list(state.queue_vectors)
+            if not paused:
+                t.resume()
+            if self.on_mapping_change is not None:
+                self.on_mapping_change(self)
 
     def close(self):
         self.transport.close()
