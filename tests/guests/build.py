@@ -22,10 +22,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 RUNTIME = HERE / "runtime"
 DEFAULT_OUTDIR = HERE / "out"
 
-GUESTS = ("hello", "smp", "irq", "busy", "poweroff", "reboot", "pio_bench", "net")
+GUESTS = ("hello", "smp", "irq", "busy", "poweroff", "reboot", "pio_bench", "net", "blk")
 
-RUNTIME_SOURCES = ("start.S", "rt.c", "lib.c")
-RUNTIME_DEPS = RUNTIME_SOURCES + ("rt.h", "layout.h", "guest.ld")
+RUNTIME_SOURCES = ("start.S", "rt.c", "lib.c", "virtio_mmio.c")
+RUNTIME_DEPS = RUNTIME_SOURCES + ("rt.h", "layout.h", "guest.ld", "virtio_mmio.h")
 
 CFLAGS = (
     "-m64", "-O2", "-g", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
