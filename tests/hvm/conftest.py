@@ -31,6 +31,7 @@ from xvm.testhost.junit import junit_key, read_junit
 
 HVM_DIR = Path(__file__).resolve().parent
 INNER_ENV = "XVM_TESTHOST_INNER"
+SELECT_ENV = "XVM_HVM_SELECT"
 
 
 def _is_hvm_item(item) -> bool:
@@ -47,6 +48,7 @@ def pytest_collection_modifyitems(session, config, items):
     for i in hvm:
         items[i].add_marker(pytest.mark.hvm)
     if not hvm or hardware_virtualization():
+        _select_inner(config, items)
         return  # run here
     if os.environ.get(INNER_ENV):
         for i in hvm:
@@ -65,6 +67,20 @@ def pytest_collection_modifyitems(session, config, items):
         if config.pluginmanager.hasplugin("timeout"):
             # The first item waits for the whole inner session, which has its own timeout.
             items[i].add_marker(pytest.mark.timeout(0))
+
+
+def _select_inner(config, items):
+    """Inside the test host: keep only the node ids the outer session selected. The outer
+    passes files, not node ids, so that a file that fails to import inside (being edited
+    right now, say) fails alone instead of aborting the whole inner session."""
+    select = os.environ.get(SELECT_ENV)
+    if not select:
+        return
+    wanted = set(Path(select).read_text().splitlines())
+    deselected = [item for item in items if item.nodeid not in wanted]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item.nodeid in wanted]
 
 
 @pytest.fixture
@@ -112,7 +128,9 @@ class _InnerRun:
                 if stream:
                     stream.write(f"\n[xvm hvm] booting the HVM test host for {len(self.nodeids)} test(s)\n")
                 # Entry-point plugin discovery reads every dist-info over 9p: ~45 s under TCG.
-                env = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+                select = self.results_dir / "selected-nodeids"
+                select.write_text("".join(f"{nodeid}\n" for nodeid in self.nodeids))
+                env = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", SELECT_ENV: str(select)}
                 self.result = host.run(self._command(junit), timeout=self._timeout(), cwd=self._rootdir(),
                                        env=env, results_dir=self.results_dir)
             (self.results_dir / "output.log").write_text(self.result.output)
@@ -133,7 +151,8 @@ class _InnerRun:
 
     def _command(self, junit):
         command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs",
-                   "-o", "junit_family=xunit1", f"--rootdir={self._rootdir()}", f"--junitxml={junit}"]
+                   "--continue-on-collection-errors", "-o", "junit_family=xunit1",
+                   f"--rootdir={self._rootdir()}", f"--junitxml={junit}"]
         if self.config.inipath:
             command += ["-c", str(self.config.inipath)]
         if self.config.pluginmanager.hasplugin("timeout"):
@@ -141,7 +160,8 @@ class _InnerRun:
         for plugin in os.environ.get("XVM_HVM_PLUGINS", "").split(","):
             if plugin.strip():
                 command += ["-p", plugin.strip()]
-        return command + self.nodeids
+        files = dict.fromkeys(nodeid.split("::", 1)[0] for nodeid in self.nodeids)
+        return command + list(files)
 
     def summary(self):
         if self.wall is None:
@@ -178,6 +198,10 @@ class _RemoteItem(pytest.Item):
         if self.runner.error is not None:
             raise _RemoteFailure(f"HVM test host: {self.runner.error}")
         if outcome is None:
+            path = self.nodeid.split("::", 1)[0]
+            collect_error = self.runner.outcomes.get(junit_key(path))
+            if collect_error is not None:
+                raise _RemoteFailure(f"[in the HVM test host] collecting {path} failed:\n{collect_error.text}")
             raise _RemoteFailure("the test host's pytest reported no result for this test; its output ends:\n"
                                  + _tail(self.runner.result.output))
         if outcome.outcome == "passed":
