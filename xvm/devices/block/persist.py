@@ -7,11 +7,13 @@ features the driver accepted.  In-flight requests need no state: requests
 complete synchronously on the worker, and the machine stops the worker
 (pause) before saving.
 """
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+
+from ...persist import PlainState
 
 
 @dataclass(frozen=True)
-class BlockState:
+class BlockState(PlainState):
     path: str
     readonly: bool
     serial: str | None
@@ -20,9 +22,3 @@ class BlockState:
     acked_features: int
     queue_size: int
 
-    def save(self):
-        return asdict(self)
-
-    @classmethod
-    def restore(cls, data):
-        return cls(**data)

@@ -1,9 +1,11 @@
 """Plain-data state of the virtio core, for snapshots (no serializer here)."""
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+
+from ...persist import PlainState
 
 
 @dataclass(frozen=True)
-class QueueState:
+class QueueState(PlainState):
     """A virtqueue as the driver configured it plus the device's cursors."""
 
     size: int
@@ -16,16 +18,9 @@ class QueueState:
     next_used: int
     signalled_used: int | None = None
 
-    def save(self):
-        return asdict(self)
-
-    @classmethod
-    def restore(cls, data):
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class QueueConfigState:
+class QueueConfigState(PlainState):
     """A transport's per-queue registers (before or after activation)."""
 
     size: int
@@ -33,13 +28,6 @@ class QueueConfigState:
     desc_table: int
     avail_ring: int
     used_ring: int
-
-    def save(self):
-        return asdict(self)
-
-    @classmethod
-    def restore(cls, data):
-        return cls(**data)
 
 
 @dataclass(frozen=True)
