@@ -4,6 +4,11 @@
 #define XVM_MMIO_BASE	0xd0000000UL
 #define XVM_MMIO_STRIDE	0x1000UL
 #define XVM_MMIO_SLOTS	32
+/* QEMU -M microvm (hw/i386/microvm.h VIRTIO_MMIO_BASE): listed on the command line
+ * only with acpi=off; with ACPI only in the DSDT, so probe it as well. */
+#define MICROVM_MMIO_BASE	0xfeb00000UL
+#define MICROVM_MMIO_STRIDE	0x200UL
+#define MICROVM_MMIO_SLOTS	24
 #define MAX_CANDIDATES	64
 
 static inline void mb(void) { __asm__ volatile("mfence" ::: "memory"); }
@@ -112,12 +117,14 @@ static void collect_candidates(void)
 		return;
 	for (u64 i = 0; i < XVM_MMIO_SLOTS; i++)
 		add_candidate(XVM_MMIO_BASE + i * XVM_MMIO_STRIDE, 0);
+	/* highest first, the order in which QEMU fills its transports */
+	for (u64 i = MICROVM_MMIO_SLOTS; i-- > 0;)
+		add_candidate(MICROVM_MMIO_BASE + i * MICROVM_MMIO_STRIDE, 0);
 }
 
 int vmmio_find(u32 device_id, int nth, struct vmmio_dev *d)
 {
 	collect_candidates();
-	/* QEMU lists its transports from the highest address down; keep list order. */
 	for (int i = 0; i < ncandidates; i++) {
 		struct vmmio_dev t = { (volatile u8 *)candidates[i].base, 0, candidates[i].irq, 0 };
 		if (vmmio_read32(&t, VIRTIO_MMIO_MAGIC_VALUE) != VIRTIO_MMIO_MAGIC)
@@ -136,8 +143,9 @@ int vmmio_find(u32 device_id, int nth, struct vmmio_dev *d)
 void vmmio_describe_probe(void)
 {
 	collect_candidates();
-	printf("virtio-mmio: probed %d windows from 0x%lx\n", ncandidates,
-	       ncandidates ? candidates[0].base : 0UL);
+	printf("virtio-mmio: probed %d windows (first 0x%lx, last 0x%lx)\n", ncandidates,
+	       ncandidates ? candidates[0].base : 0UL,
+	       ncandidates ? candidates[ncandidates - 1].base : 0UL);
 }
 
 int vmmio_begin(struct vmmio_dev *d, u64 wanted, u64 *offered)

@@ -12,8 +12,9 @@
  *	while (vq_poll(&q, &len, &cookie) < 0) cpu_relax();
  *
  * Devices are found in the `virtio_mmio.device=<size>@<base>:<irq>` entries of
- * the command line (QEMU -M microvm appends them), then in xvm's window
- * (0xD000_0000 + i*0x1000).  Memory is identity-mapped, so a buffer's address
+ * the command line (QEMU -M microvm,acpi=off appends them), else in xvm's
+ * window (0xD000_0000 + i*0x1000) and QEMU microvm's (0xFEB0_0000 + i*0x200).
+ * Unclaimed MMIO reads as all ones (xvm) or zeros (QEMU): neither is "virt".  Memory is identity-mapped, so a buffer's address
  * is its guest-physical address.  Not thread-safe: one cpu per queue.
  */
 #ifndef GUEST_VIRTIO_MMIO_H
