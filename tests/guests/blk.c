@@ -15,7 +15,8 @@
  *   bench             op=randread|seqread|seqwrite bs=<bytes> count=<ios>
  *                     depth=<chains in flight> (1): "blk: bench start ..." then
  *                     "blk: bench <op> <count> ios in <ns> ns" (TSC, calibrated
- *                     against the LAPIC timer)
+ *                     against the LAPIC timer), then spins linger_ms= (300) before
+ *                     powering off, so the host can sample the VMM's threads
  *
  * A failure prints "blk: FAIL <what>" and powers off.  No interrupts: the used
  * ring is polled.
@@ -338,6 +339,8 @@ static void bench(void)
 	u64 cycles = rdtsc() - t0;
 	u64 ns = cycles * 1000 / (hz / 1000000);
 	printf("blk: bench %s %lu ios in %lu ns\n", op, count, ns);
+	/* stay up a while: the host samples the VMM's threads after this line */
+	delay_us(cmdline_long("linger_ms", 300) * 1000);
 }
 
 void guest_main(void)
