@@ -33,7 +33,10 @@ for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.5; done
 for d in /sys/bus/pci/devices/*; do
   echo "PCIDEV $(basename $d) $(cat $d/vendor) $(cat $d/device) $(cat $d/class)"
 done
+for i in 1 2 3 4 5 6; do [ -b /dev/vdb ] && break; sleep 0.5; done
 echo "VDA-SIZE $(cat /sys/block/vda/size)"
+echo "VDB-SIZE $(cat /sys/block/vdb/size)"
+echo "VDB-DATA $(dd if=/dev/vdb bs=512 count=1 iflag=direct 2>/dev/null | head -c 10)"
 echo %(payload)s > /tmp/payload
 dd if=/tmp/payload of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null
 echo 3 > /proc/sys/vm/drop_caches
@@ -76,12 +79,15 @@ def _lines(text, tag):
 
 @pytest.mark.parametrize("interrupts", ["msix", "intx"])
 def test_virtio_blk_over_pci(no_leaks, host, guest_kernel, pci_initramfs, tmp_path, interrupts):
-    """MSI-X by default; with ``pci=nomsi`` the driver falls back to INTA# through the _PRT."""
+    """Two disks, two functions.  MSI-X by default; with ``pci=nomsi`` the driver falls
+    back to INTA#, which both functions share (one level-triggered GSI from the _PRT)."""
     disk = tmp_path / "disk.img"
     disk.write_bytes(b"\xa5" * 512 + b"second-sector-ok" + bytes((16 << 20) - 528))
+    other = tmp_path / "other.img"
+    other.write_bytes(b"other-disk" + bytes((1 << 20) - 10))
     cmdline = CMDLINE + (" pci=nomsi" if interrupts == "intx" else "")
-    dom = _boot(host, guest_kernel.bzimage, pci_initramfs, cmdline, disks=[xvm.Disk(str(disk))],
-                virtio_transport="pci")
+    dom = _boot(host, guest_kernel.bzimage, pci_initramfs, cmdline,
+                disks=[xvm.Disk(str(disk)), xvm.Disk(str(other))], virtio_transport="pci")
     try:
         dom.console.expect("XVM-PCI-DONE", timeout=TIMEOUT)
         assert dom.wait(timeout=60) == DomainState.SHUTOFF
@@ -97,21 +103,24 @@ def test_virtio_blk_over_pci(no_leaks, host, guest_kernel, pci_initramfs, tmp_pa
     devices = {fields[0]: fields[1:] for fields in map(str.split, _lines(text, "PCIDEV"))}
     assert devices.get("0000:00:00.0", [None])[0] == "0x1b36", text[-3000:]  # the host bridge
     virtio = [d for d in devices.values() if d[:2] == ["0x1af4", "0x1042"]]  # 0x1040 + virtio-blk
-    assert len(virtio) == 1, devices
+    assert len(virtio) == 2, devices
     assert virtio[0][2].startswith("0x0100"), virtio  # mass storage
     assert _lines(text, "VDA-SIZE") == [str((16 << 20) // 512)]
+    assert _lines(text, "VDB-SIZE") == [str((1 << 20) // 512)]
+    assert _lines(text, "VDB-DATA") == ["other-disk"]
     assert _lines(text, "READBACK") == [PAYLOAD]
     assert _lines(text, "SECTOR1") == ["second-sector-ok"]
     assert disk.read_bytes()[:len(PAYLOAD)] == PAYLOAD.encode()
 
     irqs = _lines(text, "IRQ")
     if interrupts == "msix":
-        assert irqs and all("PCI-MSI" in line for line in irqs), irqs
-        # The request queue's own vector fired (its count is not all zeros).
+        # A config vector and a request-queue vector per function.
+        assert len(irqs) == 4 and all("PCI-MSI" in line for line in irqs), irqs
         used = [line for line in irqs if "req" in line]
     else:
         # One shared, level-triggered IOAPIC line (active low, from the _PRT).
         assert len(irqs) == 1 and "IO-APIC" in irqs[0] and "fasteoi" in irqs[0], irqs
+        assert "virtio0" in irqs[0] and "virtio1" in irqs[0], irqs
         used = irqs
     assert used and any(int(n) for n in used[0].split()[1:-3] if n.isdigit()), irqs
 
