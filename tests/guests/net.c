@@ -132,10 +132,20 @@ static u64 sent, received, tx_done;
  * cannot use more buffers than were made available) but a torn read of a
  * used.idx being updated byte by byte; it is ignored until it settles.
  */
+static u64 torn_reads;
+static u16 torn_last, torn_seen;
+
 static u16 used_pending(struct vq *q)
 {
-	u16 n = *(volatile u16 *)&q->used.idx - q->last_used;
-	return n <= QSZ ? n : 0;
+	u16 idx = *(volatile u16 *)&q->used.idx;
+	u16 n = idx - q->last_used;
+	if (n <= QSZ)
+		return n;
+	if (!torn_reads++) {
+		torn_last = q->last_used;
+		torn_seen = idx;
+	}
+	return 0;
 }
 
 static void reclaim_tx(void)
@@ -321,5 +331,8 @@ void guest_main(void)
 	}
 	if (flood)
 		printf("NET flood sent=%lu us=%lu\n", sent, now_us() - start);
+	if (torn_reads)
+		printf("NET torn used.idx reads=%lu first: last_used=%#x read=%#x\n", torn_reads,
+		       torn_last, torn_seen);
 	printf("NET done sent=%lu received=%lu\n", sent, received);
 }
