@@ -88,3 +88,9 @@ def test_junit_key_matches_pytest(nodeid):
     from _pytest.junitxml import mangle_test_address
     names = mangle_test_address(nodeid)
     assert junit_key(nodeid) == (".".join(names[:-1]), names[-1])
+
+
+def test_nested_initramfs_is_a_cpio_the_kernel_reads(guest_initramfs):
+    listing = subprocess.run(["/bin/busybox", "cpio", "-t"], stdin=open(guest_initramfs, "rb"),
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=True).stdout.decode()
+    assert {"init", "bin/busybox", "bin/sh", "dev/console"} <= set(listing.split())

@@ -333,13 +333,22 @@ def _job_script(command, cwd, env) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _die_with_parent():
-    # QEMU must not outlive a killed test run: PR_SET_PDEATHSIG(SIGKILL).
+def _libc_prctl():
     try:
         import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+
+
+_PRCTL = _libc_prctl()  # resolved here: the child after fork() must not import or load anything
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    # QEMU must not outlive a killed test run.
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _kill(proc):
