@@ -5,6 +5,8 @@ reports on the console and what it left in the host's image file.
 """
 import hashlib
 import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -71,6 +73,24 @@ def data_extents(path):
     return extents
 
 
+def expected_image(size, capacity, marker=None):
+    expected = bytearray(size)
+    if marker is not None:
+        expected[marker:marker + 4096] = b"\x5a" * 4096
+    for first, count in verify_writes(capacity):
+        for sector in range(first, first + count):
+            expected[sector * SECTOR:(sector + 1) * SECTOR] = pattern(sector)
+    return expected
+
+
+def assert_image(path, expected):
+    with open(path, "rb") as f:
+        content = f.read()
+    if content != expected:
+        bad = next(i for i in range(len(expected)) if i >= len(content) or content[i] != expected[i])
+        pytest.fail(f"image differs from the guest's pattern first at byte {bad} (sector {bad // SECTOR})")
+
+
 def test_verify_writes_exactly_the_pattern_and_flush_reaches_fdatasync(no_leaks, host, guest, tmp_path):
     size = 64 * MiB
     marker = 4 * MiB  # 4 KiB of 0x5a the guest never touches
@@ -79,17 +99,7 @@ def test_verify_writes_exactly_the_pattern_and_flush_reaches_fdatasync(no_leaks,
 
     capacity = size // SECTOR
     assert line == f"blk: verify ok capacity={capacity} serial=xvm-serial-0001"
-    expected = bytearray(size)
-    expected[marker:marker + 4096] = b"\x5a" * 4096
-    for first, count in verify_writes(capacity):
-        for sector in range(first, first + count):
-            expected[sector * SECTOR:(sector + 1) * SECTOR] = pattern(sector)
-    with open(image, "rb") as f:
-        content = f.read()
-    if content != expected:
-        bad = next(i for i in range(size) if content[i] != expected[i])
-        pytest.fail(f"image differs from the guest's pattern first at byte {bad} "
-                    f"(sector {bad // SECTOR}): {content[bad]:#x} != {expected[bad]:#x}")
+    assert_image(image, expected_image(size, capacity, marker))
 
     m = device.metrics
     assert (m.write_count, m.write_bytes) == (5, 12 * SECTOR)
@@ -143,3 +153,45 @@ def test_verify_mode_on_a_readonly_disk_fails_precisely(no_leaks, host, guest, t
     image = sparse_image(tmp_path / "disk.img", 8 * MiB)
     line, _ = run(host, guest, image, "mode=verify", readonly=True)
     assert line.startswith("blk: FAIL verify needs a writable disk but the device offers VIRTIO_BLK_F_RO")
+
+
+def test_bench_mode_reports_and_does_the_ios(no_leaks, host, guest, tmp_path):
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(8 * MiB))
+    for cmdline, reads, writes in (("op=randread bs=4096 count=200 depth=4", 200, 0),
+                                   ("op=seqwrite bs=1048576 count=12 depth=2", 0, 12)):
+        dom = host.define(xvm.DomainConfig(name="blk", memory_mib=64, kernel=guest("blk"),
+                                           cmdline=f"mode=bench linger_ms=0 {cmdline}",
+                                           disks=[xvm.Disk(str(image))]))
+        dom.start()
+        try:
+            device = dom.machine.virtio[0].device
+            op = cmdline.split()[0][3:]
+            m = dom.console.expect(rf"blk: (bench {op} (\d+) ios in (\d+) ns|FAIL[^\n]*)\n", timeout=30)
+            assert m.group(2) is not None, m.group(0)
+            assert int(m.group(2)) == reads + writes and int(m.group(3)) > 0
+            assert dom.wait(timeout=10) is DomainState.SHUTOFF
+        finally:
+            if dom.state is not DomainState.SHUTOFF:
+                dom.destroy()
+            dom.undefine()
+        assert (device.metrics.read_count, device.metrics.write_count) == (reads, writes)
+
+
+QEMU = shutil.which("qemu-system-x86_64")
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed (Debian: qemu-system-x86)")
+@pytest.mark.parametrize("machine", ["microvm", "microvm,acpi=off"])
+def test_same_guest_under_qemu_microvm(tmp_path, guest, machine):
+    """The library finds QEMU's transports: probed (ACPI on) or from virtio_mmio.device= (acpi=off)."""
+    size = 16 * MiB
+    image = sparse_image(tmp_path / "disk.img", size)
+    argv = [QEMU, "-accel", "kvm", "-M", machine, "-m", "64M", "-smp", "1", "-nodefaults",
+            "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
+            "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-global", "virtio-mmio.force-legacy=false",
+            "-drive", f"file={image},format=raw,if=none,id=d0", "-device", "virtio-blk-device,drive=d0,serial=qemu-disk",
+            "-kernel", guest("blk"), "-append", "mode=verify"]
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert f"blk: verify ok capacity={size // SECTOR} serial=qemu-disk\n" in proc.stdout, proc.stdout + proc.stderr
+    assert_image(image, expected_image(size, size // SECTOR))
