@@ -4,7 +4,6 @@ No command-line hints: the guest finds the host bridge through ACPI (MCFG +
 ``\\_SB.PCI0``), enumerates bus 0, loads virtio_pci from its initramfs and
 drives the disk with MSI-X interrupts.
 """
-import gc
 import os
 import re
 
@@ -96,9 +95,6 @@ def test_virtio_blk_over_pci(no_leaks, host, guest_kernel, pci_initramfs, tmp_pa
         if dom.state != DomainState.SHUTOFF:
             dom.destroy()
         dom.undefine()
-        # Queue objects hold a bound method of themselves (a cycle, xvm.devices.virtio.queue);
-        # until they are collected a view keeps guest RAM's memfd open for no_leaks to see.
-        gc.collect()
 
     devices = {fields[0]: fields[1:] for fields in map(str.split, _lines(text, "PCIDEV"))}
     assert devices.get("0000:00:00.0", [None])[0] == "0x1b36", text[-3000:]  # the host bridge
