@@ -212,18 +212,9 @@ class PciTransport(VirtioTransport):
                 self._serving = None
         return serve_tracked
 
-    def raise_interrupt(self, kind):
-        kind = InterruptKind(kind)
-        msix = self.msix.enabled
-        with self._irq_lock:
-            if kind & InterruptKind.CONFIG_CHANGE:
-                self.config_generation = (self.config_generation + 1) & 0xFFFFFFFF
-            if not msix:
-                # §4.1.4.5.1: with MSI-X disabled the ISR says why.
-                self.interrupt_status |= int(kind)
-        if not msix:
-            self.irq.trigger()
-            return
+    def _message_vectors(self, kind):
+        if not self.msix.enabled:
+            return None  # §4.1.4.5.1: with MSI-X disabled the ISR says why
         vectors = set()
         if kind & InterruptKind.CONFIG_CHANGE:
             vectors.add(self.config_vector)
@@ -233,9 +224,11 @@ class PciTransport(VirtioTransport):
             serving = self._serving
             queues = (serving,) if serving is not None else range(len(self.queue_vectors))
             vectors.update(self.queue_vectors[q] for q in queues)
-        for vector in vectors:
-            if vector != VIRTIO_MSI_NO_VECTOR:
-                self.msix.signal(vector)
+        vectors.discard(VIRTIO_MSI_NO_VECTOR)
+        return vectors
+
+    def _signal_vector(self, vector):
+        self.msix.signal(vector)
 
     def read_isr(self):
         """§4.1.4.5: reading the ISR status returns and clears it."""

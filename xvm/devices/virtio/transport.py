@@ -104,11 +104,28 @@ class VirtioTransport:
             self._illegal("notify of a queue that does not exist (§4.2.2)", queue=index)
 
     def raise_interrupt(self, kind):
+        kind = InterruptKind(kind)
         with self._irq_lock:
             if kind & InterruptKind.CONFIG_CHANGE:
                 self.config_generation = (self.config_generation + 1) & 0xFFFFFFFF
-            self.interrupt_status |= int(kind)
-        self.irq.trigger()
+            vectors = self._message_vectors(kind)
+            if vectors is None:
+                # The line-based way: the interrupt status register says why.
+                self.interrupt_status |= int(kind)
+        if vectors is None:
+            self.irq.trigger()
+        else:
+            for vector in vectors:
+                self._signal_vector(vector)
+
+    def _message_vectors(self, kind):
+        """The message-signalled vectors to raise for ``kind`` (called under the
+        interrupt lock), or None to use the interrupt line; transports with
+        MSI-X override this and :meth:`_signal_vector`."""
+        return None
+
+    def _signal_vector(self, vector):
+        raise NotImplementedError
 
     def ack_interrupt(self, bits):
         with self._irq_lock:
