@@ -204,6 +204,8 @@ class _RemoteItem(pytest.Item):
                 raise _RemoteFailure(f"[in the HVM test host] collecting {path} failed:\n{collect_error.text}")
             raise _RemoteFailure("the test host's pytest reported no result for this test; its output ends:\n"
                                  + _tail(self.runner.result.output))
+        self.user_properties.extend(outcome.properties)
+        self.user_properties.append(("hvm_inner_duration_s", outcome.time))
         if outcome.outcome == "passed":
             return
         if outcome.outcome == "skipped":
@@ -227,6 +229,14 @@ def _skip_reason(outcome):
 
 def _tail(text, lines=40):
     return "\n".join(text.rstrip("\n").split("\n")[-lines:])
+
+
+def pytest_report_header(config):
+    if hardware_virtualization():
+        return "hvm: hardware-assisted KVM here; tests/hvm run directly"
+    if os.environ.get(INNER_ENV):
+        return "hvm: inside the HVM test host WITHOUT hardware-assisted KVM"
+    return "hvm: no VT-x/AMD-V here; tests/hvm run inside the HVM test host (QEMU TCG, booted once)"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -16,6 +16,7 @@ class Outcome:
     message: str = ""
     text: str = ""
     time: float = 0.0
+    properties: tuple = ()  # (name, value) pairs from record_property
 
 
 def junit_key(nodeid: str) -> tuple[str, str]:
@@ -34,17 +35,18 @@ def read_junit(path) -> dict[tuple[str, str], Outcome]:
     for case in root.iter("testcase"):
         key = (case.get("classname", ""), case.get("name", ""))
         time = float(case.get("time") or 0.0)
-        outcome = Outcome("passed", time=time)
+        properties = tuple((p.get("name"), p.get("value")) for p in case.iter("property"))
+        outcome = Outcome("passed", time=time, properties=properties)
         for child in case:
             message = child.get("message", "")
             text = child.text or ""
             if child.tag == "failure":
-                outcome = Outcome("failed", message, text, time)
+                outcome = Outcome("failed", message, text, time, properties)
             elif child.tag == "error":
-                outcome = Outcome("error", message, text, time)
+                outcome = Outcome("error", message, text, time, properties)
             elif child.tag == "skipped" and outcome.outcome == "passed":
                 kind = "xfailed" if child.get("type") == "pytest.xfail" else "skipped"
-                outcome = Outcome(kind, message, text, time)
+                outcome = Outcome(kind, message, text, time, properties)
         # A teardown error makes a second <testcase> for the same test: keep the worst.
         previous = outcomes.get(key)
         if previous is None or _rank(outcome) > _rank(previous):
