@@ -115,7 +115,7 @@ class TestHost:
     def qemu_command(self, results_dir: Path) -> list[str]:
         qemu, kernel, initrd = self.prepare()
         append = " ".join([
-            "console=ttyS0", "quiet", "loglevel=3", "panic=-1", "mitigations=off",
+            "console=ttyS0", "quiet", "loglevel=4", "panic=-1", "mitigations=off",
             "random.trust_cpu=on", "8250.nr_uarts=1",
             f"xvm.results={results_dir}",
             self.kernel_args,
