@@ -13,7 +13,7 @@ same guest in turn.  Unmodified kernels need hardware-assisted KVM, so on a PVM 
 script re-runs itself inside the HVM test host (QEMU-TCG, emulated AMD-V): absolute figures
 there mean little, the xvm/QEMU ratio is the result.
 
---native also measures, on this (PVM) host, the native-speed test guest tests/guests/net.c:
+--native measures instead, on this (PVM) host, the native-speed test guest tests/guests/net.c:
 frames per second it transmits to a raw socket on the bridge, and guest<->guest round trips.
 """
 import argparse
@@ -326,6 +326,7 @@ def main():
     args = ap.parse_args()
     if args.native:
         run_native(args.rounds)
+        return 0
     if hardware_virtualization():
         run_here(args.seconds, args.rounds)
         return 0
