@@ -147,7 +147,7 @@ class Machine:
         for disk in disks:
             self.add_virtio(VirtioBlock(disk), name=f"virtio-blk:{disk.path}")
         for nic in nics:  # xvm.net.NicPlan: opens a TAP on its bridge
-            self.add_virtio_mmio(nic.open_device(), name=f"virtio-net:{nic.mac}")
+            self.add_virtio(nic.open_device(), name=f"virtio-net:{nic.mac}")
         rsdp = build_tables(
             self.memory, cpus=self.vcpu_count,
             virtio_mmio=[VirtioMmio(slot.base, slot.transport.size, slot.gsi) for slot in self.virtio],
