@@ -51,8 +51,9 @@ def pytest_collection_modifyitems(session, config, items):
         _select_inner(config, items)
         return  # run here
     if os.environ.get(INNER_ENV):
+        # Inside the test host without hardware-assisted KVM: fail, never recurse or pass.
         for i in hvm:
-            items[i].add_marker(pytest.mark.usefixtures("_hvm_broken_inner"))
+            items[i] = _FailingItem.from_parent(items[i].parent, name=items[i].name, original=items[i], runner=None)
         return
     if qemu_path() is None:
         skip = pytest.mark.skip(reason="needs hardware-assisted KVM or qemu-system-x86_64 for the HVM test host "
@@ -81,11 +82,6 @@ def _select_inner(config, items):
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = [item for item in items if item.nodeid in wanted]
-
-
-@pytest.fixture
-def _hvm_broken_inner():
-    pytest.fail("inside the HVM test host but /dev/kvm is not hardware-assisted (did kvm_amd load?)", pytrace=False)
 
 
 _RUNNER = pytest.StashKey()
@@ -221,6 +217,11 @@ class _RemoteItem(pytest.Item):
         if isinstance(excinfo.value, _RemoteFailure):
             return str(excinfo.value)
         return super().repr_failure(excinfo)
+
+
+class _FailingItem(_RemoteItem):
+    def runtest(self):
+        raise _RemoteFailure("inside the HVM test host but /dev/kvm is not hardware-assisted (did kvm_amd load?)")
 
 
 def _skip_reason(outcome):
