@@ -32,6 +32,8 @@ def main(argv=None):
                         stream=sys.stdout)
         result = host.run(command, timeout=args.timeout, results_dir=args.results_dir)
         boot = f", booted in {result.boot_time:.1f} s" if result.boot_time is not None else ""
+        sys.stdout.write("" if result.console.endswith("\n") or not result.console else "\n")
+        sys.stdout.flush()
         print(f"xvm.testhost: exit status {result.exit_status} ({result.mode}, {result.duration:.1f} s"
               f"{boot}, attempt {result.attempts})", file=sys.stderr)
         return result.exit_status

@@ -247,12 +247,15 @@ class TestHost:
                                     tail, attempt)
             error.reason = hung
             raise error
-        if "xvm-testhost: FATAL" in text:
+        if "xvm-testhost: FATAL" in text.split(initramfs.BEGIN_MARKER, 1)[0]:
             raise TestHostCrashed(f"the test host's init failed (QEMU exit {proc.returncode})", tail, attempt)
         status = None
         if status_file.exists():
-            status = int(status_file.read_text().strip() or "-1")
-        else:
+            try:
+                status = int(status_file.read_text().strip())
+            except ValueError:
+                status = None
+        if status is None:
             marker = _find_exit_marker(text)
             if marker is not None:
                 status = marker
