@@ -61,8 +61,12 @@ for m in $(cat /lib/modules/load-order); do
     insmod /lib/modules/$m.ko || echo "xvm-image: insmod $m failed"
 done
 # The power button (module button) reports KEY_POWER on an evdev; busybox acpid maps it to
-# "PWRF/00000080" and runs /etc/acpi/PWRF/00000080.
-acpid -c /etc/acpi -l /run/acpid.log || echo "xvm-image: acpid failed"
+# "PWRF/00000080" and runs /etc/acpi/PWRF/00000080. devtmpfs makes the event node
+# asynchronously, and acpid opens the nodes after it daemonizes, writing its pid file after:
+# wait for both (at most 5 s each), so that "ready" means a power-button press is heard.
+i=0; while [ ! -e /dev/input/event0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+acpid -c /etc/acpi -l /run/acpid.log -p /run/acpid.pid || echo "xvm-image: acpid failed"
+i=0; while [ ! -e /run/acpid.pid ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 echo "xvm-image: ready"
 echo "xvm-image: cpus=$(nproc)"
 run=
