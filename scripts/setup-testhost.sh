@@ -31,40 +31,12 @@ if [ -n "$need_install" ]; then
     }
 fi
 
-# The package a metapackage (linux-image-amd64, linux-image-cloud-amd64) depends on.
-resolve() {
-    apt-cache depends "$1" 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -1
-}
-
-fetch_kernel() {  # $1 = metapackage, $2 = link name in $CACHE/kernels
-    pkg="$(resolve "$1")"
-    if [ -z "$pkg" ]; then
-        apt-get update
-        pkg="$(resolve "$1")"
-    fi
-    [ -n "$pkg" ] || { echo "setup-testhost: cannot resolve $1" >&2; exit 1; }
-    dest="$CACHE/kernels/$pkg"
-    if [ ! -f "$dest/.complete" ]; then
-        tmp="$(mktemp -d "$CACHE/kernels/.dl.XXXXXX")"
-        # apt's _apt user must be able to write the download directory.
-        chmod 0777 "$tmp"
-        (cd "$tmp" && apt-get download "$pkg") || {
-            apt-get update
-            (cd "$tmp" && apt-get download "$pkg")
-        }
-        rm -rf "$dest"
-        mkdir -p "$dest"
-        dpkg-deb -x "$tmp"/"$pkg"_*.deb "$dest"
-        rm -rf "$tmp"
-        touch "$dest/.complete"
-        echo "setup-testhost: extracted $pkg into $dest"
-    fi
-    ln -sfn "$pkg" "$CACHE/kernels/$2"
-}
-
-mkdir -p "$CACHE/kernels"
-fetch_kernel linux-image-amd64 generic
-fetch_kernel linux-image-cloud-amd64 cloud
+# Download and extract the kernels (never installed here) through xvm's own image builder,
+# which keeps them in $XVM_CACHE/kernels/<package> with the links generic and cloud; building
+# the default cloud-kernel guest image also warms the cache for the tests.
+cd "$PROJECT"
+XVM_CACHE="$CACHE" "$PYTHON" -m xvm.cli image build --flavour generic --no-vmlinux --quiet >/dev/null
+XVM_CACHE="$CACHE" "$PYTHON" -m xvm.cli image build --flavour cloud --quiet
 
 # Build (or reuse) the initramfs images and the extracted vmlinux files.
 cd "$PROJECT"

@@ -262,31 +262,21 @@ def _vmlinux(root, package, say):
 
 
 def _kernel_package(root, flavour, download, say) -> _cache.KernelPackage:
-    """The extracted package of ``flavour`` in ``root``; downloaded first if need be. Mirrors
-    xvm.testhost.cache.kernel_package (which reads only $XVM_CACHE) and the fetch of
-    scripts/setup-testhost.sh, with the same layout."""
+    """The extracted package of ``flavour`` in ``root`` (the layout of
+    xvm.testhost.cache); downloaded first if need be."""
+    try:
+        return _cache.kernel_package(flavour, root)
+    except NotPreparedError:
+        pass
     link = root / "kernels" / flavour
-    package = _extracted(link, flavour)
-    if package is not None:
-        return package
     if not download:
         raise ImageSourceMissing(f"no {flavour} kernel in {link} and downloads are off "
                                  "(run scripts/setup.sh, or build without --no-download)", str(link))
     _download(root, flavour, say)
-    package = _extracted(link, flavour)
-    if package is None:
-        raise ImageError(f"{link}: no vmlinuz after extracting the kernel package")
-    return package
-
-
-def _extracted(link, flavour):
-    target = link.resolve()
-    if not (target / ".complete").exists():
-        return None
-    images = sorted((target / "boot").glob("vmlinuz-*"))
-    if not images:
-        return None
-    return _cache.KernelPackage(flavour=flavour, root=target, release=images[-1].name[len("vmlinuz-"):])
+    try:
+        return _cache.kernel_package(flavour, root)
+    except NotPreparedError:
+        raise ImageError(f"{link}: no vmlinuz after extracting the kernel package") from None
 
 
 def _download(root, flavour, say):

@@ -64,15 +64,17 @@ class GuestKernel:
     config: Path
 
 
-def kernel_package(flavour: str) -> KernelPackage:
-    """The extracted kernel package of ``flavour`` ("generic" or "cloud"), or NotPreparedError."""
-    link = cache_dir() / "kernels" / flavour
+def kernel_package(flavour: str, cache: Path | None = None) -> KernelPackage:
+    """The extracted kernel package of ``flavour`` ("generic" or "cloud") in ``cache``
+    (default: :func:`cache_dir`), or NotPreparedError."""
+    cache = Path(cache) if cache is not None else cache_dir()
+    link = cache / "kernels" / flavour
     root = link.resolve()
     if not (root / ".complete").exists():
-        raise NotPreparedError(f"no {flavour} kernel in {link}", cache_dir())
+        raise NotPreparedError(f"no {flavour} kernel in {link}", cache)
     images = sorted((root / "boot").glob("vmlinuz-*"))
     if not images:
-        raise NotPreparedError(f"no vmlinuz in {root / 'boot'}", cache_dir())
+        raise NotPreparedError(f"no vmlinuz in {root / 'boot'}", cache)
     release = images[-1].name[len("vmlinuz-"):]
     return KernelPackage(flavour=flavour, root=root, release=release)
 
