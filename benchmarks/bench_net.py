@@ -49,38 +49,6 @@ TESTS = (  # name, iperf3 client arguments, unit
 )
 
 
-# --- a workaround, until the virtio core is fixed ----------------------------------------------
-
-def _work_around_torn_used_ring():
-    """``Queue.add_used`` stores the used element and ``used.idx`` with ``struct.pack_into``,
-    which zero-fills the bytes before writing them (CPython's s_pack_internal), so a driver
-    polling the ring can read ``used.idx == 0`` or an element ``(id 0, len 0)`` for a moment:
-    Linux then reports "id 0 is not a head!" and stops the queue.  For this run only, store
-    them with single aligned stores (memoryview casts) instead.  Returns whether it applied."""
-    import inspect
-    from xvm.devices.virtio.queue import Queue
-    if "pack_into" not in inspect.getsource(Queue.add_used):
-        return False
-
-    def add_used(self, head, length):
-        if not 0 <= head < self.size:
-            raise ValueError(f"head {head} is not a descriptor index")
-        views = self.__dict__.get("_bench_used_views")
-        if views is None:
-            used = self._used
-            views = (used[:4].cast("H"), used[:4 + 8 * self.size].cast("I"))
-            self._bench_used_views = views
-        idx16, words = views
-        slot = self.next_used % self.size
-        words[1 + 2 * slot] = head
-        words[2 + 2 * slot] = length
-        self.next_used = (self.next_used + 1) & 0xFFFF
-        idx16[1] = self.next_used
-
-    Queue.add_used = add_used
-    return True
-
-
 # --- the guest -------------------------------------------------------------------------------
 
 def _load_host_modules():
@@ -224,9 +192,6 @@ def run_qemu(net, kernel, initrd, timeout):
 
 def run_here(seconds, rounds):
     from xvm.testhost import cloud_kernel
-    if _work_around_torn_used_ring():
-        print("NOTE: virtio Queue.add_used replaced by single-store writes for this run "
-              "(see _work_around_torn_used_ring)", flush=True)
     _load_host_modules()
     kernel = cloud_kernel(vmlinux=False).bzimage
     initrd = bench_initramfs(seconds)

@@ -67,7 +67,6 @@ CHAIN_ERRORS = {
 
 _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
-_USED_ELEM = struct.Struct("<II")
 
 _barrier_lock = threading.Lock()
 
@@ -191,6 +190,12 @@ class Queue:
         except GuestMemoryError as e:
             raise QueueError("virtqueue part is not in guest RAM (§2.7)", gpa=e.gpa,
                              length=e.length) from None
+        # The driver reads the used ring while we write it, so every field is written
+        # with one aligned store through these typed views (§2.7.8: the used ring is
+        # 4-byte aligned): struct.pack_into zero-fills before it stores, and a polling
+        # driver could see that transient zero as used.idx.
+        self._used_u16 = self._used.cast("H")  # [1] = idx, [2 + 4*size] = avail_event
+        self._used_elems = self._used[4 : 4 + VIRTQ_USED_ELEM_SIZE * size].cast("I")  # id, len pairs
         self.next_avail = 0
         self.next_used = 0
         # used.idx when we last notified (or decided not to); None = never.
@@ -380,10 +385,11 @@ class Queue:
         if not 0 <= head < self.size:
             raise ValueError(f"head {head} is not a descriptor index")
         slot = self.next_used % self.size
-        _USED_ELEM.pack_into(self._used, 4 + VIRTQ_USED_ELEM_SIZE * slot, head, length)
+        self._used_elems[2 * slot] = head
+        self._used_elems[2 * slot + 1] = length
         self.next_used = (self.next_used + 1) & 0xFFFF
         # §2.7.8.2: the element is visible before idx (stores are ordered on x86).
-        _U16.pack_into(self._used, 2, self.next_used)
+        self._used_u16[1] = self.next_used
 
     def needs_notification(self):
         """Whether the driver wants a used-buffer notification now (§2.7.7).
@@ -413,7 +419,7 @@ class Queue:
         return self.pending() != 0
 
     def _write_avail_event(self, value):
-        _U16.pack_into(self._used, 4 + VIRTQ_USED_ELEM_SIZE * self.size, value)
+        self._used_u16[2 + 4 * self.size] = value
 
     # -- state -----------------------------------------------------------------
 
