@@ -214,7 +214,7 @@ def _write_initramfs(out, package, wanted, busybox, say, programs=None):
         raise ImageSourceMissing(e.what, e.what) from None
     say(f"writing initramfs ({len(resolved)} modules)")
     writer = _initramfs.CpioWriter()
-    _initramfs._busybox_base(writer)  # private for now: /bin/busybox, /bin/sh, dev/console, dirs
+    _initramfs.busybox_base(writer)
     for d in ("root", "etc", "etc/acpi", "etc/acpi/PWRF", "var", "var/log"):
         writer.directory(d)
     writer.symlink("var/run", "../run")

@@ -4,8 +4,6 @@ the host side of the bridge."""
 import ctypes
 import os
 import subprocess
-import tempfile
-import time
 
 import pytest
 
@@ -48,25 +46,10 @@ def _load_host_modules():
 def net_initramfs(script):
     """A busybox initramfs with the guest's virtio-net modules; /init loads them and runs
     ``script`` (XVMID is the guest's number from the kernel command line)."""
-    from xvm.testhost import cache
-    from xvm.testhost.initramfs import CpioWriter, _busybox_base, resolve_modules
+    from xvm.testhost.initramfs import nested_initramfs
 
-    package = cache.kernel_package("cloud")
-    writer = CpioWriter()
-    _busybox_base(writer)
-    modules = resolve_modules(package.modules, GUEST_MODULES)
-    for name, data in modules:
-        writer.file(f"lib/modules/{name}.ko", data)
-    init = ("#!/bin/sh\n/bin/busybox --install -s /bin\nexport PATH=/bin\n"
-            "mount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n"
-            f"for m in {' '.join(n for n, _ in modules)}; do insmod /lib/modules/$m.ko; done\n"
-            "XVMID=$(sed -n 's/.*xvmid=\\([0-9]*\\).*/\\1/p' /proc/cmdline)\n"
-            f"{script}\npoweroff -f\nsleep 5\nreboot -f\n")
-    writer.file("init", init.encode(), 0o755)
-    fd, path = tempfile.mkstemp(prefix="xvm-net-", suffix=".cpio")
-    with os.fdopen(fd, "wb") as f:
-        f.write(writer.getvalue())
-    return path
+    return nested_initramfs("XVMID=$(sed -n 's/.*xvmid=\\([0-9]*\\).*/\\1/p' /proc/cmdline)\n" + script,
+                            modules=GUEST_MODULES)
 
 
 PING_SCRIPT = f"""
@@ -99,35 +82,32 @@ def lan(host):
 
 
 def test_linux_guests_ping_each_other_and_the_host(no_leaks, host, guest_kernel, lan):
-    initrd = net_initramfs(PING_SCRIPT)
-    try:
-        doms = []
-        for n in (2, 3):
-            doms.append(host.define(xvm.DomainConfig(
-                name=f"linux{n}", memory_mib=256, kernel=guest_kernel.bzimage, initrd=initrd,
-                cmdline=f"{CMDLINE} xvmid={n}", disable_cpu_features=CPU_QUIRKS,
-                nics=[xvm.Nic(network=lan.name)])))
-        for dom in doms:
-            dom.start()
-        for n, dom in zip((2, 3), doms):
-            mac = xvm.net.derive_mac(dom.uuid, 0)
-            dom.console.expect(rf"XVM-NET-UP {n} {mac} mtu=1500", timeout=BOOT_TIMEOUT)
-        for n, dom in zip((2, 3), doms):
-            dom.console.expect(rf"XVM-PING-HOST-OK {n}", timeout=240)
-            dom.console.expect(rf"XVM-PING-PEER-OK {n}", timeout=240)
-            summary = dom.console.expect(r"round-trip min/avg/max = [\d./]+ ms", timeout=60)
-            print(f"linux{n} -> peer: {summary.group(0)}")
-        # The host side reaches the guests too.
-        for n in (2, 3):
-            out = subprocess.run(["busybox", "ping", "-c", "2", "-W", "5", f"{SUBNET}.{n}"],
-                                 capture_output=True, text=True, timeout=60)
-            assert out.returncode == 0, out.stdout + out.stderr
-        for dom in doms:
-            text = dom.console.text()
-            for bad in ("WARNING:", "Call Trace", "BUG:", "Kernel panic"):
-                assert bad not in text, text[-3000:]
-            nic = dom.machine.virtio[0].device
-            assert nic.metrics.tx_dropped_count == 0 and nic.metrics.rx_packets > 0
-            assert dom.state is DomainState.RUNNING
-    finally:
-        os.unlink(initrd)
+    initrd = net_initramfs(PING_SCRIPT)  # cached by content in the test host's build directory
+    doms = []
+    for n in (2, 3):
+        doms.append(host.define(xvm.DomainConfig(
+            name=f"linux{n}", memory_mib=256, kernel=guest_kernel.bzimage, initrd=initrd,
+            cmdline=f"{CMDLINE} xvmid={n}", disable_cpu_features=CPU_QUIRKS,
+            nics=[xvm.Nic(network=lan.name)])))
+    for dom in doms:
+        dom.start()
+    for n, dom in zip((2, 3), doms):
+        mac = xvm.net.derive_mac(dom.uuid, 0)
+        dom.console.expect(rf"XVM-NET-UP {n} {mac} mtu=1500", timeout=BOOT_TIMEOUT)
+    for n, dom in zip((2, 3), doms):
+        dom.console.expect(rf"XVM-PING-HOST-OK {n}", timeout=240)
+        dom.console.expect(rf"XVM-PING-PEER-OK {n}", timeout=240)
+        summary = dom.console.expect(r"round-trip min/avg/max = [\d./]+ ms", timeout=60)
+        print(f"linux{n} -> peer: {summary.group(0)}")
+    # The host side reaches the guests too.
+    for n in (2, 3):
+        out = subprocess.run(["busybox", "ping", "-c", "2", "-W", "5", f"{SUBNET}.{n}"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+    for dom in doms:
+        text = dom.console.text()
+        for bad in ("WARNING:", "Call Trace", "BUG:", "Kernel panic"):
+            assert bad not in text, text[-3000:]
+        nic = dom.machine.virtio[0].device
+        assert nic.metrics.tx_dropped_count == 0 and nic.metrics.rx_packets > 0
+        assert dom.state is DomainState.RUNNING

@@ -11,8 +11,7 @@ import pytest
 
 import xvm
 from xvm import DomainState
-from xvm.testhost import cache, nested_initramfs
-from xvm.testhost.initramfs import CpioWriter, _busybox_base, resolve_modules
+from xvm.testhost import nested_initramfs
 
 CPU_QUIRKS = ("xsave",) if os.environ.get("XVM_TESTHOST_INNER") else ()
 CMDLINE = "console=ttyS0 quiet panic=-1"
@@ -23,11 +22,7 @@ PCI_TROUBLE = re.compile(
     r"fatal|error|fail|conflict|can't|cannot|not reserved|no space|invalid|ignoring|broken|bad ",
     re.IGNORECASE)
 
-INIT = """#!/bin/sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in $(cat /lib/modules/load-order); do insmod /lib/modules/$m.ko; done
+SCRIPT = """
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.5; done
 for d in /sys/bus/pci/devices/*; do
   echo "PCIDEV $(basename $d) $(cat $d/vendor) $(cat $d/device) $(cat $d/class)"
@@ -44,25 +39,12 @@ echo "SECTOR1 $(dd if=/dev/vda bs=512 skip=1 count=1 iflag=direct 2>/dev/null | 
 grep virtio /proc/interrupts | sed 's/^/IRQ /'
 dmesg | grep -i pci | sed 's/^/DMESG /'
 echo XVM-PCI-DONE
-poweroff -f
-sleep 5
-reboot -f
 """ % {"payload": PAYLOAD, "length": len(PAYLOAD)}
 
 
 @pytest.fixture(scope="module")
-def pci_initramfs(tmp_path_factory):
-    package = cache.kernel_package("cloud")
-    writer = CpioWriter()
-    _busybox_base(writer)
-    modules = resolve_modules(package.modules, ["virtio_pci", "virtio_blk"])
-    for name, data in modules:
-        writer.file(f"lib/modules/{name}.ko", data)
-    writer.file("lib/modules/load-order", "".join(f"{name}\n" for name, _ in modules).encode())
-    writer.file("init", INIT.encode(), 0o755)
-    path = tmp_path_factory.mktemp("virtio-pci") / "initramfs.cpio"
-    path.write_bytes(writer.getvalue())
-    return path
+def pci_initramfs():
+    return nested_initramfs(SCRIPT, modules=("virtio_pci", "virtio_blk"))
 
 
 def _boot(host, kernel, initrd, cmdline=CMDLINE, **config):

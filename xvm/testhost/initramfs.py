@@ -61,7 +61,7 @@ def _pad(length):
     return b"\0" * (-length % 4)
 
 
-def _busybox_base(writer: CpioWriter):
+def busybox_base(writer: CpioWriter):
     if not BUSYBOX.exists():
         raise NotPreparedError(f"{BUSYBOX} missing (package busybox-static)", cache.cache_dir())
     for d in ("bin", "dev", "proc", "sys", "tmp", "run", "mnt", "lib", "lib/modules"):
@@ -209,7 +209,7 @@ def testhost_initramfs() -> tuple[cache.KernelPackage, Path]:
     if dest.exists():
         return package, dest
     writer = CpioWriter()
-    _busybox_base(writer)
+    busybox_base(writer)
     writer.file("init", TESTHOST_INIT.encode(), 0o755)
     writer.file("bin/xvm-kvm-keeper", keeper.keeper_elf(), 0o755)
     modules = resolve_modules(package.modules, TESTHOST_MODULES)
@@ -225,10 +225,13 @@ def testhost_initramfs() -> tuple[cache.KernelPackage, Path]:
 NESTED_DEFAULT_SCRIPT = f'echo "{NESTED_MARKER} $(cut -d" " -f1 /proc/uptime)"\n'
 
 
-def nested_initramfs(script: str = NESTED_DEFAULT_SCRIPT) -> Path:
-    """A tiny busybox initramfs for nested guests (built once per ``script``, cached): /init
-    mounts /proc, /sys and /dev, runs ``script`` with busybox sh, then powers off."""
+def nested_initramfs(script: str = NESTED_DEFAULT_SCRIPT, modules=()) -> Path:
+    """A tiny busybox initramfs for nested guests (built once per content, cached): /init
+    mounts /proc, /sys and /dev, loads ``modules`` of the cloud kernel (with what they depend
+    on, in order), runs ``script`` with busybox sh, then powers off."""
     busybox = BUSYBOX.read_bytes() if BUSYBOX.exists() else b""
+    resolved = resolve_modules(cache.kernel_package("cloud").modules, modules) if modules else []
+    names = " ".join(name for name, _ in resolved)
     init = (
         "#!/bin/sh\n"
         "/bin/busybox --install -s /bin\n"
@@ -236,7 +239,8 @@ def nested_initramfs(script: str = NESTED_DEFAULT_SCRIPT) -> Path:
         "mount -t proc proc /proc\n"
         "mount -t sysfs sys /sys\n"
         "mount -t devtmpfs dev /dev\n"
-        f"{script}\n"
+        + (f"for m in {names}; do insmod /lib/modules/$m.ko; done\n" if names else "")
+        + f"{script}\n"
         "poweroff -f\n"
         "sleep 5\n"
         "reboot -f\n"
@@ -245,8 +249,9 @@ def nested_initramfs(script: str = NESTED_DEFAULT_SCRIPT) -> Path:
     if dest.exists():
         return dest
     writer = CpioWriter()
-    _busybox_base(writer)
+    busybox_base(writer)
+    for name, data in resolved:
+        writer.file(f"lib/modules/{name}.ko", data)
     writer.file("init", init.encode(), 0o755)
     cache.write_atomic(dest, writer.getvalue())
     return dest
-
