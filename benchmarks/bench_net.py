@@ -17,7 +17,6 @@ there mean little, the xvm/QEMU ratio is the result.
 frames per second it transmits to a raw socket on the bridge, and guest<->guest round trips.
 """
 import argparse
-import ctypes
 import os
 import re
 import subprocess
@@ -37,7 +36,6 @@ NESTED_TCG = bool(os.environ.get("XVM_TESTHOST_INNER"))
 SUBNET = "10.219.0"
 HOST_IP = f"{SUBNET}.1"
 HOST_MODULES = ("tun", "bridge")
-SYS_init_module = 175
 TESTS = (  # name, iperf3 client arguments, unit
     ("tcp_tx", "", "Mbit/s"),
     ("tcp_rx", "-R", "Mbit/s"),
@@ -47,24 +45,6 @@ TESTS = (  # name, iperf3 client arguments, unit
 
 
 # --- the guest -------------------------------------------------------------------------------
-
-def _load_host_modules():
-    need = [m for m in HOST_MODULES if not os.path.isdir(f"/sys/module/{m}")]
-    if not need:
-        return
-    from xvm.testhost import cache
-    from xvm.testhost.initramfs import resolve_modules
-    package = cache.kernel_package("generic")
-    libc = ctypes.CDLL(None, use_errno=True)
-    for name, data in resolve_modules(package.modules, need):
-        if os.path.isdir(f"/sys/module/{name}"):
-            continue
-        image = ctypes.create_string_buffer(data, len(data))
-        if libc.syscall(SYS_init_module, image, ctypes.c_ulong(len(data)), b"") != 0:
-            err = ctypes.get_errno()
-            if err != 17:
-                raise OSError(err, f"loading module {name}: {os.strerror(err)}")
-
 
 def bench_image(seconds):
     """The guest image (the cloud kernel, its virtio modules, iperf3 with its libraries) and
@@ -153,7 +133,8 @@ def run_qemu(net, kernel, initrd, cmdline, timeout):
 
 
 def run_here(seconds, rounds):
-    _load_host_modules()
+    from xvm.testhost.initramfs import load_testhost_modules
+    load_testhost_modules(HOST_MODULES)
     image, cmdline = bench_image(seconds)
     kernel, initrd = image.kernel, image.initrd
     timeout = 300 + 12 * seconds * len(TESTS)

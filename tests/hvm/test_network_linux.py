@@ -1,7 +1,6 @@
 """Unmodified Linux guests on an xvm network (hardware-assisted KVM: inside the HVM test host
 here): the guests' own virtio_net driver configures addresses, and they ping each other and
 the host side of the bridge."""
-import ctypes
 import os
 import subprocess
 
@@ -16,31 +15,16 @@ BOOT_TIMEOUT = 240
 GUEST_MODULES = ("virtio_mmio", "virtio_net")  # + virtio_ring, virtio, failover, net_failover
 HOST_MODULES = ("tun", "bridge")
 SUBNET = "10.218.0"
-SYS_init_module = 175
 
 
 def _load_host_modules():
-    """The test host's generic kernel has tun and bridge as modules, and its root (the
-    host's, over 9p) has no /lib/modules for it: load them from the cached package."""
-    need = [m for m in HOST_MODULES if not os.path.isdir(f"/sys/module/{m}")]
-    if not need:
-        return
-    from xvm.testhost import cache
-    from xvm.testhost.initramfs import resolve_modules
+    from xvm.testhost import NotPreparedError
+    from xvm.testhost.initramfs import load_testhost_modules
 
-    release = os.uname().release
-    package = cache.kernel_package("generic")
-    if package.release != release:
-        pytest.skip(f"no modules for the running kernel {release} (cached: {package.release})")
-    libc = ctypes.CDLL(None, use_errno=True)
-    for name, data in resolve_modules(package.modules, need):
-        if os.path.isdir(f"/sys/module/{name}"):
-            continue
-        image = ctypes.create_string_buffer(data, len(data))
-        if libc.syscall(SYS_init_module, image, ctypes.c_ulong(len(data)), b"") != 0:
-            err = ctypes.get_errno()
-            if err != 17:  # EEXIST: loaded meanwhile
-                raise OSError(err, f"loading module {name}: {os.strerror(err)}")
+    try:
+        load_testhost_modules(HOST_MODULES)
+    except NotPreparedError as e:
+        pytest.skip(str(e))
 
 
 def net_initramfs(script):

@@ -8,6 +8,8 @@
 Images are uncompressed newc cpio archives, written by :class:`CpioWriter` (no cpio(1) needed),
 cached in ``$XVM_CACHE/testhost`` under a hash of their content.
 """
+import errno
+import os
 import stat
 from pathlib import Path
 
@@ -255,3 +257,35 @@ def nested_initramfs(script: str = NESTED_DEFAULT_SCRIPT, modules=()) -> Path:
     writer.file("init", init.encode(), 0o755)
     cache.write_atomic(dest, writer.getvalue())
     return dest
+
+
+# --- kernel modules for the test host itself ----------------------------------------------------
+
+SYS_init_module = 175  # x86-64
+
+
+def load_testhost_modules(names) -> None:
+    """Load ``names`` (and what they depend on) into the running test host kernel.
+
+    The generic kernel has e.g. tun and bridge as modules, and its root (the host's, over
+    9p) has no /lib/modules for it, so they come from the cached package. Raises
+    NotPreparedError if the cached package is not the running kernel's."""
+    import ctypes
+
+    need = [name for name in names if not os.path.isdir(f"/sys/module/{name}")]
+    if not need:
+        return
+    package = cache.kernel_package("generic")
+    release = os.uname().release
+    if package.release != release:
+        raise NotPreparedError(f"no modules for the running kernel {release} (cached: {package.release})",
+                               cache.cache_dir())
+    libc = ctypes.CDLL(None, use_errno=True)
+    for name, data in resolve_modules(package.modules, need):
+        if os.path.isdir(f"/sys/module/{name}"):
+            continue
+        image = ctypes.create_string_buffer(data, len(data))
+        if libc.syscall(SYS_init_module, image, ctypes.c_ulong(len(data)), b"") != 0:
+            err = ctypes.get_errno()
+            if err != errno.EEXIST:  # loaded meanwhile
+                raise OSError(err, f"loading module {name}: {os.strerror(err)}")
