@@ -13,7 +13,7 @@ from ..virtio.device import (
     VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, InterruptKind,
     VirtioDevice, bit,
 )
-from ..virtio.errors import ChainError, QueueError
+from ..virtio.errors import QueueError
 from .backend.raw import SECTOR_SIZE
 from .errors import BackendError, DiskConfigError
 from .metrics import BlockMetrics
@@ -156,27 +156,9 @@ class VirtioBlock(VirtioDevice):
         if queue is None or self.broken:
             return
         self.metrics.queue_notify_count += 1
-        completed = False
+        used_before = queue.next_used
         try:
-            while True:
-                while True:
-                    try:
-                        chain = queue.pop()
-                    except ChainError as e:
-                        if e.head is None:
-                            raise
-                        # A malformed chain fails alone: returned unused (§2.7.8).
-                        log.info("virtio-blk: malformed chain: %s", e)
-                        self.metrics.invalid_chain_count += 1
-                        queue.add_used(e.head, 0)
-                        completed = True
-                        continue
-                    if chain is None:
-                        break
-                    queue.add_used(chain.head, self.handle(chain))
-                    completed = True
-                if not queue.enable_notification():
-                    break
+            queue.drain(self.handle, self._malformed)
         except QueueError:
             # The ring itself is corrupt: stop serving it; the transport sets
             # DEVICE_NEEDS_RESET (§2.1.2).
@@ -184,9 +166,14 @@ class VirtioBlock(VirtioDevice):
             self.broken = True
             raise
         finally:
-            if completed and queue.needs_notification():
+            if queue.next_used != used_before and queue.needs_notification():
                 self.metrics.interrupt_count += 1
                 self.interrupt.trigger(InterruptKind.USED_BUFFER)
+
+    def _malformed(self, error):
+        # A malformed chain fails alone: returned unused (§2.7.8).
+        log.info("virtio-blk: malformed chain: %s", error)
+        self.metrics.invalid_chain_count += 1
 
     def handle(self, chain):
         """Carry out one request; returns the used length (bytes written)."""

@@ -239,34 +239,23 @@ class VirtioNet(VirtioDevice):
         self._guarded(queue, lambda: self._transmit_all(queue))
 
     def _transmit_all(self, queue):
-        while True:
-            while True:
-                try:
-                    chain = queue.pop()
-                except ChainError as e:
-                    if e.head is None:
-                        raise
-                    # A malformed chain drops its packet alone (§2.7.8).
-                    log.info("virtio-net: malformed tx chain: %s", e)
-                    self.metrics.invalid_chain_count += 1
-                    self.metrics.tx_dropped_count += 1
-                    queue.add_used(e.head, 0)
-                    continue
-                if chain is None:
-                    break
-                self._send(chain)
-                # §5.1.6.2: the device writes nothing into a tx buffer: used length 0.
-                queue.add_used(chain.head, 0)
-            if not queue.enable_notification():
-                break
+        queue.drain(self._send, self._malformed_tx)
+
+    def _malformed_tx(self, error):
+        # A malformed chain drops its packet alone (§2.7.8).
+        log.info("virtio-net: malformed tx chain: %s", error)
+        self.metrics.invalid_chain_count += 1
+        self.metrics.tx_dropped_count += 1
 
     def _send(self, chain):
+        """Send one tx chain's frame; returns the used length, always 0: the device
+        writes nothing into a tx buffer (§5.1.6.2)."""
         try:
             frame_len = parse_tx(chain, self.acked_features)
         except TxError as e:
             log.info("virtio-net: tx packet %d dropped: %s", chain.head, e.reason)
             self.metrics.tx_dropped_count += 1
-            return
+            return 0
         try:
             self.backend.writev(chain.readable_views())
         except OSError as e:
@@ -274,9 +263,10 @@ class VirtioNet(VirtioDevice):
             log.debug("virtio-net: TAP write failed: %s", e)
             self.metrics.tap_write_error_count += 1
             self.metrics.tx_dropped_count += 1
-            return
+            return 0
         self.metrics.tx_packets += 1
         self.metrics.tx_bytes += frame_len
+        return 0
 
     # -- receive (§5.1.6.3, §5.1.6.4) -----------------------------------------------
 
