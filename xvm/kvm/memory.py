@@ -7,6 +7,7 @@ that is not wholly inside one region raises :class:`~xvm.errors.GuestMemoryError
 and touches nothing.  This module needs no /dev/kvm.
 """
 import bisect
+import gc
 import mmap
 import os
 import struct
@@ -57,7 +58,14 @@ class MemoryRegion:
             try:
                 self.mapping.close()
             except BufferError:
-                pass  # a caller still holds a view; the mapping dies with it
+                # A view is still exported. If only garbage (a reference cycle) holds it,
+                # collecting frees it and the mapping (with its fd) goes now; otherwise
+                # the mapping dies with the last view.
+                gc.collect()
+                try:
+                    self.mapping.close()
+                except BufferError:
+                    pass
             self.mapping = None
         if self.fd >= 0:
             os.close(self.fd)
