@@ -12,7 +12,6 @@ Absolute times inside TCG mean little: the ratio is the result.
 """
 import argparse
 import os
-import re
 import subprocess
 import sys
 import time

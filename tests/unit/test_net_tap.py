@@ -14,13 +14,13 @@ import time
 import pytest
 
 import xvm
-from xvm.devices.net import Tap, TapError, VirtioNet
+from xvm.devices.net import Tap, TapError
 from xvm.devices.virtio import mmio as M
 from xvm.devices.virtio.device import EventFdLine
 from xvm.kvm.memory import GuestMemory
 from xvm.net import NetworkTable, bridge
 
-from test_net_device import HDR, NetDriver, wait_for
+from test_net_device import NetDriver, wait_for
 
 
 def _can_admin_net():

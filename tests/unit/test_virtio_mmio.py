@@ -1,7 +1,6 @@
 """The virtio-mmio transport driven register by register, as Linux does."""
 import os
 import select
-import struct
 import threading
 import time
 
