@@ -15,6 +15,7 @@ from xvm.machine.boot.plan import CpuMode
 MiB = 1 << 20
 GiB = 1 << 30
 
+
 def fake_bzimage(
     *,
     version=0x020F,
@@ -58,17 +59,21 @@ def fake_bzimage(
     setup[0x1F1 : 0x1F1 + len(raw)] = raw
     return bytes(setup) + payload
 
+
 @pytest.fixture
 def memory():
     with GuestMemory.create([(0, 64 * MiB)]) as mem:
         yield mem
+
 
 def zero_page(memory):
     params = bp.ffi.new("struct boot_params *")
     bp.ffi.memmove(params, memory.read(layout.BOOT_INFO, bp.BOOT_PARAMS_SIZE), bp.BOOT_PARAMS_SIZE)
     return params
 
+
 # --- layout of the cffi declarations ------------------------------------------------------
+
 
 def test_zero_page_offsets_match_boot_protocol():
     off = bp.ffi.offsetof
@@ -94,7 +99,9 @@ def test_zero_page_offsets_match_boot_protocol():
     for name, offset in header_fields.items():
         assert 0x1F1 + off("struct setup_header", name) == offset, name
 
+
 # --- format detection and validation ------------------------------------------------------
+
 
 def test_kernel_format():
     assert kernel_format(fake_bzimage()) is KernelFormat.BZIMAGE
@@ -106,11 +113,13 @@ def test_kernel_format():
     with pytest.raises(BootError, match="not a Linux kernel"):
         kernel_format(b"")
 
+
 def test_garbage_is_no_kernel(memory):
     with pytest.raises(BootError, match="not a Linux kernel"):
         load_bzimage(memory, os.urandom(4096))
     with pytest.raises(BootError, match="too short"):
         load_bzimage(memory, b"MZ")
+
 
 def test_boot_flag_and_magic_required():
     image = bytearray(fake_bzimage())
@@ -122,17 +131,21 @@ def test_boot_flag_and_magic_required():
     with pytest.raises(BootError, match="not a Linux kernel"):
         BzImage(bytes(image))
 
+
 def test_elf_is_sent_to_pvh_loader():
     with pytest.raises(BootError, match="PVH"):
         BzImage(b"\x7fELF" + bytes(4096))
+
 
 def test_old_protocol_rejected():
     with pytest.raises(BootError, match=r"boot protocol 2\.05 is too old.*2\.06"):
         BzImage(fake_bzimage(version=0x0205))
 
+
 def test_zimage_rejected():
     with pytest.raises(BootError, match="zImage"):
         BzImage(fake_bzimage(loadflags=0))
+
 
 def test_truncated_image_rejected():
     image = fake_bzimage()
@@ -141,9 +154,11 @@ def test_truncated_image_rejected():
     with pytest.raises(BootError, match="truncated"):
         BzImage(image[: 5 * 512])
 
+
 def test_setup_sects_zero_means_four():
     image = BzImage(fake_bzimage(setup_sects=4)[:0x1F1] + b"\0" + fake_bzimage(setup_sects=4)[0x1F2:])
     assert image.header.setup_sects == 4 and image.header.setup_size == 5 * 512
+
 
 def test_missing_file(memory, tmp_path):
     with pytest.raises(BootError, match="cannot read the kernel"):
@@ -151,7 +166,9 @@ def test_missing_file(memory, tmp_path):
     with pytest.raises(BootError, match="cannot read the initrd"):
         load_bzimage(memory, fake_bzimage(), initrd=tmp_path / "nope")
 
+
 # --- placement and the zero page ----------------------------------------------------------
+
 
 def test_64bit_plan_and_zero_page(memory):
     image = fake_bzimage()
@@ -197,6 +214,7 @@ def test_64bit_plan_and_zero_page(memory):
         (1 * MiB, 63 * MiB, 1),
     ]
 
+
 def test_64bit_page_tables_and_gdt(memory):
     plan = load_bzimage(memory, fake_bzimage())
     assert plan.cr3 == layout.BOOT_PAGE_TABLES
@@ -219,6 +237,7 @@ def test_64bit_page_tables_and_gdt(memory):
     assert (data >> 40) & 0xFF == 0x93
     assert gdt[0] == 0
 
+
 def test_32bit_entry_for_kernels_without_xlf_kernel_64(memory):
     plan = load_bzimage(memory, fake_bzimage(version=0x020A, xloadflags=0))
     assert plan.mode is CpuMode.PROTECTED_32
@@ -229,10 +248,12 @@ def test_32bit_entry_for_kernels_without_xlf_kernel_64(memory):
     # 2.12+ without XLF_KERNEL_64 also takes the 32-bit entry
     assert load_bzimage(memory, fake_bzimage(xloadflags=0)).mode is CpuMode.PROTECTED_32
 
+
 def test_pre_2_10_kernel_loads_at_1mib(memory):
     plan = load_bzimage(memory, fake_bzimage(version=0x0206, xloadflags=0, relocatable=0))
     assert plan.entry == 1 * MiB
     assert zero_page(memory).hdr.code32_start == 1 * MiB
+
 
 def test_relocatable_kernel_moves_down_when_memory_is_small():
     with GuestMemory.create([(0, 12 * MiB)]) as small:
@@ -241,13 +262,16 @@ def test_relocatable_kernel_moves_down_when_memory_is_small():
         with pytest.raises(BootError, match="does not fit"):
             load_bzimage(small, fake_bzimage(init_size=6 * MiB, relocatable=0))
 
+
 def test_kernel_too_large(memory):
     with pytest.raises(BootError, match=r"kernel needs 128 MiB.*64 MiB of guest memory"):
         load_bzimage(memory, fake_bzimage(init_size=128 * MiB))
 
+
 def test_initrd_too_large(memory):
     with pytest.raises(BootError, match="initrd of 60.0 MiB does not fit"):
         load_bzimage(memory, fake_bzimage(), initrd=bytes(60 * MiB))
+
 
 def test_initrd_below_kernel_when_no_room_above():
     with GuestMemory.create([(0, 24 * MiB)]) as mem:
@@ -256,12 +280,14 @@ def test_initrd_below_kernel_when_no_room_above():
         assert h.ramdisk_image + h.ramdisk_size <= 16 * MiB
         assert h.ramdisk_image >= 1 * MiB and plan.kernel_end == 24 * MiB
 
+
 def test_initrd_respects_initrd_addr_max():
     with GuestMemory.create([(0, 1 * GiB)]) as mem:
         load_bzimage(mem, fake_bzimage(initrd_addr_max=0x37FF_FFFF), initrd=bytes(MiB))
         h = zero_page(mem).hdr
         assert h.ramdisk_image + h.ramdisk_size <= 0x3800_0000
         assert h.ramdisk_image == 0x3800_0000 - MiB
+
 
 def test_command_line_limits(memory):
     with pytest.raises(BootError, match="command line is 300 bytes; this kernel accepts 255"):
@@ -270,6 +296,7 @@ def test_command_line_limits(memory):
         load_bzimage(memory, fake_bzimage(), cmdline=b"a\0b")
     load_bzimage(memory, fake_bzimage(cmdline_size=255), cmdline="y" * 255)
     assert memory.read(layout.BOOT_CMDLINE, 256) == b"y" * 255 + b"\0"
+
 
 def test_e820_from_ram_with_high_memory():
     e820 = e820_from_ram([(0, 3 * GiB), (4 * GiB, 2 * GiB)])
@@ -280,6 +307,7 @@ def test_e820_from_ram_with_high_memory():
         (4 * GiB, 2 * GiB, 1),
     ]
 
+
 def test_explicit_e820_is_used(memory):
     e820 = [(0, 0x9F000, 1), (0x9F000, 0x61000, 2), (MiB, 31 * MiB, 1)]
     load_bzimage(memory, fake_bzimage(), initrd=bytes(MiB), e820=e820)
@@ -287,7 +315,9 @@ def test_explicit_e820_is_used(memory):
     assert params.e820_entries == 3
     assert params.hdr.ramdisk_image + MiB <= 32 * MiB  # only the RAM the map offers
 
+
 # --- a real kernel, when one is around ----------------------------------------------------
+
 
 def _real_kernels():
     patterns = [
@@ -301,7 +331,9 @@ def _real_kernels():
         found += [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
     return found
 
+
 REAL_KERNELS = _real_kernels()
+
 
 @pytest.mark.skipif(
     not REAL_KERNELS,
