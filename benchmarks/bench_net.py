@@ -19,8 +19,10 @@ frames per second it transmits to a raw socket on the bridge, and guest<->guest 
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -35,6 +37,7 @@ CMDLINE = "console=ttyS0 quiet panic=-1"
 NESTED_TCG = bool(os.environ.get("XVM_TESTHOST_INNER"))
 SUBNET = "10.219.0"
 HOST_IP = f"{SUBNET}.1"
+GUEST_MODULES = ("virtio_mmio", "virtio_net")
 HOST_MODULES = ("tun", "bridge")
 TESTS = (  # name, iperf3 client arguments, unit
     ("tcp_tx", "", "Mbit/s"),
@@ -46,21 +49,56 @@ TESTS = (  # name, iperf3 client arguments, unit
 
 # --- the guest -------------------------------------------------------------------------------
 
-def bench_image(seconds):
-    """The guest image (the cloud kernel, its virtio modules, iperf3 with its libraries) and
-    the kernel command line that makes its init run the tests and power off."""
-    from xvm.images import build_image, run_argument
+def _shared_libs(binary):
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+    libs = []
+    for line in out.splitlines():
+        m = re.search(r"(/\S+) \(0x", line)
+        if m:
+            libs.append(m.group(1))
+    return libs
 
+
+def bench_initramfs(seconds):
+    from xvm.testhost import cache
+    from xvm.testhost.initramfs import CpioWriter, busybox_base, resolve_modules
+    package = cache.kernel_package("cloud")
+    w = CpioWriter()
+    busybox_base(w)
+    iperf = shutil.which("iperf3")
+    dirs = set()
+    for path in [iperf] + _shared_libs(iperf):
+        parts = path.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in dirs and d not in ("bin", "lib", "tmp"):
+                dirs.add(d)
+                w.directory(d)
+        with open(os.path.realpath(path), "rb") as f:
+            w.file(path.strip("/"), f.read(), 0o755)
+    modules = resolve_modules(package.modules, GUEST_MODULES)
+    for name, data in modules:
+        w.file(f"lib/modules/{name}.ko", data)
     runs = "\n".join(
         f'echo "XVM-BENCH {name} $(iperf3 -c {HOST_IP} {args} -t {seconds} -f m 2>&1 '
         f'| grep -E "receiver|error" | tail -1)"' for name, args, _ in TESTS)
-    script = f"""ip link set lo up; ip link set eth0 up; ip addr add {SUBNET}.2/24 dev eth0
+    init = f"""#!/bin/sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/usr/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in {' '.join(n for n, _ in modules)}; do insmod /lib/modules/$m.ko; done
+ip link set lo up; ip link set eth0 up; ip addr add {SUBNET}.2/24 dev eth0
 for i in $(seq 1 60); do ping -c 1 -W 2 {HOST_IP} >/dev/null 2>&1 && break; done
 echo XVM-BENCH-UP
 {runs}
 echo XVM-BENCH-DONE
+poweroff -f
 """
-    return build_image(extra_programs=("iperf3",)), f"{CMDLINE} {run_argument(script)}"
+    w.file("init", init.encode(), 0o755)
+    fd, path = tempfile.mkstemp(prefix="xvm-bench-net-", suffix=".cpio")
+    with os.fdopen(fd, "wb") as f:
+        f.write(w.getvalue())
+    return path
 
 
 def parse(text):
@@ -86,9 +124,9 @@ def parse(text):
 
 # --- the two VMMs ----------------------------------------------------------------------------
 
-def run_xvm(host, net, kernel, initrd, cmdline, timeout):
+def run_xvm(host, net, kernel, initrd, timeout):
     dom = host.define(xvm.DomainConfig(
-        name="bench-net", memory_mib=512, kernel=kernel, initrd=initrd, cmdline=cmdline,
+        name="bench-net", memory_mib=512, kernel=kernel, initrd=initrd, cmdline=CMDLINE,
         disable_cpu_features=("xsave",) if NESTED_TCG else (),
         nics=[xvm.Nic(network=net.name, mac="52:54:00:be:0c:02")]))
     try:
@@ -103,12 +141,12 @@ def run_xvm(host, net, kernel, initrd, cmdline, timeout):
         dom.undefine()
 
 
-def run_qemu(net, kernel, initrd, cmdline, timeout):
+def run_qemu(net, kernel, initrd, timeout):
     tap = "xvmqtap0"
     cpu = "host,-xsave" if NESTED_TCG else "host"
     cmd = ["qemu-system-x86_64", "-accel", "kvm", "-M", "microvm", "-cpu", cpu, "-m", "512M",
            "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
-           "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
+           "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd), "-append", CMDLINE,
            "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off",
            "-device", "virtio-net-device,netdev=n0,mac=52:54:00:be:0c:02"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -133,10 +171,11 @@ def run_qemu(net, kernel, initrd, cmdline, timeout):
 
 
 def run_here(seconds, rounds):
+    from xvm.testhost import cloud_kernel
     from xvm.testhost.initramfs import load_testhost_modules
     load_testhost_modules(HOST_MODULES)
-    image, cmdline = bench_image(seconds)
-    kernel, initrd = image.kernel, image.initrd
+    kernel = cloud_kernel(vmlinux=False).bzimage
+    initrd = bench_initramfs(seconds)
     timeout = 300 + 12 * seconds * len(TESTS)
     server = None
     results = {"xvm": [], "qemu": []}
@@ -147,11 +186,11 @@ def run_here(seconds, rounds):
                 server = subprocess.Popen(["iperf3", "-s", "-B", HOST_IP],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 for _ in range(rounds):
-                    text, metrics = run_xvm(host, net, kernel, initrd, cmdline, timeout)
+                    text, metrics = run_xvm(host, net, kernel, initrd, timeout)
                     results["xvm"].append(parse(text))
                     print("xvm  :", _lines(text), "| metrics:",
                           {k: v for k, v in metrics.items() if v}, flush=True)
-                    text = run_qemu(net, kernel, initrd, cmdline, timeout)
+                    text = run_qemu(net, kernel, initrd, timeout)
                     results["qemu"].append(parse(text))
                     print("qemu :", _lines(text), flush=True)
             finally:
@@ -160,6 +199,7 @@ def run_here(seconds, rounds):
         if server is not None:
             server.kill()
             server.wait()
+        os.unlink(initrd)
     where = "nested under TCG" if NESTED_TCG else "hardware KVM"
     print(f"\nvirtio-net guest <-> host over a TAP + bridge, iperf3 {seconds} s per test, "
           f"{rounds} round(s), {where}")
