@@ -213,12 +213,8 @@ class Machine:
         slot = VirtioSlot(device, None, 0, self._pci_intx_gsi(), -1)
         self.virtio_pci.append(slot)  # from here on close() releases it
         vm = self.vm
-
-        def ioeventfd(fd, address, length, remove=False):
-            vm.ioeventfd(fd, address, length, remove=remove)
-
         slot.transport = VirtioPciDevice(device, self.memory, router=self.gsi_router, irqfd=vm.irqfd,
-                                         irqfd_remove=vm.irqfd_remove, ioeventfd=ioeventfd, name=name,
+                                         irqfd_remove=vm.irqfd_remove, ioeventfd=vm.ioeventfd, name=name,
                                          intx_gsi=slot.gsi if slot.gsi >= 0 else None)
         self.pci.add(slot.transport)
         slot.base = slot.transport.bar_address(0)
