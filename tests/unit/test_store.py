@@ -284,6 +284,31 @@ def test_a_forked_child_uses_its_own_connection(store):
     assert store.domain("child") is not None
 
 
+def test_a_forked_child_is_not_blocked_by_a_parent_thread_mid_change(store):
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock():
+        with store._lock:
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(5)  # a deadlock kills the child with SIGALRM
+        try:
+            store.next_domain_id()
+        finally:
+            os._exit(0)
+    release.set()
+    holder.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status:#x}"
+    assert store.next_domain_id() == 2
+
+
 # -- refusing what is not a store of this xvm -------------------------------------------------
 
 def test_a_newer_schema_is_refused_without_touching_the_file(path):
