@@ -300,7 +300,7 @@ def test_a_forked_child_is_not_blocked_by_a_parent_thread_mid_change(store):
         signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not pytest-timeout's handler
         signal.alarm(5)  # a deadlock kills the child with SIGALRM
         try:
-            os._exit(0 if store.next_domain_id() == 2 else 3)
+            os._exit(0 if store.next_domain_id() == 1 else 3)
         finally:
             traceback.print_exc()
             os._exit(1)
