@@ -2,6 +2,8 @@
 import importlib.util
 import os
 import pathlib
+import shutil
+import tempfile
 import threading
 
 import pytest
@@ -14,6 +16,13 @@ _spec.loader.exec_module(guest_build)
 
 def kvm_usable():
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def pytest_configure(config):
+    # Every host the tests open (and every process they start) uses a state directory
+    # of this run, never the machine's own /var/lib/xvm.  Short: socket paths must fit
+    # in 108 bytes.
+    os.environ["XVM_STATE_DIR"] = tempfile.mkdtemp(prefix="xvm-tests-", dir="/tmp")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -60,9 +69,104 @@ def _describe(fd):
 
 
 @pytest.fixture
-def host():
+def state_dir(monkeypatch):
+    """A state directory of this test's own (also set as $XVM_STATE_DIR)."""
+    path = tempfile.mkdtemp(prefix="xvm-", dir="/tmp")
+    monkeypatch.setenv("XVM_STATE_DIR", path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def destroy_all(host):
+    """Destroy every domain of ``host`` that is still running (test teardown)."""
+    import xvm
+
+    for dom in host.domains():
+        try:
+            if dom.state is not xvm.DomainState.SHUTOFF:
+                dom.destroy()
+        except xvm.XvmError:
+            pass
+
+
+@pytest.fixture
+def host(state_dir):
+    """The embedded host of a fresh state directory; its domains are destroyed afterwards."""
     import xvm
 
     h = xvm.connect()
     yield h
+    destroy_all(h)
     h.close()
+
+
+def start_xvmd(state, socket_path, *extra, env=None):
+    """Start ``xvmd`` on ``state``/``socket_path``; returns the Popen once it serves."""
+    import subprocess
+    import sys
+    import time
+
+    root = str(TESTS.parent)
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = root
+    log_path = os.path.join(state, "xvmd.log")
+    with open(log_path, "ab") as log:  # no pipe: the test process keeps no descriptor of it
+        proc = subprocess.Popen([sys.executable, "-m", "xvm.daemon", "--state-dir", state,
+                                 "--socket", socket_path, *extra], env=env, cwd=root,
+                                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(socket_path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            with open(log_path, errors="replace") as f:
+                raise RuntimeError(f"xvmd did not start: {f.read()[-2000:]}")
+        time.sleep(0.02)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def xvmd():
+    """An xvmd of this test session: ``(uri, state_dir, socket_path, process)``."""
+    state = tempfile.mkdtemp(prefix="xvmd-", dir="/tmp")
+    sock = os.path.join(state, "xvmd.sock")
+    proc = start_xvmd(state, sock)
+    yield f"xvm+unix://{sock}", state, sock, proc
+    proc.terminate()
+    proc.wait(10)
+    import xvm
+
+    with xvm.connect(state_dir=state) as h:  # whatever a failed test left running
+        destroy_all(h)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(params=["session", "xvmd"])
+def any_host(request, state_dir):
+    """The same tests against the embedded host and against xvmd."""
+    import xvm
+
+    if request.param == "session":
+        h = xvm.connect()
+    else:
+        h = xvm.connect(request.getfixturevalue("xvmd")[0])
+    yield h
+    destroy_all(h)
+    for dom in h.domains():
+        try:
+            dom.undefine()
+        except xvm.XvmError:
+            pass
+    h.close()
+
+
+@pytest.fixture(scope="session")
+def xvmd_starter():
+    """``start(state, socket_path, *args)`` -> the Popen of a serving xvmd."""
+    return start_xvmd
+
+
+@pytest.fixture(scope="session")
+def destroyer():
+    """``destroy(host)``: destroy every running domain of ``host``."""
+    return destroy_all

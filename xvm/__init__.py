@@ -1,9 +1,9 @@
 """xvm — a virtual machine monitor in Python on Linux KVM.
 
     import xvm
-    with xvm.connect() as host:
+    with xvm.connect() as host:            # xvm:///session: no daemon, one VMM process per domain
         dom = host.define(xvm.DomainConfig(name="demo", memory_mib=64, kernel="guest.elf"))
-        dom.start()
+        dom.start()                        # keeps running after this script ends
         dom.console.expect("login:")
 """
 from .config import DomainConfig

@@ -25,6 +25,7 @@ class Console:
         self._cond = threading.Condition()
         self._input = None  # callable taking bytes while the guest runs
         self._closed_reason = "the domain is not running"
+        self._listeners = []  # callables (event, payload): ("data", bytes), ("open", None), ("closed", reason)
 
     # -- fed by the machine -------------------------------------------------
     def _feed(self, data):
@@ -35,18 +36,58 @@ class Console:
                 del self._log[:excess]
                 self._base += excess
             self._cond.notify_all()
+            self._tell("data", bytes(data))
 
     def _attach(self, input_sink):
         with self._cond:
             self._input = input_sink
             self._closed_reason = None
             self._cond.notify_all()
+            self._tell("open", None)
 
     def _detach(self, reason):
         with self._cond:
             self._input = None
             self._closed_reason = reason
             self._cond.notify_all()
+            self._tell("closed", reason)
+
+    def _tell(self, event, payload):
+        for listener in list(self._listeners):
+            try:
+                listener(event, payload)
+            except Exception:  # a listener must not break the guest's output path
+                self._listeners.remove(listener)
+
+    def subscribe(self, listener, history=True):
+        """Call ``listener(event, payload)`` for every change: ``("data", bytes)``,
+        ``("open", None)`` when input becomes possible, ``("closed", reason)`` when it stops.
+
+        First, before this returns, the listener gets what is retained now (if
+        ``history``) and the current input state, taken atomically with the
+        subscription, so nothing is lost, seen twice or out of order.  Listeners run
+        on the guest's output path: they must not block.  Returns ``unsubscribe()``.
+        """
+        with self._cond:
+            if history and self._log:
+                listener("data", bytes(self._log))
+            if self._input is not None:
+                listener("open", None)
+            else:
+                listener("closed", self._closed_reason)
+            self._listeners.append(listener)
+
+        def unsubscribe():
+            with self._cond:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    @property
+    def closed_reason(self):
+        """Why input is closed (None while the guest runs)."""
+        return self._closed_reason
 
     # -- user side ----------------------------------------------------------
     @property

@@ -1,148 +1,115 @@
-"""Domains: named, persistent-identity virtual machines and their lifecycle.
+"""Domains: named virtual machines with a persistent identity, as handles.
 
-Every lifecycle verb goes through :meth:`Domain._transition`, which checks the
-verb against the current state in one table; an illegal verb raises
-:class:`~xvm.errors.StateError` and changes nothing.
+A :class:`Domain` is a handle on a domain of a host: it holds the domain's UUID and
+asks the host for everything else, so every handle — in this process or another,
+through the embedded host or xvmd — sees the same domain.  Each lifecycle verb is one
+action (:mod:`xvm.vmm.actions`) sent to the domain's VMM, which checks it against
+its state in one table (:data:`xvm.vmm.lifecycle.TRANSITIONS`); an illegal verb
+raises :class:`~xvm.errors.StateError` and changes nothing.
 """
-import enum
-import threading
+import time
 
 from .console import Console
 from .errors import StateError, XvmError
-from .machine.machine import ExitReason, Machine
-
-
-class DomainState(enum.Enum):
-    SHUTOFF = "shutoff"
-    RUNNING = "running"
-    PAUSED = "paused"
-    CRASHED = "crashed"
-
-
-S = DomainState
-# verb: (states it is legal in, state after it)
-TRANSITIONS = {
-    "start": ({S.SHUTOFF, S.CRASHED}, S.RUNNING),
-    "pause": ({S.RUNNING}, S.PAUSED),
-    "resume": ({S.PAUSED}, S.RUNNING),
-    "shutdown": ({S.RUNNING}, S.SHUTOFF),
-    "reboot": ({S.RUNNING}, S.RUNNING),
-    "destroy": ({S.RUNNING, S.PAUSED, S.CRASHED}, S.SHUTOFF),
-    "undefine": ({S.SHUTOFF, S.CRASHED}, S.SHUTOFF),
-}
+from .vmm import actions as A
+from .vmm.lifecycle import TRANSITIONS, DomainState  # noqa: F401  (public names)
+from .vmm.protocol import register_error
 
 
 class ShutdownTimeout(StateError, TimeoutError):
     """The guest did not power off within the time ``shutdown()`` allowed."""
 
 
-class Domain:
-    """A virtual machine known to a :class:`~xvm.host.Host`."""
+register_error(ShutdownTimeout)
 
-    def __init__(self, host, config):
+STOPPED = (DomainState.SHUTOFF, DomainState.CRASHED)
+
+
+class Domain:
+    """A virtual machine known to a host (``host.define(cfg)``, ``host.lookup(name)``)."""
+
+    def __init__(self, host, uuid):
         self._host = host
-        self._config = config
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._state = DomainState.SHUTOFF
-        self._machine = None
-        self._watcher = None
-        self._id = None
-        self.console = Console()
-        self.crash_reason = None
-        self.boot_count = 0
+        self._uuid = uuid
+        self.console = DomainConsole(self)
 
     def __repr__(self):
-        return f"<Domain {self.name!r} {self._state.value} id={self._id}>"
+        try:
+            info = self.info()
+            return f"<Domain {info['name']!r} {info['state']} id={info['id']}>"
+        except XvmError:
+            return f"<Domain {self._uuid}>"
 
-    # -- identity -----------------------------------------------------------
-    @property
-    def name(self):
-        return self._config.name
+    def __eq__(self, other):
+        return isinstance(other, Domain) and other._uuid == self._uuid and other._host is self._host
 
+    def __hash__(self):
+        return hash(self._uuid)
+
+    # -- identity -----------------------------------------------------------------------------
     @property
     def uuid(self):
-        return self._config.uuid
+        return self._uuid
+
+    @property
+    def name(self):
+        return self._host._record(self).name
+
+    @property
+    def config(self):
+        """The stored :class:`~xvm.config.DomainConfig`."""
+        return self._host._config(self)
+
+    def info(self):
+        """A dict: name, uuid, id, state, boot_count, crash_reason, pid, vcpus, memory_mib..."""
+        return self._host._act(self, A.Info())
+
+    @property
+    def state(self):
+        return DomainState(self.info()["state"])
 
     @property
     def id(self):
         """The per-boot domain ID: None unless running or paused, new on every boot."""
-        return self._id
+        return self.info()["id"]
 
     @property
-    def state(self):
-        return self._state
+    def crash_reason(self):
+        return self.info().get("crash_reason")
 
     @property
-    def config(self):
-        return self._config
+    def persistent(self):
+        return self._host._record(self).persistent
 
     @property
     def machine(self):
-        """The running :class:`~xvm.machine.machine.Machine`, or None."""
-        return self._machine
+        """The running machine when the VMM is in this process (``in_process=True``), else None."""
+        return self._host._machine(self)
 
-    def rename(self, new_name):
-        """Give the domain a new name; legal in every state."""
-        with self._lock:
-            new_config = self._config.replace(name=new_name)
-            self._host._rename(self, new_config)
-            self._config = new_config
+    def stats(self):
+        """The VMM's counters: the domain's info, every device's metrics, the vCPUs."""
+        return self._host._act(self, A.Stats())
 
-    # -- lifecycle ------------------------------------------------------------
-    def _transition(self, verb):
-        legal, _ = TRANSITIONS[verb]
-        if self._state not in legal:
-            allowed = ", ".join(sorted(s.value for s in legal))
-            raise StateError(
-                f"cannot {verb} domain {self.name!r}: it is {self._state.value} (allowed when {allowed})",
-                state=self._state,
-                operation=verb,
-            )
-        return TRANSITIONS[verb][1]
-
-    def _set_state(self, state):
-        self._state = state
-        self._changed.notify_all()
-
+    # -- lifecycle ----------------------------------------------------------------------------
     def start(self):
         """Boot the domain; returns once its vCPUs are running."""
-        with self._lock:
-            after = self._transition("start")
-            self._host._check_can_start(self)
-            self._boot()
-            self.crash_reason = None
-            self._set_state(after)
+        self._host._start(self)
         return self
 
     def pause(self):
-        with self._lock:
-            after = self._transition("pause")
-            self._machine.pause()
-            self._set_state(after)
+        self._host._act(self, A.Pause())
 
     def resume(self):
-        with self._lock:
-            after = self._transition("resume")
-            self._machine.resume()
-            self._set_state(after)
+        self._host._act(self, A.Resume())
 
     def destroy(self):
         """Stop the domain at once, without asking the guest."""
-        with self._lock:
-            after = self._transition("destroy")
-            watcher = self._teardown("destroyed")
-            self._set_state(after)
-        _join(watcher)
+        self._host._act(self, A.Destroy())
+        self._host._stopped(self)
 
     def reboot(self):
         """Reset the domain: the guest starts again from its kernel, with a new id."""
-        with self._lock:
-            after = self._transition("reboot")
-            watcher = self._teardown(None)
-            self._boot()
-            self._set_state(after)
-        _join(watcher)
+        self._host._act(self, A.Reset())
 
     def shutdown(self, timeout=60.0):
         """Ask the guest to power off (ACPI power button) and wait up to ``timeout`` s.
@@ -150,104 +117,93 @@ class Domain:
         Raises :class:`ShutdownTimeout` if the guest has not powered off by then;
         the domain is left running.
         """
-        with self._lock:
-            self._transition("shutdown")
-            machine, watcher = self._machine, self._watcher
-            machine.acpi_pm.raise_power_button()
-            if not self._changed.wait_for(lambda: self._machine is not machine, timeout):
-                raise ShutdownTimeout(
-                    f"domain {self.name!r} did not power off within {timeout:g}s of the power button",
-                    state=self._state,
-                    operation="shutdown",
-                )
-        _join(watcher)
+        self._host._act(self, A.PowerButton())
+        state = self._host._act(self, A.Wait(states=[s.value for s in STOPPED], timeout=timeout))
+        if state is None:
+            raise ShutdownTimeout(
+                f"domain {self.name!r} did not power off within {timeout:g}s of the power button",
+                state=self.state, operation="shutdown")
+        self._host._stopped(self)
 
-    def wait(self, states=(DomainState.SHUTOFF, DomainState.CRASHED), timeout=None):
-        """Wait until the domain is in one of ``states``; returns the state (raises on timeout)."""
+    def wait(self, states=STOPPED, timeout=None):
+        """Wait until the domain is in one of ``states``; returns the state (TimeoutError)."""
         if isinstance(states, DomainState):
             states = (states,)
-        with self._lock:
-            if not self._changed.wait_for(lambda: self._state in states, timeout):
-                raise TimeoutError(
-                    f"domain {self.name!r} is still {self._state.value} after {timeout:g}s"
-                )
-            return self._state
+        names = [DomainState(s).value for s in states]
+        state = self._host._act(self, A.Wait(states=names, timeout=timeout))
+        if state is None:
+            raise TimeoutError(f"domain {self.name!r} is still {self.state.value} after {timeout:g}s")
+        return DomainState(state)
+
+    def rename(self, new_name):
+        """Give the domain a new name; legal in every state."""
+        self._host._rename(self, new_name)
 
     def undefine(self):
         """Forget the domain; it must not be running."""
-        with self._lock:
-            self._transition("undefine")
-            self._host._forget(self)
+        self._host._undefine(self)
 
-    # -- machinery ------------------------------------------------------------
-    def _boot(self):
-        cfg = self._config
-        machine = Machine(
-            self._host.kvm,
-            vcpus=cfg.vcpus,
-            memory_bytes=cfg.memory_bytes,
-            kernel=cfg.kernel,
-            initrd=cfg.initrd,
-            cmdline=cfg.cmdline,
-            console_sink=self.console._feed,
-            disabled_cpu_features=cfg.disable_cpu_features,
-            disks=cfg.disks,
-            virtio_transport=cfg.virtio_transport,
-            nics=self._host._plan_nics(self) if cfg.nics else (),
-        )
+    # -- scripts ------------------------------------------------------------------------------
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        """``with host.create(cfg) as dom:`` — the domain is destroyed when the block ends."""
         try:
-            machine.start()
-        except BaseException:
-            machine.close()
-            raise
-        self._machine = machine
-        self._id = self._host._next_id()
-        self.boot_count += 1
-        self.console._attach(machine.serial.receive)
-        self._watcher = threading.Thread(
-            target=self._watch, args=(machine,), name=f"xvm-watch-{self.name}", daemon=True
-        )
-        self._watcher.start()
-
-    def _teardown(self, detach_reason):
-        """Stop and release the current boot; returns its watcher thread to join."""
-        machine, self._machine = self._machine, None
-        watcher, self._watcher = self._watcher, None
-        self._id = None
-        if detach_reason is not None:
-            self.console._detach(f"the domain was {detach_reason}")
-        if machine is not None:
-            machine.close()
-        return watcher
-
-    def _watch(self, machine):
-        """Follow one boot: act on the guest's power-off, reset or crash."""
-        result = machine.wait()
-        with self._lock:
-            if self._machine is not machine:
-                return  # the host already tore this boot down (destroy, reboot)
-            self._watcher = None  # this thread ends here; nobody needs to join it
-            if result.reason is ExitReason.RESET:
-                self._teardown(None)
-                try:
-                    self._boot()
-                except XvmError as e:
-                    self.crash_reason = f"reboot failed: {e}"
-                    self.console._detach("the domain crashed")
-                    self._set_state(DomainState.CRASHED)
-                    return
-                self._set_state(DomainState.RUNNING)
-            elif result.reason is ExitReason.CRASH:
-                self.crash_reason = result.detail
-                self._teardown("crashed")
-                self._set_state(DomainState.CRASHED)
-            else:
-                self._teardown("powered off")
-                self._set_state(DomainState.SHUTOFF)
+            if self.state not in STOPPED or self.state is DomainState.CRASHED:
+                self.destroy()
+        except (StateError, XvmError):
+            pass
 
 
+class DomainConsole(Console):
+    """A domain's serial console, the same API wherever its VMM runs.
 
+    It mirrors the VMM's console server: on first use (and after each new boot) it
+    attaches, receives the retained history, then every byte as the guest writes it;
+    ``write()`` sends input to the VMM.  The mirror keeps what it received across
+    boots, bounded like the VMM's own log.
+    """
 
-def _join(thread):
-    if thread is not None and thread is not threading.current_thread():
-        thread.join()
+    def __init__(self, domain):
+        super().__init__()
+        self._domain = domain
+        self._detach_fn = None
+        self._attached_boot = None
+
+    def _listener(self, event, payload):
+        if event == "data":
+            self._feed(payload)
+        elif event == "open":
+            self._attach(self._send)
+        else:
+            self._detach(payload or "the domain is not running")
+
+    def _send(self, data):
+        self._domain._host._act(self._domain, A.ConsoleInput(data=bytes(data)))
+
+    def _ensure(self):
+        """Attach to the current boot's console server if not attached to it already."""
+        self._domain._host._ensure_console(self._domain, self)
+
+    def _reset_attachment(self):
+        if self._detach_fn is not None:
+            fn, self._detach_fn = self._detach_fn, None
+            fn()
+        self._attached_boot = None
+
+    def log(self):
+        self._ensure()
+        return super().log()
+
+    def read(self):
+        self._ensure()
+        return super().read()
+
+    def write(self, data):
+        self._ensure()
+        return super().write(data)
+
+    def expect(self, pattern, timeout=30.0):
+        self._ensure()
+        return super().expect(pattern, timeout)

@@ -31,7 +31,7 @@ SCHEMA_VERSION = 1
 APPLICATION_ID = 0x78766D73  # "xvms", in the SQLite header: marks the file as an xvm store
 BUSY_TIMEOUT = 10.0  # seconds a change waits for another process's transaction
 FILE_MODE = 0o600
-STATES = ("shutoff", "crashed")
+STATES = ("shutoff", "crashed", "running", "paused")  # running/paused: recorded by the VMM
 
 _SCHEMA = (
     "CREATE TABLE schema_version (version INTEGER NOT NULL)",
@@ -348,7 +348,9 @@ class Store:
         return self._change(uuid, persistent=int(_bool(on, "persistent")))
 
     def set_state(self, uuid, state, reason=None):
-        """Record the last known state of a domain no VMM runs: "shutoff" or "crashed" + reason."""
+        """Record the last known state: "shutoff" or "crashed" + reason when no VMM runs it;
+        "running" or "paused", written by its VMM, so a VMM that died without saying so
+        is noticed (the host then records "crashed")."""
         if state not in STATES:
             raise ConfigError(f"stored state {state!r} is not one of {', '.join(STATES)}")
         if reason is not None and not isinstance(reason, str):

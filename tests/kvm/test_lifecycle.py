@@ -9,6 +9,12 @@ import xvm
 from xvm import DomainState
 
 
+@pytest.fixture
+def host(any_host):
+    """Every lifecycle test runs against the embedded host and against xvmd."""
+    return any_host
+
+
 def define(host, guest, name="dom", image="hello", **kw):
     kw.setdefault("memory_mib", 64)
     return host.define(xvm.DomainConfig(name=name, kernel=guest(image), **kw))

@@ -141,8 +141,9 @@ def test_set_state(store):
     assert (store.set_state(uuid, "crashed", "triple fault").reason) == "triple fault"
     record = store.set_state(uuid, "shutoff")
     assert (record.state, record.reason) == ("shutoff", None)
-    with pytest.raises(ConfigError, match="'running' is not one of shutoff, crashed"):
-        store.set_state(uuid, "running")
+    assert store.set_state(uuid, "running").state == "running"
+    with pytest.raises(ConfigError, match="'asleep' is not one of shutoff, crashed, running, paused"):
+        store.set_state(uuid, "asleep")
     with pytest.raises(ConfigError, match="reason"):
         store.set_state(uuid, "crashed", 9)
 

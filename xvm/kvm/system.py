@@ -13,11 +13,13 @@ MAX_MSR_INDICES = 1024
 class Kvm:
     """An open /dev/kvm: API version, capabilities, and VM creation."""
 
-    def __init__(self, path=KVM_PATH):
-        try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as e:
-            raise KvmUnavailableError(f"cannot open {path}: {e.strerror}", e.errno) from None
+    def __init__(self, path=KVM_PATH, *, fd=None):
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as e:
+                raise KvmUnavailableError(f"cannot open {path}: {e.strerror}", e.errno) from None
+        self.fd = fd
         self.path = path
         version = ioctl(self.fd, "KVM_GET_API_VERSION")
         if version != kvm_h.KVM_API_VERSION:
@@ -27,6 +29,11 @@ class Kvm:
             )
         self.api_version = version
         self.vcpu_mmap_size = ioctl(self.fd, "KVM_GET_VCPU_MMAP_SIZE")
+
+    @classmethod
+    def from_fd(cls, fd):
+        """Adopt an already-open /dev/kvm descriptor (a VMM process is handed one)."""
+        return cls(fd=fd)
 
     def check_extension(self, cap):
         """``KVM_CHECK_EXTENSION``: 0 if unsupported, else a capability-specific value."""

@@ -1,0 +1,1 @@
+"""xvmd, the xvm host service (see :mod:`xvm.daemon.server`)."""

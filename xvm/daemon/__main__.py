@@ -1,0 +1,66 @@
+"""``xvmd --state-dir DIR --socket PATH [--group G]``: the xvm host service, in the foreground.
+
+Ready when the socket accepts connections; under systemd (``Type=notify``) it then
+sends ``READY=1`` to ``$NOTIFY_SOCKET``.  SIGTERM or SIGINT stops the service; the
+domains keep running (their VMMs are processes of their own).
+"""
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+
+from ..errors import XvmError
+
+DEFAULT_SOCKET = "/run/xvm/xvmd.sock"
+
+
+def sd_notify(state):
+    """Send ``state`` to systemd's notify socket, if there is one."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.sendto(state.encode(), path)
+    return True
+
+
+def main(argv=None):
+    from ..host.paths import default_state_dir
+
+    parser = argparse.ArgumentParser(prog="xvmd", description="the xvm host service")
+    parser.add_argument("--state-dir", default=None, help="default: $XVM_STATE_DIR, /var/lib/xvm as root")
+    parser.add_argument("--socket", default=None, help=f"default: {DEFAULT_SOCKET} as root, else <state>/xvmd.sock")
+    parser.add_argument("--group", default=None, help="members of this group may use the socket")
+    parser.add_argument("--in-process", action="store_true", help="run VMMs inside xvmd (debugging)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="xvmd[%(process)d] %(levelname)s: %(message)s")
+    state_dir = os.path.abspath(args.state_dir or default_state_dir())
+    sock = args.socket or (DEFAULT_SOCKET if os.geteuid() == 0 else os.path.join(state_dir, "xvmd.sock"))
+    from .server import Daemon
+
+    try:
+        daemon = Daemon(state_dir, sock, group=args.group, in_process=args.in_process)
+    except XvmError as e:
+        print(f"xvmd: error: {e}", file=sys.stderr)
+        return 1
+    stop = lambda *_: daemon.stop()  # noqa: E731
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    logging.info("serving %s on %s", state_dir, sock)
+    sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {sock}")
+    thread = threading.Thread(target=daemon.serve_forever, name="xvmd-accept", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    sd_notify("STOPPING=1")
+    daemon.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

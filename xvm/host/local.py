@@ -1,0 +1,402 @@
+"""The embedded host (``xvm:///session``): this process keeps the store of a state
+directory and starts a VMM process per running domain; no daemon is involved.
+
+Any number of processes may open the same state directory at once: the store is
+SQLite, a domain's VMM is found by its socket, and the domain lock
+(:mod:`~xvm.host.launcher`) says whether it is alive.  Closing a host leaves its
+running domains running; another ``xvm.connect()`` finds them again.
+"""
+import os
+import threading
+import time
+import uuid as uuid_module
+
+from ..config import DomainConfig
+from ..domain import STOPPED, Domain
+from ..errors import ConfigError, NotFoundError, StateError, XvmError
+from ..kvm.generated import kvm_h
+from ..kvm.system import KVM_PATH, Kvm
+from ..net import NetworkTable, effective_macs, plan_nics
+from ..store import Store
+from ..vmm import actions as A
+from ..vmm import lifecycle
+from ..vmm.lifecycle import DomainState
+from ..vmm.vmm import VmmGone
+from . import launcher
+from .capabilities import capabilities_of
+from .channel import LocalChannel, SocketChannel
+from .paths import StateDir, default_state_dir
+
+WAIT_POLL = 0.05  # a domain with no VMM changes state only when someone starts it
+
+
+class Host:
+    """A connection to a hypervisor host; use :func:`xvm.connect`."""
+
+    uri = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class LocalHost(Host):
+    """The embedded host of one state directory (see the module docstring)."""
+
+    def __init__(self, state_dir=None, *, in_process=False, kvm_path=KVM_PATH, uri="xvm:///session"):
+        self.uri = uri
+        self.state_dir = StateDir(os.path.abspath(state_dir or default_state_dir())).ensure()
+        self.in_process = in_process
+        self.kvm_path = kvm_path
+        self.kvm = Kvm(kvm_path)
+        try:
+            self.store = Store(self.state_dir.store)
+        except BaseException:
+            self.kvm.close()
+            raise
+        self._lock = threading.RLock()
+        self._handles = {}  # uuid -> Domain
+        self._channels = {}  # uuid -> (vmm key, channel)
+        self._vmms = {}  # uuid -> Vmm, in-process only
+        self._vmm_locks = {}  # uuid -> DomainLock held for an in-process Vmm
+        self._networks = NetworkTable(self)
+        self._closed = False
+        for record in self.store.domains():
+            self._reconcile(record.uuid)
+
+    def __repr__(self):
+        return f"<LocalHost {self.uri} state_dir={self.state_dir.root!r}>"
+
+    def capabilities(self):
+        return capabilities_of(self.kvm)
+
+    # -- domains ------------------------------------------------------------------------------
+    def define(self, config):
+        """Store a domain (it starts shut off and survives every process)."""
+        return self._add(config, persistent=True)
+
+    def create(self, config):
+        """Start a *transient* domain: forgotten once it shuts off.
+        ``with host.create(cfg) as dom:`` destroys it when the block ends."""
+        domain = self._add(config, persistent=False)
+        try:
+            return domain.start()
+        except BaseException:
+            try:
+                self.store.remove_domain(str(config.uuid))
+            except NotFoundError:
+                pass
+            raise
+
+    def _add(self, config, persistent):
+        if not isinstance(config, DomainConfig):
+            raise ConfigError(f"define wants an xvm.DomainConfig, not {type(config).__name__}")
+        record = self.store.add_domain(str(config.uuid), config.name, config.to_dict(), persistent=persistent)
+        return self._handle(record.uuid)
+
+    def domains(self):
+        """Every domain of this host (persistent ones, and transient ones while they exist)."""
+        return [self._handle(record.uuid) for record in self.store.domains()]
+
+    def lookup(self, key):
+        """The domain with this name, UUID or running id; raises NotFoundError."""
+        if isinstance(key, int) and not isinstance(key, bool):
+            for domain in self.domains():
+                if domain.id == key:
+                    return domain
+            raise NotFoundError(f"no running domain has id {key}")
+        record = self.store.domain(str(key))
+        if record is None:
+            raise NotFoundError(f"no domain named {key!r}")
+        return self._handle(record.uuid)
+
+    def _handle(self, uuid):
+        uuid = str(uuid)
+        with self._lock:
+            handle = self._handles.get(uuid)
+            if handle is None:
+                handle = self._handles[uuid] = Domain(self, uuid_module.UUID(uuid))
+            return handle
+
+    def _record(self, domain):
+        record = self.store.domain(str(domain.uuid))
+        if record is None:
+            raise NotFoundError(f"domain {domain.uuid} no longer exists")
+        return record
+
+    def _config(self, domain):
+        return DomainConfig.from_dict(self._record(domain).config)
+
+    def _machine(self, domain):
+        vmm = self._vmms.get(str(domain.uuid))
+        machine = vmm.machine if vmm is not None else None
+        return machine.machine if machine is not None else None
+
+    # -- talking to VMMs ----------------------------------------------------------------------
+    def _channel(self, uuid):
+        """The channel to the VMM of ``uuid`` and its key (pid), or (None, None)."""
+        with self._lock:
+            cached = self._channels.get(uuid)
+            if cached is not None:
+                return cached
+            vmm = self._vmms.get(uuid)
+            if vmm is not None:
+                entry = (id(vmm), LocalChannel(vmm))
+            elif launcher.vmm_alive(self.state_dir, uuid):
+                record = self.store.domain(uuid)
+                name = record.name if record else uuid
+                entry = (launcher.read_pid(self.state_dir, uuid),
+                         SocketChannel(self.state_dir.vmm_socket(uuid), name))
+            else:
+                return None, None
+            self._channels[uuid] = entry
+            return entry
+
+    def _drop_channel(self, uuid):
+        with self._lock:
+            entry = self._channels.pop(uuid, None)
+            vmm = self._vmms.get(uuid)
+            if vmm is not None and vmm.state in STOPPED and vmm.boot_count:
+                self._vmms.pop(uuid, None)
+                vmm.close()
+                self._vmm_locks.pop(uuid).close()
+        if entry is not None:
+            entry[1].close()
+
+    def _act(self, domain, action):
+        uuid = str(domain.uuid)
+        _, channel = self._channel(uuid)
+        if channel is not None:
+            try:
+                return channel.call(action)
+            except VmmGone:
+                self._drop_channel(uuid)
+        return self._act_offline(domain, uuid, action)
+
+    def _act_offline(self, domain, uuid, action):
+        """An action for a domain that has no VMM (it is shut off or crashed)."""
+        record = self._reconcile(uuid)
+        state = DomainState(record.state)
+        if isinstance(action, A.Info):
+            return _offline_info(record)
+        if isinstance(action, A.Stats):
+            return {"domain": _offline_info(record)}
+        if isinstance(action, A.Wait):
+            deadline = None if action.timeout is None else time.monotonic() + action.timeout
+            while state.value not in action.states:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                time.sleep(WAIT_POLL)
+                _, channel = self._channel(uuid)
+                if channel is not None:  # someone started it meanwhile
+                    remaining = None if deadline is None else max(deadline - time.monotonic(), 0)
+                    return self._act(domain, A.Wait(states=action.states, timeout=remaining))
+                state = DomainState(self._reconcile(uuid).state)
+            return state.value
+        lifecycle.check(action, state, record.name)
+        if isinstance(action, A.Destroy):  # a crashed domain with no VMM left
+            if record.persistent:
+                self.store.set_state(uuid, DomainState.SHUTOFF.value)
+            else:
+                self.store.remove_domain(uuid)
+        return None
+
+    def _reconcile(self, uuid):
+        """The domain's record, after noticing a VMM that died without recording it."""
+        record = self.store.domain(uuid)
+        if record is None:
+            raise NotFoundError(f"domain {uuid} no longer exists")
+        if record.state in (DomainState.RUNNING.value, DomainState.PAUSED.value) \
+                and not launcher.vmm_alive(self.state_dir, uuid):
+            pid = launcher.read_pid(self.state_dir, uuid)
+            how = launcher.describe_exit(pid) if pid else None
+            reason = f"the VMM process{f' (pid {pid})' if pid else ''} {how or 'ended without stopping the domain'}"
+            self.store.set_state(uuid, DomainState.CRASHED.value, reason)
+            for path in (self.state_dir.vmm_socket(uuid), self.state_dir.vmm_pidfile(uuid)):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            record = self.store.domain(uuid)
+        return record
+
+    def _ensure_console(self, domain, console):
+        uuid = str(domain.uuid)
+        key, channel = self._channel(uuid)
+        if channel is None or (console._attached_boot == key and console._detach_fn is not None):
+            return
+        console._reset_attachment()
+        try:
+            console._detach_fn = channel.attach_console(console._listener, history=True)
+        except VmmGone:
+            self._drop_channel(uuid)
+            return
+        console._attached_boot = key
+
+    def _stopped(self, domain):
+        """The domain has stopped (destroy, shutdown): let go of its VMM's channel."""
+        self._drop_channel(str(domain.uuid))
+
+    # -- lifecycle on the host side -----------------------------------------------------------
+    def _start(self, domain):
+        uuid = str(domain.uuid)
+        with self._lock:
+            record = self._reconcile(uuid)
+            lock = launcher.DomainLock(self.state_dir.vmm_lockfile(uuid))
+            try:
+                if not lock.try_acquire():
+                    info = self._act(domain, A.Info())
+                    lifecycle.check(A.Boot(), DomainState(info["state"]), record.name)
+                    raise StateError(f"cannot start domain {record.name!r}: another host is starting it",
+                                     state=DomainState(info["state"]), operation="start")
+                lifecycle.check(A.Boot(), DomainState(record.state), record.name)
+                from ..config import preflight
+
+                config = DomainConfig.from_dict(record.config)
+                self._check_can_start(config)
+                preflight(config)
+                plans = self._plan_nics(config) if config.nics else []
+                if self.in_process:
+                    self._start_in_process(uuid, record, config, plans)
+                    self._vmm_locks[uuid], lock = lock, None  # held while the Vmm lives
+                else:
+                    self._spawn(uuid, record, config, plans, lock)
+            finally:
+                if lock is not None:
+                    lock.close()
+            self._drop_channel(uuid)  # a new VMM: a new channel
+        domain.console._ensure()
+
+    def _spawn(self, uuid, record, config, plans, lock):
+        from ..vmm.process import open_host_resources
+
+        with open_host_resources(self.kvm_path, config, plans) as res:
+            launcher.spawn_vmm(self.state_dir, config, persistent=record.persistent, lock=lock,
+                               kvm_fd=res.kvm_fd, disk_fds=res.disk_fds, nics=res.nics)
+
+    def _start_in_process(self, uuid, record, config, plans):
+        from ..vmm.process import local_nics, machine_factory, store_hook
+        from ..vmm.vmm import ConsoleLog, Vmm
+
+        old = self._vmms.pop(uuid, None)
+        if old is not None:
+            old.close()
+        console_log = ConsoleLog(self.state_dir.console_log(config.name))
+        vmm = Vmm(config, factory=machine_factory(self.kvm, nics=local_nics(plans)),
+                  next_id=self.store.next_domain_id,
+                  on_state=store_hook(self.store, uuid, record.persistent), console_log=console_log)
+        vmm.start()
+        try:
+            vmm.handle(A.Boot())
+        except BaseException:
+            vmm.close()
+            console_log.close()
+            raise
+        self._vmms[uuid] = vmm
+
+    def _check_can_start(self, config):
+        caps_max = self.kvm.check_extension(kvm_h.KVM_CAP_MAX_VCPUS) or 4
+        if config.vcpus > caps_max:
+            raise ConfigError(f"domain {config.name!r} wants {config.vcpus} vCPUs; this host allows {caps_max}")
+
+    def _running_configs(self, exclude):
+        out = []
+        for record in self.store.domains():
+            if record.uuid != exclude and record.state in (DomainState.RUNNING.value, DomainState.PAUSED.value):
+                out.append(DomainConfig.from_dict(record.config))
+        return out
+
+    def _plan_nics(self, config):
+        in_use = {}
+        for other in self._running_configs(str(config.uuid)):
+            for mac in effective_macs(other.nics, other.uuid):
+                in_use[mac] = other.name
+        return plan_nics(config, self._networks, in_use)
+
+    def _rename(self, domain, new_name):
+        record = self._record(domain)
+        config = DomainConfig.from_dict(record.config).replace(name=new_name)
+        self.store.rename(record.uuid, config.name)
+        self.store.update_config(record.uuid, config.to_dict())
+
+    def _undefine(self, domain):
+        uuid = str(domain.uuid)
+        record = self._reconcile(uuid)
+        _, channel = self._channel(uuid)
+        state = DomainState(self._act(domain, A.Info())["state"]) if channel else DomainState(record.state)
+        if state not in STOPPED:
+            raise StateError(f"cannot undefine domain {record.name!r}: it is {state.value} "
+                             "(allowed when crashed, shutoff)", state=state, operation="undefine")
+        self.store.remove_domain(uuid)
+        with self._lock:
+            self._handles.pop(uuid, None)
+        self._drop_channel(uuid)
+
+    # -- networks -----------------------------------------------------------------------------
+    def define_network(self, network):
+        """Make an :class:`xvm.Network` known to the host (inactive); returns a HostNetwork."""
+        return self._networks.define(network)
+
+    def create_network(self, network):
+        """Define a network and start it (its bridge is created now)."""
+        net = self._networks.define(network)
+        try:
+            return net.start()
+        except BaseException:
+            self._networks.forget(net)
+            raise
+
+    def networks(self):
+        return self._networks.list()
+
+    def lookup_network(self, name):
+        """The HostNetwork called ``name``; raises NotFoundError."""
+        return self._networks.lookup(name)
+
+    def _forget_network(self, net):
+        self._networks.forget(net)
+
+    def _network_users(self, net):
+        return {cfg.name for cfg in self._running_configs(None)
+                if any(n.network == net.name or n.bridge == net.bridge for n in cfg.nics)}
+
+    # -- closing ------------------------------------------------------------------------------
+    def close(self):
+        """Let go of this host.  Running domains keep running (their VMMs are processes of
+        their own), except in-process ones, which end with this host."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            handles = list(self._handles.values())
+            vmms = list(self._vmms.values())
+            self._vmms.clear()
+        for handle in handles:
+            handle.console._reset_attachment()
+        for vmm in vmms:  # in-process domains end with this host
+            try:
+                vmm.handle(A.Destroy())
+            except XvmError:
+                pass
+            vmm.close()
+        for uuid in list(self._channels):
+            self._drop_channel(uuid)
+        for lock in self._vmm_locks.values():
+            lock.close()
+        self._vmm_locks.clear()
+        launcher.reap()
+        for net in self._networks.list():  # bridges xvm made, unless a running domain uses one
+            if net.active and net.created and not self._network_users(net):
+                net.destroy()
+        self.store.close()
+        self.kvm.close()
+
+
+def _offline_info(record):
+    config = record.config
+    return {"name": record.name, "uuid": record.uuid, "id": None, "state": record.state,
+            "boot_count": 0, "crash_reason": record.reason if record.state == "crashed" else None,
+            "pid": None, "vcpus": config.get("vcpus"), "memory_mib": config.get("memory_mib"),
+            "started_at": None, "vcpu_thread_ids": []}

@@ -1,0 +1,2 @@
+"""One domain's VMM: its control protocol (:mod:`.protocol`) and the actions it carries
+(:mod:`.actions`)."""

@@ -1,0 +1,380 @@
+"""Actions: the lifecycle operations as plain, frozen, JSON-able data.
+
+Each action is a frozen, keyword-only dataclass registered with :func:`action`.
+``Pause().to_json()`` is ``{"type": "Pause"}``; :func:`decode_action` turns
+such a dict (from a request) back into the action, checking every field.
+Field types are limited to what JSON carries: ``int`` (never a bool),
+``float`` (an int is accepted), ``str``, ``bool``, ``bytes`` (a base64 string
+in JSON), ``dict`` (a JSON object), ``list[str]`` and ``X | None``.
+
+:data:`VMM_ACTIONS` are served by one domain's VMM, :data:`HOST_ACTIONS` by
+xvmd; :class:`DomainRequest` carries one VMM action through xvmd to a domain.
+"""
+import dataclasses
+import math
+import types
+import typing
+
+from .protocol import BadAction, BadPayload, b64, json_type, unb64
+
+_ACTIONS = {}
+
+
+def _short(name, limit=64):
+    text = repr(name)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# --- field types --------------------------------------------------------------------------------
+
+class _Mismatch(Exception):
+    """A value does not fit a field type; ``str()`` says what was expected."""
+
+
+class _Scalar:
+    def __init__(self, python_type, name):
+        self.python_type = python_type
+        self.name = name
+
+    def check(self, value):
+        if isinstance(value, bool) and self.python_type is not bool:
+            raise _Mismatch
+        if self.python_type is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, self.python_type):
+            raise _Mismatch
+        if self.python_type is float and not math.isfinite(value):
+            raise _Mismatch
+        return value
+
+    from_json = check
+
+    def to_json(self, value):
+        return value
+
+
+class _Bytes:
+    name = "bytes (a base64 string)"
+
+    def check(self, value):
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise _Mismatch
+        return bytes(value)
+
+    def from_json(self, value):
+        if not isinstance(value, str):
+            raise _Mismatch
+        try:
+            return unb64(value)
+        except BadPayload as exc:
+            raise _Mismatch(f"is {exc}") from None
+
+    def to_json(self, value):
+        return b64(value)
+
+
+class _Dict:
+    name = "an object"
+
+    def check(self, value):
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise _Mismatch
+        return value
+
+    from_json = check
+
+    def to_json(self, value):
+        return value
+
+
+class _StrList:
+    name = "a list of strings"
+
+    def check(self, value):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise _Mismatch
+        return list(value)
+
+    from_json = check
+
+    def to_json(self, value):
+        return list(value)
+
+
+class _Optional:
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = f"{inner.name} or null"
+
+    def check(self, value):
+        return None if value is None else self.inner.check(value)
+
+    def from_json(self, value):
+        return None if value is None else self.inner.from_json(value)
+
+    def to_json(self, value):
+        return None if value is None else self.inner.to_json(value)
+
+
+_SCALARS = {int: _Scalar(int, "an int"), float: _Scalar(float, "a number"),
+            str: _Scalar(str, "a string"), bool: _Scalar(bool, "a bool"),
+            bytes: _Bytes(), dict: _Dict()}
+
+
+def _field_type(annotation):
+    if annotation in _SCALARS:
+        return _SCALARS[annotation]
+    if annotation == list[str]:
+        return _StrList()
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (types.UnionType, typing.Union) and len(args) == 2 and type(None) in args:
+        inner = args[0] if args[1] is type(None) else args[1]
+        return _Optional(_field_type(inner))
+    raise TypeError(f"unsupported action field type {annotation!r}")
+
+
+# --- the registry -------------------------------------------------------------------------------
+
+class Action:
+    """Base of every action; subclasses are declared with :func:`action`."""
+
+    _fields = {}  # name -> field type, set by @action
+
+    def __post_init__(self):
+        for name, kind in self._fields.items():
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, kind.check(value))
+            except _Mismatch:
+                raise BadAction(f"{type(self).__name__}.{name} must be {kind.name}, not "
+                                f"{type(value).__name__}") from None
+
+    def to_json(self):
+        """``{"type": ClassName, **fields}``, with bytes as base64."""
+        return {"type": type(self).__name__,
+                **{name: kind.to_json(getattr(self, name)) for name, kind in self._fields.items()}}
+
+
+def action(cls):
+    """Class decorator: make *cls*, an :class:`Action` subclass, a frozen dataclass; register it."""
+    if not (isinstance(cls, type) and issubclass(cls, Action)):
+        raise TypeError(f"{cls!r} is not an Action subclass")
+    if cls.__name__ in _ACTIONS:
+        raise ValueError(f"an action named {cls.__name__!r} is already registered")
+    cls = dataclasses.dataclass(frozen=True, kw_only=True)(cls)
+    hints = typing.get_type_hints(cls)
+    cls._fields = {f.name: _field_type(hints[f.name]) for f in dataclasses.fields(cls)}
+    cls._required = frozenset(
+        f.name for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    _ACTIONS[cls.__name__] = cls
+    return cls
+
+
+def decode_action(obj, allowed=None):
+    """A decoded JSON value -> the :class:`Action` it describes; :class:`BadAction` otherwise.
+
+    *allowed* (action classes or names) limits which actions are accepted.
+    """
+    if not isinstance(obj, dict):
+        raise BadAction(f"an action must be a JSON object, not {json_type(obj)}")
+    if "type" not in obj:
+        raise BadAction("an action needs a 'type'")
+    name = obj["type"]
+    if not isinstance(name, str):
+        raise BadAction(f"an action's 'type' must be a string, not {json_type(name)}")
+    cls = _ACTIONS.get(name)
+    if cls is None:
+        raise BadAction(f"unknown action {_short(name)}")
+    if allowed is not None:
+        names = [a if isinstance(a, str) else a.__name__ for a in allowed]
+        if name not in names:
+            raise BadAction(f"action {name!r} is not accepted here (accepted: "
+                            f"{', '.join(names)})")
+    fields = cls._fields
+    unknown = [key for key in obj if key != "type" and key not in fields]
+    if unknown:
+        raise BadAction(f"{name}: unknown field{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(_short(key) for key in sorted(unknown)[:5])}")
+    missing = sorted(cls._required - obj.keys())
+    if missing:
+        raise BadAction(f"{name}: missing field{'s' if len(missing) > 1 else ''} "
+                        f"{', '.join(map(repr, missing))}")
+    values = {}
+    for key, value in obj.items():
+        if key == "type":
+            continue
+        kind = fields[key]
+        try:
+            values[key] = kind.from_json(value)
+        except _Mismatch as exc:
+            detail = str(exc) or f"must be {kind.name}, not {json_type(value)}"
+            raise BadAction(f"{name}.{key} {detail}") from None
+    return cls(**values)
+
+
+# --- the domain (VMM) actions -------------------------------------------------------------------
+
+@action
+class Boot(Action):
+    """Start the guest (from shutoff or crashed)."""
+
+
+@action
+class Pause(Action):
+    """Stop running the vCPUs; the guest keeps its state."""
+
+
+@action
+class Resume(Action):
+    """Run the vCPUs of a paused guest again."""
+
+
+@action
+class PowerButton(Action):
+    """Press the ACPI power button: ask the guest to shut down."""
+
+
+@action
+class Reset(Action):
+    """Reset the machine (the guest reboots)."""
+
+
+@action
+class Destroy(Action):
+    """Stop the guest at once (pulling the plug)."""
+
+
+@action
+class Info(Action):
+    """The domain's state, id, name and configuration."""
+
+
+@action
+class Stats(Action):
+    """The domain's counters (vCPU exits, device metrics)."""
+
+
+@action
+class Ping(Action):
+    """Check that the VMM answers; does nothing."""
+
+
+@action
+class ConsoleAttach(Action):
+    """Subscribe this connection to console output (events), the buffered history first if asked."""
+
+    history: bool = True
+
+
+@action
+class ConsoleInput(Action):
+    """Bytes typed on the guest's console."""
+
+    data: bytes
+
+
+@action
+class Quit(Action):
+    """Ask the VMM process to exit once the machine is stopped."""
+
+
+@action
+class Wait(Action):
+    """Block until the domain is in one of ``states`` (state names); the reply is the state,
+    or None after ``timeout`` seconds (None: no limit).  Served by the connection, never
+    by the control thread."""
+
+    states: list[str]
+    timeout: float | None = None
+
+
+VMM_ACTIONS = (Boot, Pause, Resume, PowerButton, Reset, Destroy, Info, Stats, Ping,
+               ConsoleAttach, ConsoleInput, Quit, Wait)
+
+
+# --- the host (xvmd) actions --------------------------------------------------------------------
+
+@action
+class ListDomains(Action):
+    """Every domain the host knows: defined ones and running transient ones."""
+
+
+@action
+class LookupDomain(Action):
+    """One domain by name, UUID or id."""
+
+    key: str
+
+
+@action
+class Define(Action):
+    """Store a domain configuration (persistent domain)."""
+
+    config: dict
+
+
+@action
+class Create(Action):
+    """Start a transient domain from a configuration."""
+
+    config: dict
+
+
+@action
+class Undefine(Action):
+    """Forget a stored domain."""
+
+    domain: str
+
+
+@action
+class Rename(Action):
+    """Rename a stored domain."""
+
+    domain: str
+    new_name: str
+
+
+@action
+class DomainRequest(Action):
+    """Forward one VMM action to a domain's VMM; ``action`` is that action's JSON form.
+
+    An :class:`Action` may be given instead of the dict; either way it is
+    checked against :data:`VMM_ACTIONS` and kept in its canonical JSON form.
+    """
+
+    domain: str
+    action: dict
+
+    def __post_init__(self):
+        if isinstance(self.action, Action):
+            object.__setattr__(self, "action", self.action.to_json())
+        super().__post_init__()
+        try:
+            inner = decode_action(self.action, allowed=VMM_ACTIONS)
+        except BadAction as exc:
+            raise BadAction(f"DomainRequest.action: {exc}") from None
+        object.__setattr__(self, "action", inner.to_json())
+
+    @property
+    def vmm_action(self):
+        """The forwarded action, decoded."""
+        return decode_action(self.action, allowed=VMM_ACTIONS)
+
+
+@action
+class Capabilities(Action):
+    """What the host offers: protocol version, KVM features, limits."""
+
+
+@action
+class SetAutostart(Action):
+    """Start (or not) the domain when the host service starts."""
+
+    domain: str
+    on: bool
+
+
+HOST_ACTIONS = (ListDomains, LookupDomain, Define, Create, Undefine, Rename, DomainRequest,
+                Capabilities, SetAutostart)

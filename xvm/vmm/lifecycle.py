@@ -1,0 +1,52 @@
+"""Domain states and the one table that says which action is legal in which state."""
+import enum
+
+from . import actions as A
+
+
+class DomainState(enum.Enum):
+    SHUTOFF = "shutoff"
+    RUNNING = "running"
+    PAUSED = "paused"
+    CRASHED = "crashed"
+
+
+S = DomainState
+ANY = frozenset(DomainState)
+
+# action type: (states it is legal in, state after it; None = unchanged)
+TRANSITIONS = {
+    A.Boot: ({S.SHUTOFF, S.CRASHED}, S.RUNNING),
+    A.Pause: ({S.RUNNING}, S.PAUSED),
+    A.Resume: ({S.PAUSED}, S.RUNNING),
+    A.PowerButton: ({S.RUNNING}, None),
+    A.Reset: ({S.RUNNING}, S.RUNNING),
+    A.Destroy: ({S.RUNNING, S.PAUSED, S.CRASHED}, S.SHUTOFF),
+    A.ConsoleInput: ({S.RUNNING, S.PAUSED}, None),
+    A.Quit: ({S.SHUTOFF, S.CRASHED}, None),
+    A.Info: (ANY, None),
+    A.Stats: (ANY, None),
+    A.Ping: (ANY, None),
+    A.ConsoleAttach: (ANY, None),
+    A.Wait: (ANY, None),
+}
+
+# What the action is called in messages ("cannot pause domain 'x': it is shutoff").
+VERBS = {
+    A.Boot: "start", A.Pause: "pause", A.Resume: "resume", A.PowerButton: "shut down",
+    A.Reset: "reboot", A.Destroy: "destroy", A.ConsoleInput: "write to the console of",
+    A.Quit: "quit the VMM of",
+}
+
+
+def check(action, state, name):
+    """The state after ``action`` (None: unchanged); StateError if it is illegal now."""
+    from ..errors import StateError
+
+    legal, after = TRANSITIONS[type(action)]
+    if state not in legal:
+        verb = VERBS.get(type(action), type(action).__name__)
+        allowed = ", ".join(sorted(s.value for s in legal))
+        raise StateError(f"cannot {verb} domain {name!r}: it is {state.value} (allowed when {allowed})",
+                         state=state, operation=verb)
+    return after

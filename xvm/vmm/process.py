@@ -1,0 +1,245 @@
+"""What a VMM needs around its :class:`~xvm.vmm.vmm.Vmm`: the real machine factory,
+the store hook, and the body of the VMM process (:func:`run_domain`)."""
+import logging
+import os
+import signal
+import threading
+
+from ..errors import NotFoundError, XvmError
+from . import actions as A
+from . import protocol as P
+from .lifecycle import DomainState
+
+log = logging.getLogger(__name__)
+
+STOPPED = (DomainState.SHUTOFF, DomainState.CRASHED)
+# A VMM whose host never asked it to boot, or went away before, does not linger.
+
+
+class KvmMachine:
+    """The real machine behind the :class:`~xvm.vmm.vmm.Vmm` factory protocol."""
+
+    def __init__(self, machine):
+        self._machine = machine
+
+    @property
+    def machine(self):
+        return self._machine
+
+    def start(self):
+        self._machine.start()
+
+    def pause(self):
+        self._machine.pause()
+
+    def resume(self):
+        self._machine.resume()
+
+    def power_button(self):
+        self._machine.acpi_pm.raise_power_button()
+
+    def console_input(self, data):
+        self._machine.serial.receive(data)
+
+    def stats(self):
+        return self._machine.stats()
+
+    def vcpu_thread_ids(self):
+        return self._machine.vcpu_thread_ids()
+
+    def close(self):
+        self._machine.close()
+
+
+def machine_factory(kvm, *, disk_fds=None, nics=()):
+    """A factory building KVM machines on ``kvm``.
+
+    ``disk_fds``: None to open each configured disk by path (in-process use), or one
+    open descriptor per disk, opened and locked by the host; each boot gets its own
+    duplicate, so the lock is held until the VMM ends.  ``nics``: one per configured
+    NIC, each with ``for_boot()`` giving what the machine builder takes.
+    """
+
+    def build(config, console_sink, on_exit):
+        holder = []
+
+        def exited(exit_):
+            on_exit(holder[0] if holder else None, exit_)
+
+        machine = _build_legacy(kvm, config, console_sink, [nic.for_boot() for nic in nics], exited)
+        wrapped = KvmMachine(machine)
+        holder.append(wrapped)
+        return wrapped
+
+    return build
+
+
+def _build_legacy(kvm, config, console_sink, nics, on_exit):
+    # TEMPORARY until build_machine lands: today's Machine plus a watcher thread.
+    from ..machine.machine import Machine
+
+    machine = Machine(kvm, vcpus=config.vcpus, memory_bytes=config.memory_bytes, kernel=config.kernel,
+                      initrd=config.initrd, cmdline=config.cmdline, console_sink=console_sink,
+                      disabled_cpu_features=config.disable_cpu_features, disks=config.disks,
+                      virtio_transport=config.virtio_transport, nics=nics)
+    original_start = machine.start
+
+    def start():
+        original_start()
+        threading.Thread(target=lambda: on_exit(machine.wait()), daemon=True,
+                         name=f"xvm-watch-{config.name}").start()
+
+    machine.start = start
+    machine.stats = lambda: {}
+    machine.vcpu_thread_ids = lambda: [v.thread_id or 0 for v in machine.vm.vcpus]
+    return machine
+
+
+class PlanNic:
+    """A NIC whose TAP the machine opens at each boot (in-process VMMs, which have the
+    host's privileges)."""
+
+    def __init__(self, plan):
+        self.plan = plan
+
+    def for_boot(self):
+        return self.plan
+
+    def spec(self):
+        return {"mac": self.plan.mac, "bridge": self.plan.bridge, "mtu": self.plan.mtu}
+
+    @classmethod
+    def from_message(cls, spec, fds):
+        from ..net.nic import NicPlan
+        return cls(NicPlan(spec["mac"], spec["bridge"], spec["mtu"]))
+
+
+def local_nics(plans):
+    return [PlanNic(plan) for plan in plans]
+
+
+class HostResources:
+    """What the host opens for a VMM process: /dev/kvm, the disks, the TAPs."""
+
+    def __init__(self, kvm_path, config, plans):
+        self.kvm_fd = -1
+        self.disk_fds = []
+        self.nics = [(PlanNic(plan).spec(), None) for plan in plans]
+        try:
+            self.kvm_fd = os.open(kvm_path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            from ..errors import KvmUnavailableError
+            raise KvmUnavailableError(f"cannot open {kvm_path}: {e.strerror}", e.errno) from None
+
+    def close(self):
+        if self.kvm_fd >= 0:
+            os.close(self.kvm_fd)
+            self.kvm_fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_host_resources(kvm_path, config, plans):
+    return HostResources(kvm_path, config, plans)
+
+
+def store_hook(store, uuid, persistent, finished=None):
+    """``on_state`` for a Vmm: the store follows the domain's state; a transient
+    domain is forgotten when it stops; ``finished`` is set when the domain has
+    stopped for good."""
+
+    def on_state(vmm, state):
+        try:
+            if state not in STOPPED:
+                store.set_state(uuid, state.value)
+            elif persistent:
+                store.set_state(uuid, state.value, vmm.crash_reason)
+            else:
+                store.remove_domain(uuid)
+        except NotFoundError:
+            pass
+        if state in STOPPED and finished is not None:
+            finished.set()
+
+    return on_state
+
+
+def run_domain(init, message, fds):
+    """The VMM process's body (see :mod:`xvm.vmm.__main__`); returns the exit status."""
+    from ..config import DomainConfig
+    from ..host.paths import StateDir
+    from ..kvm.system import Kvm
+    from ..kvm.vcpu import install_kick_handler
+    from ..store import Store
+    from .server import VmmServer
+    from .vmm import ConsoleLog, Vmm
+
+    finished = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: finished.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    install_kick_handler()
+    server = vmm = store = kvm = console_log = None
+    state_dir = None
+    try:
+        config = DomainConfig.from_dict(message["config"])
+        uuid = str(config.uuid)
+        state_dir = StateDir(message["state_dir"])
+        resources = message["resources"]
+        kvm = Kvm.from_fd(fds[resources["kvm"]])
+        disk_fds = [fds[i] for i in resources["disks"]] or None
+        nics = [_nic_from_message(spec, fds) for spec in resources["nics"]]
+        store = Store(state_dir.store)
+        console_log = ConsoleLog(state_dir.console_log(config.name))
+        vmm = Vmm(config, factory=machine_factory(kvm, disk_fds=disk_fds, nics=nics),
+                  next_id=store.next_domain_id,
+                  on_state=store_hook(store, uuid, message["persistent"], finished),
+                  console_log=console_log).start()
+        server = VmmServer(vmm, state_dir.vmm_socket(uuid)).start()
+        with open(state_dir.vmm_pidfile(uuid), "w") as f:
+            f.write(f"{os.getpid()}\n")
+        info = vmm.handle(A.Boot())
+    except BaseException as e:
+        _send_quietly(init, P.error_reply(0, e))
+        _cleanup(server, vmm, store, kvm, console_log, state_dir, message)
+        return 1
+    _send_quietly(init, P.reply(0, info))
+    init.close()
+    finished.wait()
+    if vmm.state not in STOPPED:  # SIGTERM: the host is going away and asked us to stop
+        try:
+            vmm.handle(A.Destroy())
+        except XvmError:
+            pass
+    _cleanup(server, vmm, store, kvm, console_log, state_dir, message)
+    return 0
+
+
+def _nic_from_message(spec, fds):
+    return PlanNic.from_message(spec, fds)
+
+
+def _cleanup(server, vmm, store, kvm, console_log, state_dir, message):
+    if server is not None:
+        server.close()
+    if state_dir is not None:
+        try:
+            uuid = str(message["config"]["uuid"])
+            os.unlink(state_dir.vmm_pidfile(uuid))
+        except (OSError, KeyError, TypeError):
+            pass
+    if vmm is not None:
+        vmm.close()
+    for thing in (console_log, store, kvm):
+        if thing is not None:
+            thing.close()
+
+
+def _send_quietly(sock, message):
+    try:
+        P.send_message(sock, message)
+    except OSError:
+        pass

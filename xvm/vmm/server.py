@@ -1,0 +1,158 @@
+"""The VMM's control socket: actions in, replies and console events out.
+
+One thread per connection.  A connection sends requests (``{"id", "action"}``) and
+gets one reply each, in order.  Two requests are served by the connection itself
+rather than the control thread:
+
+* ``ConsoleAttach``: the reply carries the retained console output (base64) and
+  whether input is open; from then on the connection only *receives* events —
+  ``{"event": "console", "data"}``, ``{"event": "console-open"}`` and
+  ``{"event": "console-closed", "reason"}`` — until either side closes it.  A client
+  that falls too far behind is disconnected (:mod:`~xvm.vmm.streams`).
+* ``Wait``: blocks this connection (never the control thread) until the domain is
+  in one of the given states or the timeout passes.
+
+Every message is validated (:func:`~xvm.vmm.protocol.recv_message`,
+:func:`~xvm.vmm.actions.decode_action`); a malformed one gets an error reply, or
+closes the connection if the framing itself is broken, and never reaches the VMM.
+"""
+import logging
+import os
+import socket
+import threading
+
+from ..errors import XvmError
+from . import actions as A
+from . import protocol as P
+from .lifecycle import DomainState
+from .streams import stream_console
+
+log = logging.getLogger(__name__)
+
+ACCEPTED = A.VMM_ACTIONS
+
+
+class VmmServer:
+    def __init__(self, vmm, path):
+        self.vmm = vmm
+        self.path = path
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        old_umask = os.umask(0o177)
+        try:
+            self._listener.bind(path)
+        finally:
+            os.umask(old_umask)
+        self._listener.listen(64)
+        self._connections = set()
+        self._threads = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._acceptor = threading.Thread(target=self._accept_loop, name="xvm-vmm-accept", daemon=True)
+
+    def start(self):
+        self._acceptor.start()
+        return self
+
+    def close(self):
+        """Stop accepting, remove the socket file, end every connection."""
+        with self._lock:
+            self._closed = True
+            connections = list(self._connections)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._acceptor.is_alive() and self._acceptor is not threading.current_thread():
+            self._acceptor.join(2)
+        for thread in list(self._threads):
+            if thread is not threading.current_thread():
+                thread.join(2)
+
+    # -- connections --------------------------------------------------------------------------
+    def _accept_loop(self):
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                    return
+                self._connections.add(conn)
+                thread = threading.Thread(target=self._serve, args=(conn,), name="xvm-vmm-conn", daemon=True)
+                self._threads.add(thread)
+            thread.start()
+
+    def _serve(self, conn):
+        try:
+            while True:
+                try:
+                    message, fds = P.recv_message(conn)
+                except P.ConnectionClosed:
+                    return
+                except P.ProtocolError as e:
+                    _try_send(conn, P.error_reply(None, e))
+                    return  # the framing is broken: nothing after it can be trusted
+                for fd in fds:  # no VMM action takes descriptors (yet)
+                    os.close(fd)
+                request_id = message.get("id")
+                try:
+                    if not isinstance(request_id, int) or isinstance(request_id, bool):
+                        raise P.BadPayload("a request needs an integer 'id'")
+                    action = A.decode_action(message.get("action"), allowed=ACCEPTED)
+                except XvmError as e:
+                    P.send_message(conn, P.error_reply(request_id if isinstance(request_id, int) else None, e))
+                    continue
+                if isinstance(action, A.ConsoleAttach):
+                    self._stream_console(conn, request_id, action)
+                    return
+                try:
+                    result = self._wait(action) if isinstance(action, A.Wait) else self.vmm.handle(action)
+                except BaseException as e:
+                    reply = P.error_reply(request_id, e)
+                else:
+                    reply = P.reply(request_id, result)
+                P.send_message(conn, reply)
+        except OSError:
+            return  # the client went away mid-reply
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+                self._threads.discard(threading.current_thread())
+            conn.close()
+
+    def _wait(self, action):
+        try:
+            states = {DomainState(s) for s in action.states}
+        except ValueError:
+            raise P.BadPayload(f"Wait: states must be among {[s.value for s in DomainState]}, "
+                               f"not {action.states!r}") from None
+        timeout = None if action.timeout is None or action.timeout < 0 else action.timeout
+        state = self.vmm.wait_for(states, timeout)
+        return state.value if state is not None else None
+
+    def _stream_console(self, conn, request_id, action):
+        stream_console(conn, request_id, lambda listener: self.vmm.console.subscribe(listener, action.history),
+                       self.vmm.config.name)
+
+
+def _try_send(conn, message):
+    try:
+        P.send_message(conn, message)
+    except OSError:
+        pass

@@ -1,0 +1,309 @@
+"""One domain's VMM: actions checked against one table and run on one control thread.
+
+Every lifecycle operation is an :mod:`~xvm.vmm.actions` value handed to
+:meth:`Vmm.handle`, from any thread (the socket server's connection threads, or
+the caller itself when the VMM runs in-process).  They queue for the control
+thread, which checks each against :data:`~xvm.vmm.lifecycle.TRANSITIONS` and
+runs it; an illegal action raises :class:`~xvm.errors.StateError` and changes
+nothing.  What the guest does to its machine — power off, reset, crash — reaches
+the same thread as an event (the machine's ``on_exit``), so the domain's state
+has one writer.
+
+The machine comes from a *factory*, ``factory(config, console_sink, on_exit)``,
+returning an object with ``start() pause() resume() power_button() close()
+console_input(bytes) stats() vcpu_thread_ids()``: the real one builds a KVM
+machine (:func:`machine_factory`), the tests' a fake.
+"""
+import logging
+import os
+import queue
+import threading
+import time
+
+from ..console import Console
+from ..errors import XvmError
+from . import actions as A
+from . import lifecycle
+from .lifecycle import DomainState
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class VmmGone(XvmError):
+    """The domain's VMM is not there (it ended, or was killed)."""
+
+
+class _Pending:
+    """One queued action and where its outcome goes."""
+
+    __slots__ = ("action", "done", "result", "error")
+
+    def __init__(self, action):
+        self.action = action
+        self.done = threading.Event()
+        self.result = None
+        self.error = None
+
+
+class Vmm:
+    """The VMM of one domain.  ``start()`` starts its control thread; ``close()`` ends it."""
+
+    def __init__(self, config, *, factory, next_id, on_state=None, console=None, console_log=None,
+                 linger=False):
+        self.config = config
+        self._factory = factory
+        self._next_id = next_id  # callable -> a new per-boot domain id
+        self._on_state = on_state  # callable(vmm, state) after every change, on the control thread
+        self.console = console if console is not None else Console()
+        self._console_log = console_log  # ConsoleLog or None
+        self.state = DomainState.SHUTOFF
+        self.id = None
+        self.boot_count = 0
+        self.crash_reason = None
+        self.started_at = None
+        self.machine = None
+        self._inbox = queue.SimpleQueue()
+        self._changed = threading.Condition()
+        self._thread = None
+        self._closed = False
+        self._inbox_lock = threading.Lock()
+        self._linger = linger  # keep the control thread after the domain stops for good
+        self.quit_requested = threading.Event()
+
+    def __repr__(self):
+        return f"<Vmm {self.config.name!r} {self.state.value} id={self.id}>"
+
+    # -- the control thread -------------------------------------------------------------------
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name=f"xvm-vmm-{self.config.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def handle(self, action):
+        """Run ``action`` on the control thread; returns its result or raises its error."""
+        if not isinstance(action, A.Action):
+            raise TypeError(f"Vmm.handle takes an action, not {type(action).__name__}")
+        if threading.current_thread() is self._thread:
+            return self._dispatch(action)
+        pending = _Pending(action)
+        with self._inbox_lock:
+            if self._thread is None or self._closed:
+                raise VmmGone(f"the VMM of domain {self.config.name!r} has ended")
+            self._inbox.put(pending)
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def close(self):
+        """Destroy the machine if there is one and end the control thread."""
+        if self._thread is not None and self._thread.is_alive():
+            if threading.current_thread() is not self._thread:
+                self._inbox.put(_STOP)
+                self._thread.join()
+                return
+        self._teardown("the VMM was closed")
+
+    def wait_for(self, states, timeout=None):
+        """Block until the state is one of ``states``; returns it (None on timeout)."""
+        with self._changed:
+            if self._changed.wait_for(lambda: self.state in states, timeout):
+                return self.state
+            return None
+
+    def _run(self):
+        try:
+            self._loop()
+        finally:
+            with self._inbox_lock:
+                self._closed = True
+            while True:  # whatever was queued meanwhile fails, never waits forever
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, _Pending):
+                    item.error = VmmGone(f"the VMM of domain {self.config.name!r} has ended")
+                    item.done.set()
+
+    def _loop(self):
+        while True:
+            item = self._inbox.get()
+            if item is _STOP:
+                self._teardown("the VMM was closed")
+                return
+            if isinstance(item, _Pending):
+                try:
+                    item.result = self._dispatch(item.action)
+                except BaseException as e:  # handed to the caller, whatever it is
+                    item.error = e
+                item.done.set()
+            else:
+                machine, exit_ = item
+                try:
+                    self._machine_exited(machine, exit_)
+                except Exception:
+                    log.exception("domain %s: handling the machine's exit failed", self.config.name)
+            if not self._linger and self.boot_count and self.state in (DomainState.SHUTOFF, DomainState.CRASHED):
+                return  # stopped for good: this VMM's work is done
+
+    def _dispatch(self, action):
+        after = lifecycle.check(action, self.state, self.config.name)
+        result = getattr(self, "_do_" + type(action).__name__)(action)
+        if after is not None and after is not self.state:
+            self._set_state(after)
+        if isinstance(action, (A.Boot, A.Reset)):
+            return self._info()  # the new boot, as the caller will see it
+        return result
+
+    def _set_state(self, state):
+        with self._changed:
+            self.state = state
+            self._changed.notify_all()
+        if self._on_state is not None:
+            try:
+                self._on_state(self, state)
+            except Exception:
+                log.exception("domain %s: state hook failed", self.config.name)
+
+    # -- actions ------------------------------------------------------------------------------
+    def _do_Boot(self, action):
+        self._boot()
+        self.crash_reason = None
+
+    def _do_Pause(self, action):
+        self.machine.pause()
+
+    def _do_Resume(self, action):
+        self.machine.resume()
+
+    def _do_PowerButton(self, action):
+        self.machine.power_button()
+
+    def _do_Reset(self, action):
+        self._teardown(None)
+        try:
+            self._boot()
+        except XvmError as e:
+            self._crash(f"reboot failed: {e}")
+            raise
+
+    def _do_Destroy(self, action):
+        self._teardown("the domain was destroyed")
+
+    def _do_Info(self, action):
+        return self._info()
+
+    def _do_Stats(self, action):
+        stats = {"domain": self._info()}
+        if self.machine is not None:
+            stats.update(self.machine.stats())
+        return stats
+
+    def _do_Ping(self, action):
+        return "pong"
+
+    def _do_ConsoleInput(self, action):
+        self.console.write(action.data)
+
+    def _do_ConsoleAttach(self, action):
+        raise XvmError("ConsoleAttach is served by the connection, not the control thread")
+
+    def _do_Quit(self, action):
+        self.quit_requested.set()
+
+    def _info(self):
+        cfg = self.config
+        return {
+            "name": cfg.name, "uuid": str(cfg.uuid), "id": self.id, "state": self.state.value,
+            "boot_count": self.boot_count, "crash_reason": self.crash_reason, "pid": os.getpid(),
+            "vcpus": cfg.vcpus, "memory_mib": cfg.memory_mib, "started_at": self.started_at,
+            "vcpu_thread_ids": self.machine.vcpu_thread_ids() if self.machine is not None else [],
+        }
+
+    # -- machinery ----------------------------------------------------------------------------
+    def _boot(self):
+        machine = self._factory(self.config, self._console_sink, self._post_exit)
+        try:
+            machine.start()
+        except BaseException:
+            machine.close()
+            raise
+        self.machine = machine
+        self.id = self._next_id()
+        self.boot_count += 1
+        self.started_at = time.time()
+        self.console._attach(machine.console_input)
+
+    def _console_sink(self, data):
+        self.console._feed(data)
+        if self._console_log is not None:
+            self._console_log.write(data)
+
+    def _post_exit(self, machine, exit_):
+        """The machine's on_exit: called once from whichever thread noticed."""
+        self._inbox.put((machine, exit_))
+
+    def _teardown(self, detach_reason):
+        machine, self.machine = self.machine, None
+        self.id = None
+        if detach_reason is not None:
+            self.console._detach(detach_reason)
+        if machine is not None:
+            machine.close()
+
+    def _crash(self, reason):
+        self.crash_reason = reason
+        self._teardown("the domain crashed")
+        self._set_state(DomainState.CRASHED)
+
+    def _machine_exited(self, machine, exit_):
+        from ..machine.machine import ExitReason
+
+        if machine is not self.machine:
+            return  # this boot was already torn down (destroy, reboot)
+        if exit_.reason is ExitReason.RESET:
+            self._teardown(None)
+            try:
+                self._boot()
+            except XvmError as e:
+                self._crash(f"reboot failed: {e}")
+                return
+            self._set_state(DomainState.RUNNING)
+        elif exit_.reason is ExitReason.CRASH:
+            self._crash(exit_.detail or "the guest crashed")
+        else:
+            self._teardown("the domain powered off")
+            self._set_state(DomainState.SHUTOFF)
+
+
+class ConsoleLog:
+    """``<state>/log/<name>.log``: console output appended as it arrives, bounded and
+    rotated (one older file, ``.log.1``)."""
+
+    def __init__(self, path, limit=4 << 20):
+        self.path = path
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._file = open(path, "ab", buffering=0)
+        self._size = self._file.tell()
+
+    def write(self, data):
+        with self._lock:
+            if self._file is None:
+                return
+            if self._size + len(data) > self.limit:
+                self._file.close()
+                os.replace(self.path, self.path + ".1")
+                self._file = open(self.path, "ab", buffering=0)
+                self._size = 0
+            self._file.write(data)
+            self._size += len(data)
+
+    def close(self):
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
