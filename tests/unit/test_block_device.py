@@ -372,7 +372,7 @@ def test_features_without_discard_negotiated(image, memory, irq):
         dev.close()
 
 
-# -- hostile requests through the whole device (no worker: process_queue called directly) --
+# -- hostile requests through the whole device (no worker: the core's serve_queue called directly) --
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -382,7 +382,7 @@ class _Irq:
     def __init__(self):
         self.count = 0
 
-    def trigger(self, kind):
+    def trigger(self, kind, queue=None):
         self.count += 1
 
 
@@ -404,6 +404,7 @@ _HOSTILE_DESC = st.tuples(
        segment=st.binary(min_size=16, max_size=16),
        heads=st.lists(st.integers(0, 7), min_size=1, max_size=8))
 def test_hostile_requests_fail_alone(image, descs, headers, segment, heads):
+    from xvm.devices.virtio.batch import serve_queue
     from xvm.devices.virtio.queue import Queue
     from xvm.devices.virtio.testing import DriverRing
     with GuestMemory.create([(0, 0x400000)]) as memory:
@@ -421,7 +422,7 @@ def test_hostile_requests_fail_alone(image, descs, headers, segment, heads):
             dev.activate(memory, [queue], _Irq())
             for head in heads:
                 ring.publish(head)
-            dev.process_queue(0)  # never raises for per-request faults
+            serve_queue(dev, 0)  # never raises for per-request faults
             used = ring.take_used()
             assert sorted(h for h, _ in used) == sorted(heads)  # every request completed
             assert not dev.broken
@@ -430,7 +431,7 @@ def test_hostile_requests_fail_alone(image, descs, headers, segment, heads):
             ring.write_desc(1, STATUS, 1, VIRTQ_DESC_F_WRITE)
             memory.write(HDR, struct.pack("<IIQ", VIRTIO_BLK_T_FLUSH, 0, 0))
             ring.publish(0)
-            dev.process_queue(0)
+            serve_queue(dev, 0)
             assert ring.take_used() == [(0, 1)]
             assert memory.read(STATUS, 1)[0] == VIRTIO_BLK_S_OK
         finally:

@@ -47,21 +47,20 @@ class EchoDevice(VirtioDevice):
     def write_config(self, offset, data):
         self.config[offset:offset + len(data)] = data
 
-    def process_queue(self, index):
+    def process_queue(self, index, batch):
         self.threads.add(threading.current_thread().name)
         if self.fail_next:
             raise QueueError("test: ring broken")
-        queue = self.queues[index]
-        while (chain := queue.pop()) is not None:
-            data = chain.read()
-            n = 0
-            for view in chain.writable_views():
-                part = data[n:n + len(view)]
-                view[:len(part)] = part
-                n += len(part)
-            queue.add_used(chain.head, n)
-        if queue.needs_notification():
-            self.interrupt.trigger(InterruptKind.USED_BUFFER)
+        super().process_queue(index, batch)
+
+    def process_chain(self, index, chain):
+        data = chain.read()
+        n = 0
+        for view in chain.writable_views():
+            part = data[n:n + len(view)]
+            view[:len(part)] = part
+            n += len(part)
+        return n
 
     def reset(self):
         super().reset()

@@ -71,14 +71,11 @@ class EchoDevice(VirtioDevice):
     def config_space(self):
         return bytes(self.config)
 
-    def process_queue(self, index):
-        queue = self.queues[index]
-        while (chain := queue.pop()) is not None:
-            data = chain.read()
-            for view in chain.writable_views():
-                view[:len(data)] = data[:len(view)]
-            queue.add_used(chain.head, len(data))
-        self.interrupt.trigger(InterruptKind.USED_BUFFER)
+    def process_chain(self, index, chain):
+        data = chain.read()
+        for view in chain.writable_views():
+            view[:len(data)] = data[:len(view)]
+        return len(data)
 
 
 class Config:
