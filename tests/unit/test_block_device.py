@@ -456,3 +456,49 @@ def test_resize_sends_config_change(blk, image):
     os.truncate(image, 2 * DISK_SIZE + 100)
     with pytest.raises(Exception, match="not a multiple of 512"):
         dev.refresh_capacity()
+
+
+def test_guest_errors_counted_and_rate_limited(blk, memory, caplog):
+    """1000 malformed chains: each fails alone and is counted; the host log gets
+    a handful of one-line records and a "suppressed" summary, no traceback."""
+    import logging
+    import re
+    dev, mmio, drv = blk
+    ring = drv.ring
+    caplog.set_level(logging.DEBUG, logger="xvm")
+    for _ in range(10):
+        heads = []
+        for _ in range(100):
+            # One device-writable buffer outside guest RAM (§2.7.5).
+            head = ring.add_chain([(0x7FFF0000, 512, True)])
+            ring.publish(head)
+            heads.append(head)
+        drv.mmio_driver.kick(0)
+        assert sorted(ring.wait_used(100)) == sorted((h, 0) for h in heads)
+    assert dev.metrics.guest_error_count == 1000
+    assert dev.metrics.invalid_chain_count == 1000
+    assert not mmio.read(M.VIRTIO_MMIO_STATUS, 4) & VIRTIO_CONFIG_S_NEEDS_RESET
+    # A corrupt ring: one more guest error, the device needs a reset.
+    memory.write_u16(ring.avail_ring + 2, ring.avail_idx + 1000)
+    drv.mmio_driver.kick(0)
+    import time
+    deadline = time.monotonic() + 5
+    while not mmio.read(M.VIRTIO_MMIO_STATUS, 4) & VIRTIO_CONFIG_S_NEEDS_RESET:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert dev.metrics.guest_error_count == 1001
+    assert dev.metrics.queue_error_count == 1
+    mmio.write(M.VIRTIO_MMIO_STATUS, 4, 0)  # a reset logs what was suppressed
+    records = [r for r in caplog.records if r.name.startswith("xvm")]
+    print(f"\n{len(records)} log records for 1001 guest errors:")
+    for r in records:
+        print("  ", r.levelname, r.getMessage())
+    assert len(records) <= 12
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in records)
+    logged = [r for r in records if "malformed chain" in r.getMessage()]
+    assert logged and all(dev.name in r.getMessage() and "(§2.7.5)" in r.getMessage()
+                          for r in logged)
+    suppressed = sum(int(m.group(1)) for r in records
+                     if (m := re.search(r"(\d+) more suppressed", r.getMessage())))
+    ring_errors = [r for r in records if "avail.idx" in r.getMessage()]
+    assert len(logged) + len(ring_errors) + suppressed == 1001

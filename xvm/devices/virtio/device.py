@@ -206,6 +206,9 @@ class VirtioDevice:
         self.broken = False
         self.metrics = VirtioMetrics()  # devices replace it with their own subclass
         self.guest_log = RateLimitedLog(log, type(self).__name__)
+        # Broken rings get their own budget: at most one per reset, and the line
+        # that explains DEVICE_NEEDS_RESET must not drown among malformed chains.
+        self.ring_log = RateLimitedLog(log, type(self).__name__)
 
     @property
     def name(self):
@@ -213,7 +216,7 @@ class VirtioDevice:
 
     @name.setter
     def name(self, value):
-        self.guest_log.name = value
+        self.guest_log.name = self.ring_log.name = value
 
     @property
     def num_queues(self):
@@ -282,12 +285,12 @@ class VirtioDevice:
         length (bytes written into its device-writable buffers)."""
         raise NotImplementedError
 
-    def guest_error(self, index, error, what="guest error"):
+    def guest_error(self, index, error, what="guest error", *, _log=None):
         """The driver broke a rule (``error``'s text names it): count it and log
         one line, rate-limited."""
         self.metrics.guest_error_count += 1
-        where = f" on queue {index}" if index is not None else ""
-        self.guest_log.emit(logging.WARNING, "%s%s: %s", what, where, error)
+        where = f"queue {index}: " if index is not None else ""
+        (_log or self.guest_log).emit(logging.WARNING, "%s%s: %s", where, what, error)
 
     def invalid_chain(self, index, error):
         """A malformed chain (:class:`~.errors.ChainError`), returned unused."""
@@ -297,7 +300,7 @@ class VirtioDevice:
     def ring_error(self, index, error):
         """The ring itself is corrupt (§2.1.2): stop serving until reset."""
         self.metrics.queue_error_count += 1
-        self.guest_error(index, error, "ring unusable, device needs reset")
+        self.guest_error(index, error, "ring unusable, device needs reset", _log=self.ring_log)
         self.mark_broken()
 
     def mark_broken(self):
@@ -312,6 +315,7 @@ class VirtioDevice:
         self.interrupt = None
         self.broken = False
         self.guest_log.flush()
+        self.ring_log.flush()
 
     def event_sources(self):
         """Extra ``(fd, queue_index, work)`` triples for the worker's epoll (a TAP

@@ -51,8 +51,7 @@ class RateLimitedLog:
 
     def flush(self):
         if self.suppressed:
-            self.logger.log(self._suppressed_level,
-                            "%s: %d more suppressed in the last %.0fs", self.name,
-                            self.suppressed, self.interval)
+            self.logger.log(self._suppressed_level, "%s: %d more suppressed", self.name,
+                            self.suppressed)
             self.suppressed = 0
             self._suppressed_level = logging.WARNING
