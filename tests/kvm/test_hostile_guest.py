@@ -25,8 +25,8 @@ def test_reset_while_the_other_vcpu_floods_reads(no_leaks, host, guest, tmp_path
         cmdline="warmup=300", disks=[xvm.Disk(image)]))
     dom.start()
     try:
-        timing = dom.console.expect(r"blkstorm: (reset took (\d+) us after (\d+) reads|FAIL[^\n]*)\n",
-                                    timeout=60)
+        timing = dom.console.expect(
+            r"blkstorm: (reset took (\d+) us after (\d+) reads|FAIL[^\n]*)\n", timeout=60)
         assert timing.group(2), timing.group(0)
         result = dom.console.expect(r"blkstorm: (ok|FAIL[^\n]*)\n", timeout=30)
         assert result.group(1) == "ok", result.group(0)

@@ -31,19 +31,27 @@ def _never():
 class Batch:
     """The budget and the stop check of one turn on queue ``index``.
 
-    ``stop()`` returns True once the worker has been asked to stop; ``budget``
-    is how many chains (or frames) the turn may take, Queue Size by default.
+    ``stop()`` returns True once the worker has been asked to stop;
+    ``abandoned()`` once its stopper gave up waiting (a hung backend call): the
+    turn must then complete nothing more.  ``budget`` is how many chains (or
+    frames) the turn may take, Queue Size by default.
     """
 
-    __slots__ = ("device", "index", "queue", "budget", "more", "_stop")
+    __slots__ = ("device", "index", "queue", "budget", "more", "_stop", "_abandoned")
 
-    def __init__(self, device, index, queue, *, budget=None, stop=_never):
+    def __init__(self, device, index, queue, *, budget=None, stop=_never, abandoned=_never):
         self.device = device
         self.index = index
         self.queue = queue
         self.budget = queue.size if budget is None else budget
         self.more = False
         self._stop = stop
+        self._abandoned = abandoned
+
+    def owns_queue(self):
+        """False once a reset or QueueReady=0 took the queue away, or the turn was
+        abandoned: nothing more may be written to its ring."""
+        return not (self._abandoned() or self.device.queues_dropped(self.index, self.queue))
 
     @property
     def stopping(self):
@@ -82,8 +90,8 @@ class Batch:
                     self.budget += 1
                     break
                 used = handle(chain)
-                if self._stop() and device.queues_dropped(self.index, queue):
-                    return  # reset or QueueReady=0 meanwhile: the ring is not ours
+                if self._stop() and not self.owns_queue():
+                    return  # the ring is not ours any more
                 queue.add_used(chain.head, used)
             else:
                 return
@@ -91,7 +99,7 @@ class Batch:
                 return
 
 
-def serve_queue(device, index, work=None, *, stop=_never, budget=None):
+def serve_queue(device, index, work=None, *, stop=_never, abandoned=_never, budget=None):
     """Run one turn of ``work(index, batch)`` (default
     ``device.process_queue``) on ``device``'s queue ``index``.
 
@@ -105,15 +113,14 @@ def serve_queue(device, index, work=None, *, stop=_never, budget=None):
     queue = queues[index] if 0 <= index < len(queues) else None
     if queue is None or device.broken:
         return None
-    batch = Batch(device, index, queue, budget=budget, stop=stop)
+    batch = Batch(device, index, queue, budget=budget, stop=stop, abandoned=abandoned)
     used_before = queue.next_used
     try:
         (work or device.process_queue)(index, batch)
     except QueueError as e:
         device.ring_error(index, e)
     finally:
-        if (queue.next_used != used_before and not device.queues_dropped(index, queue)
-                and queue.needs_notification()):
+        if queue.next_used != used_before and batch.owns_queue() and queue.needs_notification():
             device.metrics.interrupt_count += 1
             device.interrupt.trigger(InterruptKind.USED_BUFFER, queue=index)
     return batch

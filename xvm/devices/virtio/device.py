@@ -285,12 +285,10 @@ class VirtioDevice:
         length (bytes written into its device-writable buffers)."""
         raise NotImplementedError
 
-    def guest_error(self, index, error, what="guest error", *, _log=None):
+    def guest_error(self, index, error, what="guest error"):
         """The driver broke a rule (``error``'s text names it): count it and log
         one line, rate-limited."""
-        self.metrics.guest_error_count += 1
-        where = f"queue {index}: " if index is not None else ""
-        (_log or self.guest_log).emit(logging.WARNING, "%s%s: %s", where, what, error)
+        self._guest_error(self.guest_log, index, error, what)
 
     def invalid_chain(self, index, error):
         """A malformed chain (:class:`~.errors.ChainError`), returned unused."""
@@ -300,8 +298,13 @@ class VirtioDevice:
     def ring_error(self, index, error):
         """The ring itself is corrupt (§2.1.2): stop serving until reset."""
         self.metrics.queue_error_count += 1
-        self.guest_error(index, error, "ring unusable, device needs reset", _log=self.ring_log)
+        self._guest_error(self.ring_log, index, error, "ring unusable, device needs reset")
         self.mark_broken()
+
+    def _guest_error(self, limited_log, index, error, what):
+        self.metrics.guest_error_count += 1
+        where = f"queue {index}: " if index is not None else ""
+        limited_log.emit(logging.WARNING, "%s%s: %s", where, what, error)
 
     def mark_broken(self):
         """Serve nothing more until reset; devices with event sources stop them."""

@@ -4,7 +4,7 @@
 function and drives its :class:`~.device.VirtioDevice` through the life cycle
 of §3.1: feature negotiation at FEATURES_OK, activation and the data-plane
 worker at DRIVER_OK, reset on status 0.  virtio-mmio (:mod:`.mmio`) maps its
-registers onto it; virtio-pci will do the same with its capabilities.
+registers onto it; virtio-pci (:mod:`.pci`) its capabilities.
 
 Threads: register accesses come from vCPU threads (serialised here by a
 lock); queue service runs on the worker thread; ``interrupt_status`` is
@@ -12,7 +12,7 @@ shared and guarded by its own lock.  The worker never takes the register
 lock, so a reset, QueueReady=0 or pause may stop it while holding that lock;
 queue service is bounded (:mod:`.batch`), so that stop waits for one request
 at most, and it never raises: a worker stuck in a hung backend call is
-abandoned after :data:`~.worker.STOP_TIMEOUT` and completes nothing more.
+abandoned after :data:`~.worker.STOP_TIMEOUT` and writes nothing more to the rings.
 """
 import logging
 import os
@@ -313,11 +313,14 @@ class VirtioTransport:
         def stop():
             return worker.stop_requested
 
+        def abandoned():
+            return worker.abandoned
+
         def serve():
             if worker.abandoned:
                 return
             # A queue the driver never set up (or stopped using) is not served.
-            batch = serve_queue(device, index, work, stop=stop)
+            batch = serve_queue(device, index, work, stop=stop, abandoned=abandoned)
             if batch is None:
                 return
             if device.broken:

@@ -96,17 +96,21 @@ class Worker:
             if self._stop_fd >= 0:
                 os.eventfd_write(self._stop_fd, 1)
 
-    def stop(self, timeout=STOP_TIMEOUT):
-        """Stop the loop and wait at most ``timeout`` seconds for it; True if it
-        ended.  Asked from a handler, the loop ends when the handler returns.
-        A loop still busy after ``timeout`` (a backend call that hangs) is
-        abandoned: it ends by itself and completes nothing more."""
+    def stop(self, timeout=None):
+        """Stop the loop and wait at most ``timeout`` seconds (default
+        :data:`STOP_TIMEOUT`) for it; True if it ended.  Asked from a handler,
+        the loop ends when the handler returns.  A loop still busy after
+        ``timeout`` (a backend call that hangs) is abandoned (:attr:`abandoned`):
+        it ends by itself, and queue service writes nothing more to the rings
+        (:mod:`.batch`)."""
         thread = self._thread
         if thread is None:
             return True
         self.request_stop()
         if thread is threading.current_thread():
             return True
+        if timeout is None:
+            timeout = STOP_TIMEOUT
         thread.join(timeout)
         if thread.is_alive():
             self.abandoned = True
