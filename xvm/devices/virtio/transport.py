@@ -325,7 +325,9 @@ class VirtioTransport:
                 return
             if device.broken:
                 self._device_error(None)
-            elif batch.more and not worker.abandoned and notify_fd >= 0:
+            elif batch.more and work is None and not worker.abandoned and notify_fd >= 0:
+                # An event source (level-triggered, like a readable TAP) fires again
+                # by itself; a queue's notification is an edge we must re-arm.
                 os.eventfd_write(notify_fd, 1)
         return serve
 
