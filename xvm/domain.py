@@ -7,6 +7,7 @@ verb against the current state in one table; an illegal verb raises
 import enum
 import threading
 
+from .config import preflight
 from .console import Console
 from .errors import StateError, XvmError
 from .machine.machine import ExitReason, Machine
@@ -182,6 +183,7 @@ class Domain:
     # -- machinery ------------------------------------------------------------
     def _boot(self):
         cfg = self._config
+        preflight(cfg)
         machine = Machine(
             self._host.kvm,
             vcpus=cfg.vcpus,
