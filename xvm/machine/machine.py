@@ -25,8 +25,8 @@ from ..kvm import exits
 from ..kvm.memory import GuestMemory
 from ..kvm.vcpu import install_kick_handler
 from . import cpu, layout
-from .acpi.pm import PM_BASE, PM_SIZE, SCI_IRQ, AcpiPm
-from .acpi import VirtioMmio, build_tables
+from ..acpi.pm import PM_BASE, PM_SIZE, SCI_IRQ, AcpiPm
+from ..acpi import VirtioMmio, build_tables
 from .boot.elf import ElfImage, load_pvh
 from .boot.linux import KernelFormat, kernel_format, load_bzimage
 from .bus import Bus
