@@ -10,7 +10,7 @@ import threading
 from .config import preflight
 from .console import Console
 from .errors import StateError, XvmError
-from .machine.machine import ExitReason, Machine
+from .machine import ExitReason, build_machine
 
 
 class DomainState(enum.Enum):
@@ -80,7 +80,7 @@ class Domain:
 
     @property
     def machine(self):
-        """The running :class:`~xvm.machine.machine.Machine`, or None."""
+        """The running :class:`~xvm.machine.Machine`, or None."""
         return self._machine
 
     def rename(self, new_name):
@@ -184,17 +184,8 @@ class Domain:
     def _boot(self):
         cfg = self._config
         preflight(cfg)
-        machine = Machine(
-            self._host.kvm,
-            vcpus=cfg.vcpus,
-            memory_bytes=cfg.memory_bytes,
-            kernel=cfg.kernel,
-            initrd=cfg.initrd,
-            cmdline=cfg.cmdline,
-            console_sink=self.console._feed,
-            disabled_cpu_features=cfg.disable_cpu_features,
-            disks=cfg.disks,
-            virtio_transport=cfg.virtio_transport,
+        machine = build_machine(
+            self._host.kvm, cfg, console_sink=self.console._feed,
             nics=self._host._plan_nics(self) if cfg.nics else (),
         )
         try:
