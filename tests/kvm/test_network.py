@@ -20,6 +20,12 @@ ETH_P_XVM = 0x88B5
 SUFFIX = f"{os.getpid() % 100000}"
 
 
+@pytest.fixture
+def host(inprocess_host):
+    """These tests read device metrics and internals: the VMM runs in this process."""
+    return inprocess_host
+
+
 def links():
     return set(os.listdir("/sys/class/net"))
 
@@ -136,26 +142,33 @@ def test_taps_removed_on_destroy(no_leaks, host, guest, lan):
     assert not taps & links()
 
 
-def test_taps_removed_when_vmm_dies(clean_links, guest):
+def test_taps_removed_when_vmm_dies(clean_links, guest, state_dir):
+    """The host opened the TAP and handed it to the VMM process: when that process is
+    killed outright, the TAP goes with it, and the domain is crashed."""
     code = textwrap.dedent(f"""
         import sys, time, xvm
         host = xvm.connect()
         net = host.create_network(xvm.Network("die{SUFFIX}"))
         dom = host.create(xvm.DomainConfig(name="d", memory_mib=64, kernel={guest("net")!r},
                           cmdline="count=0 ms=600000", nics=[xvm.Nic(network=net.name)]))
-        print(net.bridge, *net.ports(), flush=True)
+        print(net.bridge, dom.info()["pid"], *net.ports(), flush=True)
         time.sleep(600)
     """)
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        bridge, tap = child.stdout.readline().split()
+        bridge, vmm_pid, tap = child.stdout.readline().split()
         assert tap in links()
-        child.send_signal(signal.SIGKILL)
+        child.send_signal(signal.SIGKILL)  # the host process going does not stop the domain
         child.wait(10)
+        time.sleep(0.2)
+        assert tap in links()
+        os.kill(int(vmm_pid), signal.SIGKILL)  # the VMM process going does
         deadline = time.monotonic() + 5
         while tap in links() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert tap not in links()
+        with xvm.connect() as host:
+            assert host.lookup("d").state is xvm.DomainState.CRASHED
     finally:
         if child.poll() is None:
             child.kill()

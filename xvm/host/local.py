@@ -258,13 +258,19 @@ class LocalHost(Host):
         return True
 
     # -- lifecycle on the host side -----------------------------------------------------------
+    def _vmm_state(self, domain):
+        try:
+            return DomainState(self._act(domain, A.Info())["state"])
+        except XvmError:
+            return None
+
     def _start(self, domain):
         uuid = str(domain.uuid)
         with self._lock:
             record = self._reconcile(uuid)
             lock = launcher.DomainLock(self.state_dir.vmm_lockfile(uuid))
             try:
-                if record.state in ("shutoff", "crashed") and not lock.try_acquire():
+                if not lock.try_acquire() and self._vmm_state(domain) in STOPPED:
                     self._wait_vmm_gone(uuid, VMM_EXIT_WAIT)  # a VMM finishing its exit
                 if not lock.try_acquire():
                     info = self._act(domain, A.Info())

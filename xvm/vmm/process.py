@@ -52,15 +52,16 @@ class KvmMachine:
 
 
 def machine_factory(kvm, *, disk_fds=None, nics=()):
-    """A factory building KVM machines on ``kvm``.
+    """A factory building KVM machines on ``kvm`` (:func:`~xvm.machine.build_machine`).
 
     ``disk_fds``: None to open each configured disk by path (in-process use), or one
-    open descriptor per disk, opened and locked by the host; each boot gets its own
-    duplicate, so the lock (an ``flock``, held by the open file description) lasts
-    until the VMM ends.  ``nics``: one per configured NIC, each with ``mac`` and
-    ``open_device()`` (a :class:`TapNic` over a descriptor the host opened, or the
-    host's own NicPlan in-process).
+    open descriptor per disk, opened and locked by the host; each boot's backend gets
+    its own duplicate, so the lock (an ``flock``, held by the open file description)
+    lasts until the VMM ends.  ``nics``: one per configured NIC, each with
+    ``open_device()`` — a :class:`TapNic` over a descriptor the host opened, or, in
+    process, the host's own NicPlan, which opens its TAP at each boot.
     """
+    from ..machine import build_machine
 
     def build(config, console_sink, on_exit):
         holder = []
@@ -68,50 +69,26 @@ def machine_factory(kvm, *, disk_fds=None, nics=()):
         def exited(exit_):
             on_exit(holder[0] if holder else None, exit_)
 
-        disks = config.disks if disk_fds is None else \
-            [_OpenedDisk(disk, fd) for disk, fd in zip(config.disks, disk_fds)]
-        machine = _build_legacy(kvm, config, console_sink, disks, list(nics), exited)
+        disks = None
+        devices = []
+        try:
+            if disk_fds is not None:
+                disks = []
+                for disk, fd in zip(config.disks, disk_fds):
+                    disks.append(disk.open(fd=os.dup(fd)))
+            for nic in nics:
+                devices.append(nic.open_device())
+        except BaseException:
+            for thing in (disks or []) + devices:
+                thing.close()
+            raise
+        machine = build_machine(kvm, config, console_sink=console_sink, disks=disks, nics=devices,
+                                on_exit=exited)
         wrapped = KvmMachine(machine)
         holder.append(wrapped)
         return wrapped
 
     return build
-
-
-class _OpenedDisk:
-    """A configured disk whose image the host opened: each boot's backend is built over
-    a duplicate of that descriptor instead of opening the path again."""
-
-    def __init__(self, disk, fd):
-        self._disk = disk
-        self._fd = fd
-
-    def __getattr__(self, name):
-        return getattr(self._disk, name)
-
-    def open(self):
-        return self._disk.open(fd=os.dup(self._fd))
-
-
-def _build_legacy(kvm, config, console_sink, disks, nics, on_exit):
-    # TEMPORARY until build_machine lands: today's Machine plus a watcher thread.
-    from ..machine.machine import Machine
-
-    machine = Machine(kvm, vcpus=config.vcpus, memory_bytes=config.memory_bytes, kernel=config.kernel,
-                      initrd=config.initrd, cmdline=config.cmdline, console_sink=console_sink,
-                      disabled_cpu_features=config.disable_cpu_features, disks=disks,
-                      virtio_transport=config.virtio_transport, nics=nics)
-    original_start = machine.start
-
-    def start():
-        original_start()
-        threading.Thread(target=lambda: on_exit(machine.wait()), daemon=True,
-                         name=f"xvm-watch-{config.name}").start()
-
-    machine.start = start
-    machine.stats = lambda: {}
-    machine.vcpu_thread_ids = lambda: [v.thread_id or 0 for v in machine.vm.vcpus]
-    return machine
 
 
 class TapNic:

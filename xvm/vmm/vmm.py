@@ -126,6 +126,8 @@ class Vmm:
         try:
             self._loop()
         finally:
+            if self._console_log is not None:
+                self._console_log.close()
             with self._inbox_lock:
                 self._closed = True
             while True:  # whatever was queued meanwhile fails, never waits forever
@@ -168,14 +170,14 @@ class Vmm:
         return result
 
     def _set_state(self, state):
-        with self._changed:
-            self.state = state
-            self._changed.notify_all()
-        if self._on_state is not None:
+        self.state = state
+        if self._on_state is not None:  # first the store, then whoever waits for the state
             try:
                 self._on_state(self, state)
             except Exception:
                 log.exception("domain %s: state hook failed", self.config.name)
+        with self._changed:
+            self._changed.notify_all()
 
     # -- actions ------------------------------------------------------------------------------
     def _do_Boot(self, action):
