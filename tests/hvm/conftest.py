@@ -40,6 +40,7 @@ HVM_DIR = Path(__file__).resolve().parent
 INNER_ENV = "XVM_TESTHOST_INNER"
 SELECT_ENV = "XVM_HVM_SELECT"
 DEFAULT_STALL_TIMEOUT = 120.0
+PROGRESS_PLUGIN = "xvm.testhost.progress"  # the inner pytest's heartbeat
 
 
 def _is_hvm_item(item) -> bool:
@@ -173,7 +174,7 @@ class _InnerRun:
         return _seconds("XVM_HVM_STALL_TIMEOUT", DEFAULT_STALL_TIMEOUT)
 
     def _command(self, junit):
-        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "xvm.testhost.progress", "-q", "-rfEs",
+        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", PROGRESS_PLUGIN, "-q", "-rfEs",
                    "--continue-on-collection-errors", "-o", "junit_family=xunit1",
                    f"--rootdir={self._rootdir()}", f"--junitxml={junit}"]
         if self.config.inipath:

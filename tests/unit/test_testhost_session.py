@@ -19,7 +19,8 @@ HVM_CONFTEST = REPO / "tests" / "hvm" / "conftest.py"
 
 def _pytest(args, cwd, env=None, timeout=120):
     full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    pythonpath = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    full_env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + pythonpath)
     full_env.pop("PYTEST_ADDOPTS", None)
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd, env=full_env,

@@ -46,6 +46,6 @@ from .initramfs import NESTED_MARKER, nested_initramfs
 
 __all__ = [
     "GuestKernel", "NESTED_MARKER", "NotPreparedError", "QemuMissingError", "Result", "SETUP_COMMAND",
-    "TestHost", "TestHostConfigError", "TestHostCrashed", "TestHostError", "TestHostTimeout", "cache_dir", "cloud_kernel",
-    "guest_kernel", "hardware_virtualization", "nested_initramfs", "qemu_path",
+    "TestHost", "TestHostConfigError", "TestHostCrashed", "TestHostError", "TestHostTimeout", "cache_dir",
+    "cloud_kernel", "guest_kernel", "hardware_virtualization", "nested_initramfs", "qemu_path",
 ]
