@@ -2,6 +2,7 @@
 run's heartbeat plugin, and how a test host that cannot start is reported (one clear error
 per test, a summary line, never a crash of pytest's own reporting)."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -151,3 +152,39 @@ def test_a_test_host_that_cannot_start_fails_each_test_and_keeps_the_summary(cas
     assert errors[1].endswith("(in full at tests/hvm/test_tiny.py::test_one)"), out
     summary = [line for line in lines if line.startswith("HVM test host: FAILED after")]
     assert len(summary) == 1 and expected in summary[0], out
+
+
+# --- what the test host is asked to share ---------------------------------------------------------
+
+
+def test_only_directories_the_test_host_hides_are_shared_and_only_once():
+    from xvm.testhost.host import _shares
+    shares = _shares([(Path("/tmp/co/sub"), "cwd"), (Path("/tmp/co"), "XVM_CACHE"), (Path("/run/x"), "extra"),
+                      (Path("/home/my checkout"), "cwd"), (Path("/var/cache/xvm"), "XVM_CACHE")])
+    assert shares == [Path("/tmp/co"), Path("/run/x")]  # /home and /var are on the root share
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/dev/shm/co", "cwd /dev/shm/co is not visible inside the test host: /dev is the machine's own there"),
+    ("/sys/kernel", "cwd /sys/kernel is not visible inside the test host: /sys is"),
+    ("/tmp/my checkout", "cwd must not contain white space: /tmp/my checkout"),
+])
+def test_directories_the_test_host_cannot_show_are_refused(path, message):
+    from xvm.testhost import TestHost, TestHostConfigError
+    with pytest.raises(TestHostConfigError, match=re.escape(message)):
+        TestHost(mode="tcg").run(["true"], cwd=path)
+
+
+def test_qemu_command_mounts_shares_parents_first():
+    from xvm.testhost import NotPreparedError, QemuMissingError, TestHost
+    host = TestHost(mode="tcg")
+    try:
+        argv = host.qemu_command(Path("/tmp/co/results"), shares=[Path("/tmp/co,1"), Path("/run/x")])
+    except (NotPreparedError, QemuMissingError) as e:
+        pytest.skip(str(e))
+    append = argv[argv.index("-append") + 1].split()
+    mounts = [arg for arg in append if arg.startswith(("xvm.ro=", "xvm.rw="))]
+    assert mounts == ["xvm.ro=xvmshare0:/tmp/co,1", "xvm.ro=xvmshare1:/run/x", "xvm.rw=xvmresults:/tmp/co/results"]
+    fsdevs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-fsdev"]
+    assert "local,id=xvmshare0,path=/tmp/co,,1,security_model=none,readonly=on" in fsdevs
+    assert "local,id=xvmresults,path=/tmp/co/results,security_model=none" in fsdevs

@@ -375,6 +375,8 @@ class _Console:
 
 
 def _check_shareable(path: Path, what):
+    """Refuse a directory the test host cannot show; a share's path must also fit in one word
+    of the kernel command line."""
     if path.parts[1:2] and path.parts[1] in GUEST_PRIVATE and path.parts[1] not in GUEST_SHAREABLE:
         raise TestHostConfigError(f"{what} {path} is not visible inside the test host: /{path.parts[1]} is "
                                   "the machine's own there (use another directory)")
@@ -387,7 +389,8 @@ def _shares(paths) -> list[Path]:
     -- they are under /tmp or /run -- without those inside another one."""
     wanted = []
     for path, what in paths:
-        _check_shareable(path, what)
+        if path.parts[1:2] and path.parts[1] in GUEST_PRIVATE:
+            _check_shareable(path, what)
         if path.parts[1:2] and path.parts[1] in GUEST_SHAREABLE:
             wanted.append(path)
     wanted.sort(key=lambda p: len(p.parts))
