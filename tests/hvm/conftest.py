@@ -295,6 +295,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 # --- fixtures for tests that run with hardware-assisted KVM -------------------------------------
 
 
+@pytest.fixture
+def host(inprocess_host):
+    """Inside the TCG test host a Python process start costs seconds: these tests, about
+    unmodified Linux guests rather than the control plane, run their VMMs in-process."""
+    return inprocess_host
+
+
 @pytest.fixture(scope="session")
 def guest_kernel():
     """The cached, unmodified Debian cloud kernel (bzImage, vmlinux) -- NotPreparedError names
