@@ -184,10 +184,12 @@ def main():
         daemon = subprocess.Popen([sys.executable, "-m", "xvm.daemon", "--state-dir", state + "/d",
                                    "--socket", sock], env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
-        for _ in range(300):
-            if os.path.exists(sock):
+        for _ in range(500):
+            try:
+                xvm.connect(f"xvm+unix://{sock}").close()
                 break
-            time.sleep(0.02)
+            except xvm.XvmError:
+                time.sleep(0.02)
         with xvm.connect(f"xvm+unix://{sock}") as remote:
             pause, info = round_trips(remote, image)
             print(f"pause+resume through xvmd:           {summary(pause, 'us')}")

@@ -73,6 +73,9 @@ def _groups_of(pid, gid):
 
 class Daemon:
     def __init__(self, state_dir, socket_path, *, group=None, in_process=False):
+        from ..host.paths import StateDir
+
+        StateDir(os.path.abspath(state_dir)).ensure()
         self.lock = DaemonLock(os.path.abspath(state_dir))
         try:
             self.gid = _group_id(group)
