@@ -7,12 +7,14 @@ exactly while a VMM for that domain exists (or is being started), whatever kille
 it, and two hosts can never start one domain twice.
 """
 import fcntl
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 
 from ..errors import HostError, StateError
 from ..vmm import protocol as P
@@ -74,46 +76,104 @@ def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=
             fds.append(fd)
         nic_specs.append(spec)
     resources = {"kvm": 0, "lock": 1, "disks": list(range(2, 2 + len(disk_fds))), "nics": nic_specs}
+    message = {"config": config.to_dict(), "state_dir": state_dir.root, "persistent": persistent,
+               "resources": resources}
+    conn, proc = _vmm_starter(state_dir, config)
+    pid = proc.pid if proc is not None else None
+    try:
+        try:
+            P.send_message(conn, message, fds=fds)
+            reply, extra = P.recv_message(conn, timeout=BOOT_TIMEOUT)
+            if reply.get("ok") and isinstance(reply.get("result"), dict) and "ready" in reply["result"]:
+                pid = reply["result"]["ready"]
+                if before_boot is not None:
+                    before_boot(pid)
+                P.send_message(conn, {"boot": True})
+                reply, extra = P.recv_message(conn, timeout=BOOT_TIMEOUT)
+        except (P.ConnectionClosed, OSError, P.ProtocolError) as e:
+            if proc is not None:
+                _kill(proc)
+            how = describe_exit(pid, state_dir) if pid else None
+            raise HostError(f"the VMM process for domain {config.name!r} died while booting "
+                            f"({how or e}); see {state_dir.vmm_log(uuid)}") from None
+        for fd in extra:
+            os.close(fd)
+        if not reply.get("ok"):
+            if proc is not None:
+                proc.wait(10)
+            raise P.decode_error(reply.get("error") or {})
+        return pid, reply.get("result")
+    finally:
+        conn.close()
+
+
+def _vmm_starter(state_dir, config):
+    """A connection to whatever will become the VMM: a fork server's (no Popen), or a
+    fresh ``python3 -m xvm.vmm`` child's (with its Popen)."""
+    if os.environ.get("XVM_FORKSERVER", "1") not in ("0", "no", "false"):
+        conn = _zygote_connection(state_dir)
+        if conn is not None:
+            return conn, None
+    uuid = str(config.uuid)
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = _XVM_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
         with open(state_dir.vmm_log(uuid), "ab") as log:
             try:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "xvm.vmm", "--init-fd", str(child.fileno())],
                     pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    start_new_session=True, env=env, cwd="/",
+                    start_new_session=True, env=_child_env(), cwd="/",
                 )
             except OSError as e:
+                parent.close()
                 raise HostError(f"cannot start the VMM process for domain {config.name!r}: {e.strerror}",
                                 e.errno) from None
-        child.close()
-        with _children_lock:
-            _children[proc.pid] = proc
-        message = {"config": config.to_dict(), "state_dir": state_dir.root, "persistent": persistent,
-                   "resources": resources}
-        try:
-            P.send_message(parent, message, fds=fds)
-            reply, extra = P.recv_message(parent, timeout=BOOT_TIMEOUT)
-            if reply.get("ok") and isinstance(reply.get("result"), dict) and "ready" in reply["result"]:
-                if before_boot is not None:
-                    before_boot(proc.pid)
-                P.send_message(parent, {"boot": True})
-                reply, extra = P.recv_message(parent, timeout=BOOT_TIMEOUT)
-        except (P.ConnectionClosed, OSError, P.ProtocolError) as e:
-            _kill(proc)
-            raise HostError(f"the VMM process for domain {config.name!r} died while booting "
-                            f"({describe_exit(proc.pid) or e}); see {state_dir.vmm_log(uuid)}") from None
-        for fd in extra:
-            os.close(fd)
-        if not reply.get("ok"):
-            proc.wait(10)
-            raise P.decode_error(reply.get("error") or {})
-        return proc.pid, reply.get("result")
     finally:
-        parent.close()
         child.close()
+    with _children_lock:
+        _children[proc.pid] = proc
+    return parent, proc
+
+
+def _child_env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = _XVM_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _zygote_connection(state_dir, start_timeout=10.0):
+    """A connection to the state directory's fork server, started if need be; None if
+    it cannot be had (then a VMM is started the slow way)."""
+    from ..vmm import zygote
+
+    path = zygote.socket_path(state_dir.run_dir)
+    conn = _try_connect(path)
+    if conn is not None:
+        return conn
+    with open(os.path.join(state_dir.log_dir, "zygote.log"), "ab") as log:
+        try:
+            subprocess.Popen([sys.executable, "-m", "xvm.vmm.zygote", "--state-dir", state_dir.root],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                             env=_child_env(), cwd="/")
+        except OSError:
+            return None
+    deadline = time.monotonic() + start_timeout
+    while time.monotonic() < deadline:
+        conn = _try_connect(path)
+        if conn is not None:
+            return conn
+        time.sleep(0.01)
+    return None
+
+
+def _try_connect(path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(path)
+        return sock
+    except OSError:
+        sock.close()
+        return None
 
 
 def _kill(proc):
@@ -124,17 +184,36 @@ def _kill(proc):
     proc.wait(10)
 
 
-def describe_exit(pid):
-    """How a VMM process this process started ended ("killed by SIGKILL"), or None."""
+def describe_exit(pid, state_dir=None, wait=0.0):
+    """How a VMM process ended ("killed by SIGKILL"), or None if that is not known: from
+    this process's own children, or from the fork server's record of its children
+    (waiting up to ``wait`` seconds for that record to appear)."""
     with _children_lock:
         proc = _children.get(pid)
     if proc is None:
-        return None
-    code = proc.poll()
-    if code is None:
-        return None
-    with _children_lock:
-        _children.pop(pid, None)
+        if state_dir is None:
+            return None
+        from ..vmm import zygote
+
+        path = zygote.exit_path(state_dir.run_dir, pid)
+        deadline = time.monotonic() + wait
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        try:
+            with open(path) as f:
+                record = json.load(f)
+            os.unlink(path)
+        except (OSError, ValueError):
+            return None
+        code = -record["signal"] if record.get("signal") else record.get("code")
+        if not isinstance(code, int):
+            return None
+    else:
+        code = proc.poll()
+        if code is None:
+            return None
+        with _children_lock:
+            _children.pop(pid, None)
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"

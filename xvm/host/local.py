@@ -217,7 +217,7 @@ class LocalHost(Host):
         if record.state in (DomainState.RUNNING.value, DomainState.PAUSED.value) \
                 and not launcher.vmm_alive(self.state_dir, uuid):
             pid = launcher.read_pid(self.state_dir, uuid)
-            how = launcher.describe_exit(pid) if pid else None
+            how = launcher.describe_exit(pid, self.state_dir, wait=1.0) if pid else None
             reason = f"the VMM process{f' (pid {pid})' if pid else ''} {how or 'ended without stopping the domain'}"
             self.store.set_state(uuid, DomainState.CRASHED.value, reason)
             for path in (self.state_dir.vmm_socket(uuid), self.state_dir.vmm_pidfile(uuid)):
