@@ -82,11 +82,8 @@ class VmmServer:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if self._acceptor.is_alive() and self._acceptor is not threading.current_thread():
-            self._acceptor.join(2)
-        for thread in list(self._threads):
-            if thread is not threading.current_thread():
-                thread.join(2)
+        # The connection threads end on their own (console streams notice within a poll);
+        # the process exits right after this, so there is nothing to wait for.
 
     # -- connections --------------------------------------------------------------------------
     def _accept_loop(self):
