@@ -17,6 +17,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 MIN_MEMORY_MIB = 16
 MAX_VCPUS = 255
 CMDLINE_MAX = 4095
+HOST_STOP_POLICIES = ("shutdown", "destroy", "ignore")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +41,11 @@ class DomainConfig:
     nics: tuple = field(default=())
     disable_cpu_features: tuple = field(default=())
     virtio_transport: str = "mmio"  # "mmio" or "pci" (virtio-pci with MSI-X)
+    # What xvmd does with the domain when it stops (xVM's onxendstop): "shutdown" (the ACPI
+    # power button, then destroy after shutdown_timeout seconds), "destroy", or "ignore"
+    # (it keeps running; a restarted xvmd adopts it).
+    on_host_stop: str = "shutdown"
+    shutdown_timeout: float = 60.0
 
     def __post_init__(self):
         set_ = object.__setattr__.__get__(self)
@@ -65,6 +71,14 @@ class DomainConfig:
         if self.virtio_transport not in ("mmio", "pci"):
             raise ConfigError(f"virtio_transport must be 'mmio' or 'pci', not {self.virtio_transport!r}")
         set_("nics", _nics(self.nics, self.uuid))
+        if self.on_host_stop not in HOST_STOP_POLICIES:
+            raise ConfigError(f"on_host_stop must be one of {', '.join(map(repr, HOST_STOP_POLICIES))}, "
+                              f"not {self.on_host_stop!r}")
+        if isinstance(self.shutdown_timeout, bool) or not isinstance(self.shutdown_timeout, (int, float)) \
+                or not 0 < self.shutdown_timeout <= 3600:
+            raise ConfigError(f"shutdown_timeout must be a number of seconds in (0, 3600], "
+                              f"not {self.shutdown_timeout!r}")
+        set_("shutdown_timeout", float(self.shutdown_timeout))
 
     @property
     def memory_bytes(self):

@@ -87,6 +87,15 @@ class Domain:
         return self._host._record(self).persistent
 
     @property
+    def autostart(self):
+        """Whether xvmd starts the domain when it starts (``set_autostart``)."""
+        return self._host._record(self).autostart
+
+    def set_autostart(self, on=True):
+        """Start the domain whenever the xvmd service starts (persistent domains only)."""
+        self._host._set_autostart(self, bool(on))
+
+    @property
     def machine(self):
         """The running machine when the VMM is in this process (``in_process=True``), else None."""
         return self._host._machine(self)

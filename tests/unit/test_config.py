@@ -445,3 +445,21 @@ def test_from_dict_needs_the_required_fields(make, drop):
 def test_from_dict_needs_a_dict(value):
     with pytest.raises(ConfigError, match="must be a dict"):
         DomainConfig.from_dict(value)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("on_host_stop", "suspend", "on_host_stop must be one of 'shutdown', 'destroy', 'ignore', not 'suspend'"),
+    ("shutdown_timeout", 0, "shutdown_timeout must be a number of seconds in (0, 3600], not 0"),
+    ("shutdown_timeout", True, "shutdown_timeout must be a number of seconds in (0, 3600], not True"),
+    ("shutdown_timeout", "60", "shutdown_timeout must be a number of seconds in (0, 3600], not '60'"),
+])
+def test_host_stop_policy_is_validated(field, value, message):
+    with pytest.raises(ConfigError) as err:
+        DomainConfig(name="p", memory_mib=64, kernel="/boot/vmlinuz", **{field: value})
+    assert str(err.value) == message
+
+
+def test_host_stop_policy_round_trips():
+    cfg = DomainConfig(name="p", memory_mib=64, kernel="/boot/vmlinuz", on_host_stop="ignore",
+                       shutdown_timeout=5)
+    assert cfg.shutdown_timeout == 5.0 and DomainConfig.from_dict(cfg.to_dict()) == cfg

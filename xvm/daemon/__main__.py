@@ -1,8 +1,9 @@
 """``xvmd --state-dir DIR --socket PATH [--group G]``: the xvm host service, in the foreground.
 
 Ready when the socket accepts connections; under systemd (``Type=notify``) it then
-sends ``READY=1`` to ``$NOTIFY_SOCKET``.  SIGTERM or SIGINT stops the service; the
-domains keep running (their VMMs are processes of their own).
+sends ``READY=1`` to ``$NOTIFY_SOCKET`` and starts the autostart domains.  SIGTERM or
+SIGINT stops the service after applying every running domain's ``on_host_stop``
+policy (:mod:`xvm.daemon.policy`); SIGKILL leaves every domain running.
 """
 import argparse
 import logging
@@ -37,10 +38,12 @@ def main(argv=None):
     parser.add_argument("--socket", default=None, help=f"default: {DEFAULT_SOCKET} as root, else <state>/xvmd.sock")
     parser.add_argument("--group", default=None, help="members of this group may use the socket")
     parser.add_argument("--in-process", action="store_true", help="run VMMs inside xvmd (debugging)")
+    parser.add_argument("--no-autostart", action="store_true", help="do not start the autostart domains")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="xvmd[%(process)d] %(levelname)s: %(message)s")
     state_dir = os.path.abspath(args.state_dir or default_state_dir())
     sock = args.socket or (DEFAULT_SOCKET if os.geteuid() == 0 else os.path.join(state_dir, "xvmd.sock"))
+    from .policy import apply_host_stop_policies, start_autostart_domains
     from .server import Daemon
 
     try:
@@ -52,12 +55,15 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     logging.info("serving %s on %s", state_dir, sock)
-    sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {sock}")
     thread = threading.Thread(target=daemon.serve_forever, name="xvmd-accept", daemon=True)
     thread.start()
+    sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {sock}")
+    if not args.no_autostart:
+        start_autostart_domains(daemon.host)
     while thread.is_alive():
         thread.join(0.5)
-    sd_notify("STOPPING=1")
+    sd_notify("STOPPING=1\nSTATUS=applying the domains' host-stop policies")
+    apply_host_stop_policies(daemon.host)
     daemon.close()
     return 0
 

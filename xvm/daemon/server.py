@@ -207,7 +207,7 @@ class Daemon:
         return dataclasses.asdict(self.host.capabilities())
 
     def _do_SetAutostart(self, action):
-        self.host.store.set_autostart(str(self.host.lookup(action.domain).uuid), action.on)
+        self.host.lookup(action.domain).set_autostart(action.on)
 
     def _domain_request(self, key, action):
         domain = self.host.lookup(key)

@@ -355,6 +355,13 @@ class LocalHost(Host):
         self.store.rename(record.uuid, config.name)
         self.store.update_config(record.uuid, config.to_dict())
 
+    def _set_autostart(self, domain, on):
+        record = self._record(domain)
+        if not record.persistent:
+            raise StateError(f"cannot set autostart for transient domain {record.name!r}",
+                             state=None, operation="autostart")
+        self.store.set_autostart(record.uuid, on)
+
     def _undefine(self, domain):
         uuid = str(domain.uuid)
         record = self._reconcile(uuid)

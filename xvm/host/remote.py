@@ -92,6 +92,9 @@ class RemoteHost(Host):
     def _rename(self, domain, new_name):
         self._channel.call(A.Rename(domain=str(domain.uuid), new_name=new_name))
 
+    def _set_autostart(self, domain, on):
+        self._channel.call(A.SetAutostart(domain=str(domain.uuid), on=on))
+
     def _undefine(self, domain):
         self._channel.call(A.Undefine(domain=str(domain.uuid)))
         self._handles.pop(str(domain.uuid), None)
