@@ -77,14 +77,17 @@ class DomainXml:
 # --- writing -----------------------------------------------------------------------------------
 
 
-def config_to_xml(cfg, *, settings=None):
+def config_to_xml(cfg, *, settings=None, domain_id=None):
     """The libvirt domain XML of ``cfg`` (a str). ``settings`` adds xvm settings that are not
-    DomainConfig fields (``{"autostart": False}``) to the xvm metadata."""
+    DomainConfig fields (``{"autostart": False}``) to the xvm metadata; ``domain_id`` (of a
+    running domain) goes in ``<domain id=…>``, as in libvirt's live XML."""
     from .config import DomainConfig
 
     if not isinstance(cfg, DomainConfig):
         raise ConfigError(f"config_to_xml wants an xvm.DomainConfig, not {type(cfg).__name__}")
     root = ET.Element("domain", type="kvm")
+    if domain_id is not None:
+        root.set("id", str(domain_id))
     _text(root, "name", cfg.name)
     _text(root, "uuid", str(cfg.uuid))
     _metadata(root, cfg, settings or {})
