@@ -191,7 +191,7 @@ def domain_rows(host, domains):
     rows = []
     for domain in domains:
         info = domain.info()
-        rows.append({"id": info["id"], "name": info["name"], "uuid": str(info["uuid"]), "state": info["state"],
+        rows.append({"id": info["id"], "name": domain.name, "uuid": str(info["uuid"]), "state": info["state"],
                      "persistent": domain.persistent, "autostart": autostart_of(host, domain)})
     return rows
 
@@ -338,7 +338,7 @@ def _configure_dominfo(parser):
 def dominfo_fields(host, domain):
     """virsh dominfo's fields, in its order (no security driver: no Security lines)."""
     info = domain.info()
-    fields = {"Id": "-" if info["id"] is None else str(info["id"]), "Name": info["name"], "UUID": str(info["uuid"]),
+    fields = {"Id": "-" if info["id"] is None else str(info["id"]), "Name": domain.name, "UUID": str(info["uuid"]),
               "OS Type": "hvm", "State": _state_word(info["state"]), "CPU(s)": str(info["vcpus"])}
     seconds = _cpu_seconds(info["pid"]) if info.get("pid") else None
     if seconds:
