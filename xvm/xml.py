@@ -33,6 +33,11 @@ from .errors import ConfigError
 NS = "https://xvm.dev/schema/domain/1"
 PREFIX = "xvm"
 MAX_XML_BYTES = 10 << 20
+# A domain document has tens of elements; these bound the tree (and so the memory) that a
+# small but hostile document could make the parser build.
+MAX_ELEMENTS = 10_000
+MAX_ATTRIBUTES = 20_000
+MAX_DEPTH = 64
 
 ET.register_namespace(PREFIX, NS)
 
@@ -227,6 +232,9 @@ def _parse(text, root_tag):
         raise ConfigError(f"{root_tag} XML must be str or bytes, not {type(text).__name__}")
     if len(data) > MAX_XML_BYTES:
         raise ConfigError(f"the {root_tag} XML is larger than {MAX_XML_BYTES >> 20} MiB: refused")
+    if data.count(b"<") > MAX_ELEMENTS or data.count(b"=") > MAX_ATTRIBUTES:
+        raise ConfigError(f"the {root_tag} XML has more than {MAX_ELEMENTS} elements or {MAX_ATTRIBUTES} "
+                          "attributes: refused")
     target = _LineTracker()
     parser = DefusedXMLParser(target=target, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     target.expat = parser.parser
@@ -263,13 +271,19 @@ class _LineTracker:
         self.builder = ET.TreeBuilder()
         self.lines = {}
         self.expat = None
+        self.depth = 0
 
     def start(self, tag, attrs):
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise ConfigError(f"the XML nests elements more than {MAX_DEPTH} deep at line "
+                              f"{self.expat.CurrentLineNumber}: refused")
         el = self.builder.start(tag, attrs)
         self.lines[el] = self.expat.CurrentLineNumber
         return el
 
     def end(self, tag):
+        self.depth -= 1
         return self.builder.end(tag)
 
     def data(self, data):

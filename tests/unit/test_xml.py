@@ -443,6 +443,14 @@ def test_a_huge_document_is_refused_before_parsing():
     refused_cheaply(just_over, "larger than 10 MiB")
 
 
+def test_a_small_document_with_a_huge_tree_is_refused():
+    assert refused_cheaply(b"<domain>" + b"<a/>" * 2_000_000 + b"</domain>", "more than 10000 elements") < 1 << 20
+    assert refused_cheaply(b"<domain " + b" ".join(b"a%d=''" % i for i in range(500_000)) + b"/>",
+                           "20000 attributes") < 1 << 20
+    deep = "<domain>" + "<a>" * 100 + "</a>" * 100 + "</domain>"
+    assert refused_cheaply(deep, "nests elements more than 64 deep at line 1") < 1 << 20
+
+
 def test_str_and_bytes_with_an_encoding_declaration(files):
     text = "<?xml version='1.0' encoding='UTF-8'?>\n" + domain(files).replace("<name>t</name>", "<name>t\u00e9</name>")
     with pytest.raises(ConfigError, match="domain name 't\u00e9' is invalid"):
