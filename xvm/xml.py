@@ -207,7 +207,7 @@ def config_from_xml(text):
 def parse_domain_xml(text):
     """Parse libvirt domain XML into a :class:`DomainXml`; raises ConfigError."""
     doc = _parse(text, "domain")
-    return _DomainReader(doc).read()
+    return _Reader(doc).read()
 
 
 class _Document:
@@ -302,7 +302,9 @@ def _show_tag(tag):
     return tag
 
 
-class _DomainReader:
+class _Reader:
+    """Reads one parsed document into constructor arguments, collecting warnings."""
+
     def __init__(self, doc):
         self.doc = doc
         self.warnings = []
@@ -695,7 +697,7 @@ def network_from_xml(text):
     from .net import Network
 
     doc = _parse(text, "network")
-    reader = _DomainReader(doc)
+    reader = _Reader(doc)
     root = doc.root
     reader.attrs(root, ())
     found = {}
