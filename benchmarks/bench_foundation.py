@@ -93,7 +93,7 @@ def main():
 
     pio_image, hello, busy = guest("pio_bench"), guest("hello"), guest("busy")
     binary = cvmm()
-    with xvm.connect() as host:
+    with xvm.connect(in_process=True) as host:  # reads vCPU and device internals
         ours, theirs = [], []
         for _ in range(args.rounds):
             ours.append(xvm_pio(host, pio_image, args.exits))

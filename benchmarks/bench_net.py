@@ -180,7 +180,7 @@ def run_here(seconds, rounds):
     server = None
     results = {"xvm": [], "qemu": []}
     try:
-        with xvm.connect() as host:
+        with xvm.connect(in_process=True) as host:  # reads vCPU and device internals
             net = host.create_network(xvm.Network("bench", address=f"{HOST_IP}/24"))
             try:
                 server = subprocess.Popen(["iperf3", "-s", "-B", HOST_IP],
@@ -224,7 +224,7 @@ def run_native(rounds):
     import socket
     from benchmarks._common import guest
     kernel = guest("net")
-    with xvm.connect() as host:
+    with xvm.connect(in_process=True) as host:  # reads vCPU and device internals
         net = host.create_network(xvm.Network("benchnat"))
         try:
             for _ in range(rounds):

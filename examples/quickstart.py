@@ -4,7 +4,10 @@
     python3 examples/quickstart.py
 
 Uses the `busy` and `irq` test guests (built with gcc on first use), which run
-natively on hardware-assisted and on PVM hosts alike.
+natively on hardware-assisted and on PVM hosts alike.  Each running domain is a VMM
+process of its own; the domains are stored in the state directory ($XVM_STATE_DIR,
+else ~/.local/state/xvm, or /var/lib/xvm as root), so any other process — or
+`xvm list --all` — sees them.
 """
 import importlib.util
 import pathlib
@@ -26,8 +29,11 @@ def main():
         caps = host.capabilities()
         print(f"KVM API {caps.kvm_api_version}, virtualization {caps.virtualization}, up to {caps.max_vcpus} vCPUs")
 
-        counter = host.define(xvm.DomainConfig(name="counter", memory_mib=64, vcpus=2,
-                                               kernel=test_guest("busy"), cmdline="shift=26"))
+        try:
+            counter = host.lookup("counter")  # defined by an earlier run: it is stored
+        except xvm.NotFoundError:
+            counter = host.define(xvm.DomainConfig(name="counter", memory_mib=64, vcpus=2,
+                                                   kernel=test_guest("busy"), cmdline="shift=26"))
         counter.start()
         print(f"{counter.name} ({counter.uuid}) is {counter.state.value} with id {counter.id}")
         print("guest says:", counter.console.expect(r"count \d+\n").group(0).strip())
@@ -36,16 +42,17 @@ def main():
         counter.resume()
         print("guest says:", counter.console.expect(r"count \d+\n").group(0).strip())
         counter.reboot()
-        print(f"rebooted: new id {counter.id}")
+        print(f"rebooted: new id {counter.id}; its VMM is process {counter.info()['pid']}")
         counter.destroy()
+        counter.undefine()
 
-        echo = host.define(xvm.DomainConfig(name="echo", memory_mib=64, kernel=test_guest("irq")))
-        echo.start()
-        echo.console.expect("echo ready")  # the guest has routed and enabled its UART interrupt
-        echo.console.write("hello from the host\n")
-        print("guest answered:", echo.console.expect(r"echo: (.*)").group(1).strip())
-        echo.console.write("quit\n")
-        print("echo guest is", echo.wait(timeout=10).value)
+        # A transient domain: forgotten once it stops; the with-block destroys it if need be.
+        with host.create(xvm.DomainConfig(name="echo", memory_mib=64, kernel=test_guest("irq"))) as echo:
+            echo.console.expect("echo ready")  # the guest has routed and enabled its UART interrupt
+            echo.console.write("hello from the host\n")
+            print("guest answered:", echo.console.expect(r"echo: (.*)").group(1).strip())
+            echo.console.write("quit\n")
+            print("echo guest is", echo.wait(timeout=10).value)
 
 
 if __name__ == "__main__":

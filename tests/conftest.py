@@ -115,7 +115,7 @@ def start_xvmd(state, socket_path, *extra, env=None):
                                  "--socket", socket_path, *extra], env=env, cwd=root,
                                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
-    while not os.path.exists(socket_path):
+    while not _serving(socket_path):  # a stale socket file of a killed xvmd may be there
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             proc.wait()
@@ -123,6 +123,29 @@ def start_xvmd(state, socket_path, *extra, env=None):
                 raise RuntimeError(f"xvmd did not start: {f.read()[-2000:]}")
         time.sleep(0.02)
     return proc
+
+
+@pytest.fixture
+def inprocess_host(state_dir):
+    """An embedded host whose VMMs run in this process (device internals reachable
+    through ``dom.machine``, e.g. device metrics after the guest powered off)."""
+    import xvm
+
+    h = xvm.connect(in_process=True)
+    yield h
+    destroy_all(h)
+    h.close()
+
+
+def _serving(path):
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+            return True
+        except OSError:
+            return False
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,10 @@ newer kernel headers instead.  It produces three things:
 * the integer constants ``KVM_*`` (exit reasons, capabilities, flags);
 * the ioctl request numbers, computed at import time with ``ioctl_opt`` from
   their direction, number and argument type, so their size always matches the
-  declarations above.
+  declarations above;
+
+and ``_kvm_ffi.py`` beside it: the same declarations pre-parsed by cffi (ABI
+mode, out of line), so that a VMM process imports them in milliseconds.
 
 Usage: python3 tools/gen_kvm_bindings.py [--header linux/kvm.h] [--out PATH]
 """
@@ -154,6 +157,12 @@ def main():
     with open(args.out, "w") as f:
         f.write(text)
     print(f"{args.out}: written", file=sys.stderr)
+    # The same declarations, pre-parsed for cffi (fast import); needs the new kvm_h.py.
+    out_of_line = os.path.join(os.path.dirname(args.out), "_kvm_ffi.py")
+    subprocess.run([sys.executable, "-c", "import sys; from xvm.kvm.ffi import build_out_of_line; "
+                    "build_out_of_line(sys.argv[1])", out_of_line], check=True,
+                   cwd=os.path.join(HERE, ".."))
+    print(f"{out_of_line}: written", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,15 @@
-"""Typed, validated domain configuration."""
+"""Typed, validated domain configuration: plain data.
+
+Constructing a :class:`DomainConfig` (or a :class:`~xvm.devices.block.Disk`,
+:class:`~xvm.net.Nic`) checks values only and touches nothing on the host, so
+a stored or migrated configuration can always be rebuilt.  What depends on the
+host (the kernel is there, a disk opens and is not locked) is checked by
+:func:`preflight` when a domain starts.
+"""
 import os
 import re
 import uuid as uuid_module
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 
 from .errors import ConfigError
 
@@ -17,7 +24,9 @@ class DomainConfig:
     """What a domain is: validated on construction, immutable afterwards.
 
     ``DomainConfig(name="web", memory_mib=256, kernel="vmlinux", vcpus=2)``;
-    derive a changed copy with :meth:`replace`.
+    derive a changed copy with :meth:`replace`.  Paths are made absolute but
+    not looked at: :func:`preflight` does that.  :meth:`to_dict` and
+    :meth:`from_dict` convert to and from JSON-able data, exactly.
     """
 
     name: str
@@ -66,11 +75,73 @@ class DomainConfig:
         return replace(self, **changes)
 
     def to_dict(self):
+        """The config as JSON-able data: ``uuid`` a string, ``disks`` and ``nics``
+        lists of dicts, ``disable_cpu_features`` a list."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            out[f.name] = str(value) if isinstance(value, uuid_module.UUID) else value
+            if f.name == "uuid":
+                value = str(value)
+            elif f.name in ("disks", "nics"):
+                value = [item.to_dict() for item in value]
+            elif f.name == "disable_cpu_features":
+                value = list(value)
+            out[f.name] = value
         return out
+
+    @classmethod
+    def from_dict(cls, data):
+        """The config that :meth:`to_dict` gave ``data``, validated like the
+        constructor; a ConfigError names an unknown, missing or bad field."""
+        from .devices.block import Disk
+        from .net import Nic
+
+        data = _fields_of(cls, data, "domain config")
+        for name, item_cls in (("disks", Disk), ("nics", Nic)):
+            if name in data:
+                items = data[name]
+                if not isinstance(items, (list, tuple)):
+                    raise ConfigError(f"domain config field {name!r} must be a list, "
+                                      f"not {type(items).__name__}")
+                data[name] = tuple(item if isinstance(item, item_cls) else item_cls.from_dict(item)
+                                   for item in items)
+        return cls(**data)
+
+
+def _fields_of(cls, data, what):
+    """``data`` (a mapping) as keyword arguments for ``cls``; ConfigError for a
+    field ``cls`` does not have or a required field that is missing."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a dict, not {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = [name for name in data if name not in known]
+    if unknown:
+        raise ConfigError(f"{what}: unknown field(s) {', '.join(map(repr, unknown))}; "
+                          f"known: {', '.join(known)}")
+    missing = [name for name, f in known.items() if name not in data
+               and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise ConfigError(f"{what}: missing field(s) {', '.join(map(repr, missing))}")
+    return dict(data)
+
+
+def preflight(config):
+    """Check what ``config`` needs from the host before a domain starts: the
+    kernel and initrd exist, are regular files and readable; every disk exists,
+    is a regular file or block device, opens (for writing unless read-only), is
+    not locked by another user and is a whole number of sectors.  Raises
+    ConfigError (DiskConfigError, DiskBusyError for the disks); returns None."""
+    _check_boot_file(config.kernel, "kernel")
+    if config.initrd is not None:
+        _check_boot_file(config.initrd, "initrd")
+    seen = {}
+    for disk in config.disks:
+        disk.check()
+        real = os.path.realpath(disk.path)
+        if real in seen:
+            raise ConfigError(f"disk {real} is given more than once "
+                              f"(as {seen[real]} and {disk.path})")
+        seen[real] = disk.path
 
 
 def _cpu_features(names):
@@ -95,7 +166,7 @@ def _disks(disks):
     for disk in disks:
         if not isinstance(disk, Disk):
             raise ConfigError(f"disks must be xvm.Disk objects, not {type(disk).__name__}")
-    paths = [os.path.realpath(disk.path) for disk in disks]
+    paths = [os.path.normpath(disk.path) for disk in disks]  # symlinks: preflight()
     for path in paths:
         if paths.count(path) > 1:
             raise ConfigError(f"disk {path} is given more than once")
@@ -126,11 +197,13 @@ def _uuid(value):
 def _boot_file(path, what):
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigError(f"{what} must be a path, not {type(path).__name__}")
-    path = os.path.abspath(os.fspath(path))
+    return os.path.abspath(os.fspath(path))
+
+
+def _check_boot_file(path, what):
     if not os.path.exists(path):
         raise ConfigError(f"{what} {path} does not exist")
     if not os.path.isfile(path):
         raise ConfigError(f"{what} {path} is not a regular file")
     if not os.access(path, os.R_OK):
         raise ConfigError(f"{what} {path} is not readable")
-    return path

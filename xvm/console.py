@@ -142,7 +142,7 @@ class Console:
                         consumed = consumed.encode("utf-8", "surrogateescape")
                     self._expect_pos = max(self._expect_pos, self._base) + len(consumed)
                     return match
-                if self._input is None:
+                if self._is_closed():
                     raise StateError(
                         f"console closed ({self._closed_reason}) before {regex.pattern!r} appeared; "
                         f"last output:\n{window[-2000:].decode('utf-8', 'replace')}"
@@ -151,6 +151,9 @@ class Console:
                 if remaining <= 0:
                     raise ConsoleTimeout(regex.pattern, timeout, window)
                 self._cond.wait(remaining)
+
+    def _is_closed(self):
+        return self._input is None
 
     def _since(self, position):
         start = max(position - self._base, 0)

@@ -74,6 +74,11 @@ class Domain:
         return self.info()["id"]
 
     @property
+    def boot_count(self):
+        """Boots of the current VMM (guest resets and reboot() included); 0 when not running."""
+        return self.info()["boot_count"]
+
+    @property
     def crash_reason(self):
         return self.info().get("crash_reason")
 
@@ -93,7 +98,12 @@ class Domain:
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self):
         """Boot the domain; returns once its vCPUs are running."""
-        self._host._start(self)
+        self.console._boot_begins()
+        try:
+            self._host._start(self)
+        except BaseException:
+            self.console._boot_failed()
+            raise
         return self
 
     def pause(self):
@@ -170,14 +180,29 @@ class DomainConsole(Console):
         self._domain = domain
         self._detach_fn = None
         self._attached_boot = None
+        self._booting = False  # start() asked for a boot whose console has not opened yet
 
     def _listener(self, event, payload):
         if event == "data":
             self._feed(payload)
         elif event == "open":
+            with self._cond:
+                self._booting = False
             self._attach(self._send)
-        else:
+        elif not self._booting:  # a "closed" from before the boot we wait for is old news
             self._detach(payload or "the domain is not running")
+
+    def _boot_begins(self):
+        with self._cond:
+            self._booting = True
+
+    def _boot_failed(self):
+        with self._cond:
+            self._booting = False
+            self._cond.notify_all()
+
+    def _is_closed(self):
+        return self._input is None and not self._booting
 
     def _send(self, data):
         self._domain._host._act(self._domain, A.ConsoleInput(data=bytes(data)))

@@ -289,10 +289,10 @@ class Store:
         with self._write() as conn:
             other = conn.execute("SELECT name FROM domains WHERE uuid = ?", (uuid,)).fetchone()
             if other is not None:
-                raise ConfigError(f"uuid {uuid} is taken by domain {other[0]!r}")
+                raise ConfigError(f"domain {other[0]!r} already has uuid {uuid}")
             other = conn.execute("SELECT uuid FROM domains WHERE name = ?", (name,)).fetchone()
             if other is not None:
-                raise ConfigError(f"domain name {name!r} is taken by domain {other[0]}")
+                raise ConfigError(f"a domain named {name!r} already exists (uuid {other[0]})")
             conn.execute(f"INSERT INTO domains ({_DOMAIN_COLUMNS}) VALUES (?, ?, ?, ?, 0, 'shutoff', "
                          "NULL, ?, ?)", (uuid, name, text, int(_bool(persistent, "persistent")), now, now))
             return self._record(self._get(conn, uuid))
@@ -329,7 +329,7 @@ class Store:
             self._get(conn, uuid)
             other = conn.execute("SELECT uuid FROM domains WHERE name = ?", (new_name,)).fetchone()
             if other is not None and other[0] != uuid:
-                raise ConfigError(f"domain name {new_name!r} is taken by domain {other[0]}")
+                raise ConfigError(f"a domain named {new_name!r} already exists (uuid {other[0]})")
             conn.execute("UPDATE domains SET name = ?, updated_at = ? WHERE uuid = ?",
                          (new_name, time.time(), uuid))
             return self._record(self._get(conn, uuid))

@@ -22,7 +22,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 RUNTIME = HERE / "runtime"
 DEFAULT_OUTDIR = HERE / "out"
 
-GUESTS = ("hello", "smp", "irq", "busy", "poweroff", "reboot", "pio_bench", "net", "blk")
+GUESTS = ("hello", "smp", "irq", "busy", "poweroff", "reboot", "pio_bench", "net", "blk",
+          "blkstorm")
 
 RUNTIME_SOURCES = ("start.S", "rt.c", "lib.c", "virtio_mmio.c")
 RUNTIME_DEPS = RUNTIME_SOURCES + ("rt.h", "layout.h", "guest.ld", "virtio_mmio.h")

@@ -6,10 +6,17 @@
   it with ``--junitxml`` written to the results share, and each outer item then reports the
   inner result of the same node id (pass, fail with the inner failure text, skip with the
   inner reason).
-* Not set up (kernels not downloaded): the tests fail, naming scripts/setup-testhost.sh.
-  No qemu-system-x86_64 at all: they are skipped.
+* Not set up (kernels not downloaded), or the test host cannot start for any other reason: each
+  test fails with one clear error (the first in full), naming scripts/setup-testhost.sh where
+  that is the cure. No qemu-system-x86_64 at all: they are skipped.
+* Every item here is marked ``hvm`` at collection, so ``-m "not hvm"`` deselects them all.
+* The inner pytest reports each test's start and end (plugin :mod:`xvm.testhost.progress`);
+  a test host that shows neither such progress nor console output for XVM_HVM_STALL_TIMEOUT
+  seconds (default 120) counts as hung: it is killed and the run retried once, and the error
+  names the test that was running.
 
 Environment: XVM_HVM_TIMEOUT (seconds for the inner run, default 600 + 120 per test),
+XVM_HVM_STALL_TIMEOUT (seconds of silence that mean a hang, default 120),
 XVM_HVM_STREAM=1 (stream the test host's console to the terminal; also with -s or -vv),
 XVM_HVM_PLUGINS=a,b (pytest plugins to load inside: the inner pytest runs with
 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1, because discovering entry points over 9p costs ~45 s under TCG;
@@ -25,13 +32,15 @@ from pathlib import Path
 
 import pytest
 
-from xvm.testhost import (NESTED_MARKER, TestHost, TestHostError, cloud_kernel,
+from xvm.testhost import (NESTED_MARKER, TestHost, TestHostConfigError, TestHostError, cloud_kernel,
                           hardware_virtualization, nested_initramfs, qemu_path)
 from xvm.testhost.junit import junit_key, read_junit
 
 HVM_DIR = Path(__file__).resolve().parent
 INNER_ENV = "XVM_TESTHOST_INNER"
 SELECT_ENV = "XVM_HVM_SELECT"
+DEFAULT_STALL_TIMEOUT = 120.0
+PROGRESS_PLUGIN = "xvm.testhost.progress"  # the inner pytest's heartbeat
 
 
 def _is_hvm_item(item) -> bool:
@@ -42,11 +51,16 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "hvm: needs hardware-assisted KVM (runs inside the HVM test host on PVM machines)")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_itemcollected(item):
+    # Before -m deselects anything: `-m "not hvm"` must drop these.
+    if _is_hvm_item(item):
+        item.add_marker(pytest.mark.hvm)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items):
     hvm = [i for i, item in enumerate(items) if _is_hvm_item(item)]
-    for i in hvm:
-        items[i].add_marker(pytest.mark.hvm)
     if not hvm or hardware_virtualization():
         _select_inner(config, items)
         return  # run here
@@ -98,13 +112,22 @@ class _InnerRun:
         self.result = None
         self.results_dir = None
         self.wall = None
+        self.first_failure = None  # node id of the item that reported self.error in full
 
     def outcome_of(self, nodeid):
-        if self.outcomes is None and self.error is None:
+        if self.wall is None:
             self._run()
         if self.error is not None:
             return None
         return self.outcomes.get(junit_key(nodeid))
+
+    def error_text(self, nodeid):
+        """The start failure as one item's error: in full for the first, then in short."""
+        if self.first_failure in (None, nodeid):
+            self.first_failure = nodeid
+            return f"HVM test host: {self.error}"
+        first_line = str(self.error).split("\n", 1)[0]
+        return f"HVM test host: {first_line} (in full at {self.first_failure})"
 
     def _stream_wanted(self):
         opt = self.config.option
@@ -115,7 +138,7 @@ class _InnerRun:
         start = time.monotonic()
         try:
             stream = sys.stderr if self._stream_wanted() else None
-            host = TestHost(stream=stream)
+            host = TestHost(stream=stream, stall_timeout=self._stall_timeout())
             host.prepare()  # NotPreparedError names scripts/setup-testhost.sh
             self.results_dir = Path(tempfile.mkdtemp(prefix="xvm-hvm-"))
             junit = self.results_dir / "junit.xml"
@@ -136,6 +159,8 @@ class _InnerRun:
             self.outcomes = read_junit(junit)
         except TestHostError as e:
             self.error = e
+        except Exception as e:  # whatever stops the start, each test reports it; none goes unreported
+            self.error = TestHostError(f"could not start: {type(e).__name__}: {e}")
         finally:
             self.wall = time.monotonic() - start
 
@@ -143,10 +168,13 @@ class _InnerRun:
         return Path(str(self.config.rootpath))
 
     def _timeout(self):
-        return float(os.environ.get("XVM_HVM_TIMEOUT") or 600 + 120 * len(self.nodeids))
+        return _seconds("XVM_HVM_TIMEOUT", 600 + 120 * len(self.nodeids))
+
+    def _stall_timeout(self):
+        return _seconds("XVM_HVM_STALL_TIMEOUT", DEFAULT_STALL_TIMEOUT)
 
     def _command(self, junit):
-        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs",
+        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", PROGRESS_PLUGIN, "-q", "-rfEs",
                    "--continue-on-collection-errors", "-o", "junit_family=xunit1",
                    f"--rootdir={self._rootdir()}", f"--junitxml={junit}"]
         if self.config.inipath:
@@ -162,9 +190,10 @@ class _InnerRun:
     def summary(self):
         if self.wall is None:
             return None
-        if self.error is not None:
+        if self.error is not None or self.result is None:
             where = f" (results in {self.results_dir})" if self.results_dir else ""
-            return f"HVM test host: FAILED after {self.wall:.1f} s{where}"
+            first_line = str(self.error).split("\n", 1)[0] if self.error is not None else "no result"
+            return f"HVM test host: FAILED after {self.wall:.1f} s{where}: {first_line}"
         boot = f"{self.result.boot_time:.1f}" if self.result.boot_time is not None else "?"
         return (f"HVM test host: {len(self.nodeids)} test(s) in {self.wall:.1f} s (TCG machine ready in {boot} s, "
                 f"attempt {self.result.attempts}, inner exit {self.result.exit_status}); "
@@ -192,7 +221,7 @@ class _RemoteItem(pytest.Item):
     def runtest(self):
         outcome = self.runner.outcome_of(self.nodeid)
         if self.runner.error is not None:
-            raise _RemoteFailure(f"HVM test host: {self.runner.error}")
+            raise _RemoteFailure(self.runner.error_text(self.nodeid))
         if outcome is None:
             path = self.nodeid.split("::", 1)[0]
             collect_error = self.runner.outcomes.get(junit_key(path))
@@ -228,6 +257,19 @@ def _skip_reason(outcome):
     return outcome.message or outcome.text.strip() or "skipped in the HVM test host"
 
 
+def _seconds(variable, default) -> float:
+    value = os.environ.get(variable)
+    if not value:
+        return float(default)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise TestHostConfigError(f"{variable}={value!r}: expected a positive number of seconds")
+    return seconds
+
+
 def _tail(text, lines=40):
     return "\n".join(text.rstrip("\n").split("\n")[-lines:])
 
@@ -242,12 +284,22 @@ def pytest_report_header(config):
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     runner = config.stash.get(_RUNNER, None)
-    line = runner.summary() if runner else None
+    try:
+        line = runner.summary() if runner else None
+    except Exception as e:  # the summary must never take pytest's own report down with it
+        line = f"HVM test host: no summary ({type(e).__name__}: {e})"
     if line:
         terminalreporter.write_line(line)
 
 
 # --- fixtures for tests that run with hardware-assisted KVM -------------------------------------
+
+
+@pytest.fixture
+def host(inprocess_host):
+    """Inside the TCG test host a Python process start costs seconds: these tests, about
+    unmodified Linux guests rather than the control plane, run their VMMs in-process."""
+    return inprocess_host
 
 
 @pytest.fixture(scope="session")

@@ -48,11 +48,11 @@ cd /mnt && md5sum file* | sed 's/^/SUM /'
 echo XVM-VERIFIED
 """
 
-# The VMM that gets SIGKILLed: a separate process running one domain.
+# The VMM that gets SIGKILLed: a separate process running one domain in-process.
 CHILD = """
 import sys, xvm
 kernel, initrd, disk, script, quirks = sys.argv[1:6]
-host = xvm.connect()
+host = xvm.connect(in_process=True)
 cfg = xvm.DomainConfig(name="victim", memory_mib=256, kernel=kernel, initrd=initrd,
                        cmdline="console=ttyS0 quiet panic=-1 " + script, disks=[xvm.Disk(disk)],
                        disable_cpu_features=tuple(q for q in quirks.split(",") if q))

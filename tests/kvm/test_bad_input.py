@@ -7,14 +7,51 @@ import xvm
 from xvm import DomainState
 
 
-def test_missing_kernel(tmp_path):
-    with pytest.raises(xvm.ConfigError, match="does not exist"):
-        xvm.DomainConfig(name="x", memory_mib=64, kernel=tmp_path / "nope")
+def test_missing_kernel(no_leaks, host, tmp_path):
+    dom = host.define(xvm.DomainConfig(name="x", memory_mib=64, kernel=tmp_path / "nope"))
+    with pytest.raises(xvm.ConfigError, match=f"^kernel {tmp_path / 'nope'} does not exist$"):
+        dom.start()
+    assert dom.state is DomainState.SHUTOFF and dom.machine is None
 
 
-def test_kernel_is_directory(tmp_path):
+def test_kernel_is_directory(no_leaks, host, tmp_path):
+    dom = host.define(xvm.DomainConfig(name="x", memory_mib=64, kernel=tmp_path))
     with pytest.raises(xvm.ConfigError, match="not a regular file"):
-        xvm.DomainConfig(name="x", memory_mib=64, kernel=tmp_path)
+        dom.start()
+    assert dom.state is DomainState.SHUTOFF
+
+
+@pytest.mark.parametrize("make,error,match", [
+    (lambda p: None, xvm.ConfigError, "does not exist"),
+    (lambda p: p.mkdir(), xvm.ConfigError, "is a directory"),
+    (lambda p: p.write_bytes(b"x" * 1000), xvm.ConfigError, "not a multiple of 512"),
+])
+def test_bad_disk_fails_at_start(no_leaks, host, guest, tmp_path, make, error, match):
+    image = tmp_path / "disk.img"
+    make(image)
+    dom = host.define(xvm.DomainConfig(name="d", memory_mib=64, kernel=guest("hello"), disks=[xvm.Disk(image)]))
+    with pytest.raises(error, match=match) as info:
+        dom.start()
+    assert str(image) in str(info.value)
+    assert dom.state is DomainState.SHUTOFF and dom.machine is None
+
+
+def test_disk_locked_by_another_domain(no_leaks, host, guest, tmp_path):
+    from xvm.devices.block import DiskBusyError
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 20))
+    first = host.define(xvm.DomainConfig(name="a", memory_mib=64, kernel=guest("busy"), disks=[xvm.Disk(image)]))
+    second = host.define(xvm.DomainConfig(name="b", memory_mib=64, kernel=guest("busy"),
+                                          disks=[xvm.Disk(image, readonly=True)]))
+    first.start()
+    try:
+        with pytest.raises(DiskBusyError, match="locked by another writer"):
+            second.start()
+        assert second.state is DomainState.SHUTOFF
+    finally:
+        first.destroy()
+    second.start()
+    second.destroy()
 
 
 @pytest.mark.parametrize("memory", [0, -1, 1, 15, 64.0, "64", True])

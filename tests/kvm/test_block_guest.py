@@ -17,6 +17,12 @@ SECTOR = 512
 MiB = 1 << 20
 
 
+@pytest.fixture
+def host(inprocess_host):
+    """These tests read device metrics and internals: the VMM runs in this process."""
+    return inprocess_host
+
+
 def pattern(sector):
     """The 512 bytes blk.c's blk_pattern() writes to ``sector``."""
     return bytes(((i + sector * 37) ^ 0xA5 ^ (sector >> 8)) & 0xFF for i in range(SECTOR))

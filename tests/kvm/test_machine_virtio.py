@@ -5,8 +5,8 @@ import struct
 import xvm
 from xvm.devices.virtio.testing import MmioDriver
 from xvm.kvm.system import Kvm
-from xvm.machine import layout
-from xvm.machine.machine import VIRTIO_MMIO_GSIS, Machine
+from xvm.machine import build_machine, layout
+from xvm.machine.devices import VIRTIO_MMIO_GSIS
 
 VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT = 0, 1
 
@@ -15,7 +15,8 @@ def test_disk_request_through_the_machine_and_nothing_left_after_close(no_leaks,
     image = tmp_path / "disk.img"
     image.write_bytes(b"\xab" * 512 + bytes(4096 - 512))
     with Kvm() as kvm:
-        machine = Machine(kvm, vcpus=1, memory_bytes=64 << 20, kernel=guest("busy"), disks=[xvm.Disk(image)])
+        cfg = xvm.DomainConfig(name="m", memory_mib=64, kernel=guest("busy"), disks=[xvm.Disk(image)])
+        machine = build_machine(kvm, cfg, console_sink=None)
         try:
             slot = machine.virtio[0]
             assert (slot.base, slot.gsi) == (layout.VIRTIO_MMIO_BASE, VIRTIO_MMIO_GSIS[0])

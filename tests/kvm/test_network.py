@@ -14,9 +14,16 @@ import pytest
 
 import xvm
 from xvm import DomainState
+from xvm.net import NicPlan
 
 ETH_P_XVM = 0x88B5
 SUFFIX = f"{os.getpid() % 100000}"
+
+
+@pytest.fixture
+def host(inprocess_host):
+    """These tests read device metrics and internals: the VMM runs in this process."""
+    return inprocess_host
 
 
 def links():
@@ -135,26 +142,33 @@ def test_taps_removed_on_destroy(no_leaks, host, guest, lan):
     assert not taps & links()
 
 
-def test_taps_removed_when_vmm_dies(clean_links, guest):
+def test_taps_removed_when_vmm_dies(clean_links, guest, state_dir):
+    """The host opened the TAP and handed it to the VMM process: when that process is
+    killed outright, the TAP goes with it, and the domain is crashed."""
     code = textwrap.dedent(f"""
         import sys, time, xvm
         host = xvm.connect()
         net = host.create_network(xvm.Network("die{SUFFIX}"))
         dom = host.create(xvm.DomainConfig(name="d", memory_mib=64, kernel={guest("net")!r},
                           cmdline="count=0 ms=600000", nics=[xvm.Nic(network=net.name)]))
-        print(net.bridge, *net.ports(), flush=True)
+        print(net.bridge, dom.info()["pid"], *net.ports(), flush=True)
         time.sleep(600)
     """)
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        bridge, tap = child.stdout.readline().split()
+        bridge, vmm_pid, tap = child.stdout.readline().split()
         assert tap in links()
-        child.send_signal(signal.SIGKILL)
+        child.send_signal(signal.SIGKILL)  # the host process going does not stop the domain
         child.wait(10)
+        time.sleep(0.2)
+        assert tap in links()
+        os.kill(int(vmm_pid), signal.SIGKILL)  # the VMM process going does
         deadline = time.monotonic() + 5
         while tap in links() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert tap not in links()
+        with xvm.connect() as host:
+            assert host.lookup("d").state is xvm.DomainState.CRASHED
     finally:
         if child.poll() is None:
             child.kill()
@@ -235,3 +249,56 @@ def test_round_trip_latency(no_leaks, host, guest, lan):
     assert m, ping.console.text()
     print(f"\nguest<->guest frame round trip: {m.group(3)} us over {m.group(1)} rounds")
     assert pong.wait(timeout=30) is DomainState.SHUTOFF
+
+
+_TAP_USER = r"""
+import os, socket, sys
+sock = socket.socket(fileno=int(sys.argv[1]))
+msg, fds, flags, addr = socket.recv_fds(sock, 16, 1)
+from xvm.net import NicPlan
+device = NicPlan(sys.argv[2], sys.argv[3], 1500).device_from_tap(fds[0])
+sock.sendall(f"{device.backend.name} {device.mac_address}".encode())
+sock.recv(1)
+device.close()
+sock.sendall(b"closed")
+sock.recv(1)
+"""
+
+
+def test_tap_opened_by_the_parent_serves_a_device_in_another_process(no_leaks, lan):
+    """open_tap() in the host process, device_from_tap() in the VMM process: the TAP
+    stays a bridge port while any fd of it is open and disappears with the last one."""
+    plan = NicPlan("52:54:00:00:09:01", lan.bridge, 1500)
+    parent, child = socket.socketpair()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-c", _TAP_USER, str(child.fileno()), plan.mac, plan.bridge],
+                            pass_fds=[child.fileno()], env=dict(os.environ, PYTHONPATH=root))
+    child.close()
+    try:
+        fd = plan.open_tap()
+        socket.send_fds(parent, [b"t"], [fd])
+        os.close(fd)  # only the child's copy is left
+        name, mac = parent.recv(64).decode().split()
+        assert mac == plan.mac and lan.ports() == [name]
+        parent.sendall(b"x")
+        assert parent.recv(6) == b"closed"
+        deadline = time.monotonic() + 5
+        while name in links() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert name not in links() and lan.ports() == []
+        parent.sendall(b"x")
+        assert proc.wait(10) == 0
+    finally:
+        parent.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_device_from_an_fd_that_is_not_a_tap(no_leaks, tmp_path):
+    from xvm.devices.net import TapError
+    fd = os.open(tmp_path, os.O_RDONLY)
+    with pytest.raises(TapError, match="not an attached TAP"):
+        NicPlan("52:54:00:00:09:02", "br0", 1500).device_from_tap(fd)
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed: the device owned it

@@ -7,8 +7,8 @@ import pytest
 
 from xvm.errors import ConfigError
 from xvm.kvm.memory import GuestMemory
-from xvm.machine.acpi import RSDP_GPA, build_tables, layout_tables
-from xvm.machine.acpi import aml, tables
+from xvm.acpi import RSDP_GPA, build_tables, layout_tables
+from xvm.acpi import aml, tables
 
 VIRTIO = [(0xD000_0000, 0x1000, 5), (0xD000_1000, 0x1000, 6), (0xD000_2000, 0x1000, 7, True)]
 

@@ -1,8 +1,8 @@
 """The ACPI PM1a event/control registers, power button, S5 power-off and PM timer."""
 import pytest
 
-from xvm.machine.acpi import AcpiPm, AcpiPmState
-from xvm.machine.acpi import pm
+from xvm.acpi import AcpiPm, AcpiPmState
+from xvm.acpi import pm
 from xvm.machine.bus import Bus
 
 

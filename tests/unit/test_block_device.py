@@ -372,7 +372,7 @@ def test_features_without_discard_negotiated(image, memory, irq):
         dev.close()
 
 
-# -- hostile requests through the whole device (no worker: process_queue called directly) --
+# -- hostile requests through the whole device (no worker: the core's serve_queue called directly) --
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -382,7 +382,7 @@ class _Irq:
     def __init__(self):
         self.count = 0
 
-    def trigger(self, kind):
+    def trigger(self, kind, queue=None):
         self.count += 1
 
 
@@ -404,6 +404,7 @@ _HOSTILE_DESC = st.tuples(
        segment=st.binary(min_size=16, max_size=16),
        heads=st.lists(st.integers(0, 7), min_size=1, max_size=8))
 def test_hostile_requests_fail_alone(image, descs, headers, segment, heads):
+    from xvm.devices.virtio.batch import serve_queue
     from xvm.devices.virtio.queue import Queue
     from xvm.devices.virtio.testing import DriverRing
     with GuestMemory.create([(0, 0x400000)]) as memory:
@@ -421,7 +422,7 @@ def test_hostile_requests_fail_alone(image, descs, headers, segment, heads):
             dev.activate(memory, [queue], _Irq())
             for head in heads:
                 ring.publish(head)
-            dev.process_queue(0)  # never raises for per-request faults
+            serve_queue(dev, 0)  # never raises for per-request faults
             used = ring.take_used()
             assert sorted(h for h, _ in used) == sorted(heads)  # every request completed
             assert not dev.broken
@@ -430,7 +431,7 @@ def test_hostile_requests_fail_alone(image, descs, headers, segment, heads):
             ring.write_desc(1, STATUS, 1, VIRTQ_DESC_F_WRITE)
             memory.write(HDR, struct.pack("<IIQ", VIRTIO_BLK_T_FLUSH, 0, 0))
             ring.publish(0)
-            dev.process_queue(0)
+            serve_queue(dev, 0)
             assert ring.take_used() == [(0, 1)]
             assert memory.read(STATUS, 1)[0] == VIRTIO_BLK_S_OK
         finally:
@@ -455,3 +456,49 @@ def test_resize_sends_config_change(blk, image):
     os.truncate(image, 2 * DISK_SIZE + 100)
     with pytest.raises(Exception, match="not a multiple of 512"):
         dev.refresh_capacity()
+
+
+def test_guest_errors_counted_and_rate_limited(blk, memory, caplog):
+    """1000 malformed chains: each fails alone and is counted; the host log gets
+    a handful of one-line records and a "suppressed" summary, no traceback."""
+    import logging
+    import re
+    dev, mmio, drv = blk
+    ring = drv.ring
+    caplog.set_level(logging.DEBUG, logger="xvm")
+    for _ in range(10):
+        heads = []
+        for _ in range(100):
+            # One device-writable buffer outside guest RAM (§2.7.5).
+            head = ring.add_chain([(0x7FFF0000, 512, True)])
+            ring.publish(head)
+            heads.append(head)
+        drv.mmio_driver.kick(0)
+        assert sorted(ring.wait_used(100)) == sorted((h, 0) for h in heads)
+    assert dev.metrics.guest_error_count == 1000
+    assert dev.metrics.invalid_chain_count == 1000
+    assert not mmio.read(M.VIRTIO_MMIO_STATUS, 4) & VIRTIO_CONFIG_S_NEEDS_RESET
+    # A corrupt ring: one more guest error, the device needs a reset.
+    memory.write_u16(ring.avail_ring + 2, ring.avail_idx + 1000)
+    drv.mmio_driver.kick(0)
+    import time
+    deadline = time.monotonic() + 5
+    while not mmio.read(M.VIRTIO_MMIO_STATUS, 4) & VIRTIO_CONFIG_S_NEEDS_RESET:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert dev.metrics.guest_error_count == 1001
+    assert dev.metrics.queue_error_count == 1
+    mmio.write(M.VIRTIO_MMIO_STATUS, 4, 0)  # a reset logs what was suppressed
+    records = [r for r in caplog.records if r.name.startswith("xvm")]
+    print(f"\n{len(records)} log records for 1001 guest errors:")
+    for r in records:
+        print("  ", r.levelname, r.getMessage())
+    assert len(records) <= 12
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in records)
+    logged = [r for r in records if "malformed chain" in r.getMessage()]
+    assert logged and all(dev.name in r.getMessage() and "(§2.7.5)" in r.getMessage()
+                          for r in logged)
+    suppressed = sum(int(m.group(1)) for r in records
+                     if (m := re.search(r"(\d+) more suppressed", r.getMessage())))
+    ring_errors = [r for r in records if "avail.idx" in r.getMessage()]
+    assert len(logged) + len(ring_errors) + suppressed == 1001

@@ -1,14 +1,18 @@
-"""Disk configuration checks and the raw-file / block-device backends."""
+"""Disk configuration (plain data), its host checks (Disk.check, run by preflight), the raw-file /
+block-device backends, and backends built over an fd opened and locked by another process."""
 import errno
 import fcntl
 import os
 import shutil
+import socket
 import subprocess
+import sys
 
 import pytest
 
 from xvm.devices.block import Disk, DiskBusyError, DiskConfigError
 from xvm.devices.block.backend import BlockDevice, RawFile
+from xvm.config import DomainConfig, preflight
 from xvm.errors import ConfigError
 
 
@@ -32,14 +36,30 @@ def test_valid_disk(image):
 
 def test_missing_path(tmp_path):
     path = tmp_path / "nope.img"
+    disk = Disk(path)  # plain data: nothing is looked at on construction
     with pytest.raises(ConfigError, match="does not exist") as info:
-        Disk(path)
+        disk.check()
     assert str(path) in str(info.value) and info.value.path == str(path)
+
+
+def test_missing_path_fails_at_preflight(tmp_path):
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"\x7fELF")
+    path = tmp_path / "nope.img"
+    cfg = DomainConfig(name="d", memory_mib=64, kernel=kernel, disks=[Disk(path)])
+    with pytest.raises(DiskConfigError, match="does not exist") as info:
+        preflight(cfg)
+    assert info.value.path == str(path)
+
+
+def test_relative_path_is_made_absolute(image, monkeypatch):
+    monkeypatch.chdir(image.parent)
+    assert Disk("disk.img").path == str(image)
 
 
 def test_directory(tmp_path):
     with pytest.raises(DiskConfigError, match="is a directory") as info:
-        Disk(tmp_path)
+        Disk(tmp_path).check()
     assert str(tmp_path) in str(info.value)
 
 
@@ -47,7 +67,7 @@ def test_size_not_multiple_of_512(tmp_path):
     path = tmp_path / "odd.img"
     path.write_bytes(b"x" * 1000)
     with pytest.raises(DiskConfigError, match="not a multiple of 512") as info:
-        Disk(path)
+        Disk(path).check()
     assert str(path) in str(info.value)
 
 
@@ -62,16 +82,16 @@ def test_cannot_open_for_write(image, monkeypatch, err):
 
     monkeypatch.setattr(os, "open", fake_open)
     with pytest.raises(DiskConfigError, match="cannot be opened for writing") as info:
-        Disk(image)
+        Disk(image).check()
     assert str(image) in str(info.value) and "readonly=True" in str(info.value)
-    assert Disk(image, readonly=True).readonly  # read-only is fine
+    Disk(image, readonly=True).check()  # read-only is fine
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
 def test_cannot_open_for_write_permissions(image):
     os.chmod(image, 0o444)
     with pytest.raises(DiskConfigError, match="cannot be opened for writing"):
-        Disk(image)
+        Disk(image).check()
 
 
 def test_locked_by_another_writer(image):
@@ -79,13 +99,13 @@ def test_locked_by_another_writer(image):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         with pytest.raises(DiskBusyError, match="locked") as info:
-            Disk(image)
+            Disk(image).check()
         assert str(image) in str(info.value)
         with pytest.raises(DiskBusyError):
-            Disk(image, readonly=True)
+            Disk(image, readonly=True).check()
     finally:
         os.close(fd)
-    Disk(image)  # free again
+    Disk(image).check()  # free again
 
 
 def test_readers_share_writers_exclude(image):
@@ -94,7 +114,7 @@ def test_readers_share_writers_exclude(image):
         second = Disk(image, readonly=True).open()  # two readers are fine
         second.close()
         with pytest.raises(DiskBusyError):
-            Disk(image)  # but nobody may write under a reader
+            Disk(image).check()  # but nobody may write under a reader
     finally:
         reader.close()
     writer = Disk(image).open()
@@ -113,7 +133,7 @@ def test_locked_by_another_process(image):
     try:
         assert proc.stdout.readline().strip() == "locked"
         with pytest.raises(DiskBusyError):
-            Disk(image)
+            Disk(image).check()
     finally:
         proc.stdin.close()
         proc.wait(10)
@@ -129,9 +149,125 @@ def test_bad_options(image, kw, match):
         Disk(image, **kw)
 
 
-def test_not_a_path():
-    with pytest.raises(DiskConfigError):
-        Disk(42.0)
+@pytest.mark.parametrize("path", [42.0, None, b"/disk.img", "", "a\0b"])
+def test_not_a_path(path):
+    with pytest.raises(DiskConfigError, match="is not a path"):
+        Disk(path)
+
+
+def test_disk_dict_round_trip(image):
+    disk = Disk(image, readonly=True, serial="s1", cache="unsafe")
+    assert disk.to_dict() == {"path": str(image), "readonly": True, "serial": "s1", "cache": "unsafe"}
+    assert Disk.from_dict(disk.to_dict()) == disk
+    assert Disk.from_dict({"path": str(image)}) == Disk(image)
+
+
+@pytest.mark.parametrize("data,match", [
+    ({"path": "/a.img", "format": "qcow2"}, r"unknown field\(s\) 'format'"),
+    ({"serial": "x"}, r"missing field\(s\) 'path'"),
+    ({"path": "/a.img", "serial": "x" * 21}, "longer than 20"),
+    ({"path": "/a.img", "readonly": 1}, "readonly must be True or False"),
+    (["/a.img"], "must be a dict"),
+])
+def test_disk_from_dict_names_the_bad_field(data, match):
+    with pytest.raises(DiskConfigError, match=match):
+        Disk.from_dict(data)
+
+
+# --- backends over an fd opened elsewhere ---------------------------------------------
+
+
+def test_open_over_an_fd(image):
+    disk = Disk(image)
+    fd = disk.open_fd()
+    with disk.open(fd=fd) as backend:
+        assert isinstance(backend, RawFile) and backend.fd == fd and backend.size == 1 << 20
+        backend.writev(0, [memoryview(b"\x11" * 512)])
+        with pytest.raises(DiskBusyError):
+            Disk(image).check()  # the lock taken by open_fd() is still held
+    assert image.read_bytes()[:512] == b"\x11" * 512
+    Disk(image).check()  # closing the backend closed the fd and released the lock
+
+
+@pytest.mark.parametrize("flags,kw,match", [
+    (os.O_RDONLY, {}, "opened read-only but the disk is writable"),
+    (os.O_RDWR, {"cache": "writethrough"}, "needs an fd opened with O_DSYNC"),
+])
+def test_open_over_an_unsuitable_fd(image, flags, kw, match):
+    fd = os.open(image, flags | os.O_CLOEXEC)
+    with pytest.raises(DiskConfigError, match=match):
+        Disk(image, **kw).open(fd=fd)
+    with pytest.raises(OSError):
+        os.fstat(fd)  # the backend owned the fd and closed it
+
+
+def test_open_over_an_fd_of_a_locked_image(image):
+    holder = Disk(image).open()
+    try:
+        fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)  # opened, but never locked
+        with pytest.raises(DiskBusyError, match="locked"):
+            Disk(image).open(fd=fd)
+    finally:
+        holder.close()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_LOCK_HOLDER = r"""
+import array, os, socket, sys
+sock = socket.socket(fileno=int(sys.argv[1]))
+msg, fds, flags, addr = socket.recv_fds(sock, 16, 1)
+from xvm.devices.block import Disk
+backend = Disk(sys.argv[2]).open(fd=fds[0])
+backend.writev(512, [memoryview(b"\x22" * 512)])
+sock.sendall(b"ready")
+sock.recv(1)
+backend.close()
+sock.sendall(b"closed")
+sock.recv(1)
+"""
+
+
+def test_lock_travels_with_the_fd_to_another_process(image):
+    """The parent opens and locks; the fd goes to a child over SCM_RIGHTS; the parent
+    closes its copy; the lock still keeps a third opener out until the child closes."""
+    parent, child = socket.socketpair()
+    proc = subprocess.Popen([sys.executable, "-c", _LOCK_HOLDER, str(child.fileno()), str(image)],
+                            pass_fds=[child.fileno()], env=dict(os.environ, PYTHONPATH=ROOT))
+    child.close()
+    try:
+        fd = Disk(image).open_fd()
+        socket.send_fds(parent, [b"d"], [fd])
+        assert parent.recv(5) == b"ready"
+        os.close(fd)  # only the child holds the open file description now
+        for readonly in (False, True):
+            with pytest.raises(DiskBusyError, match="locked"):
+                Disk(image, readonly=readonly).check()
+        parent.sendall(b"x")
+        assert parent.recv(6) == b"closed"
+        Disk(image).check()  # the last fd closed: the lock is gone
+        assert image.read_bytes()[512:1024] == b"\x22" * 512
+        parent.sendall(b"x")
+        assert proc.wait(10) == 0
+    finally:
+        parent.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_lock_held_by_an_inherited_fd_outlives_the_opener(image):
+    fd = Disk(image).open_fd()
+    os.set_inheritable(fd, True)
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+                            pass_fds=[fd])
+    try:
+        os.close(fd)
+        with pytest.raises(DiskBusyError):
+            Disk(image).check()  # the child's inherited copy still holds it
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+    Disk(image).check()
 
 
 def test_raw_file_io(image):
@@ -191,6 +327,6 @@ def test_block_device_backend(image):
             assert out == bytes(4096)
             backend.discard(0, 4096)
             with pytest.raises(DiskBusyError):
-                Disk(dev)  # held exclusively (O_EXCL and flock) by the backend
+                Disk(dev).check()  # held exclusively (O_EXCL and flock) by the backend
     finally:
         subprocess.run(["losetup", "-d", dev], timeout=20)

@@ -1,5 +1,7 @@
-"""DomainConfig: every rule is checked on construction and on replace(); a bad value is named."""
+"""DomainConfig: every value is checked on construction and on replace(), a bad value is named;
+what the host must provide (files) is checked by preflight(); to_dict()/from_dict() round-trip exactly."""
 import dataclasses
+import json
 import os
 import pathlib
 import shutil
@@ -10,7 +12,7 @@ import pytest
 
 import xvm
 
-from xvm.config import CMDLINE_MAX, MAX_VCPUS, MIN_MEMORY_MIB, DomainConfig
+from xvm.config import CMDLINE_MAX, MAX_VCPUS, MIN_MEMORY_MIB, DomainConfig, preflight
 from xvm.errors import ConfigError
 from xvm.machine import layout
 
@@ -133,14 +135,37 @@ def test_boot_file_accepts_path_objects(make, kernel, field):
 @pytest.mark.parametrize("field", ["kernel", "initrd"])
 def test_missing_boot_file(make, tmp_path, field):
     missing = tmp_path / "nope"
+    cfg = make(**{field: str(missing)})  # plain data: nothing looked at yet
     with pytest.raises(ConfigError, match=f"^{field} {missing} does not exist$"):
-        make(**{field: str(missing)})
+        preflight(cfg)
 
 
 @pytest.mark.parametrize("field", ["kernel", "initrd"])
 def test_boot_file_that_is_a_directory(make, tmp_path, field):
+    cfg = make(**{field: str(tmp_path)})
     with pytest.raises(ConfigError, match=f"^{field} {tmp_path} is not a regular file$"):
-        make(**{field: str(tmp_path)})
+        preflight(cfg)
+
+
+def test_preflight_passes_a_good_config(make, kernel, tmp_path):
+    image = tmp_path / "disk0.img"
+    image.write_bytes(bytes(4096))
+    assert preflight(make(initrd=str(kernel), disks=[xvm.Disk(image)])) is None
+
+
+def test_construction_touches_nothing_on_the_host(kernel, monkeypatch):
+    """No stat, open or access of any path while a config (with disks and NICs) is built."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"host I/O during construction: {args!r}")
+
+    for name in ("stat", "lstat", "open", "access"):
+        monkeypatch.setattr(os, name, refuse)
+    monkeypatch.setattr(os.path, "realpath", refuse)
+    monkeypatch.setattr("builtins.open", refuse)
+    cfg = DomainConfig(name="web", memory_mib=64, kernel="/nonexistent/vmlinux", initrd="/nonexistent/initrd",
+                       disks=[xvm.Disk("/nonexistent/a.img"), xvm.Disk("/nonexistent/b.img", readonly=True)],
+                       nics=[xvm.Nic(network="lan"), xvm.Nic(bridge="br0", mac="52:54:00:00:00:01")])
+    assert DomainConfig.from_dict(cfg.to_dict()) == cfg
 
 
 @pytest.mark.parametrize("field", ["kernel", "initrd"])
@@ -156,7 +181,7 @@ def test_kernel_is_required_even_as_none(make):
 
 
 def _config_error_as_nobody(**args):
-    """Validate a DomainConfig in a child process without root's privileges; the error message or ''."""
+    """Preflight a DomainConfig in a child process without root's privileges; the error message or ''."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: drop to nobody, validate, report, exit without running pytest's cleanup
@@ -164,7 +189,7 @@ def _config_error_as_nobody(**args):
         try:
             os.setgid(65534)
             os.setuid(65534)
-            DomainConfig(**args)
+            preflight(DomainConfig(**args))
             message = b""
         except ConfigError as e:
             message = str(e).encode()
@@ -204,8 +229,9 @@ def test_unreadable_boot_file(kernel, field):
             assert check(**args) == ""  # the same config with a readable file passes
         else:
             os.chmod(shut, 0)
+            cfg = DomainConfig(**args)
             with pytest.raises(ConfigError, match=f"^{field} {shut} is not readable$"):
-                DomainConfig(**args)
+                preflight(cfg)
     finally:
         shutil.rmtree(where)
 
@@ -322,8 +348,8 @@ def test_replace_returns_a_changed_copy(make):
         ({"memory_mib": 8}, "memory_mib must be"),
         ({"name": "bad name"}, "domain name"),
         ({"uuid": "xyz"}, "is not a UUID"),
-        ({"kernel": "/nonexistent/vmlinux"}, "does not exist"),
-        ({"initrd": "/nonexistent/initrd"}, "does not exist"),
+        ({"kernel": 42}, "kernel must be a path"),
+        ({"initrd": b"/boot/initrd"}, "initrd must be a path"),
         ({"cmdline": "a\0b"}, "no NUL"),
         ({"disable_cpu_features": ["sse9"]}, "unknown CPU feature"),
     ],
@@ -332,6 +358,22 @@ def test_replace_revalidates(make, changes, message):
     cfg = make()
     with pytest.raises(ConfigError, match=message):
         cfg.replace(**changes)
+
+
+@pytest.mark.parametrize("changes", [{"kernel": "/nonexistent/vmlinux"}, {"initrd": "/nonexistent/initrd"}])
+def test_replace_to_a_missing_file_fails_at_preflight(make, changes):
+    cfg = make().replace(**changes)
+    with pytest.raises(ConfigError, match="does not exist"):
+        preflight(cfg)
+
+
+def test_disk_given_twice_through_a_symlink_fails_at_preflight(make, tmp_path):
+    image = tmp_path / "disk0.img"
+    image.write_bytes(bytes(4096))
+    (tmp_path / "link.img").symlink_to(image)
+    cfg = make(disks=[xvm.Disk(image, readonly=True), xvm.Disk(tmp_path / "link.img", readonly=True)])
+    with pytest.raises(ConfigError, match="more than once"):
+        preflight(cfg)
 
 
 def test_replace_resolves_a_new_relative_kernel(make, kernel, monkeypatch):
@@ -344,4 +386,62 @@ def test_to_dict(make):
     d = cfg.to_dict()
     assert d["uuid"] == str(UUID)
     assert d["name"] == "web" and d["memory_mib"] == 64 and d["cmdline"] == "quiet"
-    assert DomainConfig(**d) == cfg  # round trips
+    assert DomainConfig.from_dict(d) == cfg  # round trips
+
+
+def full_config(make, tmp_path):
+    return make(uuid=UUID, vcpus=2, initrd=str(tmp_path / "initrd"), cmdline="console=ttyS0 quiet",
+                disable_cpu_features=["xsave", "pcid"], virtio_transport="pci",
+                disks=[xvm.Disk(tmp_path / "a.img", serial="s-a", cache="writethrough"),
+                       xvm.Disk(tmp_path / "b.img", readonly=True)],
+                nics=[xvm.Nic(network="lan"), xvm.Nic(bridge="br0", mac="52:54:00:AB:CD:EF", mtu=9000)])
+
+
+def test_json_round_trip_is_exact(make, tmp_path):
+    cfg = full_config(make, tmp_path)
+    d = cfg.to_dict()
+    assert d["disks"] == [
+        {"path": str(tmp_path / "a.img"), "readonly": False, "serial": "s-a", "cache": "writethrough"},
+        {"path": str(tmp_path / "b.img"), "readonly": True, "serial": None, "cache": "none"}]
+    assert d["nics"] == [{"network": "lan", "mac": None, "bridge": None, "mtu": None},
+                         {"network": None, "mac": "52:54:00:ab:cd:ef", "bridge": "br0", "mtu": 9000}]
+    assert d["disable_cpu_features"] == ["xsave", "pcid"]
+    text = json.dumps(d)
+    again = DomainConfig.from_dict(json.loads(text))
+    assert again == cfg and json.dumps(again.to_dict()) == text
+    assert DomainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"colour": "blue"}, r"unknown field\(s\) 'colour'"),
+    ({"memory_mib": "64"}, "memory_mib must be an integer"),
+    ({"uuid": "nope"}, "is not a UUID"),
+    ({"disks": "a.img"}, "'disks' must be a list"),
+    ({"disks": [{"path": "/a.img", "size": 5}]}, r"unknown field\(s\) 'size'"),
+    ({"disks": [{"readonly": True}]}, r"missing field\(s\) 'path'"),
+    ({"disks": [{"path": "/a.img", "cache": "bogus"}]}, "cache mode 'bogus'"),
+    ({"disks": [{"path": "/a.img", "readonly": "yes"}]}, "readonly must be True or False"),
+    ({"disks": ["/a.img"]}, "a disk must be a dict"),
+    ({"nics": [{"network": "lan", "speed": 10}]}, r"unknown field\(s\) 'speed'"),
+    ({"nics": [{"network": "lan", "mac": "01:00:5e:00:00:01"}]}, "multicast"),
+    ({"nics": [{}]}, "exactly one"),
+])
+def test_from_dict_names_the_bad_field(make, tmp_path, change, message):
+    d = full_config(make, tmp_path).to_dict()
+    d.update(change)
+    with pytest.raises(ConfigError, match=message):
+        DomainConfig.from_dict(d)
+
+
+@pytest.mark.parametrize("drop", ["name", "memory_mib", "kernel"])
+def test_from_dict_needs_the_required_fields(make, drop):
+    d = make().to_dict()
+    del d[drop]
+    with pytest.raises(ConfigError, match=rf"missing field\(s\) '{drop}'"):
+        DomainConfig.from_dict(d)
+
+
+@pytest.mark.parametrize("value", [None, [], "name=web"])
+def test_from_dict_needs_a_dict(value):
+    with pytest.raises(ConfigError, match="must be a dict"):
+        DomainConfig.from_dict(value)

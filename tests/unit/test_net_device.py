@@ -364,3 +364,69 @@ def test_transmit_header_split_across_descriptors(net, memory):
              buffers=[(TXBUF, 5, False), (TXBUF + 5, 3, False), (TXBUF + 8, n - 8, False)])
     drv.tx.wait_used()
     wait_for(lambda: dev.metrics.tx_dropped_count == 1)
+
+
+class SlowBackend(PairBackend):
+    """A TAP whose writes take a while (a busy host): the guest refills its tx
+    queue faster than the device drains it."""
+
+    def writev(self, views):
+        time.sleep(0.0002)
+        return super().writev(views)
+
+
+def test_reset_under_a_full_tx_queue(memory, irq):
+    """A guest resubmitting every tx packet as soon as it is used, while another
+    vCPU resets the device: the reset returns at once, never raises."""
+    import threading
+    backend = SlowBackend()
+    dev = VirtioNet(MAC, backend=backend, mtu=9000)
+    mmio = M.VirtioMmioDevice(dev, memory, irq)
+    drv = NetDriver(memory, mmio, queue_size=256)
+    memory.write(TXBUF, bytes(12) + FRAME)
+    for _ in range(256):
+        drv.tx.publish(drv.tx.add_chain([(TXBUF, 12 + len(FRAME), False)]))
+    notify = os.dup(mmio.notify_eventfds()[1])
+    stop = threading.Event()
+    backend.peer.settimeout(0.05)
+
+    def flood():
+        while not stop.is_set():
+            used = drv.tx.take_used()
+            for head, _ in used:
+                drv.tx.publish(head)
+            if used:
+                os.eventfd_write(notify, 1)
+            else:
+                time.sleep(0)
+
+    def sink():
+        while not stop.is_set():
+            try:
+                backend.peer.recv(65536)
+            except (TimeoutError, OSError):
+                pass
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (flood, sink)]
+    for t in threads:
+        t.start()
+    os.eventfd_write(notify, 1)
+    try:
+        wait_for(lambda: dev.metrics.tx_packets + dev.metrics.tap_write_error_count > 1000)
+        worker = mmio.transport._worker
+        start = time.monotonic()
+        mmio.write(M.VIRTIO_MMIO_STATUS, 4, 0)
+        elapsed = time.monotonic() - start
+        print(f"\nreset under a full tx queue took {elapsed * 1000:.1f} ms")
+        assert elapsed < 0.5
+        assert not worker.running and mmio.read(M.VIRTIO_MMIO_STATUS, 4) == 0
+        drv2 = NetDriver(memory, mmio)
+        head = drv2.send(FRAME)
+        assert drv2.tx.wait_used() == [(head, 0)]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+        os.close(notify)
+        mmio.close()
+        dev.close()

@@ -9,7 +9,7 @@ from xvm.devices.pci.irq import FIRST_MSI_GSI, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_P
 from xvm.errors import ConfigError
 from xvm.kvm.vm import IrqchipRoute, MsiRoute
 from xvm.machine import layout
-from xvm.machine.acpi import layout_tables
+from xvm.acpi import layout_tables
 from xvm.machine.bus import Bus
 
 WINDOW = layout.PCI_MMIO_WINDOW

@@ -90,9 +90,9 @@ def test_records_survive_reopen(path):
 def test_taken_name_or_uuid_names_the_other_domain(store):
     uuid = new_uuid()
     store.add_domain(uuid, "web", {})
-    with pytest.raises(ConfigError, match=f"'web' is taken by domain {uuid}"):
+    with pytest.raises(ConfigError, match=f"a domain named 'web' already exists \\(uuid {uuid}\\)"):
         store.add_domain(new_uuid(), "web", {})
-    with pytest.raises(ConfigError, match=f"uuid {uuid} is taken by domain 'web'"):
+    with pytest.raises(ConfigError, match=f"domain 'web' already has uuid {uuid}"):
         store.add_domain(uuid, "db", {})
     assert [r.name for r in store.domains()] == ["web"]
 
@@ -112,7 +112,7 @@ def test_rename(store):
     assert store.rename(web.uuid, "www").name == "www"
     assert store.domain("web") is None
     assert store.domain("www").uuid == web.uuid
-    with pytest.raises(ConfigError, match=f"'db' is taken by domain {db.uuid}"):
+    with pytest.raises(ConfigError, match=f"a domain named 'db' already exists \\(uuid {db.uuid}\\)"):
         store.rename(web.uuid, "db")
     assert store.rename(web.uuid, "www").name == "www"  # its own name: a no-op
     assert sorted(r.name for r in store.domains()) == ["db", "www"]

@@ -35,6 +35,7 @@ class EchoDevice(VirtioDevice):
         self.threads = set()
         self.reset_count = 0
         self.fail_next = False
+        self.bug_next = False
         self.config = bytearray(b"\x11\x22\x33\x44\x55\x66\x77\x88")
 
     @property
@@ -47,21 +48,22 @@ class EchoDevice(VirtioDevice):
     def write_config(self, offset, data):
         self.config[offset:offset + len(data)] = data
 
-    def process_queue(self, index):
+    def process_queue(self, index, batch):
         self.threads.add(threading.current_thread().name)
         if self.fail_next:
             raise QueueError("test: ring broken")
-        queue = self.queues[index]
-        while (chain := queue.pop()) is not None:
-            data = chain.read()
-            n = 0
-            for view in chain.writable_views():
-                part = data[n:n + len(view)]
-                view[:len(part)] = part
-                n += len(part)
-            queue.add_used(chain.head, n)
-        if queue.needs_notification():
-            self.interrupt.trigger(InterruptKind.USED_BUFFER)
+        super().process_queue(index, batch)
+
+    def process_chain(self, index, chain):
+        if self.bug_next:
+            raise RuntimeError("test: a VMM bug")
+        data = chain.read()
+        n = 0
+        for view in chain.writable_views():
+            part = data[n:n + len(view)]
+            view[:len(part)] = part
+            n += len(part)
+        return n
 
     def reset(self):
         super().reset()
@@ -342,6 +344,30 @@ def test_device_error_sets_needs_reset(env):
     assert d.r(M.VIRTIO_MMIO_CONFIG_GENERATION) == 1
     d.w(M.VIRTIO_MMIO_STATUS, 0)
     assert d.status() == 0
+
+
+def test_vmm_bug_keeps_traceback_and_needs_reset(env, caplog):
+    import logging
+    memory, irq, dev, mmio, d = env
+    caplog.set_level(logging.DEBUG, logger="xvm")
+    d.init()
+    dev.bug_next = True
+    echo(memory, d.rings[0], b"boom")
+    d.kick(0)
+    deadline = time.monotonic() + 5
+    while not d.status() & NEEDS_RESET:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert dev.broken
+    bugs = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(bugs) == 1 and bugs[0].exc_info is not None
+    assert "VMM bug" in bugs[0].getMessage()
+    dev.bug_next = False
+    d.rings.clear()
+    d.init()  # a reset brings it back
+    head = echo(memory, d.rings[0], b"fine")
+    d.kick(0)
+    assert d.rings[0].wait_used() == [(head, 4)]
 
 
 def test_notify_of_missing_queue_is_ignored(env):

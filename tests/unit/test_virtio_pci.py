@@ -67,18 +67,24 @@ class EchoDevice(VirtioDevice):
     def __init__(self):
         super().__init__()
         self.config = bytearray(range(16))
+        # A backend event that completes work on queue 1 (like a TAP for net rx).
+        self.source = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+
+    def event_sources(self):
+        return ((self.source, 1, self._from_source),)
+
+    def _from_source(self, index, batch):
+        os.eventfd_read(self.source)
+        batch.serve_chains(lambda chain: self.process_chain(index, chain))
 
     def config_space(self):
         return bytes(self.config)
 
-    def process_queue(self, index):
-        queue = self.queues[index]
-        while (chain := queue.pop()) is not None:
-            data = chain.read()
-            for view in chain.writable_views():
-                view[:len(data)] = data[:len(view)]
-            queue.add_used(chain.head, len(data))
-        self.interrupt.trigger(InterruptKind.USED_BUFFER)
+    def process_chain(self, index, chain):
+        data = chain.read()
+        for view in chain.writable_views():
+            view[:len(data)] = data[:len(view)]
+        return len(data)
 
 
 class Config:
@@ -115,6 +121,7 @@ def env(request):
     slot = bridge.add(function)
     yield memory, vm, mmio, pio, bridge, function, Config(pio, slot << 3)
     function.close()
+    os.close(dev.source)
     memory.close()
 
 
@@ -287,6 +294,42 @@ def test_linux_probe_msix_and_echo(env):
     # Config change goes to the config vector.
     function.transport.raise_interrupt(InterruptKind.CONFIG_CHANGE)
     assert wait_fd(fd_by_gsi[gsis[0]]) == 1
+
+
+def _pending(fd):
+    try:
+        return os.eventfd_read(fd)
+    except BlockingIOError:
+        return 0
+
+
+def test_used_buffer_signals_only_its_queue_vector(env):
+    """An interrupt names its queue: a used buffer on queue 1 fires queue 1's
+    vector and no other, whether the work came from the queue's notification
+    or from a device event source (a TAP becoming readable)."""
+    memory, vm, mmio, pio, bridge, function, cfg = env
+    d = probe(env)
+    enable_msix(env, d, vectors=3)
+    rings = init_device(env, d)  # config -> vector 0, queue 0 -> 1, queue 1 -> 2
+    fd_by_vector = {gsi - FIRST_MSI_GSI: fd for fd, gsi in vm.irqfds.items()}
+    ring = rings[1]
+    memory.write(DATA, b"event")
+    for round_ in range(3):
+        head = ring.add_chain([(DATA, 5, False), (DATA + 0x1000, 64, True)])
+        ring.publish(head)
+        if round_ == 0:
+            os.eventfd_write(function.notify_eventfds()[1], 1)  # the queue's notification
+        else:
+            os.eventfd_write(function.device.source, 1)  # the backend's event
+        assert ring.wait_used() == [(head, 5)]
+        assert wait_fd(fd_by_vector[2]) == 1
+    # Nothing reached queue 0's vector or the config vector.
+    assert _pending(fd_by_vector[1]) == 0
+    assert _pending(fd_by_vector[0]) == 0
+    # The transport routes by the queue named, from any thread.
+    function.transport.raise_interrupt(InterruptKind.USED_BUFFER, 0)
+    assert wait_fd(fd_by_vector[1]) == 1
+    assert _pending(fd_by_vector[2]) == 0
 
 
 def test_masked_vector_sets_pending_and_fires_on_unmask(env):

@@ -187,7 +187,10 @@ class Daemon:
         return _record(self.host.store.domain(str(self.host.define(DomainConfig.from_dict(action.config)).uuid)))
 
     def _do_Create(self, action):
-        domain = self.host.create(DomainConfig.from_dict(action.config))
+        config = DomainConfig.from_dict(action.config)
+        if not action.start:
+            return _record(self.host.store.domain(str(self.host._add(config, persistent=False).uuid)))
+        domain = self.host.create(config)
         return _record(self.host.store.domain(str(domain.uuid)) or _transient_gone(domain))
 
     def _do_Undefine(self, action):
@@ -208,23 +211,20 @@ class Daemon:
         if isinstance(action, A.Boot):
             domain.start()
             return domain.info()
+        domain.console._ensure()  # keep xvmd's mirror on the current boot
         result = self.host._act(domain, action)
         if isinstance(action, A.Destroy):
             self.host._stopped(domain)
         return result
 
     def _stream(self, conn, request_id, key, action):
+        """A console stream from xvmd's own mirror of the domain's console, which follows
+        the domain across boots (and so outlives any one VMM process)."""
         domain = self.host.lookup(key)
-        _, channel = self.host._channel(str(domain.uuid))
-        if channel is None:
-            def attach(listener):
-                listener("closed", "the domain is not running")
-                return lambda: None
-        else:
-            def attach(listener):
-                return channel.attach_console(listener, history=action.history)
+        domain.console._ensure()
         try:
-            stream_console(conn, request_id, attach, domain.name)
+            stream_console(conn, request_id, lambda listener: domain.console.subscribe(listener, action.history),
+                           domain.name)
         except XvmError as e:
             _try_send(conn, P.error_reply(request_id, e))
 

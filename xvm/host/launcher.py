@@ -55,13 +55,15 @@ def vmm_alive(state_dir, uuid):
         lock.close()  # releases it again if we got it
 
 
-def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=()):
+def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=(), before_boot=None):
     """Start ``python3 -m xvm.vmm`` for ``config`` and wait until it has booted.
 
     ``lock`` is the domain's acquired :class:`DomainLock`; ``nics`` are
-    ``(spec dict, tap fd)`` pairs.  Every descriptor is passed to the VMM and stays
-    the caller's to close.  Returns ``(pid, boot info)``; raises the error the VMM
-    raised if the boot failed (the same class), and the VMM process is gone then.
+    ``(spec dict, tap fd or None)`` pairs.  Every descriptor is passed to the VMM and
+    stays the caller's to close.  ``before_boot(pid)`` runs once the VMM serves its
+    socket and before it boots (to attach a console reader).  Returns ``(pid, boot
+    info)``; raises the error the VMM raised if the boot failed (the same class), and
+    the VMM process is gone then.
     """
     uuid = str(config.uuid)
     fds = [kvm_fd, lock.fd, *disk_fds]
@@ -94,6 +96,11 @@ def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=
         try:
             P.send_message(parent, message, fds=fds)
             reply, extra = P.recv_message(parent, timeout=BOOT_TIMEOUT)
+            if reply.get("ok") and isinstance(reply.get("result"), dict) and "ready" in reply["result"]:
+                if before_boot is not None:
+                    before_boot(proc.pid)
+                P.send_message(parent, {"boot": True})
+                reply, extra = P.recv_message(parent, timeout=BOOT_TIMEOUT)
         except (P.ConnectionClosed, OSError, P.ProtocolError) as e:
             _kill(proc)
             raise HostError(f"the VMM process for domain {config.name!r} died while booting "

@@ -11,7 +11,7 @@ import threading
 import time
 import uuid as uuid_module
 
-from ..config import DomainConfig
+from ..config import DomainConfig, preflight
 from ..domain import STOPPED, Domain
 from ..errors import ConfigError, NotFoundError, StateError, XvmError
 from ..kvm.generated import kvm_h
@@ -28,6 +28,7 @@ from .channel import LocalChannel, SocketChannel
 from .paths import StateDir, default_state_dir
 
 WAIT_POLL = 0.05  # a domain with no VMM changes state only when someone starts it
+VMM_EXIT_WAIT = 10.0  # how long a VMM may take to exit once its domain has stopped
 
 
 class Host:
@@ -50,6 +51,9 @@ class LocalHost(Host):
         self.state_dir = StateDir(os.path.abspath(state_dir or default_state_dir())).ensure()
         self.in_process = in_process
         self.kvm_path = kvm_path
+        if in_process:  # vCPUs will run in this process: the kick signal is set up here
+            from ..kvm.vcpu import install_kick_handler
+            install_kick_handler()
         self.kvm = Kvm(kvm_path)
         try:
             self.store = Store(self.state_dir.store)
@@ -173,6 +177,8 @@ class LocalHost(Host):
                 return channel.call(action)
             except VmmGone:
                 self._drop_channel(uuid)
+                if isinstance(action, A.Destroy) and self.store.domain(uuid) is None:
+                    return None  # a transient domain, gone with its VMM: destroyed all the same
         return self._act_offline(domain, uuid, action)
 
     def _act_offline(self, domain, uuid, action):
@@ -236,24 +242,42 @@ class LocalHost(Host):
         console._attached_boot = key
 
     def _stopped(self, domain):
-        """The domain has stopped (destroy, shutdown): let go of its VMM's channel."""
-        self._drop_channel(str(domain.uuid))
+        """The domain has stopped (destroy, shutdown): let go of its VMM's channel and wait
+        for the VMM to be gone, so that a start() right after this succeeds."""
+        uuid = str(domain.uuid)
+        self._drop_channel(uuid)
+        self._wait_vmm_gone(uuid, VMM_EXIT_WAIT)
+
+    def _wait_vmm_gone(self, uuid, timeout):
+        deadline = time.monotonic() + timeout
+        while launcher.vmm_alive(self.state_dir, uuid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        launcher.reap()
+        return True
 
     # -- lifecycle on the host side -----------------------------------------------------------
+    def _vmm_state(self, domain):
+        try:
+            return DomainState(self._act(domain, A.Info())["state"])
+        except XvmError:
+            return None
+
     def _start(self, domain):
         uuid = str(domain.uuid)
         with self._lock:
             record = self._reconcile(uuid)
             lock = launcher.DomainLock(self.state_dir.vmm_lockfile(uuid))
             try:
+                if not lock.try_acquire() and self._vmm_state(domain) in STOPPED:
+                    self._wait_vmm_gone(uuid, VMM_EXIT_WAIT)  # a VMM finishing its exit
                 if not lock.try_acquire():
                     info = self._act(domain, A.Info())
                     lifecycle.check(A.Boot(), DomainState(info["state"]), record.name)
                     raise StateError(f"cannot start domain {record.name!r}: another host is starting it",
                                      state=DomainState(info["state"]), operation="start")
                 lifecycle.check(A.Boot(), DomainState(record.state), record.name)
-                from ..config import preflight
-
                 config = DomainConfig.from_dict(record.config)
                 self._check_can_start(config)
                 preflight(config)
@@ -266,15 +290,21 @@ class LocalHost(Host):
             finally:
                 if lock is not None:
                     lock.close()
-            self._drop_channel(uuid)  # a new VMM: a new channel
         domain.console._ensure()
 
     def _spawn(self, uuid, record, config, plans, lock):
         from ..vmm.process import open_host_resources
 
+        domain = self._handle(uuid)
+
+        def attach_console(pid):
+            self._drop_channel(uuid)
+            domain.console._ensure()
+
         with open_host_resources(self.kvm_path, config, plans) as res:
             launcher.spawn_vmm(self.state_dir, config, persistent=record.persistent, lock=lock,
-                               kvm_fd=res.kvm_fd, disk_fds=res.disk_fds, nics=res.nics)
+                               kvm_fd=res.kvm_fd, disk_fds=res.disk_fds, nics=res.nics,
+                               before_boot=attach_console)
 
     def _start_in_process(self, uuid, record, config, plans):
         from ..vmm.process import local_nics, machine_factory, store_hook
@@ -288,13 +318,17 @@ class LocalHost(Host):
                   next_id=self.store.next_domain_id,
                   on_state=store_hook(self.store, uuid, record.persistent), console_log=console_log)
         vmm.start()
+        self._vmms[uuid] = vmm
+        self._drop_channel(uuid)
+        self._handle(uuid).console._ensure()  # attached before the boot: nothing is missed
         try:
             vmm.handle(A.Boot())
         except BaseException:
+            self._vmms.pop(uuid, None)
+            self._drop_channel(uuid)
             vmm.close()
             console_log.close()
             raise
-        self._vmms[uuid] = vmm
 
     def _check_can_start(self, config):
         caps_max = self.kvm.check_extension(kvm_h.KVM_CAP_MAX_VCPUS) or 4

@@ -42,10 +42,13 @@ class RemoteHost(Host):
         return self._handle(self._channel.call(A.Define(config=_config_dict(config)))["uuid"])
 
     def create(self, config):
-        record = self._channel.call(A.Create(config=_config_dict(config)))
+        record = self._channel.call(A.Create(config=_config_dict(config), start=False))
         handle = self._handle(record["uuid"])
-        handle.console._ensure()
-        return handle
+        try:
+            return handle.start()
+        except BaseException:
+            self._channel.call(A.Undefine(domain=record["uuid"]))
+            raise
 
     def domains(self):
         return [self._handle(r["uuid"]) for r in self._channel.call(A.ListDomains())]
@@ -80,8 +83,8 @@ class RemoteHost(Host):
         return self._channel.call(request, wait=wait)
 
     def _start(self, domain):
+        domain.console._ensure()  # attached before the boot: nothing is missed
         self._channel.call(A.DomainRequest(domain=str(domain.uuid), action=A.Boot().to_json()))
-        domain.console._ensure()
 
     def _stopped(self, domain):
         pass
@@ -94,14 +97,13 @@ class RemoteHost(Host):
         self._handles.pop(str(domain.uuid), None)
 
     def _ensure_console(self, domain, console):
-        info = self._act(domain, A.Info())
-        key = (info.get("pid"), info.get("boot_count")) if info.get("pid") else None
-        if key is None or (console._attached_boot == key[0] and console._detach_fn is not None):
+        """One stream per handle for the host's life: xvmd's own mirror of the domain's
+        console follows it across boots, so this one never needs to re-attach."""
+        if console._detach_fn is not None:
             return
-        console._reset_attachment()
         request = A.DomainRequest(domain=str(domain.uuid), action=A.ConsoleAttach(history=True).to_json())
         console._detach_fn = self._channel.attach_console(console._listener, request=request)
-        console._attached_boot = key[0]
+        console._attached_boot = "xvmd"
 
     def close(self):
         for handle in self._handles.values():

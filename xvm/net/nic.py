@@ -5,7 +5,9 @@
 an existing bridge xvm does not manage.  ``mac=None`` derives the MAC from
 the domain UUID and the NIC's index (:func:`~xvm.net.mac.derive_mac`).
 """
-from dataclasses import dataclass
+import fcntl
+import os
+from dataclasses import dataclass, fields
 
 from . import bridge as _bridge
 from .errors import NetworkConfigError
@@ -15,6 +17,9 @@ from .network import MAX_MTU, MIN_MTU, Network
 
 @dataclass(frozen=True)
 class Nic:
+    """A NIC in a domain's config: plain data, checked on construction, nothing
+    on the host looked at (``plan_nics`` does that when the domain starts)."""
+
     network: str = None
     mac: str = None
     bridge: str = None
@@ -38,6 +43,23 @@ class Nic:
                                      or not MIN_MTU <= self.mtu <= MAX_MTU):
             raise NetworkConfigError(f"Nic mtu {self.mtu!r} is not an integer from {MIN_MTU} "
                                      f"to {MAX_MTU}")
+
+    def to_dict(self):
+        """JSON-able: ``{"network", "mac", "bridge", "mtu"}`` (None where unset)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data):
+        """The Nic :meth:`to_dict` gave ``data``; NetworkConfigError names an
+        unknown or bad field."""
+        if not isinstance(data, dict):
+            raise NetworkConfigError(f"a NIC must be a dict, not {type(data).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = [name for name in data if name not in known]
+        if unknown:
+            raise NetworkConfigError(f"NIC: unknown field(s) {', '.join(map(repr, unknown))}; "
+                                     f"known: {', '.join(known)}")
+        return cls(**data)
 
 
 def effective_macs(nics, domain_uuid):
@@ -64,23 +86,81 @@ def validate_nics(nics, domain_uuid):
 
 @dataclass(frozen=True)
 class NicPlan:
-    """One NIC as it will be built for a boot; ``open_device()`` creates its
-    TAP, attaches it to the bridge and returns the virtio-net device."""
+    """One NIC as it will be built for a boot.
+
+    The host side and the VMM side are two steps, so they can run in two
+    processes: :meth:`open_tap` (needs CAP_NET_ADMIN) creates the TAP, makes it
+    a port of the bridge and returns its fd; :meth:`device_from_tap` (needs no
+    privilege) builds the virtio-net device over such an fd, wherever it was
+    passed to.  :meth:`open_device` does both in one process.  The TAP is never
+    persistent (no TUNSETPERSIST): it disappears when its last fd is closed,
+    in whichever process that is.
+    """
 
     mac: str
     bridge: str
     mtu: int
     tap_name: str = "xvmtap%d"
 
-    def open_device(self):
-        from ..devices.net import Tap, VirtioNet
+    def open_tap(self):
+        """Create the TAP, attach it to the bridge; returns its fd (the caller owns it)."""
+        from ..devices.net import Tap
         tap = Tap.open(self.tap_name)
         try:
             _bridge.attach(tap.name, self.bridge, mtu=self.mtu)
-            return VirtioNet(self.mac, backend=tap, mtu=self.mtu, bridge=self.bridge)
         except BaseException:
             tap.close()  # a non-persistent TAP disappears with its fd
             raise
+        fd, tap.fd = tap.fd, -1
+        return fd
+
+    def device_from_tap(self, fd):
+        """The virtio-net device over TAP ``fd`` (from :meth:`open_tap`, maybe in
+        another process); the device owns ``fd`` (closed on failure too)."""
+        from ..devices.net import VirtioNet
+        tap = tap_from_fd(fd)
+        try:
+            return VirtioNet(self.mac, backend=tap, mtu=self.mtu, bridge=self.bridge)
+        except BaseException:
+            tap.close()
+            raise
+
+    def open_device(self):
+        """:meth:`open_tap` then :meth:`device_from_tap`, in this process."""
+        return self.device_from_tap(self.open_tap())
+
+
+def tap_from_fd(fd):
+    """A :class:`~xvm.devices.net.Tap` over ``fd``, an open /dev/net/tun file
+    already attached to a TAP with IFF_VNET_HDR (what ``Tap.open`` makes): its
+    name from TUNGETIFF, the offloads this kernel accepts probed again.  Takes
+    ownership of ``fd`` (closed on failure)."""
+    from ..devices.net import Tap, TapError
+    from ..devices.net.backend.tap import (IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, TUNGETIFF,
+                                           TUNSETVNETHDRSZ, VNET_HDR_SIZE, _IFREQ)
+    try:
+        try:
+            out = fcntl.ioctl(fd, TUNGETIFF, bytes(_IFREQ.size))
+        except OSError as e:
+            raise TapError(f"fd {fd} is not an attached TAP (TUNGETIFF: {e.strerror})",
+                           e.errno) from None
+        raw_name, flags = _IFREQ.unpack(out)
+        name = raw_name.rstrip(b"\0").decode()
+        wanted = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+        if flags & wanted != wanted:
+            raise TapError(f"{name!r} (fd {fd}) is not a TAP with IFF_NO_PI and IFF_VNET_HDR "
+                           f"(flags {flags:#x})", None)
+        flags_now = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if not flags_now & os.O_NONBLOCK:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags_now | os.O_NONBLOCK)
+        os.set_inheritable(fd, False)
+        tap = Tap(fd, name)
+        tap._ioctl_int(TUNSETVNETHDRSZ, VNET_HDR_SIZE, "TUNSETVNETHDRSZ")
+        tap.offloads = tap._probe_offloads()
+        return tap
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def plan_nics(config, networks, macs_in_use):

@@ -1,4 +1,4 @@
-"""python3 -m xvm.testhost prepare | run [--timeout S] [--mode M] -- CMD..."""
+"""python3 -m xvm.testhost prepare | run [--timeout S] [--stall-timeout S] [--mode M] -- CMD..."""
 import argparse
 import sys
 import time
@@ -19,6 +19,9 @@ def main(argv=None):
     run.add_argument("--results-dir", help="writable share, same path inside (default: a temporary dir)")
     run.add_argument("--memory", default="4G")
     run.add_argument("--boot-timeout", type=float, default=90.0, help="seconds until the command starts (default 90)")
+    run.add_argument("--stall-timeout", type=float, default=0.0,
+                     help="a hang is this many seconds without console output or heartbeat event "
+                          "(see xvm.testhost.progress; default 0: no such limit)")
     run.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 
@@ -29,7 +32,7 @@ def main(argv=None):
         if not command:
             parser.error("run: no command given")
         host = TestHost(mode=args.mode, retries=args.retries, memory=args.memory, boot_timeout=args.boot_timeout,
-                        stream=sys.stdout)
+                        stream=sys.stdout, stall_timeout=args.stall_timeout or None)
         result = host.run(command, timeout=args.timeout, results_dir=args.results_dir)
         boot = f", booted in {result.boot_time:.1f} s" if result.boot_time is not None else ""
         sys.stdout.write("" if result.console.endswith("\n") or not result.console else "\n")

@@ -1,9 +1,10 @@
 """Errors of the HVM test host.
 
 The test host is test infrastructure, not part of the VMM, so it has its own small hierarchy:
-the setup is missing (:class:`NotPreparedError`, :class:`QemuMissingError`), or the TCG machine
-did not do its job (:class:`TestHostTimeout`, :class:`TestHostCrashed`). Errors about the
-machine carry the tail of its serial console.
+the setup is missing (:class:`NotPreparedError`, :class:`QemuMissingError`), a run was asked
+for that cannot work (:class:`TestHostConfigError`), or the TCG machine did not do its job
+(:class:`TestHostTimeout`, :class:`TestHostCrashed`). Errors about the machine carry the tail
+of its serial console.
 """
 
 SETUP_COMMAND = "scripts/setup-testhost.sh"
@@ -36,6 +37,10 @@ class QemuMissingError(TestHostError):
         )
 
 
+class TestHostConfigError(TestHostError, ValueError):
+    """A bad argument: a mode, a limit, a directory the test host cannot show the job."""
+
+
 class _MachineError(TestHostError):
     def __init__(self, message, console_tail="", attempts=1):
         text = message
@@ -48,7 +53,17 @@ class _MachineError(TestHostError):
 
 
 class TestHostTimeout(_MachineError):
-    """The TCG machine did not finish (boot or command) in time, on every attempt."""
+    """The TCG machine did not finish (boot or command) in time, on every attempt.
+
+    Of the last attempt: ``running`` names what the job was doing when it was stopped (the
+    test that had started and not ended, from the heartbeat; or the command; None before the
+    job started), ``boot_time`` and ``duration`` are seconds from QEMU's start until the job
+    started (None if it never did) and until QEMU was killed.
+    """
+
+    running = None
+    boot_time = None
+    duration = None
 
 
 class TestHostCrashed(_MachineError):

@@ -4,9 +4,13 @@ On a host with vmx/svm the command simply runs here (``mode="direct"``). Otherwi
 it runs inside the TCG test host (``mode="tcg"``): QEMU in software emulation, ``-cpu max``
 (emulated AMD-V), Debian's generic kernel with kvm_amd, the host's root shared read-only over
 virtio-9p under a tmpfs overlay, and one writable 9p share -- the results directory, mounted at
-the same path as on the host. The job runs in ``cwd`` with a clean environment; its exit status
-comes back in ``<results>/.xvm-testhost/status`` (and as a marker line on the serial console).
-Every run has a timeout and is retried once on a hang (ENVIRONMENT.md: rare TCG hangs).
+the same path as on the host. ``cwd`` and ``$XVM_CACHE`` under /tmp or /run (the machine's own
+there) get read-only shares of their own, also under a tmpfs overlay at the same path. The job
+runs in ``cwd`` with a clean environment; its exit status comes back in
+``<results>/.xvm-testhost/status`` (and as a marker line on the serial console). Every run has a
+timeout and is retried once on a hang (ENVIRONMENT.md: rare TCG hangs): the boot or the whole
+run taking too long, the kernel's own lockup messages, or -- with ``stall_timeout`` -- neither
+console output nor a heartbeat event (:mod:`.progress`) for that long.
 """
 import dataclasses
 import os
@@ -21,14 +25,16 @@ import threading
 import time
 from pathlib import Path
 
-from . import cache, initramfs
-from .errors import QemuMissingError, TestHostCrashed, TestHostError, TestHostTimeout
+from . import cache, initramfs, progress
+from .errors import QemuMissingError, TestHostConfigError, TestHostCrashed, TestHostError, TestHostTimeout
 
 QEMU = "qemu-system-x86_64"
 CTL_DIR = ".xvm-testhost"
 TAIL_LINES = 60
 # Top-level directories the test host mounts its own file systems on (the host's are hidden).
 GUEST_PRIVATE = ("tmp", "run", "proc", "sys", "dev")
+# ... of which a directory the job needs is shared into the machine at the same path.
+GUEST_SHAREABLE = ("tmp", "run")
 # Kernel messages of the test host itself (a printk line, at the start of a console line) that
 # mean the TCG machine has hung: no need to wait for the timeout.
 HANG_SIGN = re.compile(rb"(?m)^\[ *\d+\.\d+\] (watchdog: BUG: soft lockup|rcu: INFO: \w+ (self-)?detected stall)")
@@ -73,14 +79,19 @@ class TestHost:
 
     ``stream``: a text file (e.g. sys.stderr) that receives the console as it arrives.
     ``mode``: "auto" (direct where hardware_virtualization(), else tcg), "tcg" or "direct".
+    ``stall_timeout``: seconds without console output and without a heartbeat event (see
+    :mod:`xvm.testhost.progress`) after which a running job counts as hung (None: no limit).
     """
 
     __test__ = False
 
     def __init__(self, *, mode="auto", memory="4G", smp=2, boot_timeout=90.0, retries=1,
-                 stream=None, pvh=True, qemu_args=(), kernel_args=""):
+                 stream=None, pvh=True, qemu_args=(), kernel_args="", stall_timeout=None):
         if mode not in ("auto", "tcg", "direct"):
-            raise ValueError(f"mode must be auto, tcg or direct, not {mode!r}")
+            raise TestHostConfigError(f"mode must be auto, tcg or direct, not {mode!r}")
+        if stall_timeout is not None and not stall_timeout > 0:
+            raise TestHostConfigError(f"stall_timeout must be a positive number of seconds or None, "
+                                      f"not {stall_timeout!r}")
         if mode == "auto":
             mode = "direct" if hardware_virtualization() else "tcg"
         self.mode = mode
@@ -92,6 +103,7 @@ class TestHost:
         self.pvh = pvh
         self.qemu_args = list(qemu_args)
         self.kernel_args = kernel_args
+        self.stall_timeout = stall_timeout
         self._prepared = None
 
     # --- setup ------------------------------------------------------------------------------
@@ -112,14 +124,25 @@ class TestHost:
             self._prepared = (qemu, kernel, initrd)
         return self._prepared
 
-    def qemu_command(self, results_dir: Path) -> list[str]:
+    def qemu_command(self, results_dir: Path, shares=()) -> list[str]:
+        """QEMU's argv. ``shares``: host directories shared read-only (under a tmpfs overlay) at
+        the same path, mounted parents first together with the results share."""
         qemu, kernel, initrd = self.prepare()
+        mounts = sorted([("xvmresults", "rw", Path(results_dir))]
+                        + [(f"xvmshare{i}", "ro", Path(path)) for i, path in enumerate(shares)],
+                        key=lambda m: len(m[2].parts))
         append = " ".join([
             "console=ttyS0", "quiet", "loglevel=4", "panic=-1", "mitigations=off",
             "random.trust_cpu=on", "8250.nr_uarts=1",
             f"xvm.results={results_dir}",
+            *(f"xvm.{mode}={tag}:{path}" for tag, mode, path in mounts),
             self.kernel_args,
         ]).strip()
+        devices = []
+        for tag, mode, path in mounts:
+            readonly = ",readonly=on" if mode == "ro" else ""
+            devices += ["-fsdev", f"local,id={tag},path={_qemu_escape(path)},security_model=none{readonly}",
+                        "-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag}"]
         return [
             qemu, "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(self.smp),
             "-m", str(self.memory), "-M", "pc", "-nodefaults", "-no-user-config",
@@ -128,8 +151,7 @@ class TestHost:
             "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
             "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
             "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
-            "-fsdev", f"local,id=results,path={results_dir},security_model=none",
-            "-device", "virtio-9p-pci,fsdev=results,mount_tag=xvmresults",
+            *devices,
             *self.qemu_args,
         ]
 
@@ -138,32 +160,32 @@ class TestHost:
     def run(self, command, timeout=1800.0, *, cwd=None, env=None, results_dir=None) -> Result:
         """Run ``command`` (a shell string or an argv list) and return its Result.
 
-        ``cwd`` defaults to the current directory (it must be on the host's root filesystem,
-        which the test host sees unchanged). ``env`` adds variables. ``results_dir`` is the
-        writable share, at the same path inside and out; by default a temporary directory
-        that is removed afterwards.
+        ``cwd`` defaults to the current directory; wherever it is (also under /tmp or /run, which
+        are the test host's own), the job sees it at the same path. ``env`` adds variables.
+        ``results_dir`` is the writable share, at the same path inside and out; by default a
+        temporary directory that is removed afterwards.
         """
         cwd = Path(cwd or os.getcwd()).resolve()
         if self.mode == "direct":
             return self._run_direct(command, timeout, cwd, env)
+        shares = _shares([(cwd, "cwd"), (cache.cache_dir().resolve(), "XVM_CACHE")])
         self.prepare()
-        for path, what in ((cwd, "cwd"), (cache.cache_dir().resolve(), "XVM_CACHE")):
-            if path.parts[1:2] and path.parts[1] in GUEST_PRIVATE:
-                raise ValueError(f"{what} {path} is not visible inside the test host: /{path.parts[1]} is "
-                                 "the machine's own there (use a directory on the root filesystem)")
         own_dir = results_dir is None
         results = Path(tempfile.mkdtemp(prefix="xvm-testhost-") if own_dir else results_dir).resolve()
-        if any(c.isspace() for c in str(results)):
-            raise ValueError(f"results_dir must not contain white space: {results}")
+        _check_shareable(results, "results_dir")
         failed = False
         try:
             ctl = results / CTL_DIR
             ctl.mkdir(parents=True, exist_ok=True)
-            (ctl / "job.sh").write_text(_job_script(command, cwd, self._job_env(cwd, env)))
+            job_env = self._job_env(cwd, env)
+            job_env[progress.PROGRESS_ENV] = str(ctl / "progress")
+            if self.stall_timeout is not None:
+                job_env[progress.STALL_ENV] = f"{self.stall_timeout:g}"
+            (ctl / "job.sh").write_text(_job_script(command, cwd, job_env))
             last = None
             for attempt in range(1, self.retries + 2):
                 try:
-                    return self._attempt(results, timeout, attempt)
+                    return self._attempt(results, timeout, attempt, shares, command)
                 except TestHostTimeout as e:
                     last = e
                     failed = True
@@ -204,11 +226,14 @@ class TestHost:
             self.stream.write(text + "\n")
             self.stream.flush()
 
-    def _attempt(self, results, timeout, attempt) -> Result:
+    def _attempt(self, results, timeout, attempt, shares=(), command=None) -> Result:
         ctl = results / CTL_DIR
         status_file = ctl / "status"
         status_file.unlink(missing_ok=True)
-        argv = self.qemu_command(results)
+        progress_file = ctl / "progress"
+        progress_file.unlink(missing_ok=True)
+        heartbeat = progress.Progress(progress_file)
+        argv = self.qemu_command(results, shares)
         console = _Console(self.stream, initramfs.BEGIN_MARKER)
         start = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -216,6 +241,7 @@ class TestHost:
         reader = threading.Thread(target=console.pump, args=(proc.stdout,), daemon=True)
         reader.start()
         hung = None
+        last_progress = None
         try:
             while True:
                 try:
@@ -223,13 +249,19 @@ class TestHost:
                     break
                 except subprocess.TimeoutExpired:
                     pass
-                elapsed = time.monotonic() - start
+                now = time.monotonic()
+                elapsed = now - start
+                if heartbeat.poll():
+                    last_progress = now
                 if console.begun is None and elapsed > self.boot_timeout:
                     hung = f"the test host did not boot within {self.boot_timeout:.0f} s"
                 elif console.hang_sign is not None:
                     hung = f"the test host's kernel reported a hang: {console.hang_sign}"
                 elif elapsed > timeout:
                     hung = f"the test host run did not finish within {timeout:.0f} s"
+                elif console.begun is not None and self.stall_timeout is not None \
+                        and now - max(console.begun, console.last_output, last_progress or 0) > self.stall_timeout:
+                    hung = f"no console output and no progress for {self.stall_timeout:g} s"
                 if hung:
                     _kill(proc)
                     break
@@ -241,11 +273,26 @@ class TestHost:
         duration = time.monotonic() - start
         text = console.text()
         (ctl / f"console-{attempt}.log").write_text(text)
+        heartbeat.poll()
+        if progress_file.exists():
+            progress_file.replace(ctl / f"progress-{attempt}.log")
         tail = _tail(text)
+        boot_time = console.begun - start if console.begun is not None else None
         if hung:
+            running = None
+            if console.begun is not None:
+                if heartbeat.last is None and command is not None:
+                    running = f"the command {_describe(command)}"
+                    hung += f" while running {running}"
+                else:
+                    running = heartbeat.running
+                    hung += " " + heartbeat.describe()
             error = TestHostTimeout(f"attempt {attempt}: {hung} (console in {ctl}/console-{attempt}.log)",
                                     tail, attempt)
             error.reason = hung
+            error.running = running
+            error.boot_time = boot_time
+            error.duration = duration
             raise error
         if "xvm-testhost: FATAL" in text.split(initramfs.BEGIN_MARKER, 1)[0]:
             raise TestHostCrashed(f"the test host's init failed (QEMU exit {proc.returncode})", tail, attempt)
@@ -263,7 +310,6 @@ class TestHost:
             raise TestHostCrashed(
                 f"the test host stopped without reporting an exit status (QEMU exit {proc.returncode})",
                 tail, attempt)
-        boot_time = console.begun - start if console.begun is not None else None
         return Result(exit_status=status, output=_between_markers(text), console=text, mode="tcg",
                       attempts=attempt, duration=duration, boot_time=boot_time)
 
@@ -299,6 +345,7 @@ class _Console:
         self.stream = stream
         self.begin_marker = begin_marker.encode() if begin_marker else None
         self.begun = None
+        self.last_output = 0.0  # time.monotonic() of the last chunk
         self.hang_sign = None
         self._data = bytearray()
 
@@ -308,6 +355,7 @@ class _Console:
             if not chunk:
                 break
             self._data += chunk
+            self.last_output = time.monotonic()
             if self.begun is None and self.begin_marker is not None \
                     and self.begin_marker in self._data[-len(chunk) - 64:]:
                 self.begun = time.monotonic()
@@ -324,6 +372,42 @@ class _Console:
 
     def text(self) -> str:
         return bytes(self._data).decode(errors="replace").replace("\r\n", "\n").replace("\r", "")
+
+
+def _check_shareable(path: Path, what):
+    """Refuse a directory the test host cannot show; a share's path must also fit in one word
+    of the kernel command line."""
+    if path.parts[1:2] and path.parts[1] in GUEST_PRIVATE and path.parts[1] not in GUEST_SHAREABLE:
+        raise TestHostConfigError(f"{what} {path} is not visible inside the test host: /{path.parts[1]} is "
+                                  "the machine's own there (use another directory)")
+    if any(c.isspace() for c in str(path)):
+        raise TestHostConfigError(f"{what} must not contain white space: {path}")
+
+
+def _shares(paths) -> list[Path]:
+    """The directories among ``paths`` ((path, what) pairs) that the root share does not show
+    -- they are under /tmp or /run -- without those inside another one."""
+    wanted = []
+    for path, what in paths:
+        if path.parts[1:2] and path.parts[1] in GUEST_PRIVATE:
+            _check_shareable(path, what)
+        if path.parts[1:2] and path.parts[1] in GUEST_SHAREABLE:
+            wanted.append(path)
+    wanted.sort(key=lambda p: len(p.parts))
+    shares = []
+    for path in wanted:
+        if not any(path == s or s in path.parents for s in shares):
+            shares.append(path)
+    return shares
+
+
+def _qemu_escape(path) -> str:
+    return str(path).replace(",", ",,")  # QEMU option values double their commas
+
+
+def _describe(command) -> str:
+    text = command if isinstance(command, str) else shlex.join(list(command))
+    return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
 def _job_script(command, cwd, env) -> str:

@@ -138,8 +138,11 @@ def resolve_modules(modules_dir: Path, wanted) -> list[tuple[str, bytes]]:
 # --- the test host's initramfs ----------------------------------------------------------------
 
 # Kernel command line parameters read by the init below:
-#   xvm.results=<path>   where the results share (9p tag "xvmresults") is mounted, the same path
-#                        as on the host; the job is <path>/.xvm-testhost/job.sh
+#   xvm.results=<path>     the results share's path, the same as on the host; the job is
+#                          <path>/.xvm-testhost/job.sh
+#   xvm.rw=<tag>:<path>    a writable 9p share mounted at <path> (the results share)
+#   xvm.ro=<tag>:<path>    a read-only 9p share under a tmpfs overlay at <path> (a cwd in /tmp)
+#                          -- mounted in the order given, after the machine's own /tmp and /run
 TESTHOST_INIT = r"""#!/bin/sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -151,9 +154,11 @@ fail() { say "FATAL: $*"; echo "XVM-TESTHOST-EXIT 125"; poweroff -f; sleep 5; re
 for m in $(cat /lib/modules/load-order); do
     insmod /lib/modules/$m.ko || say "insmod $m failed"
 done
+MOUNTS=""
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         xvm.results=*) RESULTS="${arg#xvm.results=}" ;;
+        xvm.rw=*|xvm.ro=*) MOUNTS="$MOUNTS $arg" ;;
     esac
 done
 mkdir -p /mnt/lower /mnt/rw /newroot
@@ -172,9 +177,21 @@ mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts $N/dev/pts
 mount -t tmpfs -o mode=1777 shm $N/dev/shm
 mount -t tmpfs -o mode=1777 tmp $N/tmp
 mount -t tmpfs -o mode=0755 run $N/run
-mkdir -p "$N$RESULTS"
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 xvmresults "$N$RESULTS" \
-    || fail "cannot mount the results share at $RESULTS"
+for m in $MOUNTS; do
+    spec="${m#xvm.r?=}"; tag="${spec%%:*}"; path="${spec#*:}"
+    mkdir -p "$N$path"
+    case "$m" in
+    xvm.rw=*)
+        mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 "$tag" "$N$path" \
+            || fail "cannot mount the share $tag at $path" ;;
+    *)
+        mkdir -p "/mnt/$tag" "/mnt/rw/$tag/upper" "/mnt/rw/$tag/work"
+        mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose "$tag" "/mnt/$tag" \
+            || fail "cannot mount the share $tag at $path"
+        mount -t overlay -o "lowerdir=/mnt/$tag,upperdir=/mnt/rw/$tag/upper,workdir=/mnt/rw/$tag/work" \
+            overlay "$N$path" || fail "cannot mount the overlay on $path" ;;
+    esac
+done
 CTL="$RESULTS/.xvm-testhost"
 hostname xvm-testhost
 ip link set lo up 2>/dev/null

@@ -3,10 +3,11 @@
 The host that starts it (the embedded session host or xvmd) sends one *init*
 message on the socketpair end ``N``: the domain's configuration, the state
 directory, whether the domain is persistent, and the descriptors the host opened
-for it (``/dev/kvm``, each disk image with its lock, each TAP).  The VMM opens
-nothing that needs a privilege.  It boots the domain, serves its control socket
-``<state>/run/<uuid>.sock`` and answers the init message with the boot's info (or
-with the error that stopped the boot).  It exits once the domain has stopped for
+for it (``/dev/kvm``, the domain's lock, each disk image with its lock, each TAP).
+The VMM opens nothing that needs a privilege.  It serves its control socket
+``<state>/run/<uuid>.sock`` and answers ``{"ready": pid}``; the host attaches to the
+console and answers ``{"boot": true}``; the VMM boots the domain and answers with
+the boot's info (or with the error that stopped the boot).  It exits once the domain has stopped for
 good — powered off, destroyed or crashed — after recording that in the store, or
 on SIGTERM (the domain is destroyed) — removing its socket and pid file.
 """

@@ -316,9 +316,11 @@ class Define(Action):
 
 @action
 class Create(Action):
-    """Start a transient domain from a configuration."""
+    """Start a transient domain from a configuration (``start=False``: only record it,
+    for a client that attaches to the console before it sends the Boot)."""
 
     config: dict
+    start: bool = True
 
 
 @action

@@ -33,7 +33,7 @@ TRANSITIONS = {
 
 # What the action is called in messages ("cannot pause domain 'x': it is shutoff").
 VERBS = {
-    A.Boot: "start", A.Pause: "pause", A.Resume: "resume", A.PowerButton: "shut down",
+    A.Boot: "start", A.Pause: "pause", A.Resume: "resume", A.PowerButton: "shutdown",
     A.Reset: "reboot", A.Destroy: "destroy", A.ConsoleInput: "write to the console of",
     A.Quit: "quit the VMM of",
 }

@@ -52,13 +52,16 @@ class KvmMachine:
 
 
 def machine_factory(kvm, *, disk_fds=None, nics=()):
-    """A factory building KVM machines on ``kvm``.
+    """A factory building KVM machines on ``kvm`` (:func:`~xvm.machine.build_machine`).
 
     ``disk_fds``: None to open each configured disk by path (in-process use), or one
-    open descriptor per disk, opened and locked by the host; each boot gets its own
-    duplicate, so the lock is held until the VMM ends.  ``nics``: one per configured
-    NIC, each with ``for_boot()`` giving what the machine builder takes.
+    open descriptor per disk, opened and locked by the host; each boot's backend gets
+    its own duplicate, so the lock (an ``flock``, held by the open file description)
+    lasts until the VMM ends.  ``nics``: one per configured NIC, each with
+    ``open_device()`` — a :class:`TapNic` over a descriptor the host opened, or, in
+    process, the host's own NicPlan, which opens its TAP at each boot.
     """
+    from ..machine import build_machine
 
     def build(config, console_sink, on_exit):
         holder = []
@@ -66,7 +69,21 @@ def machine_factory(kvm, *, disk_fds=None, nics=()):
         def exited(exit_):
             on_exit(holder[0] if holder else None, exit_)
 
-        machine = _build_legacy(kvm, config, console_sink, [nic.for_boot() for nic in nics], exited)
+        disks = None
+        devices = []
+        try:
+            if disk_fds is not None:
+                disks = []
+                for disk, fd in zip(config.disks, disk_fds):
+                    disks.append(disk.open(fd=os.dup(fd)))
+            for nic in nics:
+                devices.append(nic.open_device())
+        except BaseException:
+            for thing in (disks or []) + devices:
+                thing.close()
+            raise
+        machine = build_machine(kvm, config, console_sink=console_sink, disks=disks, nics=devices,
+                                on_exit=exited)
         wrapped = KvmMachine(machine)
         holder.append(wrapped)
         return wrapped
@@ -74,67 +91,57 @@ def machine_factory(kvm, *, disk_fds=None, nics=()):
     return build
 
 
-def _build_legacy(kvm, config, console_sink, nics, on_exit):
-    # TEMPORARY until build_machine lands: today's Machine plus a watcher thread.
-    from ..machine.machine import Machine
+class TapNic:
+    """A NIC whose TAP the host created and attached to its bridge, handed to the VMM
+    as a descriptor; each boot's virtio-net device gets a duplicate of it.  The TAP
+    disappears when the last descriptor closes, i.e. with the VMM process."""
 
-    machine = Machine(kvm, vcpus=config.vcpus, memory_bytes=config.memory_bytes, kernel=config.kernel,
-                      initrd=config.initrd, cmdline=config.cmdline, console_sink=console_sink,
-                      disabled_cpu_features=config.disable_cpu_features, disks=config.disks,
-                      virtio_transport=config.virtio_transport, nics=nics)
-    original_start = machine.start
-
-    def start():
-        original_start()
-        threading.Thread(target=lambda: on_exit(machine.wait()), daemon=True,
-                         name=f"xvm-watch-{config.name}").start()
-
-    machine.start = start
-    machine.stats = lambda: {}
-    machine.vcpu_thread_ids = lambda: [v.thread_id or 0 for v in machine.vm.vcpus]
-    return machine
-
-
-class PlanNic:
-    """A NIC whose TAP the machine opens at each boot (in-process VMMs, which have the
-    host's privileges)."""
-
-    def __init__(self, plan):
+    def __init__(self, plan, fd):
         self.plan = plan
+        self.fd = fd
+        self.mac = plan.mac
 
-    def for_boot(self):
-        return self.plan
+    def open_device(self):
+        return self.plan.device_from_tap(os.dup(self.fd))
 
-    def spec(self):
-        return {"mac": self.plan.mac, "bridge": self.plan.bridge, "mtu": self.plan.mtu}
+    @staticmethod
+    def spec(plan):
+        return {"mac": plan.mac, "bridge": plan.bridge, "mtu": plan.mtu}
 
     @classmethod
     def from_message(cls, spec, fds):
         from ..net.nic import NicPlan
-        return cls(NicPlan(spec["mac"], spec["bridge"], spec["mtu"]))
-
-
-def local_nics(plans):
-    return [PlanNic(plan) for plan in plans]
+        return cls(NicPlan(spec["mac"], spec["bridge"], spec["mtu"]), fds[spec["fd"]])
 
 
 class HostResources:
-    """What the host opens for a VMM process: /dev/kvm, the disks, the TAPs."""
+    """What the host opens for a VMM process — /dev/kvm, each disk image with its lock,
+    each TAP on its bridge — so that the VMM itself opens nothing.  Close it once the
+    VMM has them (or failed): the VMM's copies keep locks and TAPs alive."""
 
     def __init__(self, kvm_path, config, plans):
         self.kvm_fd = -1
         self.disk_fds = []
-        self.nics = [(PlanNic(plan).spec(), None) for plan in plans]
+        self.nics = []
         try:
-            self.kvm_fd = os.open(kvm_path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as e:
-            from ..errors import KvmUnavailableError
-            raise KvmUnavailableError(f"cannot open {kvm_path}: {e.strerror}", e.errno) from None
+            try:
+                self.kvm_fd = os.open(kvm_path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as e:
+                from ..errors import KvmUnavailableError
+                raise KvmUnavailableError(f"cannot open {kvm_path}: {e.strerror}", e.errno) from None
+            for disk in config.disks:
+                self.disk_fds.append(disk.open_fd())
+            for plan in plans:
+                self.nics.append((TapNic.spec(plan), plan.open_tap()))
+        except BaseException:
+            self.close()
+            raise
 
     def close(self):
-        if self.kvm_fd >= 0:
-            os.close(self.kvm_fd)
-            self.kvm_fd = -1
+        for fd in [self.kvm_fd, *self.disk_fds, *(fd for _, fd in self.nics)]:
+            if fd >= 0:
+                os.close(fd)
+        self.kvm_fd, self.disk_fds, self.nics = -1, [], []
 
     def __enter__(self):
         return self
@@ -145,6 +152,11 @@ class HostResources:
 
 def open_host_resources(kvm_path, config, plans):
     return HostResources(kvm_path, config, plans)
+
+
+def local_nics(plans):
+    """In-process VMMs have the host's privileges: the plans open their TAPs at each boot."""
+    return list(plans)
 
 
 def store_hook(store, uuid, persistent, finished=None):
@@ -190,7 +202,7 @@ def run_domain(init, message, fds):
         state_dir = StateDir(message["state_dir"])
         resources = message["resources"]
         kvm = Kvm.from_fd(fds[resources["kvm"]])
-        disk_fds = [fds[i] for i in resources["disks"]] or None
+        disk_fds = [fds[i] for i in resources["disks"]]
         nics = [_nic_from_message(spec, fds) for spec in resources["nics"]]
         store = Store(state_dir.store)
         console_log = ConsoleLog(state_dir.console_log(config.name))
@@ -201,6 +213,12 @@ def run_domain(init, message, fds):
         server = VmmServer(vmm, state_dir.vmm_socket(uuid)).start()
         with open(state_dir.vmm_pidfile(uuid), "w") as f:
             f.write(f"{os.getpid()}\n")
+        # Serving, not booted: the host attaches its console reader now, so that not a
+        # byte of the boot is missed, then says "boot".
+        P.send_message(init, P.reply(0, {"ready": os.getpid()}))
+        go, _ = P.recv_message(init, timeout=60)
+        if go.get("boot") is not True:
+            raise P.BadPayload("the host did not ask for the boot")
         info = vmm.handle(A.Boot())
     except BaseException as e:
         _send_quietly(init, P.error_reply(0, e))
@@ -219,7 +237,7 @@ def run_domain(init, message, fds):
 
 
 def _nic_from_message(spec, fds):
-    return PlanNic.from_message(spec, fds)
+    return TapNic.from_message(spec, fds)
 
 
 def _cleanup(server, vmm, store, kvm, console_log, state_dir, message):

@@ -48,6 +48,8 @@ class VmmServer:
             os.umask(old_umask)
         self._listener.listen(64)
         self._connections = set()
+        self._busy = 0  # connections between reading a request and sending its reply
+        self._idle = threading.Condition()
         self._threads = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -57,10 +59,14 @@ class VmmServer:
         self._acceptor.start()
         return self
 
-    def close(self):
-        """Stop accepting, remove the socket file, end every connection."""
+    def close(self, grace=2.0):
+        """Stop accepting, remove the socket file, let replies in flight go out (up to
+        ``grace`` seconds), then end every connection."""
         with self._lock:
             self._closed = True
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0, grace)
+        with self._lock:
             connections = list(self._connections)
         try:
             os.unlink(self.path)
@@ -110,24 +116,15 @@ class VmmServer:
                     return  # the framing is broken: nothing after it can be trusted
                 for fd in fds:  # no VMM action takes descriptors (yet)
                     os.close(fd)
-                request_id = message.get("id")
+                with self._idle:
+                    self._busy += 1
                 try:
-                    if not isinstance(request_id, int) or isinstance(request_id, bool):
-                        raise P.BadPayload("a request needs an integer 'id'")
-                    action = A.decode_action(message.get("action"), allowed=ACCEPTED)
-                except XvmError as e:
-                    P.send_message(conn, P.error_reply(request_id if isinstance(request_id, int) else None, e))
-                    continue
-                if isinstance(action, A.ConsoleAttach):
-                    self._stream_console(conn, request_id, action)
-                    return
-                try:
-                    result = self._wait(action) if isinstance(action, A.Wait) else self.vmm.handle(action)
-                except BaseException as e:
-                    reply = P.error_reply(request_id, e)
-                else:
-                    reply = P.reply(request_id, result)
-                P.send_message(conn, reply)
+                    if not self._request(conn, message):
+                        return
+                finally:
+                    with self._idle:
+                        self._busy -= 1
+                        self._idle.notify_all()
         except OSError:
             return  # the client went away mid-reply
         finally:
@@ -135,6 +132,35 @@ class VmmServer:
                 self._connections.discard(conn)
                 self._threads.discard(threading.current_thread())
             conn.close()
+
+    def _request(self, conn, message):
+        """Serve one request; False when the connection is done (a console stream ended)."""
+        request_id = message.get("id")
+        try:
+            if not isinstance(request_id, int) or isinstance(request_id, bool):
+                raise P.BadPayload("a request needs an integer 'id'")
+            action = A.decode_action(message.get("action"), allowed=ACCEPTED)
+        except XvmError as e:
+            P.send_message(conn, P.error_reply(request_id if isinstance(request_id, int) else None, e))
+            return True
+        if isinstance(action, A.ConsoleAttach):
+            with self._idle:  # a stream is not a reply in flight
+                self._busy -= 1
+                self._idle.notify_all()
+            try:
+                self._stream_console(conn, request_id, action)
+            finally:
+                with self._idle:
+                    self._busy += 1
+            return False
+        try:
+            result = self._wait(action) if isinstance(action, A.Wait) else self.vmm.handle(action)
+        except BaseException as e:
+            reply = P.error_reply(request_id, e)
+        else:
+            reply = P.reply(request_id, result)
+        P.send_message(conn, reply)
+        return True
 
     def _wait(self, action):
         try:

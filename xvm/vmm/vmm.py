@@ -24,6 +24,7 @@ from ..console import Console
 from ..errors import XvmError
 from . import actions as A
 from . import lifecycle
+from .protocol import register_error
 from .lifecycle import DomainState
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,12 @@ _STOP = object()
 
 class VmmGone(XvmError):
     """The domain's VMM is not there (it ended, or was killed)."""
+
+
+register_error(VmmGone)
+
+# Answered from the final state once the control thread has ended.
+_READ_ONLY = (A.Info, A.Stats, A.Ping)
 
 
 class _Pending:
@@ -90,6 +97,8 @@ class Vmm:
         pending = _Pending(action)
         with self._inbox_lock:
             if self._thread is None or self._closed:
+                if self._closed and isinstance(action, _READ_ONLY):
+                    return self._dispatch(action)  # nothing runs any more: the final state
                 raise VmmGone(f"the VMM of domain {self.config.name!r} has ended")
             self._inbox.put(pending)
         pending.done.wait()
@@ -117,6 +126,8 @@ class Vmm:
         try:
             self._loop()
         finally:
+            if self._console_log is not None:
+                self._console_log.close()
             with self._inbox_lock:
                 self._closed = True
             while True:  # whatever was queued meanwhile fails, never waits forever
@@ -159,14 +170,14 @@ class Vmm:
         return result
 
     def _set_state(self, state):
-        with self._changed:
-            self.state = state
-            self._changed.notify_all()
-        if self._on_state is not None:
+        self.state = state
+        if self._on_state is not None:  # first the store, then whoever waits for the state
             try:
                 self._on_state(self, state)
             except Exception:
                 log.exception("domain %s: state hook failed", self.config.name)
+        with self._changed:
+            self._changed.notify_all()
 
     # -- actions ------------------------------------------------------------------------------
     def _do_Boot(self, action):

@@ -2,9 +2,11 @@
 
 ``VirtioBlock(disk)`` opens the disk's backend (taking its lock) and is a
 :class:`~xvm.devices.virtio.device.VirtioDevice`, so any transport can carry
-it.  Requests are served on the transport's worker thread; a malformed
-request fails alone (IOERR/UNSUPP, or used length 0 when it has no status
-byte), a broken ring puts the device in DEVICE_NEEDS_RESET.
+it.  Requests are served one chain at a time (:meth:`VirtioBlock.process_chain`)
+on the transport's worker thread, in the virtio core's bounded batches; a
+malformed request fails alone (IOERR/UNSUPP, or used length 0 when it has no
+status byte) and is counted as a guest error; a broken ring puts the device in
+DEVICE_NEEDS_RESET (the core's business).
 """
 import logging
 import struct
@@ -75,7 +77,6 @@ class VirtioBlock(VirtioDevice):
         self.seg_max = queue_size - 2
         self.capacity = self.backend.size // SECTOR_SIZE
         self.metrics = BlockMetrics()
-        self.broken = False
         self.limits = Limits(self.capacity, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
                              MAX_DISCARD_SECTORS, MAX_DISCARD_SEG)
 
@@ -139,63 +140,41 @@ class VirtioBlock(VirtioDevice):
         if not queues or queues[0] is None:
             raise QueueError("virtio-blk activated without its request queue (§5.2.2)")
         super().activate(memory, queues, interrupt)
-        self.broken = False
-        self.metrics.activate_count += 1
-
-    def reset(self):
-        super().reset()
-        self.broken = False
 
     def close(self):
         self.backend.close()
 
     # -- the data plane (worker thread) ----------------------------------------------
 
-    def process_queue(self, index):
-        queue = self.queues[index] if index < len(self.queues) else None
-        if queue is None or self.broken:
-            return
+    def process_queue(self, index, batch):
         self.metrics.queue_notify_count += 1
-        used_before = queue.next_used
-        try:
-            queue.drain(self.handle, self._malformed)
-        except QueueError:
-            # The ring itself is corrupt: stop serving it; the transport sets
-            # DEVICE_NEEDS_RESET (§2.1.2).
-            self.metrics.queue_error_count += 1
-            self.broken = True
-            raise
-        finally:
-            if queue.next_used != used_before and queue.needs_notification():
-                self.metrics.interrupt_count += 1
-                self.interrupt.trigger(InterruptKind.USED_BUFFER)
+        super().process_queue(index, batch)
 
-    def _malformed(self, error):
-        # A malformed chain fails alone: returned unused (§2.7.8).
-        log.info("virtio-blk: malformed chain: %s", error)
-        self.metrics.invalid_chain_count += 1
+    def process_chain(self, index, chain):
+        """Carry out one request; returns the used length (bytes written)."""
+        return self.handle(chain)
 
     def handle(self, chain):
-        """Carry out one request; returns the used length (bytes written)."""
+        """Carry out the request in ``chain``; returns the used length."""
         try:
             request = parse(chain, self.limits)
         except RequestError as e:
             self.metrics.invalid_request_count += 1
-            log.info("virtio-blk: request %d refused: %s", chain.head, e.reason)
             if e.status == VIRTIO_BLK_S_UNSUPP:
                 self.metrics.unsupported_count += 1
+            self.guest_error(0, e.reason, f"request {chain.head} refused")
             if e.status_gpa is None:
                 return 0
-            self.memory.write(e.status_gpa, bytes([e.status]))
+            chain.memory.write(e.status_gpa, bytes([e.status]))
             return 1
         written = 0
         try:
             status, written = self.execute(request)
         except BackendError as e:
-            log.warning("virtio-blk: %s", e)
+            log.warning("%s: %s", self.name, e)
             self.metrics.io_error_count += 1
             status = VIRTIO_BLK_S_IOERR
-        self.memory.write(request.status_gpa, bytes([status]))
+        chain.memory.write(request.status_gpa, bytes([status]))
         return written + 1
 
     def execute(self, request):

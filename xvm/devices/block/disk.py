@@ -2,7 +2,7 @@
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 
 from .backend.blockdev import BlockDevice
 from .backend.raw import CACHE_MODES, SECTOR_SIZE, RawFile
@@ -15,11 +15,15 @@ VIRTIO_BLK_ID_BYTES = 20
 class Disk:
     """A disk for a domain: a raw image file or a host block device.
 
-    Validated on construction — the path exists, is a regular file or block
-    device, can be opened (for writing unless ``readonly``), is not locked by
-    another user, and its size is a multiple of 512 — so a bad disk is a
-    :class:`~xvm.errors.ConfigError` naming the path before anything starts.
-    ``serial`` (at most 20 ASCII bytes) is what the guest reads with GET_ID.
+    Plain data: construction checks the values (``path`` is a path, made
+    absolute; ``cache`` is a known mode; ``serial`` is at most 20 ASCII bytes;
+    ``readonly`` is a bool) and touches nothing on the host.  :meth:`check`
+    (run by :func:`xvm.config.preflight` when a domain starts) verifies the
+    image itself: it exists, is a regular file or block device, opens for
+    writing unless ``readonly``, is not locked by another user and is a whole
+    number of 512-byte sectors — a :class:`~xvm.errors.ConfigError` naming
+    the path.
+    ``serial`` is what the guest reads with GET_ID.
     ``cache`` is ``"none"`` (default: host page cache, FLUSH offered and
     completed only after fdatasync), ``"writethrough"`` (every write
     O_DSYNC), ``"writeback"`` (same guarantees as ``none``, an explicit
@@ -36,7 +40,13 @@ class Disk:
             path = os.fspath(self.path)
         except TypeError:
             raise DiskConfigError(f"disk path {self.path!r} is not a path") from None
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise DiskConfigError(f"disk path {self.path!r} is not a path")
+        path = os.path.abspath(path)
         object.__setattr__(self, "path", path)
+        if not isinstance(self.readonly, bool):
+            raise DiskConfigError(f"disk {path!r}: readonly must be True or False, not "
+                                  f"{self.readonly!r}", path)
         if self.cache not in CACHE_MODES:
             raise DiskConfigError(f"disk {path!r}: cache mode {self.cache!r} is not one of "
                                   f"{', '.join(CACHE_MODES)}", path)
@@ -49,17 +59,45 @@ class Disk:
             if len(raw) > VIRTIO_BLK_ID_BYTES:
                 raise DiskConfigError(f"disk {path!r}: serial {self.serial!r} is longer than "
                                       f"{VIRTIO_BLK_ID_BYTES} bytes", path)
+
+    # -- plain data ------------------------------------------------------------------
+
+    def to_dict(self):
+        """JSON-able: ``{"path", "readonly", "serial", "cache"}``."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data):
+        """The Disk :meth:`to_dict` gave ``data``; DiskConfigError names an unknown,
+        missing or bad field."""
+        if not isinstance(data, dict):
+            raise DiskConfigError(f"a disk must be a dict, not {type(data).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = [name for name in data if name not in known]
+        if unknown:
+            raise DiskConfigError(f"disk: unknown field(s) {', '.join(map(repr, unknown))}; "
+                                  f"known: {', '.join(known)}", data.get("path"))
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in data]
+        if missing:
+            raise DiskConfigError(f"disk: missing field(s) {', '.join(map(repr, missing))}")
+        return cls(**data)
+
+    # -- the host side ---------------------------------------------------------------
+
+    def check(self):
+        """Check the image on the host as opening it would (exists, type, access,
+        lock, size), then let go; raises DiskConfigError / DiskBusyError."""
         try:
-            mode = os.stat(path).st_mode
+            mode = os.stat(self.path).st_mode
         except FileNotFoundError:
-            raise DiskConfigError(f"disk image {path!r} does not exist", path,
+            raise DiskConfigError(f"disk image {self.path!r} does not exist", self.path,
                                   errno.ENOENT) from None
         except OSError as e:
-            raise DiskConfigError(f"disk image {path!r} cannot be examined: {e.strerror}",
-                                  path, e.errno) from None
+            raise DiskConfigError(f"disk image {self.path!r} cannot be examined: {e.strerror}",
+                                  self.path, e.errno) from None
         if stat.S_ISDIR(mode):
-            raise DiskConfigError(f"disk image {path!r} is a directory", path, errno.EISDIR)
-        # Opening the backend checks access, the lock and the size; then let go.
+            raise DiskConfigError(f"disk image {self.path!r} is a directory", self.path,
+                                  errno.EISDIR)
         self.open().close()
 
     @property
@@ -72,10 +110,34 @@ class Disk:
         raw = (self.serial or "").encode("ascii")
         return raw + bytes(VIRTIO_BLK_ID_BYTES - len(raw))
 
-    def open(self):
-        """Open the backend; it holds the image's lock until closed."""
-        cls = BlockDevice if self.is_block_device else RawFile
-        return cls(self.path, readonly=self.readonly, cache=self.cache)
+    def open_fd(self):
+        """Open and lock the image as :meth:`open` would and return the bare fd
+        (the caller owns it): what a parent passes to a VMM process, which
+        builds the backend with ``open(fd=...)``.  The lock is an ``flock``,
+        held by the open file description, so it travels with the fd and lasts
+        until every copy of it is closed."""
+        return self.open().detach()
+
+    def open(self, fd=None):
+        """Open the backend; it holds the image's lock until closed.
+
+        With ``fd`` (an fd of this image, e.g. from :meth:`open_fd` in another
+        process) the backend is built over that open file instead of opening
+        the path; it takes ownership of ``fd`` (closes it on failure too).  The
+        fd's access mode must suit ``readonly`` and ``cache``; its lock is
+        taken again (a no-op when the opener already holds it).
+        """
+        if fd is None:
+            cls = BlockDevice if self.is_block_device else RawFile
+            return cls(self.path, readonly=self.readonly, cache=self.cache)
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError as e:
+            os.close(fd)
+            raise DiskConfigError(f"disk {self.path!r}: fd {fd} is not usable: {e.strerror}",
+                                  self.path, e.errno) from None
+        cls = BlockDevice if stat.S_ISBLK(mode) else RawFile
+        return cls(self.path, readonly=self.readonly, cache=self.cache, fd=fd)
 
     @property
     def size(self):

@@ -1,14 +1,18 @@
 """virtio-blk counters, named after the events they count.
 
-Written by the device's worker thread only; reading them from elsewhere gives
-a slightly stale but never torn value (each is a single int).
+The counters every virtio device has (``guest_error_count``,
+``invalid_chain_count``, ``queue_error_count``, ``interrupt_count``...) come
+from :class:`~xvm.devices.virtio.metrics.VirtioMetrics`.  Written by the
+device's worker thread only; reading them from elsewhere gives a slightly
+stale but never torn value (each is a single int).
 """
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+
+from ..virtio.metrics import VirtioMetrics
 
 
 @dataclass
-class BlockMetrics:
-    activate_count: int = 0
+class BlockMetrics(VirtioMetrics):
     queue_notify_count: int = 0
     read_count: int = 0
     read_bytes: int = 0
@@ -21,10 +25,4 @@ class BlockMetrics:
     write_zeroes_count: int = 0
     unsupported_count: int = 0
     io_error_count: int = 0
-    invalid_request_count: int = 0
-    invalid_chain_count: int = 0
-    queue_error_count: int = 0
-    interrupt_count: int = 0
-
-    def snapshot(self):
-        return asdict(self)
+    invalid_request_count: int = 0  # a malformed request header or segment

@@ -9,6 +9,9 @@ device stops polling the TAP (the frame read stays pending) until an rx
 notification says buffers were added — the host kernel queues or drops,
 the VMM never spins.  A malformed tx chain drops that one packet
 (``tx_dropped_count``); a corrupt ring puts the device in DEVICE_NEEDS_RESET.
+Both queues are served in the virtio core's bounded turns (:mod:`..virtio.batch`):
+tx one chain at a time (:meth:`VirtioNet.process_chain`), rx one frame per
+unit of the turn's budget.
 """
 import logging
 import select
@@ -16,7 +19,7 @@ import struct
 
 from ..virtio.device import (
     VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, FeatureError,
-    InterruptKind, VirtioDevice, bit, has_feature,
+    VirtioDevice, bit, has_feature,
 )
 from ..virtio.errors import ChainError, QueueError
 from .backend.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN
@@ -41,7 +44,6 @@ DEFAULT_QUEUE_SIZE = 256
 DEFAULT_MTU = 1500
 MIN_MTU = 68  # §5.1.4.1 "The device MUST NOT set mtu below 68"
 MAX_MTU = 65535
-RX_BATCH = 256  # frames per wake-up before the worker looks at other fds
 
 # §5.1.4 struct virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu.
 _CONFIG = struct.Struct("<6sHHH")
@@ -100,7 +102,6 @@ class VirtioNet(VirtioDevice):
         self.backend = backend
         self.queue_max_sizes = (queue_size, queue_size)
         self.metrics = NetMetrics()
-        self.broken = False
         self._rxbuf = bytearray(MAX_PACKET)
         self._rxview = memoryview(self._rxbuf)
         self._pending = 0  # length of a frame read from the TAP, not yet delivered
@@ -158,17 +159,24 @@ class VirtioNet(VirtioDevice):
         if len(queues) < 2 or queues[RX_QUEUE] is None or queues[TX_QUEUE] is None:
             raise QueueError("virtio-net activated without receiveq1 and transmitq1 (§5.1.2)")
         super().activate(memory, queues, interrupt)
-        self.broken = False
         self._held = []
         self._set_polling(True)
         if hasattr(self.backend, "set_offload"):
             self.backend.set_offload(tun_offloads(self.acked_features,
                                                   getattr(self.backend, "offloads", 0)))
-        self.metrics.activate_count += 1
+
+    def disable_queue(self, index):
+        super().disable_queue(index)
+        if index == RX_QUEUE:
+            self._held = []
+            self._set_polling(False)  # nowhere to put frames: leave them to the TAP
+
+    def mark_broken(self):
+        super().mark_broken()
+        self._set_polling(False)
 
     def reset(self):
         super().reset()
-        self.broken = False
         self._held = []
         self._pending = 0
         self._set_polling(True)
@@ -185,7 +193,7 @@ class VirtioNet(VirtioDevice):
         self.backend.close()
 
     def event_sources(self):
-        return ((self._poll.fileno(), self._on_backend_readable),)
+        return ((self._poll.fileno(), RX_QUEUE, self._on_backend_readable),)
 
     def _set_polling(self, on):
         if on == self._polling or self._poll is None:
@@ -199,53 +207,29 @@ class VirtioNet(VirtioDevice):
 
     # -- the data plane (worker thread) ----------------------------------------------
 
-    def process_queue(self, index):
-        if self.broken or index >= len(self.queues) or self.queues[index] is None:
-            return
+    def process_queue(self, index, batch):
         if index == TX_QUEUE:
             self.metrics.tx_notify_count += 1
-            self._transmit()
+            batch.serve_chains(self._send)
         elif index == RX_QUEUE:
             # The guest added rx buffers: deliver what waits and poll the TAP again.
             self.metrics.rx_notify_count += 1
-            self._receive()
+            self._receive(batch)
 
-    def _on_backend_readable(self, events):
-        if self.broken:
-            return
+    def _on_backend_readable(self, index, batch):
         self.metrics.tap_readable_count += 1
-        self._receive()
+        self._receive(batch)
 
-    def _guarded(self, queue, work):
-        """Run ``work()``; a corrupt ring breaks the device (§2.1.2), and the
-        driver is interrupted if anything was used."""
-        before = queue.next_used
-        try:
-            work()
-        except QueueError:
-            self.metrics.queue_error_count += 1
-            self.broken = True
-            self._set_polling(False)
-            raise
-        finally:
-            if queue.next_used != before and queue.needs_notification():
-                self.metrics.interrupt_count += 1
-                self.interrupt.trigger(InterruptKind.USED_BUFFER)
+    def invalid_chain(self, index, error):
+        super().invalid_chain(index, error)
+        if index == TX_QUEUE:
+            # A malformed chain drops its packet alone (§2.7.8).
+            self.metrics.tx_dropped_count += 1
 
     # -- transmit (§5.1.6.2) ------------------------------------------------------
 
-    def _transmit(self):
-        queue = self.queues[TX_QUEUE]
-        self._guarded(queue, lambda: self._transmit_all(queue))
-
-    def _transmit_all(self, queue):
-        queue.drain(self._send, self._malformed_tx)
-
-    def _malformed_tx(self, error):
-        # A malformed chain drops its packet alone (§2.7.8).
-        log.info("virtio-net: malformed tx chain: %s", error)
-        self.metrics.invalid_chain_count += 1
-        self.metrics.tx_dropped_count += 1
+    def process_chain(self, index, chain):
+        return self._send(chain)
 
     def _send(self, chain):
         """Send one tx chain's frame; returns the used length, always 0: the device
@@ -253,8 +237,8 @@ class VirtioNet(VirtioDevice):
         try:
             frame_len = parse_tx(chain, self.acked_features)
         except TxError as e:
-            log.info("virtio-net: tx packet %d dropped: %s", chain.head, e.reason)
             self.metrics.tx_dropped_count += 1
+            self.guest_error(TX_QUEUE, e.reason, f"tx packet {chain.head} dropped")
             return 0
         try:
             self.backend.writev(chain.readable_views())
@@ -270,12 +254,10 @@ class VirtioNet(VirtioDevice):
 
     # -- receive (§5.1.6.3, §5.1.6.4) -----------------------------------------------
 
-    def _receive(self):
-        queue = self.queues[RX_QUEUE]
-        self._guarded(queue, lambda: self._receive_all(queue))
-
-    def _receive_all(self, queue):
-        for _ in range(RX_BATCH):
+    def _receive(self, batch):
+        """Deliver frames from the TAP, one per unit of ``batch``'s budget."""
+        queue = batch.queue
+        while batch.take():
             if not self._pending:
                 length = self.backend.read_into(self._rxbuf)
                 if not length:
@@ -305,8 +287,7 @@ class VirtioNet(VirtioDevice):
             except ChainError as e:
                 if e.head is None:
                     raise
-                log.info("virtio-net: malformed rx chain: %s", e)
-                self.metrics.invalid_chain_count += 1
+                self.invalid_chain(RX_QUEUE, e)
                 queue.add_used(e.head, 0)
                 continue
             if chain is None:
@@ -314,7 +295,8 @@ class VirtioNet(VirtioDevice):
             # §5.1.6.3: receive buffers are device-writable only, the first one
             # large enough for the header (§5.1.6.3.1).
             if chain.readable or chain.writable_len < VIRTIO_NET_HDR_SIZE:
-                self.metrics.invalid_chain_count += 1
+                self.invalid_chain(RX_QUEUE, f"rx buffer {chain.head} is device-readable or "
+                                   "shorter than the virtio-net header (§5.1.6.3)")
                 queue.add_used(chain.head, 0)
                 continue
             return chain

@@ -1,14 +1,18 @@
 """virtio-net counters, named after the events they count.
 
-Written by the device's worker thread only; reading them from elsewhere gives
-a slightly stale but never torn value (each is a single int).
+The counters every virtio device has (``guest_error_count``,
+``invalid_chain_count``, ``queue_error_count``, ``interrupt_count``...) come
+from :class:`~xvm.devices.virtio.metrics.VirtioMetrics`.  Written by the
+device's worker thread only; reading them from elsewhere gives a slightly
+stale but never torn value (each is a single int).
 """
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+
+from ..virtio.metrics import VirtioMetrics
 
 
 @dataclass
-class NetMetrics:
-    activate_count: int = 0
+class NetMetrics(VirtioMetrics):
     rx_notify_count: int = 0
     tx_notify_count: int = 0
     tap_readable_count: int = 0
@@ -20,9 +24,3 @@ class NetMetrics:
     tx_bytes: int = 0
     tx_dropped_count: int = 0  # a malformed tx request, dropped alone
     tap_write_error_count: int = 0
-    invalid_chain_count: int = 0
-    queue_error_count: int = 0
-    interrupt_count: int = 0
-
-    def snapshot(self):
-        return asdict(self)

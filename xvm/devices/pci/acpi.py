@@ -13,8 +13,8 @@
 """
 import struct
 
-from ...machine.acpi import aml
-from ...machine.acpi.tables import sdt
+from ...acpi import aml
+from ...acpi.tables import sdt
 
 MCFG_REVISION = 1
 

@@ -1,17 +1,22 @@
 """The transport-agnostic virtio device protocol, feature bits and status.
 
 A device (block, net, console...) subclasses :class:`VirtioDevice`; a
-transport (virtio-mmio now, virtio-pci later) adapts it to a bus.  The
+transport (virtio-mmio, virtio-pci) adapts it to a bus.  The
 transport owns the registers, the device-status state machine
 (:class:`DeviceStatus`) and feature negotiation; the device owns its queues
 once :meth:`VirtioDevice.activate` has handed them over, and serves them in
-:meth:`VirtioDevice.process_queue` on the transport's worker thread.
+:meth:`VirtioDevice.process_chain` on the transport's worker thread, in
+bounded batches driven by :mod:`.batch`.
 """
 import enum
+import logging
 import os
-import threading
 
 from .errors import FeatureError, StatusError
+from .guestlog import RateLimitedLog
+from .metrics import VirtioMetrics
+
+log = logging.getLogger(__name__)
 
 # §2.1 Device Status Field
 VIRTIO_CONFIG_S_ACKNOWLEDGE = 1
@@ -62,12 +67,14 @@ class InterruptKind(enum.IntFlag):
 class Interrupt:
     """What a device calls to notify the driver; given to it by the transport.
 
-    ``trigger(kind)`` may be called from the device's worker thread.  The
-    transport records ``kind`` where the driver will look for it (the
-    InterruptStatus register, an MSI-X vector...) and raises the line.
+    ``trigger(kind, queue=None)`` may be called from the device's worker
+    thread; a used buffer notification names its ``queue`` (§2.3: it is per
+    virtqueue).  The transport records ``kind`` where the driver will look for
+    it (the InterruptStatus register, that queue's MSI-X vector...) and raises
+    the line.  ``queue=None`` means "some queue": every queue's vector fires.
     """
 
-    def trigger(self, kind):
+    def trigger(self, kind, queue=None):
         raise NotImplementedError
 
 
@@ -173,13 +180,18 @@ class VirtioDevice:
     """Base class and protocol of a transport-agnostic virtio device.
 
     Subclasses set ``device_id`` (§5) and ``queue_max_sizes`` (one entry per
-    virtqueue), and implement :meth:`device_features`, :meth:`config_space`,
-    :meth:`process_queue`.  The transport calls, in order:
-    :meth:`ack_features` (at FEATURES_OK), :meth:`activate` (at DRIVER_OK),
-    :meth:`process_queue` (on its worker thread, when queue ``i`` is
-    notified) and :meth:`reset` (when the driver writes status 0; the worker
-    is stopped first).  ``interrupt.trigger(InterruptKind.USED_BUFFER)``
-    notifies the driver.
+    virtqueue), and implement :meth:`device_features`, :meth:`config_space`
+    and :meth:`process_chain` (one request) or, for work that is not one chain
+    at a time, :meth:`process_queue` (one bounded turn).  The transport calls,
+    in order: :meth:`ack_features` (at FEATURES_OK), :meth:`activate` (at
+    DRIVER_OK), queue service on its worker thread through
+    :func:`~.batch.serve_queue` (which owns the batch bound, the error
+    handling and the used buffer notification) and :meth:`reset` (when the
+    driver writes status 0; the worker is stopped first).
+
+    Guest-caused errors go through :meth:`guest_error`: counted in
+    ``metrics.guest_error_count`` and logged as one rate-limited line naming
+    the device (``name``, set by the transport) and the rule broken.
     """
 
     device_id = 0
@@ -191,7 +203,20 @@ class VirtioDevice:
         self.memory = None
         self.queues = ()
         self.interrupt = None
-        self._lock = threading.Lock()
+        self.broken = False
+        self.metrics = VirtioMetrics()  # devices replace it with their own subclass
+        self.guest_log = RateLimitedLog(log, type(self).__name__)
+        # Broken rings get their own budget: at most one per reset, and the line
+        # that explains DEVICE_NEEDS_RESET must not drown among malformed chains.
+        self.ring_log = RateLimitedLog(log, type(self).__name__)
+
+    @property
+    def name(self):
+        return self.guest_log.name
+
+    @name.setter
+    def name(self, value):
+        self.guest_log.name = self.ring_log.name = value
 
     @property
     def num_queues(self):
@@ -232,6 +257,8 @@ class VirtioDevice:
         self.memory = memory
         self.queues = list(queues)
         self.interrupt = interrupt
+        self.broken = False
+        self.metrics.activate_count += 1
 
     def disable_queue(self, index):
         """The driver stopped using queue ``index`` while live (QueueReady 0,
@@ -239,9 +266,49 @@ class VirtioDevice:
         if index < len(self.queues):
             self.queues[index] = None
 
-    def process_queue(self, index):
-        """Serve queue ``index``; runs on the transport's worker thread."""
+    def queues_dropped(self, index, queue):
+        """Whether ``queue`` is no longer this device's live queue ``index`` (a
+        reset or QueueReady=0 took it away)."""
+        queues = self.queues
+        return index >= len(queues) or queues[index] is not queue
+
+    # -- queue service (worker thread; driven by .batch.serve_queue) --------------
+
+    def process_queue(self, index, batch):
+        """One bounded turn on queue ``index``: by default every available chain
+        through :meth:`process_chain`, within ``batch``'s budget."""
+        batch.serve_chains(lambda chain: self.process_chain(index, chain))
+
+    def process_chain(self, index, chain):
+        """Carry out the request in ``chain`` (a checked
+        :class:`~.queue.DescriptorChain` of queue ``index``); return the used
+        length (bytes written into its device-writable buffers)."""
         raise NotImplementedError
+
+    def guest_error(self, index, error, what="guest error"):
+        """The driver broke a rule (``error``'s text names it): count it and log
+        one line, rate-limited."""
+        self._guest_error(self.guest_log, index, error, what)
+
+    def invalid_chain(self, index, error):
+        """A malformed chain (:class:`~.errors.ChainError`), returned unused."""
+        self.metrics.invalid_chain_count += 1
+        self.guest_error(index, error, "malformed chain")
+
+    def ring_error(self, index, error):
+        """The ring itself is corrupt (§2.1.2): stop serving until reset."""
+        self.metrics.queue_error_count += 1
+        self._guest_error(self.ring_log, index, error, "ring unusable, device needs reset")
+        self.mark_broken()
+
+    def _guest_error(self, limited_log, index, error, what):
+        self.metrics.guest_error_count += 1
+        where = f"queue {index}: " if index is not None else ""
+        limited_log.emit(logging.WARNING, "%s%s: %s", where, what, error)
+
+    def mark_broken(self):
+        """Serve nothing more until reset; devices with event sources stop them."""
+        self.broken = True
 
     def reset(self):
         """Back to the initial state (§2.4); the worker is already stopped."""
@@ -249,8 +316,13 @@ class VirtioDevice:
         self.memory = None
         self.queues = ()
         self.interrupt = None
+        self.broken = False
+        self.guest_log.flush()
+        self.ring_log.flush()
 
     def event_sources(self):
-        """Extra ``(fd, callback)`` pairs for the worker's epoll (a TAP fd, a
-        backend completion eventfd); none by default."""
+        """Extra ``(fd, queue_index, work)`` triples for the worker's epoll (a TAP
+        fd, a backend completion eventfd): when ``fd`` is readable the core runs
+        ``work(queue_index, batch)`` as one turn of that queue, like
+        :meth:`process_queue`.  None by default."""
         return ()

@@ -199,31 +199,21 @@ class PciTransport(VirtioTransport):
         self.msix = msix
         self.config_vector = VIRTIO_MSI_NO_VECTOR
         self.queue_vectors = [VIRTIO_MSI_NO_VECTOR] * len(self.queue_configs)
-        self._serving = None  # the queue the worker is serving now
 
-    def _serve_callback(self, index):
-        serve = super()._serve_callback(index)
-
-        def serve_tracked():
-            self._serving = index
-            try:
-                serve()
-            finally:
-                self._serving = None
-        return serve_tracked
-
-    def _message_vectors(self, kind):
+    def _message_vectors(self, kind, queue):
         if not self.msix.enabled:
             return None  # §4.1.4.5.1: with MSI-X disabled the ISR says why
         vectors = set()
         if kind & InterruptKind.CONFIG_CHANGE:
             vectors.add(self.config_vector)
         if kind & InterruptKind.USED_BUFFER:
-            # A used buffer from the queue being served goes to its vector; one from an
-            # event source (no queue known) to every queue's vector: spurious ones are benign.
-            serving = self._serving
-            queues = (serving,) if serving is not None else range(len(self.queue_vectors))
-            vectors.update(self.queue_vectors[q] for q in queues)
+            # §4.1.4.3 queue_msix_vector: a used buffer goes to its queue's vector.  With
+            # no queue named (a device that does not say), every queue's: spurious
+            # interrupts are benign.
+            if queue is not None and 0 <= queue < len(self.queue_vectors):
+                vectors.add(self.queue_vectors[queue])
+            else:
+                vectors.update(self.queue_vectors)
         vectors.discard(VIRTIO_MSI_NO_VECTOR)
         return vectors
 

@@ -378,31 +378,6 @@ class Queue:
             length -= take
         return pieces
 
-    def drain(self, handle, on_malformed):
-        """Serve every available chain until the driver has added none meanwhile.
-
-        ``handle(chain)`` carries a request out and returns the used length.  A
-        malformed chain is returned to the driver unused after
-        ``on_malformed(error)``, failing alone (§2.7.8); a corrupt ring raises
-        :class:`QueueError`.  Notifications are re-enabled before giving up, so
-        no chain is left behind (§2.7.10).
-        """
-        while True:
-            while True:
-                try:
-                    chain = self.pop()
-                except ChainError as e:
-                    if e.head is None:
-                        raise
-                    on_malformed(e)
-                    self.add_used(e.head, 0)
-                    continue
-                if chain is None:
-                    break
-                self.add_used(chain.head, handle(chain))
-            if not self.enable_notification():
-                return
-
     # -- device → driver -------------------------------------------------------
 
     def add_used(self, head, length):

@@ -4,11 +4,15 @@
 function and drives its :class:`~.device.VirtioDevice` through the life cycle
 of §3.1: feature negotiation at FEATURES_OK, activation and the data-plane
 worker at DRIVER_OK, reset on status 0.  virtio-mmio (:mod:`.mmio`) maps its
-registers onto it; virtio-pci will do the same with its capabilities.
+registers onto it; virtio-pci (:mod:`.pci`) its capabilities.
 
 Threads: register accesses come from vCPU threads (serialised here by a
 lock); queue service runs on the worker thread; ``interrupt_status`` is
-shared and guarded by its own lock.
+shared and guarded by its own lock.  The worker never takes the register
+lock, so a reset, QueueReady=0 or pause may stop it while holding that lock;
+queue service is bounded (:mod:`.batch`), so that stop waits for one request
+at most, and it never raises: a worker stuck in a hung backend call is
+abandoned after :data:`~.worker.STOP_TIMEOUT` and writes nothing more to the rings.
 """
 import logging
 import os
@@ -19,7 +23,10 @@ from .device import (
     VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_F_EVENT_IDX,
     VIRTIO_F_INDIRECT_DESC, DeviceStatus, EventFdLine, Interrupt, InterruptKind,
 )
+from ...errors import GuestError
+from .batch import serve_queue
 from .errors import FeatureError, QueueError, StatusError, VirtioConfigError
+from .guestlog import RateLimitedLog
 from .persist import QueueConfigState, TransportState
 from .queue import Queue
 from . import native as _native_loader
@@ -51,8 +58,8 @@ class TransportInterrupt(Interrupt):
     def __init__(self, transport):
         self._transport = transport
 
-    def trigger(self, kind):
-        self._transport.raise_interrupt(InterruptKind(kind))
+    def trigger(self, kind, queue=None):
+        self._transport.raise_interrupt(InterruptKind(kind), queue)
 
 
 class VirtioTransport:
@@ -69,6 +76,8 @@ class VirtioTransport:
         self.memory = memory
         self.irq = EventFdLine(irq) if isinstance(irq, int) else irq
         self.name = name or f"virtio-{device.device_id}"
+        device.name = self.name
+        self._illegal_log = RateLimitedLog(log, self.name)
         self.status = DeviceStatus()
         self.driver_features = 0
         self.queue_configs = [QueueConfig(m) for m in device.queue_max_sizes]
@@ -103,12 +112,14 @@ class VirtioTransport:
         else:
             self._illegal("notify of a queue that does not exist (§4.2.2)", queue=index)
 
-    def raise_interrupt(self, kind):
+    def raise_interrupt(self, kind, queue=None):
+        """Notify the driver: ``kind`` says why, ``queue`` which queue has used
+        buffers (None: any of them)."""
         kind = InterruptKind(kind)
         with self._irq_lock:
             if kind & InterruptKind.CONFIG_CHANGE:
                 self.config_generation = (self.config_generation + 1) & 0xFFFFFFFF
-            vectors = self._message_vectors(kind)
+            vectors = self._message_vectors(kind, queue)
             if vectors is None:
                 # The line-based way: the interrupt status register says why.
                 self.interrupt_status |= int(kind)
@@ -118,10 +129,10 @@ class VirtioTransport:
             for vector in vectors:
                 self._signal_vector(vector)
 
-    def _message_vectors(self, kind):
-        """The message-signalled vectors to raise for ``kind`` (called under the
-        interrupt lock), or None to use the interrupt line; transports with
-        MSI-X override this and :meth:`_signal_vector`."""
+    def _message_vectors(self, kind, queue):
+        """The message-signalled vectors to raise for ``kind`` on ``queue``
+        (called under the interrupt lock), or None to use the interrupt line;
+        transports with MSI-X override this and :meth:`_signal_vector`."""
         return None
 
     def _signal_vector(self, vector):
@@ -154,7 +165,7 @@ class VirtioTransport:
                     self.device.ack_features(self.driver_features)
                 except FeatureError as e:
                     # §3.1.1 step 6: the driver re-reads status and sees FEATURES_OK clear.
-                    log.info("%s: features refused: %s", self.name, e)
+                    self._illegal_log.emit(logging.INFO, "features refused: %s", e)
                     self.status.clear(VIRTIO_CONFIG_S_FEATURES_OK)
             if newly & VIRTIO_CONFIG_S_DRIVER_OK and self._activate():
                 self._start_worker()
@@ -205,9 +216,7 @@ class VirtioTransport:
                 # this QueueReady register and MUST read the value back": honour it even
                 # while live, with the worker stopped so no request is half served.
                 if self.active and config.ready:
-                    worker, self._worker = self._worker, None
-                    if worker is not None:
-                        worker.stop()
+                    worker = self._stop_worker()
                     self.device.disable_queue(index)
                     if worker is not None:
                         self._start_worker()
@@ -230,7 +239,7 @@ class VirtioTransport:
             config.ready = True
 
     def _fail_queue(self, index, error):
-        log.warning("%s: queue %d unusable: %s", self.name, index, error)
+        self._illegal_log.emit(logging.WARNING, "queue %d unusable: %s", index, error)
         self.illegal_access_count += 1
         self.status.set_needs_reset()
 
@@ -250,7 +259,8 @@ class VirtioTransport:
                                     indirect=bool(features >> VIRTIO_F_INDIRECT_DESC & 1)))
             self.device.activate(self.memory, queues, TransportInterrupt(self))
         except Exception as e:  # the device refused: the driver sees NEEDS_RESET (§2.1.2)
-            log.warning("%s: activation failed: %s", self.name, e)
+            self._illegal_log.emit(logging.WARNING, "activation failed: %s", e,
+                                   exc_info=None if isinstance(e, GuestError) else e)
             self.status.set_needs_reset()
             self.raise_interrupt(InterruptKind.CONFIG_CHANGE)
             return False
@@ -260,23 +270,31 @@ class VirtioTransport:
     def _start_worker(self):
         worker = Worker(name=self.name, on_error=self._device_error)
         for index, fd in enumerate(self._notify_fds):
-            worker.add_eventfd(fd, self._serve_callback(index))
+            worker.add_eventfd(fd, self._serve_callback(index, None, worker))
         if self.resample_fd is not None:
             worker.add_eventfd(self.resample_fd, self.resample)
-        for fd, callback in self.device.event_sources():
-            worker.add(fd, callback)
+        for fd, index, work in self.device.event_sources():
+            serve = self._serve_callback(index, work, worker)
+            worker.add(fd, lambda events, serve=serve: serve())
         worker.start()
         self._worker = worker
         # Notifications that arrived before DRIVER_OK are already pending on the eventfds.
 
+    def _stop_worker(self):
+        """Take the worker off the data plane and stop it (bounded, never
+        raising); returns it, or None if there was none."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop()
+        return worker
+
     def pause(self):
         """Quiesce the data plane: the request being served completes, the worker
-        stops; notifications that arrive meanwhile stay pending on their
-        eventfds.  Call before :meth:`save` on a live device."""
+        stops; notifications that arrive meanwhile, and work a busy queue still
+        had, stay pending on their eventfds.  Call before :meth:`save` on a live
+        device."""
         with self._lock:
-            if self._worker is not None:
-                self._worker.stop()
-                self._worker = None
+            self._stop_worker()
             self.paused = True
 
     def resume(self):
@@ -285,26 +303,48 @@ class VirtioTransport:
             if self.active and self._worker is None:
                 self._start_worker()
 
-    def _serve_callback(self, index):
+    def _serve_callback(self, index, work, worker):
+        """One bounded turn of queue ``index`` (``work`` or the device's
+        process_queue) on ``worker``; left-over work re-arms the queue's eventfd,
+        behind every other ready fd."""
+        device = self.device
+        notify_fd = self._notify_fds[index] if 0 <= index < len(self._notify_fds) else -1
+
+        def stop():
+            return worker.stop_requested
+
+        def abandoned():
+            return worker.abandoned
+
         def serve():
-            queues = self.device.queues
+            if worker.abandoned:
+                return
             # A queue the driver never set up (or stopped using) is not served.
-            if index < len(queues) and queues[index] is not None:
-                self.device.process_queue(index)
+            batch = serve_queue(device, index, work, stop=stop, abandoned=abandoned)
+            if batch is None:
+                return
+            if device.broken:
+                self._device_error(None)
+            elif batch.more and work is None and not worker.abandoned and notify_fd >= 0:
+                # An event source (level-triggered, like a readable TAP) fires again
+                # by itself; a queue's notification is an edge we must re-arm.
+                os.eventfd_write(notify_fd, 1)
         return serve
 
     def _device_error(self, exc):
-        """The device could not go on (a broken ring): §2.1.2 "the device SHOULD set
-        DEVICE_NEEDS_RESET" and then sends a configuration change notification."""
+        """The device could not go on (a broken ring, a VMM bug): §2.1.2 "the
+        device SHOULD set DEVICE_NEEDS_RESET" and then sends a configuration
+        change notification."""
+        if exc is not None:
+            self.device.mark_broken()
         self.status.set_needs_reset()
         self.raise_interrupt(InterruptKind.CONFIG_CHANGE)
 
     def reset(self):
-        """Device reset (§2.4): stop the worker, reset the device, clear state."""
+        """Device reset (§2.4): stop the worker, reset the device, clear state.
+        Bounded by one request in service; never raises."""
         with self._lock:
-            if self._worker is not None:
-                self._worker.stop()
-                self._worker = None
+            self._stop_worker()
             self.active = False
             self.paused = False
             self.device.reset()
@@ -326,7 +366,8 @@ class VirtioTransport:
     def _illegal(self, message, **details):
         self.illegal_access_count += 1
         detail = "".join(f" {k}={v}" for k, v in details.items())
-        log.info("%s: ignored illegal driver access: %s%s", self.name, message, detail)
+        self._illegal_log.emit(logging.INFO, "ignored illegal driver access: %s%s",
+                               message, detail)
 
     # -- state -------------------------------------------------------------------
 

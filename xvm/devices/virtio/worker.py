@@ -5,13 +5,25 @@ transport writing the same eventfd when a QueueNotify write reaches the bus);
 the worker drains the eventfd and calls the handler.  Control work (resets,
 register accesses) stays on the vCPU thread; :meth:`Worker.stop` is how it
 takes the queues back.
+
+Handlers are bounded (one batch of a queue, see :mod:`.batch`) and check
+:attr:`Worker.stop_requested` as they go, so a stop waits for one request,
+however busy the guest keeps its queues.  The worker thread takes no lock of
+its callers: a caller may stop it while holding its own.
 """
 import logging
 import os
 import select
 import threading
 
+from ...errors import GuestError
+from .guestlog import RateLimitedLog
+
 log = logging.getLogger(__name__)
+
+# How long stop() waits for the handler in hand.  A handler waits for at most one
+# backend call, so only a hung host (a stuck disk) gets near this.
+STOP_TIMEOUT = 1.0
 
 
 def drain_eventfd(fd):
@@ -29,8 +41,12 @@ class Worker:
     fires; ``add(fd, callback, events)`` calls ``callback(events)`` for any
     other fd (the callback does its own reading).  A callback that raises is
     reported to ``on_error(exc)`` and the loop goes on.  Registration is only
-    allowed before :meth:`start`.  ``stop()`` wakes the loop through its own
-    eventfd and joins the thread; it is idempotent.
+    allowed before :meth:`start`.
+
+    :meth:`request_stop` asks the loop to end after the handler in hand and
+    returns at once; :meth:`stop` also waits for it (bounded, never raising);
+    both are idempotent.  The thread releases its epoll and stop eventfd itself
+    when its loop ends.
     """
 
     def __init__(self, name="virtio-worker", on_error=None):
@@ -40,7 +56,10 @@ class Worker:
         self._thread = None
         self._epoll = None
         self._stop_fd = -1
-        self._self_stop = False
+        self._fd_lock = threading.Lock()  # the stop eventfd against its closing
+        self.stop_requested = False
+        self.abandoned = False  # stop() gave up waiting: the loop must touch nothing
+        self._error_log = RateLimitedLog(log, name)
 
     def add_eventfd(self, fd, callback):
         def on_ready(events, fd=fd, callback=callback):
@@ -55,11 +74,13 @@ class Worker:
 
     @property
     def running(self):
-        return self._thread is not None and self._thread.is_alive()
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     def start(self):
         if self._thread is not None:
             raise RuntimeError("worker already started")
+        self.stop_requested = self.abandoned = False
         self._epoll = select.epoll()
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._epoll.register(self._stop_fd, select.EPOLLIN)
@@ -68,58 +89,76 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
-    def stop(self, timeout=10.0):
-        """Stop the loop and wait for it; the handler running now completes first."""
+    def request_stop(self):
+        """Ask the loop to end once the handler in hand returns; does not wait."""
+        self.stop_requested = True
+        with self._fd_lock:
+            if self._stop_fd >= 0:
+                os.eventfd_write(self._stop_fd, 1)
+
+    def stop(self, timeout=None):
+        """Stop the loop and wait at most ``timeout`` seconds (default
+        :data:`STOP_TIMEOUT`) for it; True if it ended.  Asked from a handler,
+        the loop ends when the handler returns.  A loop still busy after
+        ``timeout`` (a backend call that hangs) is abandoned (:attr:`abandoned`):
+        it ends by itself, and queue service writes nothing more to the rings
+        (:mod:`.batch`)."""
         thread = self._thread
         if thread is None:
-            return
-        os.eventfd_write(self._stop_fd, 1)
+            return True
+        self.request_stop()
         if thread is threading.current_thread():
-            # Asked from a handler: the loop ends when the handler returns and
-            # cleans up after itself.
-            self._self_stop = True
-            return
+            return True
+        if timeout is None:
+            timeout = STOP_TIMEOUT
         thread.join(timeout)
         if thread.is_alive():
-            raise RuntimeError(f"worker {self.name} did not stop within {timeout}s")
-        self._epoll.close()
-        os.close(self._stop_fd)
-        self._epoll = None
-        self._stop_fd = -1
-        self._thread = None
+            self.abandoned = True
+            log.warning("%s: worker still busy after %.1fs; left to finish alone",
+                        self.name, timeout)
+            return False
+        return True
 
     def _run(self):
         try:
             self._loop()
         finally:
-            if self._self_stop:
+            with self._fd_lock:
                 self._epoll.close()
                 os.close(self._stop_fd)
                 self._epoll = None
                 self._stop_fd = -1
-                self._thread = None
-                self._self_stop = False
+            self._error_log.flush()
+            self._thread = None
 
     def _loop(self):
         epoll = self._epoll
-        stop_fd = self._stop_fd
         handlers = self._handlers
-        while True:
+        while not self.stop_requested:
             try:
                 ready = epoll.poll()
             except InterruptedError:
                 continue
             for fd, events in ready:
-                if fd == stop_fd:
+                if self.stop_requested:
                     return
-            for fd, events in ready:
-                callback, _ = handlers[fd]
+                entry = handlers.get(fd)
+                if entry is None:
+                    continue  # the stop eventfd
                 try:
-                    callback(events)
-                except Exception as exc:  # a guest-caused fault must not kill the loop
-                    log.exception("%s: handler for fd %d failed", self.name, fd)
-                    if self.on_error is not None:
-                        try:
-                            self.on_error(exc)
-                        except Exception:
-                            log.exception("%s: on_error failed", self.name)
+                    entry[0](events)
+                except Exception as exc:  # a fault must not kill the loop
+                    self._report(fd, exc)
+
+    def _report(self, fd, exc):
+        if isinstance(exc, GuestError):
+            # Guest faults are normally handled below us; one line, no traceback.
+            self._error_log.emit(logging.WARNING, "guest error: %s", exc)
+        else:
+            self._error_log.emit(logging.ERROR, "handler for fd %d failed (VMM bug)", fd,
+                                 exc_info=exc)
+        if self.on_error is not None:
+            try:
+                self.on_error(exc)
+            except Exception:
+                log.exception("%s: on_error failed", self.name)

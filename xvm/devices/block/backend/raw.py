@@ -7,7 +7,8 @@ hole when the driver allows unmapping) and falls back to writing zeros.
 
 The image is locked with ``flock`` for the backend's life: exclusive for a
 read-write disk, shared for a read-only one, so two domains never write the
-same image.  The cache mode picks the open flags and what flush does:
+same image.  The lock belongs to the open file description, so a backend can
+be built over an fd opened (and locked) by another process: ``fd=``.  The cache mode picks the open flags and what flush does:
 
 * ``none`` (default) and ``writeback``: writes land in the host page cache;
   FLUSH completes only after ``fdatasync``.
@@ -78,23 +79,45 @@ def open_image(path, readonly, cache="none"):
         raise DiskConfigError(f"disk image {path!r} cannot be opened for {how}: "
                               f"{e.strerror}", path, e.errno) from None
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise DiskConfigError(f"disk image {path!r} is a directory", path, errno.EISDIR)
-        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-            raise DiskConfigError(f"disk image {path!r} is neither a regular file nor a "
-                                  "block device", path)
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = "writer" if readonly else "user"
-            raise DiskBusyError(f"disk image {path!r} is locked by another {holder} "
-                                "(in use by another domain or process)", path,
-                                errno.EWOULDBLOCK) from None
+        lock_image(fd, path, readonly)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def lock_image(fd, path, readonly, cache="none"):
+    """Check that ``fd`` is an image (regular file or block device) opened as
+    ``readonly`` and ``cache`` need, and lock it: ``flock``, shared for a
+    read-only disk, exclusive otherwise.
+
+    An flock belongs to the open file description, not to the process: an fd
+    passed to another process (SCM_RIGHTS, or inherited) carries the lock, and
+    it is released only when the last fd of that description is closed.
+    Locking again through a description that already holds the lock is a no-op.
+    (POSIX ``fcntl`` record locks would be wrong here: they belong to the
+    process and vanish when the opener closes any fd of the file.)
+    """
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode):
+        raise DiskConfigError(f"disk image {path!r} is a directory", path, errno.EISDIR)
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        raise DiskConfigError(f"disk image {path!r} is neither a regular file nor a "
+                              "block device", path)
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if not readonly and flags & os.O_ACCMODE == os.O_RDONLY:
+        raise DiskConfigError(f"disk image {path!r}: the fd given was opened read-only but "
+                              "the disk is writable", path, errno.EBADF)
+    if cache == "writethrough" and not readonly and not flags & os.O_DSYNC:
+        raise DiskConfigError(f"disk image {path!r}: cache='writethrough' needs an fd "
+                              "opened with O_DSYNC", path, errno.EINVAL)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = "writer" if readonly else "user"
+        raise DiskBusyError(f"disk image {path!r} is locked by another {holder} "
+                            "(in use by another domain or process)", path,
+                            errno.EWOULDBLOCK) from None
 
 
 def _advance(views, done):
@@ -114,13 +137,25 @@ class RawFile:
 
     kind = "raw"
 
-    def __init__(self, path, readonly=False, cache="none"):
+    def __init__(self, path, readonly=False, cache="none", *, fd=None):
+        """Open and lock ``path``; or, with ``fd``, use that already-open file of
+        it (ownership passes to the backend, which closes it on failure too)."""
         if cache not in CACHE_MODES:
+            if fd is not None:
+                os.close(fd)
             raise DiskConfigError(f"cache mode {cache!r} is not one of {CACHE_MODES}", path)
         self.path = os.fspath(path)
         self.readonly = readonly
         self.cache = cache
-        self.fd = open_image(self.path, readonly, cache)
+        if fd is None:
+            self.fd = open_image(self.path, readonly, cache)
+        else:
+            try:
+                lock_image(fd, self.path, readonly, cache)
+            except BaseException:
+                os.close(fd)
+                raise
+            self.fd = fd
         try:
             self.size = self._probe_size()
         except BaseException:
@@ -211,9 +246,14 @@ class RawFile:
             offset += n
             length -= n
 
+    def detach(self):
+        """Give up the fd without closing it (the lock goes with it); returns it."""
+        fd, self.fd = self.fd, -1
+        return fd
+
     def close(self):
         if self.fd >= 0:
-            os.close(self.fd)  # also drops the flock
+            os.close(self.fd)  # drops the flock unless another fd shares the description
             self.fd = -1
 
     def __enter__(self):

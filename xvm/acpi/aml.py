@@ -7,7 +7,7 @@ into a term list.  No methods, no operators: the tables xvm builds are data.
 """
 import struct
 
-from ...errors import ConfigError
+from ..errors import ConfigError
 
 # 20.2.5.1 Namespace Modifier Objects Encoding / 20.2.5.2 Named Objects Encoding
 ZERO_OP = 0x00

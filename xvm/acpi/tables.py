@@ -6,7 +6,7 @@ table lives and links them.
 """
 import struct
 
-from ...errors import ConfigError
+from ..errors import ConfigError
 from . import aml
 
 OEM_ID = b"XVM   "  # 6 bytes

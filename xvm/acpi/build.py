@@ -7,10 +7,10 @@ marked reserved in the guest's memory map.
 """
 from dataclasses import dataclass, field
 
-from ...errors import ConfigError
+from ..errors import ConfigError
 from . import pm, tables
 
-RSDP_GPA = 0xE_0000  # start of the area an OS scans for the RSDP (xvm.machine.layout.ACPI_TABLES)
+RSDP_GPA = 0xE_0000  # start of the area an OS scans for the RSDP (layout.ACPI_TABLES of xvm.machine)
 TABLES_END = 0x10_0000
 LAPIC_ADDRESS = 0xFEE0_0000
 IOAPIC_ADDRESS = 0xFEC0_0000

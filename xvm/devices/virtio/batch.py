@@ -1,0 +1,126 @@
+"""One bounded turn of queue service: the serve-then-notify loop of every device.
+
+The transport's worker calls :func:`serve_queue` for each wake-up of a queue
+(its notification eventfd, or a device event source such as a readable TAP).
+Devices only say what one request means
+(:meth:`~.device.VirtioDevice.process_chain`) or, for work that is not one
+chain at a time (virtio-net receive), what one turn does
+(:meth:`~.device.VirtioDevice.process_queue`); this module owns the rest:
+
+* the batch is bounded (at most Queue Size chains, and a stop check before
+  each one), so a guest that keeps its queue full cannot hold the worker:
+  a reset, QueueReady=0 or pause waits for one request, not for the guest to
+  stop;
+* work left over when the budget runs out or a stop is requested is reported
+  as :attr:`Batch.more`; the transport re-arms the queue's eventfd so the
+  next turn (or the next worker, after a resume) picks it up;
+* a malformed chain fails alone (§2.7.8) and a corrupt ring marks the device
+  broken (the transport then sets DEVICE_NEEDS_RESET, §2.1.2); both are
+  guest errors: counted, logged as one rate-limited line;
+* the used buffer notification (§2.7.7) is sent once per turn, naming the
+  queue, if the driver wants it.
+"""
+from .device import InterruptKind
+from .errors import ChainError, QueueError
+
+
+def _never():
+    return False
+
+
+class Batch:
+    """The budget and the stop check of one turn on queue ``index``.
+
+    ``stop()`` returns True once the worker has been asked to stop;
+    ``abandoned()`` once its stopper gave up waiting (a hung backend call): the
+    turn must then complete nothing more.  ``budget`` is how many chains (or
+    frames) the turn may take, Queue Size by default.
+    """
+
+    __slots__ = ("device", "index", "queue", "budget", "more", "_stop", "_abandoned")
+
+    def __init__(self, device, index, queue, *, budget=None, stop=_never, abandoned=_never):
+        self.device = device
+        self.index = index
+        self.queue = queue
+        self.budget = queue.size if budget is None else budget
+        self.more = False
+        self._stop = stop
+        self._abandoned = abandoned
+
+    def owns_queue(self):
+        """False once a reset or QueueReady=0 took the queue away, or the turn was
+        abandoned: nothing more may be written to its ring."""
+        return not (self._abandoned() or self.device.queues_dropped(self.index, self.queue))
+
+    @property
+    def stopping(self):
+        return self._stop()
+
+    def take(self):
+        """Claim one unit of the budget; False (and :attr:`more` set) when the
+        budget is spent or a stop was requested: the caller returns."""
+        if self.budget <= 0 or self._stop():
+            self.more = True
+            return False
+        self.budget -= 1
+        return True
+
+    def serve_chains(self, handle):
+        """Pop available chains and complete each with ``handle(chain)``'s used
+        length, within the budget.  A malformed chain is returned unused and
+        reported; a corrupt ring raises :class:`QueueError`.  Notifications are
+        re-enabled before the queue is left empty, so no chain is missed
+        (§2.7.10)."""
+        queue = self.queue
+        device = self.device
+        while True:
+            while self.take():
+                try:
+                    chain = queue.pop()
+                except ChainError as e:
+                    if e.head is None:
+                        raise
+                    # §2.7.8: the device returns the chain; used length 0 says nothing
+                    # was written.  The request fails alone.
+                    device.invalid_chain(self.index, e)
+                    queue.add_used(e.head, 0)
+                    continue
+                if chain is None:
+                    self.budget += 1
+                    break
+                used = handle(chain)
+                if self._stop() and not self.owns_queue():
+                    return  # the ring is not ours any more
+                queue.add_used(chain.head, used)
+            else:
+                return
+            if not queue.enable_notification():
+                return
+
+
+def serve_queue(device, index, work=None, *, stop=_never, abandoned=_never, budget=None):
+    """Run one turn of ``work(index, batch)`` (default
+    ``device.process_queue``) on ``device``'s queue ``index``.
+
+    Returns the :class:`Batch` (``more`` says work is left), or None if the
+    queue is not live or the device is broken.  A corrupt ring is reported
+    through :meth:`~.device.VirtioDevice.ring_error`, after which
+    ``device.broken`` is True.  Any other exception is a VMM bug and
+    propagates (the worker logs it with its traceback).
+    """
+    queues = device.queues
+    queue = queues[index] if 0 <= index < len(queues) else None
+    if queue is None or device.broken:
+        return None
+    batch = Batch(device, index, queue, budget=budget, stop=stop, abandoned=abandoned)
+    used_before = queue.next_used
+    try:
+        (work or device.process_queue)(index, batch)
+    except QueueError as e:
+        device.ring_error(index, e)
+    finally:
+        if queue.next_used != used_before and batch.owns_queue() and queue.needs_notification():
+            device.metrics.interrupt_count += 1
+            device.interrupt.trigger(InterruptKind.USED_BUFFER, queue=index)
+    return batch
