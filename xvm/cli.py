@@ -713,8 +713,7 @@ def _cmd_install(args):
         config = xvm.DomainConfig(
             name=args.name, memory_mib=args.memory, vcpus=args.vcpus, kernel=kernel, initrd=initrd,
             cmdline=cmdline or "", nics=nics, virtio_transport=args.transport,
-            disks=tuple(xvm.Disk(s.path, readonly=s.readonly, serial=s.serial, cache=s.cache)
-                        for s in disks if not args.print_xml or os.path.exists(s.path)))
+            disks=tuple(xvm.Disk(s.path, readonly=s.readonly, serial=s.serial, cache=s.cache) for s in disks))
         if args.print_xml:
             from .xml import config_to_xml
 

@@ -21,7 +21,9 @@ and external entities are refused before anything is expanded or read, and a doc
 """
 import ipaddress
 import math
+import os
 import re
+import stat
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, fields
 
@@ -138,7 +140,10 @@ def _metadata(root, cfg, settings):
 
 
 def _write_disk(devices, disk, index):
-    block = disk.is_block_device
+    try:
+        block = stat.S_ISBLK(os.stat(disk.path).st_mode)
+    except OSError:  # not there (yet): preflight says so when the domain starts
+        block = False
     el = ET.SubElement(devices, "disk", type="block" if block else "file", device="disk")
     ET.SubElement(el, "driver", name="qemu", type="raw", cache=disk.cache)
     ET.SubElement(el, "source", {"dev" if block else "file": _checked(disk.path, "disk path")})
@@ -544,8 +549,6 @@ class _Reader:
             self.attrs(serial, ())
         disk = self.wrap(el, lambda: Disk(path, readonly=readonly is not None,
                                           serial=None if serial is None else serial.text or "", cache=cache))
-        if kind == "block" and not disk.is_block_device:
-            raise ConfigError(f"{self.where(el)}: type='block' but {path} is not a block device")
         return dev, disk
 
     def interface(self, el):
