@@ -205,7 +205,7 @@ def test_errors_are_one_line(cleanup, guest, xml, tmp_path):
     _, err = run("undefine", "e", status=1)
     assert "running" in err
     assert "failed to get domain 'nope'" in run("dominfo", "nope", status=1)[1]
-    assert "is taken" in run("define", xml("e", guest("busy")), status=1)[1]
+    assert "already exists" in run("define", xml("e", guest("busy")), status=1)[1]
 
     hostile = tmp_path / "hostile.xml"
     hostile.write_text('<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/shadow">]>'
