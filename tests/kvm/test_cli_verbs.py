@@ -375,3 +375,18 @@ def test_verbs_through_xvmd(xvmd, guest, xml):
         for verb in ("destroy", "undefine"):  # whatever the test left behind
             subprocess.run(XVM + ["-c", uri, verb, "viad"], capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT))
     assert ("-", "viad", "shut off") not in listing("--all", uri=uri)
+
+
+def test_console_through_xvmd(xvmd, guest, xml):
+    uri = xvmd[0]
+    run("define", xml("irqd", guest("irq")), uri=uri)
+    try:
+        run("start", "irqd", uri=uri)
+        with xvm.connect(uri) as host:
+            host.lookup("irqd").console.expect("echo ready", timeout=15)
+        out, _ = run("console", "irqd", input="over xvmd\n", uri=uri, timeout=30)
+        assert "echo: over xvmd" in out
+        assert run("domstate", "irqd", uri=uri)[0] == "running\n"
+    finally:
+        for verb in ("destroy", "undefine"):
+            subprocess.run(XVM + ["-c", uri, verb, "irqd"], capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT))

@@ -558,6 +558,28 @@ def test_install_print_xml_defines_nothing(host, capsys, tmp_path):
     assert host.doms == [] and host.uris == []
 
 
+def test_install_default_image(host, capsys, monkeypatch, tmp_path):
+    from xvm import images
+
+    built = []
+
+    def build_image(flavour, progress=None, **kw):
+        built.append((flavour, kw.get("vmlinux")))
+        progress("using cached initrd")
+        return images.GuestImage(kernel=tmp_path / "vmlinuz", vmlinux=None, initrd=tmp_path / "initrd.cpio",
+                                 release="6.1.0-test", modules=("virtio_blk",))
+
+    monkeypatch.setattr(images, "build_image", build_image)
+    out, err = run(capsys, "install", "--name", "deb", "--image", "default", "--print-xml")
+    cfg, _ = xvm.xml.config_from_xml(out)
+    assert (cfg.kernel, cfg.initrd, cfg.cmdline) == (str(tmp_path / "vmlinuz"), str(tmp_path / "initrd.cpio"),
+                                                     "console=ttyS0 quiet")
+    assert built == [("cloud", False)] and "using cached initrd" in err
+    out, _ = run(capsys, "install", "--name", "deb", "--image", "generic", "--cmdline", "console=ttyS0 x=1",
+                 "--print-xml")
+    assert xvm.xml.config_from_xml(out)[0].cmdline == "console=ttyS0 x=1" and built[-1] == ("generic", False)
+
+
 def test_install_needs_one_boot_source(host, capsys):
     assert "give --kernel" in run(capsys, "install", "--name", "vm", status=1)[1]
     assert "not both" in run(capsys, "install", "--name", "vm", "--kernel", "k", "--image", "default", status=1)[1]
