@@ -136,7 +136,7 @@ def _metadata(root, cfg, settings):
         else:
             continue
         if value is not None:
-            _text(meta, _q(name), _format_setting(value, kind))
+            _text(meta, _q(name), _format_setting(value, kind), what=f"xvm setting {name}")
 
 
 def _write_disk(devices, disk, index):
@@ -165,7 +165,7 @@ def _write_nic(devices, nic):
     if nic.bridge is not None and not _LIBVIRT_BRIDGE.fullmatch(nic.bridge):
         raise ConfigError(f"bridge name {nic.bridge!r} cannot be written in libvirt XML "
                           "(letters, digits, '_', '.', '-', ':', '\\')")
-    ET.SubElement(el, "source", {kind: nic.network if nic.network is not None else _checked(nic.bridge, "bridge")})
+    ET.SubElement(el, "source", {kind: _checked(nic.network if nic.network is not None else nic.bridge, kind)})
     ET.SubElement(el, "model", type="virtio")
     if nic.mtu is not None:
         ET.SubElement(el, "mtu", size=str(nic.mtu))

@@ -162,6 +162,8 @@ def test_what_libvirt_xml_cannot_name_is_refused(files):
     cfg = full_config(files, disks=(xvm.Disk(str(files / "a.img"), serial="a/b"),))
     with pytest.raises(ConfigError, match="serial 'a/b' cannot be written in libvirt XML"):
         X.config_to_xml(cfg)
+    with pytest.raises(ConfigError, match="the network 'a.x01b' has a character XML cannot carry"):
+        X.config_to_xml(full_config(files, nics=(xvm.Nic(network="a\x01b"),)))
     with pytest.raises(ConfigError, match="bridge name 'br[+]0' cannot be written"):
         X.config_to_xml(full_config(files, nics=(xvm.Nic(bridge="br+0"),)))
 
