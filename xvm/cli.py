@@ -12,7 +12,9 @@
 
 ``-c/--connect URI`` names the host as :func:`xvm.connect` does (default ``$XVM_URI``, else
 ``xvm:///session``). A domain is named by its name, UUID or id, as in virsh. Results go to
-stdout, progress and warnings to stderr; the listing and info verbs take ``--json``. An
+stdout, progress and warnings to stderr; the listing and info verbs take ``--json``. The
+tables (``list``, ``net-list``) and ``dominfo`` end with a blank line as in virsh; verbs that
+print one value (``domid``, ``list --name``…) print just that line, for scripts. An
 error is one line, ``xvm: error: <message>``, and status 1 (2 for a usage error), never a
 traceback (``XVM_DEBUG=1`` shows one for an internal error).
 
@@ -85,7 +87,8 @@ def lookup_domain(host, key):
 
 def table(headers, rows):
     """Rows in virsh's table layout (vshTablePrint): a space before every cell, columns two
-    spaces apart, and a dash row as wide as every column plus three."""
+    spaces apart, a dash row as wide as every column plus three, and the blank line virsh
+    prints after a command's output."""
     cells = [list(map(str, headers))] + [list(map(str, row)) for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
 
@@ -95,7 +98,7 @@ def table(headers, rows):
 
     out = [line(cells[0]), "-" * sum(w + 3 for w in widths)]
     out += [line(row) for row in cells[1:]]
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n\n"  # virsh ends each command's output with a blank line
 
 
 def _print_json(data):
@@ -361,6 +364,7 @@ def _cmd_dominfo(args):
             return 0
     for label, value in fields.items():
         print(f"{label + ':':<15} {value}")
+    print()  # as virsh
     return 0
 
 

@@ -66,7 +66,8 @@ def listing(*args, uri=None):
     lines = out.splitlines()
     assert lines[0].split() == ["Id", "Name", "State"] and lines[0].startswith(" Id   Name")
     assert set(lines[1]) == {"-"} and len(lines[1]) >= len(lines[0]) + 2
-    return [tuple(line.split(None, 2)) for line in lines[2:]]
+    assert out.endswith("\n\n")  # virsh's blank line after the table
+    return [tuple(line.split(None, 2)) for line in lines[2:-1]]
 
 
 def expect_console(name, pattern, timeout=15):
@@ -107,7 +108,7 @@ def test_a_domains_whole_life_from_the_shell(cleanup, guest, xml, tmp_path):
         assert run("domname", key)[0] == "busy\n"
     assert run("domstate", domain_id, "--reason")[0] == "running (booted)\n"
 
-    info = dict(line.split(":", 1) for line in run("dominfo", "busy")[0].splitlines())
+    info = dict(line.split(":", 1) for line in run("dominfo", "busy")[0].splitlines()[:-1])
     info = {k: v.strip() for k, v in info.items()}
     assert (info["Id"], info["Name"], info["UUID"], info["State"]) == (domain_id, "busy", uuid, "running")
     assert (info["OS Type"], info["CPU(s)"], info["Max memory"], info["Persistent"]) == ("hvm", "1", "65536 KiB", "yes")

@@ -189,7 +189,7 @@ def run(capsys, *argv, status=0):
 
 def test_list_of_nothing_is_virshs_empty_table(host, capsys):
     out, _ = run(capsys, "list")
-    assert out == " Id   Name   State\n--------------------\n"
+    assert out == " Id   Name   State\n--------------------\n\n"
 
 
 def test_list_layout_matches_virsh(host, capsys):
@@ -203,11 +203,12 @@ def test_list_layout_matches_virsh(host, capsys):
                    "------------------------------\n"
                    " 3    db             running\n"
                    " 7    batch-worker   paused\n"
-                   " 12   web            running\n")
+                   " 12   web            running\n"
+                   "\n")
     out, _ = run(capsys, "list", "--all")
-    assert out.splitlines()[-2:] == [" -    broken         crashed", " -    old            shut off"]
+    assert out.splitlines()[-3:-1] == [" -    broken         crashed", " -    old            shut off"]
     out, _ = run(capsys, "list", "--inactive")
-    assert [line.split()[1] for line in out.splitlines()[2:]] == ["broken", "old"]
+    assert [line.split()[1] for line in out.splitlines()[2:-1]] == ["broken", "old"]
     assert run(capsys, "list", "--all", "--name")[0] == "db\nbatch-worker\nweb\nbroken\nold\n"
     assert run(capsys, "list", "--uuid")[0].split() == [str(host.lookup(n).uuid) for n in ("db", "batch-worker", "web")]
 
@@ -225,7 +226,7 @@ def test_list_json(host, capsys):
 
 
 def test_table_widths_follow_vshtable():
-    assert cli.table(("A", "Bee"), [("xxxx", "y")]) == " A      Bee\n-------------\n xxxx   y\n"
+    assert cli.table(("A", "Bee"), [("xxxx", "y")]) == " A      Bee\n-------------\n xxxx   y\n\n"
 
 
 # --- naming domains -------------------------------------------------------------------------------
@@ -249,7 +250,9 @@ def test_domains_by_name_uuid_or_id(host, capsys):
 def test_dominfo_has_virshs_fields(host, capsys):
     dom = host.add("web", "running", 5, memory_mib=512, vcpus=2, pid=os.getpid())
     dom.autostart = True
-    lines = run(capsys, "dominfo", "web")[0].splitlines()
+    out = run(capsys, "dominfo", "web")[0]
+    assert out.endswith(" no\n\n")
+    lines = out.splitlines()[:-1]
     labels = [line[:16] for line in lines]
     assert labels == ["Id:             ", "Name:           ", "UUID:           ", "OS Type:        ",
                       "State:          ", "CPU(s):         ", "CPU time:       ", "Max memory:     ",
@@ -261,7 +264,7 @@ def test_dominfo_has_virshs_fields(host, capsys):
         "Managed save": "no"}
     assert values["CPU time"].strip().endswith("s")  # this test process's CPU time stands in for the VMM's
     host.add("off")
-    lines = run(capsys, "dominfo", "off")[0].splitlines()
+    lines = run(capsys, "dominfo", "off")[0].splitlines()[:-1]
     assert lines[0] == "Id:             -" and "State:          shut off" in lines
     assert not any(line.startswith("CPU time") for line in lines)
 
@@ -473,7 +476,7 @@ def test_network_verbs(host, capsys, tmp_path):
     path = tmp_path / "net.xml"
     path.write_text("<network><name>lan</name><bridge name='xvmbr-lan'/><ip address='10.9.0.1' prefix='24'/></network>")
     assert run(capsys, "net-define", str(path))[0] == f"Network lan defined from {path}\n"
-    assert run(capsys, "net-list")[0] == " Name   State   Autostart   Persistent\n" + "-" * 40 + "\n"
+    assert run(capsys, "net-list")[0] == " Name   State   Autostart   Persistent\n" + "-" * 40 + "\n\n"
     assert run(capsys, "net-list", "--all")[0].splitlines()[2] == " lan    inactive   no          yes"
     assert run(capsys, "net-start", "lan")[0] == "Network lan started\n"
     assert run(capsys, "net-list")[0].splitlines()[2] == " lan    active   no          yes"
