@@ -618,6 +618,8 @@ class _Reader:
                         self.fields[name] = value
                     else:
                         self.settings[name] = value
+                        if name not in RECORD_SETTINGS:
+                            self.warn(f"{self.where(setting)}: this xvm does not have the setting yet; ignored")
                 else:
                     raise ConfigError(f"unknown xvm setting {self.where(setting)}")
             if features:
@@ -630,6 +632,8 @@ class _Reader:
             raise ConfigError(f"{self.where(el)}: {text!r} is not {_KIND_WORDS[kind]}") from None
 
 
+# Settings the host keeps with the domain's record rather than in its DomainConfig.
+RECORD_SETTINGS = ("autostart",)
 # xvm settings in the metadata beyond virtio_transport and disable_cpu_feature, by kind.
 _SETTINGS = {"on_host_stop": "word", "shutdown_timeout": "number", "autostart": "bool"}
 _KIND_WORDS = {"word": "a word", "number": "a number", "bool": "'yes' or 'no'"}
