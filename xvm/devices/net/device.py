@@ -21,6 +21,7 @@ from ..virtio.device import (
     VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, FeatureError,
     VirtioDevice, bit, has_feature,
 )
+from ..virtio import native as _native_loader
 from ..virtio.errors import ChainError, QueueError
 from .backend.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN
 from .errors import NetConfigError, TapError
@@ -48,6 +49,7 @@ MAX_MTU = 65535
 # §5.1.4 struct virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu.
 _CONFIG = struct.Struct("<6sHHH")
 _U16 = struct.Struct("<H")
+_RX_DONE = 0  # xvm_net_rx delivered the frame (xvm/devices/virtio/_build_native.py)
 
 # §5.1.3.1 Feature bit requirements: feature -> features it needs (any of).
 _REQUIRES = {
@@ -106,6 +108,7 @@ class VirtioNet(VirtioDevice):
         self._rxview = memoryview(self._rxbuf)
         self._pending = 0  # length of a frame read from the TAP, not yet delivered
         self._held = []  # rx chains popped but not used (a frame did not fit yet)
+        self._c_rx = None  # (queue, arguments of the C receive path or None)
         # The TAP sits in an epoll of its own, given to the worker: removing it
         # from there is how rx stops polling without touching the worker.
         self._poll = select.epoll()
@@ -160,6 +163,7 @@ class VirtioNet(VirtioDevice):
             raise QueueError("virtio-net activated without receiveq1 and transmitq1 (§5.1.2)")
         super().activate(memory, queues, interrupt)
         self._held = []
+        self._c_rx = None
         self._set_polling(True)
         if hasattr(self.backend, "set_offload"):
             self.backend.set_offload(tun_offloads(self.acked_features,
@@ -169,6 +173,7 @@ class VirtioNet(VirtioDevice):
         super().disable_queue(index)
         if index == RX_QUEUE:
             self._held = []
+            self._c_rx = None
             self._set_polling(False)  # nowhere to put frames: leave them to the TAP
 
     def mark_broken(self):
@@ -178,6 +183,7 @@ class VirtioNet(VirtioDevice):
     def reset(self):
         super().reset()
         self._held = []
+        self._c_rx = None
         self._pending = 0
         self._set_polling(True)
 
@@ -187,6 +193,7 @@ class VirtioNet(VirtioDevice):
         self.queues = ()
         self.memory = None
         self._held = []
+        self._c_rx = None
         if self._poll is not None:
             self._poll.close()
             self._poll = None
@@ -264,7 +271,7 @@ class VirtioNet(VirtioDevice):
                     self._set_polling(True)
                     return
                 self._pending = length
-            if not self._deliver(queue, self._pending):
+            if not self._deliver_fast(queue, self._pending):
                 # No rx buffer: stop polling the TAP until the guest adds some.
                 if self._polling:
                     self.metrics.rx_starved_count += 1
@@ -275,6 +282,42 @@ class VirtioNet(VirtioDevice):
                 return
             self._pending = 0
         self._set_polling(True)
+
+    def _deliver_fast(self, queue, length):
+        """:meth:`_deliver` in C (``xvm_net_rx``) when the queue has the C walker and
+        no chain is held; anything unusual (a malformed or too small buffer, a
+        corrupt ring) goes the Python way."""
+        if self._held:
+            return self._deliver(queue, length)
+        if self._c_rx is None or self._c_rx[0] is not queue:
+            self._c_rx = (queue, self._c_rx_args(queue))
+        args = self._c_rx[1]
+        if args is None:
+            return self._deliver(queue, length)
+        rx, regions, nregions, desc, size, indirect, avail, used, event_idx, frame, \
+            scratch, max_scratch, consumed = args
+        rc = rx(regions, nregions, desc, size, indirect, avail, used, queue.next_avail,
+                queue.next_used, event_idx, self.has_acked(VIRTIO_NET_F_MRG_RXBUF),
+                frame, length, scratch, max_scratch, consumed)
+        if rc == _RX_DONE:
+            queue.advance(consumed[0])
+            self.metrics.rx_packets += 1
+            self.metrics.rx_bytes += length - VIRTIO_NET_HDR_SIZE
+            return True
+        # Too few buffers (the reference then holds the chains it popped, so the
+        # driver's next notification comes on time), or anything unusual.
+        return self._deliver(queue, length)
+
+    def _c_rx_args(self, queue):
+        args = queue.native_args()
+        if args is None:
+            return None
+        lib, regions, nregions, desc, size, indirect, scratch, max_scratch = args
+        ffi = _native_loader.load().ffi
+        avail, used = queue.native_rings()
+        return (lib.xvm_net_rx, regions, nregions, desc, size, indirect, avail, used,
+                1 if queue.event_idx else 0, ffi.from_buffer(self._rxbuf), scratch,
+                max_scratch, ffi.new("uint32_t *"))
 
     def _next_rx_chain(self, queue):
         """The next usable rx chain (held ones first), or None.  Unusable

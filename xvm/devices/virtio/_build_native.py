@@ -22,6 +22,12 @@ int xvm_blk_request(const struct xvm_region *regions, uint32_t nregions,
                     int indirect_ok, struct xvm_piece *scratch, uint32_t max_scratch,
                     uint64_t capacity, int readonly, int fd,
                     struct xvm_blk_result *result);
+int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
+               uintptr_t desc_table, uint32_t queue_size, int indirect_ok,
+               uintptr_t avail_ring, uintptr_t used_ring, uint32_t next_avail,
+               uint32_t next_used, int event_idx, int mergeable,
+               const unsigned char *frame, uint32_t length,
+               struct xvm_piece *scratch, uint32_t max_scratch, uint32_t *consumed);
 """
 
 SOURCE = r"""
@@ -319,6 +325,97 @@ int xvm_blk_request(const struct xvm_region *regions, uint32_t nregions,
     result->bytes = length;
     result->used = (uint32_t)((type == VIRTIO_BLK_T_IN ? length : 0) + 1);
     return XVM_BLK_DONE;
+}
+
+/* ---- virtio-net receive (virtio 1.2 §5.1.6.3, §5.1.6.4): one frame into rx buffers ------
+ * frame[0:length] starts with the 12-byte virtio_net_hdr_v1.  Chains are taken from the
+ * available ring in order, checked as xvm/devices/net/device.py _next_rx_chain checks them,
+ * filled, and returned on the used ring with num_buffers set (§5.1.6.4).  Returns
+ * XVM_RX_DONE (*consumed chains used), XVM_RX_STARVED (too few buffers: nothing consumed,
+ * bytes written into still-available buffers are the device's to overwrite), or
+ * XVM_RX_FALLBACK (a malformed or unusable chain, a corrupt ring: nothing consumed; the
+ * Python reference handles it, errors and all). */
+#define XVM_RX_DONE 0
+#define XVM_RX_STARVED 1
+#define XVM_RX_FALLBACK 2
+#define VIRTIO_NET_HDR_SIZE 12
+
+int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
+               uintptr_t desc_table, uint32_t queue_size, int indirect_ok,
+               uintptr_t avail_ring, uintptr_t used_ring, uint32_t next_avail,
+               uint32_t next_used, int event_idx, int mergeable,
+               const unsigned char *frame, uint32_t length,
+               struct xvm_piece *p, uint32_t max_scratch, uint32_t *consumed)
+{
+    volatile uint16_t *avail = (volatile uint16_t *)avail_ring;
+    volatile uint16_t *used16 = (volatile uint16_t *)used_ring;
+    volatile uint32_t *elems = (volatile uint32_t *)(used_ring + 4);
+    uint16_t avail_idx = avail[1];
+    uint32_t pending = (uint16_t)(avail_idx - next_avail), n = 0, offset = 0;
+    unsigned char *num_buffers[2] = {0, 0};
+
+    __asm__ __volatile__("" ::: "memory");
+    if (pending > queue_size || length < VIRTIO_NET_HDR_SIZE)  /* §2.7.6: Python raises */
+        return XVM_RX_FALLBACK;
+    /* Pass 1: are there enough usable buffers?  Nothing is written. */
+    {
+        uint64_t room = 0;
+        while (room < length) {
+            uint32_t nread, ntotal, i;
+            uint64_t err, wlen = 0;
+            if (n == pending)
+                return XVM_RX_STARVED;
+            if (xvm_walk_chain(regions, nregions, desc_table, queue_size,
+                               avail[2 + (uint16_t)(next_avail + n) % queue_size], indirect_ok,
+                               p, max_scratch, &nread, &ntotal, &err))
+                return XVM_RX_FALLBACK;
+            for (i = 0; i < ntotal; i++)
+                wlen += p[i].len;
+            /* §5.1.6.3: device-writable only, the first buffer large enough for the header;
+             * without MRG_RXBUF each buffer holds a whole packet (§5.1.6.3.1). */
+            if (nread || wlen < VIRTIO_NET_HDR_SIZE || (!mergeable && wlen < length))
+                return XVM_RX_FALLBACK;
+            room += wlen;
+            n++;
+        }
+    }
+    /* Pass 2: copy into those chains (walked again: a guest that changed them meanwhile
+     * gets the Python path's answer). */
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t nread, ntotal, i, chain_used = 0;
+        uint64_t err;
+        uint16_t head = avail[2 + (uint16_t)(next_avail + k) % queue_size];
+        if (xvm_walk_chain(regions, nregions, desc_table, queue_size, head, indirect_ok,
+                           p, max_scratch, &nread, &ntotal, &err) || nread)
+            return XVM_RX_FALLBACK;
+        for (i = 0; i < ntotal && offset < length; i++) {
+            uint32_t take = p[i].len < length - offset ? (uint32_t)p[i].len : length - offset;
+            unsigned char *host = (unsigned char *)host_range(regions, nregions, p[i].gpa, p[i].len);
+            memcpy(host, frame + offset, take);
+            if (offset <= 10 && 10 < offset + take)
+                num_buffers[0] = host + (10 - offset);
+            if (offset <= 11 && 11 < offset + take)
+                num_buffers[1] = host + (11 - offset);
+            offset += take;
+            chain_used += take;
+        }
+        {
+            uint32_t slot = (uint16_t)(next_used + k) % queue_size;
+            elems[2 * slot] = head;
+            elems[2 * slot + 1] = chain_used;
+        }
+    }
+    if (offset < length || !num_buffers[0] || !num_buffers[1])
+        return XVM_RX_FALLBACK;
+    /* §5.1.6.4 num_buffers: the chains the packet spans (1 without MRG_RXBUF). */
+    num_buffers[0][0] = n & 0xff;
+    num_buffers[1][0] = n >> 8;
+    __asm__ __volatile__("" ::: "memory");
+    used16[1] = (uint16_t)(next_used + n);  /* §2.7.8.2: elements before idx */
+    if (event_idx)                            /* §2.7.10 avail_event */
+        used16[2 + 4 * queue_size] = (uint16_t)(next_avail + n);
+    *consumed = n;
+    return XVM_RX_DONE;
 }
 """
 

@@ -281,6 +281,19 @@ class Queue:
         return (self._lib, self._c_regions, self._c_nregions, self._c_desc, self.size,
                 1 if self.indirect else 0, self._c_out, self._c_max_out)
 
+    def native_rings(self):
+        """Host addresses of the available and used rings (for C request paths,
+        which then advance :attr:`next_avail` / :attr:`next_used` through
+        :meth:`advance`)."""
+        size = self.size
+        return (self.memory.host_address(self.avail_ring, avail_ring_size(size)),
+                self.memory.host_address(self.used_ring, used_ring_size(size)))
+
+    def advance(self, count):
+        """``count`` chains were popped and used in C: account for them."""
+        self.next_avail = (self.next_avail + count) & 0xFFFF
+        self.next_used = (self.next_used + count) & 0xFFFF
+
     def walk(self, head):
         """Parse the chain starting at descriptor ``head``."""
         return self._walker(self, head)
