@@ -28,6 +28,9 @@ int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
                uint32_t next_used, int event_idx, int mergeable,
                const unsigned char *frame, uint32_t length,
                struct xvm_piece *scratch, uint32_t max_scratch, uint32_t *consumed);
+int64_t xvm_net_tx(const struct xvm_region *regions, uint32_t nregions,
+                   uintptr_t desc_table, uint32_t queue_size, uint32_t head, int indirect_ok,
+                   struct xvm_piece *scratch, uint32_t max_scratch, uint32_t features, int fd);
 """
 
 SOURCE = r"""
@@ -416,6 +419,99 @@ int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
         used16[2 + 4 * queue_size] = (uint16_t)(next_avail + n);
     *consumed = n;
     return XVM_RX_DONE;
+}
+
+/* ---- virtio-net transmit (virtio 1.2 §5.1.6.2): one chain's packet to the TAP ----------
+ * The checks of xvm/devices/net/request.py parse_tx, in its order; the packet (header
+ * first) goes out in one writev.  Returns the frame's length without the header, or
+ * XVM_TX_FALLBACK (-1) having sent nothing: a malformed packet or a failed write is the
+ * Python path's to count and report.  `features` holds the low 32 feature bits. */
+#define XVM_TX_FALLBACK (-1)
+#define NET_ETH_HLEN 14
+#define NET_MAX_FRAME 65550
+#define NET_F_CSUM 0
+#define NET_F_HOST_TSO4 11
+#define NET_F_HOST_TSO6 12
+#define NET_F_HOST_ECN 13
+#define NET_F_HOST_UFO 14
+#define NET_HDR_F_NEEDS_CSUM 1
+#define NET_GSO_NONE 0
+#define NET_GSO_TCPV4 1
+#define NET_GSO_UDP 3
+#define NET_GSO_TCPV6 4
+#define NET_GSO_ECN 0x80
+#define NET_TX_IOV 1024
+
+int64_t xvm_net_tx(const struct xvm_region *regions, uint32_t nregions,
+                   uintptr_t desc_table, uint32_t queue_size, uint32_t head, int indirect_ok,
+                   struct xvm_piece *p, uint32_t max_scratch, uint32_t features, int fd)
+{
+    uint32_t nread, ntotal, i;
+    uint64_t err, total = 0, got = 0, frame_len;
+    unsigned char h[VIRTIO_NET_HDR_SIZE];
+    struct iovec iov[NET_TX_IOV];
+    uint8_t flags, gso_type, gso;
+    uint16_t gso_size, csum_start, csum_offset;
+
+    if (xvm_walk_chain(regions, nregions, desc_table, queue_size, head, indirect_ok,
+                       p, max_scratch, &nread, &ntotal, &err))
+        return XVM_TX_FALLBACK;
+    if (ntotal != nread || nread > NET_TX_IOV)  /* §5.1.6.2 device-readable only */
+        return XVM_TX_FALLBACK;
+    for (i = 0; i < nread; i++) {
+        iov[i].iov_base = (void *)piece_host(regions, nregions, &p[i]);
+        iov[i].iov_len = p[i].len;
+        total += p[i].len;
+    }
+    /* §5.1.6: the 12-byte header and an Ethernet header at least; at most MAX_FRAME. */
+    if (total < VIRTIO_NET_HDR_SIZE + NET_ETH_HLEN)
+        return XVM_TX_FALLBACK;
+    frame_len = total - VIRTIO_NET_HDR_SIZE;
+    if (frame_len > NET_MAX_FRAME)
+        return XVM_TX_FALLBACK;
+    for (i = 0; i < nread && got < VIRTIO_NET_HDR_SIZE; i++) {
+        uint64_t take = p[i].len < VIRTIO_NET_HDR_SIZE - got ? p[i].len : VIRTIO_NET_HDR_SIZE - got;
+        memcpy(h + got, iov[i].iov_base, take);
+        got += take;
+    }
+    __asm__ __volatile__("" ::: "memory");
+    flags = h[0];
+    gso_type = h[1];
+    memcpy(&gso_size, h + 4, 2);
+    memcpy(&csum_start, h + 6, 2);
+    memcpy(&csum_offset, h + 8, 2);
+    if (flags || gso_type) {
+        /* §5.1.6.2.1: only NEEDS_CSUM, and only with VIRTIO_NET_F_CSUM, inside the frame */
+        if (flags & ~NET_HDR_F_NEEDS_CSUM)
+            return XVM_TX_FALLBACK;
+        if (flags & NET_HDR_F_NEEDS_CSUM) {
+            if (!(features & (1u << NET_F_CSUM)))
+                return XVM_TX_FALLBACK;
+            if ((uint64_t)csum_start + csum_offset + 2 > frame_len)
+                return XVM_TX_FALLBACK;
+        }
+        gso = gso_type & ~NET_GSO_ECN;
+        if (gso != NET_GSO_NONE) {
+            uint32_t need = gso == NET_GSO_TCPV4 ? NET_F_HOST_TSO4 : gso == NET_GSO_TCPV6
+                            ? NET_F_HOST_TSO6 : gso == NET_GSO_UDP ? NET_F_HOST_UFO : 32;
+            if (need == 32 || !(features & (1u << need)))
+                return XVM_TX_FALLBACK;
+            if (!(flags & NET_HDR_F_NEEDS_CSUM) || gso_size == 0)
+                return XVM_TX_FALLBACK;
+            if ((gso_type & NET_GSO_ECN) && !(features & (1u << NET_F_HOST_ECN)))
+                return XVM_TX_FALLBACK;
+        } else if (gso_type & NET_GSO_ECN) {
+            return XVM_TX_FALLBACK;
+        }
+    }
+    for (;;) {
+        ssize_t n = writev(fd, iov, (int)nread);
+        if (n >= 0)
+            break;
+        if (errno != EINTR)
+            return XVM_TX_FALLBACK;
+    }
+    return (int64_t)frame_len;
 }
 """
 
