@@ -11,6 +11,10 @@ QEMU does) and under `qemu-system-x86_64 -accel kvm -M microvm` with `virtio-blk
 (virtio-mmio version 2), alternating which goes first; both on the same raw image in the
 host page cache (xvm cache="none", QEMU's default cache=writeback: neither uses O_DIRECT).
 
+With XVM_BENCH_PROCESS=1 in the environment xvm runs as users run it, in a VMM process of
+its own (``xvm.connect()``): the rates then compare process mode; its CPU figures count only
+the client and mean nothing.
+
 Host CPU per I/O is sampled from /proc/<pid>/task/<tid>/schedstat (ns) when the
 guest prints "bench start" and when it prints its result: the whole VMM process, and the VMM
 without its vCPU thread (the polling guest keeps its vCPU thread busy by design; what is left
@@ -48,12 +52,16 @@ RESULT = re.compile(r"blk: bench (\w+) (\d+) ios in (\d+) ns")
 def xvm_child(kernel, image, cmdline):
     """Run the guest under xvm in this process; the console goes to stdout line by line."""
     import xvm
-    host = xvm.connect(in_process=True)  # this child process is the VMM (host CPU per I/O)
+    # In process by default: this child process is then the VMM (host CPU per I/O).
+    # XVM_BENCH_PROCESS=1 runs it as users do, in a VMM process of its own (rates only).
+    in_process = os.environ.get("XVM_BENCH_PROCESS") != "1"
+    host = xvm.connect(in_process=in_process)
     dom = host.define(xvm.DomainConfig(name="bench-blk", memory_mib=MEMORY_MIB, kernel=kernel,
                                        cmdline=cmdline, disks=[xvm.Disk(image)]))
     dom.start()
     vcpus = [t.native_id for t in __import__("threading").enumerate() if t.name.startswith("xvm-vcpu")]
-    print(f"xvm-child vcpu-tids {' '.join(map(str, vcpus))}", flush=True)
+    if in_process:
+        print(f"xvm-child vcpu-tids {' '.join(map(str, vcpus))}", flush=True)
     try:
         while True:
             line = dom.console.expect(r"[^\n]*\n", timeout=600).group(0)

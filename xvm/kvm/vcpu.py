@@ -3,7 +3,10 @@ import errno
 import mmap
 import os
 import signal
+import struct
 import threading
+
+import cffi
 
 from ..errors import KvmError
 from .exits import (
@@ -17,7 +20,7 @@ from .exits import (
     SystemEventExit,
     UnknownExit,
 )
-from .ffi import IOCTLS, ffi, ioctl, libc
+from .ffi import IOCTLS, ffi, ioctl
 from .generated import kvm_h
 
 # The signal that kicks a vCPU thread out of KVM_RUN.  Its handler does nothing:
@@ -27,7 +30,25 @@ _kick_lock = threading.Lock()
 _kick_installed = False
 
 _KVM_RUN = IOCTLS["KVM_RUN"]
-_ZERO = ffi.cast("unsigned long", 0)
+
+# KVM_RUN is the hottest call: through the variadic declaration cffi (ABI mode) builds
+# the call interface anew on every call.  This fixed-argument one is prepared once;
+# ioctl's third argument is one machine word either way (x86-64 SysV passes it in rdx).
+_run_ffi = cffi.FFI()
+_run_ffi.cdef("int ioctl(int fd, unsigned long request, unsigned long arg);")
+_libc_run = _run_ffi.dlopen(None)
+
+# The exit's fixed fields, read from the shared kvm_run page in one unpack.
+_EXIT_REASON = struct.Struct("<I")
+_EXIT_REASON_AT = ffi.offsetof("struct kvm_run", "exit_reason")
+_IO = struct.Struct("<BBHIQ")  # struct kvm_run.io: direction, size, port, count, data_offset
+_IO_AT = ffi.offsetof("struct kvm_run", "io")
+assert [ffi.offsetof("struct kvm_run", "io", name) - _IO_AT
+        for name in ("direction", "size", "port", "count", "data_offset")] == [0, 1, 2, 4, 8]
+
+
+_KVM_EXIT_IO = kvm_h.KVM_EXIT_IO
+_KVM_EXIT_IO_OUT = kvm_h.KVM_EXIT_IO_OUT
 
 
 def install_kick_handler():
@@ -62,22 +83,19 @@ class Vcpu:
     # -- running ------------------------------------------------------------
     def run(self):
         """Enter the guest until the next exit; returns an :class:`~xvm.kvm.exits.Exit`."""
-        if libc.ioctl(self.fd, _KVM_RUN, _ZERO) < 0:
-            err = ffi.errno
+        if _libc_run.ioctl(self.fd, _KVM_RUN, 0) < 0:
+            err = _run_ffi.errno
             if err in (errno.EINTR, errno.EAGAIN):
                 self.run_struct.immediate_exit = 0
                 return InterruptedExit()
             raise KvmError("KVM_RUN", err, f"vCPU {self.id}")
+        page = self._run_page
+        reason = _EXIT_REASON.unpack_from(page, _EXIT_REASON_AT)[0]
+        if reason == _KVM_EXIT_IO:
+            direction, size, port, count, offset = _IO.unpack_from(page, _IO_AT)
+            return IoExit(port, size, direction == _KVM_EXIT_IO_OUT, count,
+                          page[offset : offset + size * count])
         run = self.run_struct
-        reason = run.exit_reason
-        if reason == kvm_h.KVM_EXIT_IO:
-            io = run.io
-            length = io.size * io.count
-            offset = io.data_offset
-            return IoExit(
-                io.port, io.size, io.direction == kvm_h.KVM_EXIT_IO_OUT, io.count,
-                self._run_page[offset : offset + length],
-            )
         if reason == kvm_h.KVM_EXIT_MMIO:
             mmio = run.mmio
             data = ffi.buffer(mmio.data, mmio.len)

@@ -155,6 +155,9 @@ class VcpuSet:
                 kind = type(exit)
                 if kind is IoExit:
                     size, data = exit.size, exit.data
+                    if exit.count == 1:
+                        pio.handle(exit.port, size, exit.is_write, data)
+                        continue
                     for i in range(exit.count):
                         pio.handle(exit.port, size, exit.is_write, data[i * size : (i + 1) * size])
                 elif kind is MmioExit:

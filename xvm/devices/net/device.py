@@ -21,6 +21,7 @@ from ..virtio.device import (
     VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, FeatureError,
     VirtioDevice, bit, has_feature,
 )
+from ..virtio import native as _native_loader
 from ..virtio.errors import ChainError, QueueError
 from .backend.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN
 from .errors import NetConfigError, TapError
@@ -48,6 +49,7 @@ MAX_MTU = 65535
 # §5.1.4 struct virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu.
 _CONFIG = struct.Struct("<6sHHH")
 _U16 = struct.Struct("<H")
+_RX_DONE = 0  # xvm_net_rx delivered the frame (xvm/devices/virtio/_build_native.py)
 
 # §5.1.3.1 Feature bit requirements: feature -> features it needs (any of).
 _REQUIRES = {
@@ -106,6 +108,8 @@ class VirtioNet(VirtioDevice):
         self._rxview = memoryview(self._rxbuf)
         self._pending = 0  # length of a frame read from the TAP, not yet delivered
         self._held = []  # rx chains popped but not used (a frame did not fit yet)
+        self._c_rx = None  # (queue, arguments of the C receive path or None)
+        self._c_tx = None  # (queue, the C transmit handler or None)
         # The TAP sits in an epoll of its own, given to the worker: removing it
         # from there is how rx stops polling without touching the worker.
         self._poll = select.epoll()
@@ -160,6 +164,7 @@ class VirtioNet(VirtioDevice):
             raise QueueError("virtio-net activated without receiveq1 and transmitq1 (§5.1.2)")
         super().activate(memory, queues, interrupt)
         self._held = []
+        self._c_rx = self._c_tx = None
         self._set_polling(True)
         if hasattr(self.backend, "set_offload"):
             self.backend.set_offload(tun_offloads(self.acked_features,
@@ -167,6 +172,7 @@ class VirtioNet(VirtioDevice):
 
     def disable_queue(self, index):
         super().disable_queue(index)
+        self._c_rx = self._c_tx = None
         if index == RX_QUEUE:
             self._held = []
             self._set_polling(False)  # nowhere to put frames: leave them to the TAP
@@ -178,6 +184,7 @@ class VirtioNet(VirtioDevice):
     def reset(self):
         super().reset()
         self._held = []
+        self._c_rx = self._c_tx = None
         self._pending = 0
         self._set_polling(True)
 
@@ -187,6 +194,7 @@ class VirtioNet(VirtioDevice):
         self.queues = ()
         self.memory = None
         self._held = []
+        self._c_rx = self._c_tx = None
         if self._poll is not None:
             self._poll.close()
             self._poll = None
@@ -210,7 +218,13 @@ class VirtioNet(VirtioDevice):
     def process_queue(self, index, batch):
         if index == TX_QUEUE:
             self.metrics.tx_notify_count += 1
-            batch.serve_chains(self._send)
+            queue = batch.queue
+            if self._c_tx is None or self._c_tx[0] is not queue:
+                self._c_tx = (queue, self._c_tx_handler(queue))
+            if self._c_tx[1] is None:
+                batch.serve_chains(self._send)
+            else:
+                batch.serve_heads(self._c_tx[1])
         elif index == RX_QUEUE:
             # The guest added rx buffers: deliver what waits and poll the TAP again.
             self.metrics.rx_notify_count += 1
@@ -230,6 +244,29 @@ class VirtioNet(VirtioDevice):
 
     def process_chain(self, index, chain):
         return self._send(chain)
+
+    def _c_tx_handler(self, queue):
+        """``send(head)`` doing :meth:`_send` in C (``xvm_net_tx``), a malformed
+        packet or a failed write through :meth:`_send`; None without the C walker
+        or without a backend fd that takes one frame per write (``frame_fd``)."""
+        args = queue.native_args()
+        fd = getattr(self.backend, "frame_fd", None)
+        if args is None or fd is None:
+            return None
+        lib, regions, nregions, desc, size, indirect, scratch, max_scratch = args
+        tx = lib.xvm_net_tx
+        metrics = self.metrics
+        features = self.acked_features & 0xFFFFFFFF
+
+        def send(head):
+            length = tx(regions, nregions, desc, size, head, indirect, scratch, max_scratch,
+                        features, fd)
+            if length < 0:
+                return self._send(queue.walk(head))
+            metrics.tx_packets += 1
+            metrics.tx_bytes += length
+            return 0
+        return send
 
     def _send(self, chain):
         """Send one tx chain's frame; returns the used length, always 0: the device
@@ -264,7 +301,7 @@ class VirtioNet(VirtioDevice):
                     self._set_polling(True)
                     return
                 self._pending = length
-            if not self._deliver(queue, self._pending):
+            if not self._deliver_fast(queue, self._pending):
                 # No rx buffer: stop polling the TAP until the guest adds some.
                 if self._polling:
                     self.metrics.rx_starved_count += 1
@@ -275,6 +312,42 @@ class VirtioNet(VirtioDevice):
                 return
             self._pending = 0
         self._set_polling(True)
+
+    def _deliver_fast(self, queue, length):
+        """:meth:`_deliver` in C (``xvm_net_rx``) when the queue has the C walker and
+        no chain is held; anything unusual (a malformed or too small buffer, a
+        corrupt ring) goes the Python way."""
+        if self._held:
+            return self._deliver(queue, length)
+        if self._c_rx is None or self._c_rx[0] is not queue:
+            self._c_rx = (queue, self._c_rx_args(queue))
+        args = self._c_rx[1]
+        if args is None:
+            return self._deliver(queue, length)
+        rx, regions, nregions, desc, size, indirect, avail, used, event_idx, frame, \
+            scratch, max_scratch, consumed = args
+        rc = rx(regions, nregions, desc, size, indirect, avail, used, queue.next_avail,
+                queue.next_used, event_idx, self.has_acked(VIRTIO_NET_F_MRG_RXBUF),
+                frame, length, scratch, max_scratch, consumed)
+        if rc == _RX_DONE:
+            queue.advance(consumed[0])
+            self.metrics.rx_packets += 1
+            self.metrics.rx_bytes += length - VIRTIO_NET_HDR_SIZE
+            return True
+        # Too few buffers (the reference then holds the chains it popped, so the
+        # driver's next notification comes on time), or anything unusual.
+        return self._deliver(queue, length)
+
+    def _c_rx_args(self, queue):
+        args = queue.native_args()
+        if args is None:
+            return None
+        lib, regions, nregions, desc, size, indirect, scratch, max_scratch = args
+        ffi = _native_loader.load().ffi
+        avail, used = queue.native_rings()
+        return (lib.xvm_net_rx, regions, nregions, desc, size, indirect, avail, used,
+                1 if queue.event_idx else 0, ffi.from_buffer(self._rxbuf), scratch,
+                max_scratch, ffi.new("uint32_t *"))
 
     def _next_rx_chain(self, queue):
         """The next usable rx chain (held ones first), or None.  Unusable

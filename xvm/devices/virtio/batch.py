@@ -99,6 +99,37 @@ class Batch:
                 return
 
 
+    def serve_heads(self, handle):
+        """Like :meth:`serve_chains`, but ``handle(head)`` gets the ring entry
+        unwalked (a C request path walks it itself); it raises
+        :class:`ChainError` for a malformed chain, as :meth:`.queue.Queue.walk`
+        does, and returns the used length."""
+        queue = self.queue
+        device = self.device
+        while True:
+            while self.take():
+                head = queue.pop_head()
+                if head is None:
+                    self.budget += 1
+                    break
+                try:
+                    used = handle(head)
+                except ChainError as e:
+                    if e.head is None:
+                        raise
+                    # §2.7.8: returned unused, the request fails alone.
+                    device.invalid_chain(self.index, e)
+                    queue.add_used(e.head, 0)
+                    continue
+                if self._stop() and not self.owns_queue():
+                    return  # the ring is not ours any more
+                queue.add_used(head, used)
+            else:
+                return
+            if not queue.enable_notification():
+                return
+
+
 def serve_queue(device, index, work=None, *, stop=_never, abandoned=_never, budget=None):
     """Run one turn of ``work(index, batch)`` (default
     ``device.process_queue``) on ``device``'s queue ``index``.

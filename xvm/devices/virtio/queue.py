@@ -252,6 +252,15 @@ class Queue:
         Raises :class:`ChainError` (head consumed) for a malformed chain and
         :class:`QueueError` for a corrupt available ring.
         """
+        head = self.pop_head()
+        if head is None:
+            return None
+        return self._walker(self, head)
+
+    def pop_head(self):
+        """Consume the next available ring entry and return it unchecked (the
+        caller walks it, :meth:`walk`), or ``None`` if there is none.  Raises
+        :class:`QueueError` for a corrupt available ring."""
         if not self.pending():
             return None
         slot = self.next_avail % self.size
@@ -260,7 +269,30 @@ class Queue:
         if self.event_idx:
             # §2.7.10: avail_event tells the driver when to notify us next.
             self._write_avail_event(self.next_avail)
-        return self._walker(self, head)
+        return head
+
+    def native_args(self):
+        """For C request paths (:mod:`._build_native`): ``(lib, regions, nregions,
+        desc_table, queue_size, indirect, scratch, max_scratch)`` — the walker's
+        arguments before ``head`` and its piece buffer — or None without the C
+        walker."""
+        if self._walker is not Queue.walk_native:
+            return None
+        return (self._lib, self._c_regions, self._c_nregions, self._c_desc, self.size,
+                1 if self.indirect else 0, self._c_out, self._c_max_out)
+
+    def native_rings(self):
+        """Host addresses of the available and used rings (for C request paths,
+        which then advance :attr:`next_avail` / :attr:`next_used` through
+        :meth:`advance`)."""
+        size = self.size
+        return (self.memory.host_address(self.avail_ring, avail_ring_size(size)),
+                self.memory.host_address(self.used_ring, used_ring_size(size)))
+
+    def advance(self, count):
+        """``count`` chains were popped and used in C: account for them."""
+        self.next_avail = (self.next_avail + count) & 0xFFFF
+        self.next_used = (self.next_used + count) & 0xFFFF
 
     def walk(self, head):
         """Parse the chain starting at descriptor ``head``."""

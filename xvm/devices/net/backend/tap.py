@@ -120,6 +120,11 @@ class Tap:
     def fileno(self):
         return self.fd
 
+    @property
+    def frame_fd(self):
+        """The fd on which one writev sends one frame (the C transmit path's)."""
+        return self.fd
+
     def read_into(self, buffer):
         """One frame (vnet header first) into ``buffer``; its length, or None
         when no frame is waiting."""
