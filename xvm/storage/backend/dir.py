@@ -84,8 +84,8 @@ class DirBackend:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:
-            raise StorageExistsError(f"create volume {name!r}: {path} exists already", target=path,
-                                     operation="create volume") from None
+            raise StorageExistsError(f"create volume {self.pool.name}/{name}: {path} exists already",
+                                     target=path, operation="create volume") from None
         except OSError as e:
             raise self._fail("create volume", path, e) from None
         try:
@@ -132,7 +132,7 @@ class DirBackend:
         except OSError as e:
             raise self._fail("snapshot", directory, e) from None
         return copy_file(self.volume_path(name), self._snapshot_path(name, snapshot),
-                         operation=f"snapshot {name}@{snapshot}", progress=progress)
+                         progress=progress, operation=f"snapshot {self.pool.name}/{name}@{snapshot}")
 
     def delete_snapshot(self, name, snapshot):
         try:
@@ -142,18 +142,20 @@ class DirBackend:
         except OSError as e:
             raise self._fail("delete snapshot", self._snapshot_path(name, snapshot), e) from None
 
-    def rollback(self, name, snapshot, progress=None):
+    def _snapshot_source(self, operation, name, snapshot):
         source = self._snapshot_path(name, snapshot)
         if not os.path.exists(source):
-            raise StorageNotFoundError(f"rollback {name}@{snapshot}: no such snapshot ({source} is "
-                                       "missing)", target=f"{name}@{snapshot}", operation="rollback")
-        return copy_file(source, self.volume_path(name), operation=f"rollback {name}@{snapshot}",
-                         replace=True, progress=progress)
+            what = f"{self.pool.name}/{name}@{snapshot}"
+            raise StorageNotFoundError(f"{operation} {what}: no such snapshot ({source} is missing)",
+                                       target=what, operation=operation)
+        return source
+
+    def rollback(self, name, snapshot, progress=None):
+        source = self._snapshot_source("rollback", name, snapshot)
+        return copy_file(source, self.volume_path(name), replace=True, progress=progress,
+                         operation=f"rollback {self.pool.name}/{name}@{snapshot}")
 
     def clone(self, name, snapshot, new_name, progress=None):
-        source = self._snapshot_path(name, snapshot)
-        if not os.path.exists(source):
-            raise StorageNotFoundError(f"clone {name}@{snapshot}: no such snapshot ({source} is "
-                                       "missing)", target=f"{name}@{snapshot}", operation="clone")
-        return copy_file(source, self.volume_path(new_name),
-                         operation=f"clone {name}@{snapshot} to {new_name}", progress=progress)
+        source = self._snapshot_source("clone", name, snapshot)
+        return copy_file(source, self.volume_path(new_name), progress=progress,
+                         operation=f"clone {self.pool.name}/{name}@{snapshot} to {new_name}")
