@@ -25,6 +25,7 @@ COMMAND_TIMEOUT = 120.0
 # A file just closed on a FUSE mount is released asynchronously: for a moment after close() the
 # daemon still holds it, and an unmount (which destroy does) says "busy". Wait that long at most.
 BUSY_WAIT = 3.0
+ZVOL_WAIT = 10.0  # seconds for udev to make a new zvol's device node
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/sbin", "/usr/sbin", "/usr/local/sbin"])
 
 # zfs(8)/zpool(8) messages (OpenZFS and zfs-fuse word them alike) and what they mean.
@@ -289,6 +290,7 @@ class ZfsBackend:
         dataset = self.dataset(name)
         if self.zvols:
             self.engine.create(dataset, volsize=size)
+            self._wait_device(dataset, "create volume")
             return
         self.engine.create(dataset)
         try:
@@ -305,6 +307,18 @@ class ZfsBackend:
         except BaseException:
             self._undo_create(dataset)
             raise
+
+    def _wait_device(self, dataset, operation):
+        """udev makes /dev/zvol/DATASET a moment after the zvol; undo the zvol if it never comes."""
+        path = f"/dev/zvol/{dataset}"
+        deadline = time.monotonic() + ZVOL_WAIT
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                self._undo_create(dataset)
+                raise StorageHostError(f"{operation} {dataset}: {path} did not appear in "
+                                       f"{ZVOL_WAIT:g}s (is udev running?)", target=dataset,
+                                       operation=operation, errno=errno.ENODEV)
+            time.sleep(0.05)
 
     def _undo_create(self, dataset):
         try:
@@ -359,7 +373,9 @@ class ZfsBackend:
 
     def clone(self, name, snapshot, new_name, progress=None):
         self.engine.clone(self.dataset(new_name), f"{self.dataset(name)}@{snapshot}")
-        if not self.zvols:
+        if self.zvols:
+            self._wait_device(self.dataset(new_name), "clone")
+        else:
             try:
                 self._mounted(self.dataset(new_name))
             except BaseException:
