@@ -59,7 +59,8 @@ def test_pool_is_frozen():
 
 
 def test_the_error_hierarchy():
-    assert issubclass(StorageNotFoundError, NotFoundError) and issubclass(StorageNotFoundError, StorageError)
+    assert issubclass(StorageNotFoundError, NotFoundError)
+    assert issubclass(StorageNotFoundError, StorageError)
     assert issubclass(StorageExistsError, ConfigError)
     assert issubclass(StorageBusyError, StateError)
     assert issubclass(StorageHostError, HostError) and issubclass(ZfsDaemonError, StorageHostError)

@@ -219,7 +219,8 @@ class StoragePool:
             while remaining:  # clones before their origins
                 origins = {(volume._data().get("origin") or "@").split("@")[0]
                            for volume in remaining.values()}
-                leaves = [v for n, v in remaining.items() if n not in origins] or list(remaining.values())
+                leaves = ([v for n, v in remaining.items() if n not in origins]
+                          or list(remaining.values()))
                 for volume in leaves:
                     if delete_volumes:
                         self.backend.delete_volume(volume.name, [s.name for s in volume.snapshots()])

@@ -239,6 +239,15 @@ class ZfsBackend:
         if not self.engine.exists(self.root):
             self.engine.create(self.root)
             made = True
+        try:
+            self._check_root()
+        except BaseException:
+            if made:
+                self._undo_create(self.root)
+            raise
+        return made
+
+    def _check_root(self):
         kind, mountpoint = self.engine.get(self.root, "type", "mountpoint")
         if kind != "filesystem":
             raise StorageExistsError(f"create pool {self.pool.name!r}: {self.root} is a {kind}, not a "
@@ -249,7 +258,6 @@ class ZfsBackend:
                                    target=self.root, operation="create pool")
         if not self.zvols:
             self._mounted(self.root)
-        return made
 
     def check_pool(self):
         if not self.engine.exists(self.root):
