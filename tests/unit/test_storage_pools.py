@@ -382,6 +382,10 @@ def test_snapshot_rollback_and_clone_several_disks(pool, users):
     assert [c.key for c in clones] == ["p/web1-root", "p/web1-data"]
     assert [c.origin for c in clones] == ["p/root@golden", "p/data@golden"]
     assert [read(c, 64 * 1024) for c in clones] == [pattern("root"), pattern("data")]
+    named = clone_disks(pool.pools, ["p/root", "p/data"], "golden", None, names=["r2", "d2"])
+    assert [c.key for c in named] == ["p/r2", "p/d2"]
+    with pytest.raises(ConfigError, match="1 names for 2 disks"):
+        clone_disks(pool.pools, disks, "golden", None, names=["x"])
 
 
 def test_several_disks_all_or_nothing(pool, users, tmp_path):

@@ -8,8 +8,8 @@ import cffi
 import pytest
 
 from xvm.errors import HostError, StateError
-from xvm.storage import (Pool, Pools, StorageBusyError, StorageExistsError, StorageNotFoundError,
-                         ZfsDaemonError, resolve_volume, zfsfuse)
+from xvm.storage import (Pool, Pools, StorageBusyError, StorageExistsError, StorageHostError,
+                         StorageNotFoundError, ZfsDaemonError, resolve_volume, zfsfuse)
 from xvm.storage.backend import lzc, zfs
 from xvm.store import Store
 
@@ -210,3 +210,32 @@ def test_refusals_are_state_errors(pool, users):
             action()
         assert isinstance(e.value, StateError)
     assert zfs_names(pool, "snapshot") == [f"{pool.config.dataset}/v@s"]
+
+
+class FakeLzc:
+    """Stands in for the libzfs_core binding (absent here): every call fails with one errno."""
+
+    def __init__(self, errno):
+        self.errno = errno
+
+    def __getattr__(self, call):
+        def fail(*args, **kwargs):
+            raise lzc.LzcError(f"lzc_{call}", self.errno)
+        return fail
+
+
+@pytest.mark.parametrize("errno, cls, meaning, state", [
+    (17, StorageExistsError, "exists already", None),
+    (2, StorageNotFoundError, "no such snapshot", None),
+    (16, StorageBusyError, "busy", "busy"),
+    (18, StorageBusyError, "more recent snapshots exist", "later snapshots"),
+    (28, StorageHostError, "out of space", None),
+    (5, StorageHostError, "Input/output error", None),
+])
+def test_libzfs_core_errnos_name_the_dataset_and_what_happened(errno, cls, meaning, state):
+    engine = zfs.Libzfs(FakeLzc(errno), zfs.ZfsCommands())
+    with pytest.raises(cls, match=f"lzc_rollback_to rollback tank/v@s: {meaning}") as e:
+        engine.rollback_to("tank/v", "tank/v@s")
+    assert (e.value.target, e.value.operation) == ("tank/v@s", "rollback")
+    assert getattr(e.value, "state", None) == state
+    assert engine.zpool_exists.__self__ is engine.commands  # listing stays with zfs(8)

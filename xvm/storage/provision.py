@@ -55,11 +55,15 @@ def rollback_disks(pools, disks, name, *, progress=None):
     return [volume.rollback(name, progress=progress) for volume in volumes]
 
 
-def clone_disks(pools, disks, snapshot, new_prefix, *, progress=None):
-    """Clone every disk at ``snapshot`` into its own pool as "NEW_PREFIX-VOLUME"; the new
-    :class:`Volume` list, in the disks' order. If one clone fails, the ones made are deleted."""
+def clone_disks(pools, disks, snapshot, new_prefix, *, names=None, progress=None):
+    """Clone every disk at ``snapshot`` into its own pool as "NEW_PREFIX-VOLUME" (or as
+    ``names[i]``); the new :class:`Volume` list, in the disks' order. If one clone fails, the ones
+    made are deleted."""
     volumes = [volume_of(pools, disk) for disk in disks]
-    names = [f"{new_prefix}-{volume.name}" for volume in volumes]
+    if names is None:
+        names = [f"{new_prefix}-{volume.name}" for volume in volumes]
+    elif len(names) != len(volumes):
+        raise ConfigError(f"clone_disks: {len(names)} names for {len(volumes)} disks")
     for name in names:
         check_name(name, "clone volume name")
     for volume in volumes:
