@@ -3,11 +3,11 @@ writes its pattern to a pool volume; snapshots, rollbacks and clones are checked
 bytes on the host and by booting the guest again. Both backends: a directory pool and a ZFS pool
 on a zfs-fuse zpool (files in datasets here).
 
-The first tests run today: a standalone :class:`~xvm.storage.Pools` whose in-use callable asks
-the host's running domains, and disks given by the path :func:`~xvm.storage.resolve_volume`
-returns. The others use the control-plane contract -- ``host.create_pool(Pool)``,
-``xvm.Disk(volume="POOL/VOLUME")``, ``host.clone_domain(source, new_name, snapshot=...)``,
-``dom.snapshot_disks(name)``, ``dom.rollback_disks(name)`` -- and skip until xvm.Host has it.
+The first tests use a standalone :class:`~xvm.storage.Pools` whose in-use callable asks the
+host's running domains, and disks given by the path :func:`~xvm.storage.resolve_volume` returns.
+The others use the host's own pools -- ``host.create_pool(Pool)``,
+``xvm.Disk(volume="POOL/VOLUME")`` resolved at start, ``host.clone_domain(source, new_name,
+snapshot=...)``, ``dom.snapshot_disks(name)``, ``dom.rollback_disks(name)``.
 """
 import os
 
@@ -23,10 +23,6 @@ SECTOR = 512
 MiB = 1 << 20
 SIZE = 8 * MiB
 MARKER = b"\x5a" * SECTOR  # what the host puts in every sector blk's verify mode writes
-
-needs_integration = pytest.mark.skipif(not hasattr(xvm.Host, "create_pool"),
-                                       reason="needs the control-plane integration")
-
 
 def pattern(sector):
     """The 512 bytes blk.c's blk_pattern() writes to ``sector``."""
@@ -172,7 +168,6 @@ def define(host, guest, name, volume, cmdline="mode=verify", nics=()):
                                         cmdline=cmdline, disks=[disk], nics=list(nics)))
 
 
-@needs_integration
 def test_snapshot_and_rollback_a_volume_the_guest_wrote(pool, host, guest):
     volume = pool.create_volume("root", SIZE)
     fill_marker(volume.path)
@@ -186,7 +181,6 @@ def test_snapshot_and_rollback_a_volume_the_guest_wrote(pool, host, guest):
     assert sectors(volume.path) == MARKED
 
 
-@needs_integration
 def test_snapshot_disks_and_rollback_disks_of_a_domain(pool, host, guest):
     volume = pool.create_volume("root", SIZE)
     fill_marker(volume.path)
@@ -200,7 +194,6 @@ def test_snapshot_disks_and_rollback_disks_of_a_domain(pool, host, guest):
     assert sectors(volume.path) == GUEST_DATA
 
 
-@needs_integration
 def test_rollback_and_delete_are_refused_while_the_guest_runs(pool, host, guest):
     volume = pool.create_volume("root", SIZE)
     fill_marker(volume.path)
@@ -233,7 +226,6 @@ def lan(host):
         net.destroy()
 
 
-@needs_integration
 def test_clone_domain_twenty_times_from_one_golden_snapshot(pool, host, guest, lan):
     golden_volume = pool.create_volume("golden", SIZE)
     fill_marker(golden_volume.path)

@@ -8,8 +8,6 @@ zfs(8). Each call returns an errno, raised here as :class:`LzcError` for the bac
 """
 import os
 
-import cffi
-
 CDEF = """
 typedef struct nvlist nvlist_t;
 typedef unsigned int uint_t;
@@ -128,6 +126,8 @@ def load():
         return _LOADED[0]
     lzc = None
     if os.path.exists("/dev/zfs"):
+        import cffi  # here, not at import: most hosts never get this far
+
         ffi = cffi.FFI()
         ffi.cdef(CDEF)
         core = _dlopen(ffi, LIBRARIES["libzfs_core"])
