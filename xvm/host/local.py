@@ -30,6 +30,7 @@ from .paths import StateDir, default_state_dir
 
 WAIT_POLL = 0.05  # a domain with no VMM changes state only when someone starts it
 VMM_EXIT_WAIT = 10.0  # how long a VMM may take to exit once its domain has stopped
+VOLUME_RELEASE_WAIT = 3.0  # how long a disk nobody uses may stay locked (FUSE releases late)
 
 
 class Host:
@@ -285,7 +286,7 @@ class LocalHost(Host):
                 self._check_can_start(config)
                 self._starting.add(uuid)
                 config = resolve_disks(config, self._volume_path)  # the VMM gets paths
-                preflight(config)
+                self._preflight(config)
                 plans = self._plan_nics(config) if config.nics else []
                 if self.in_process:
                     self._start_in_process(uuid, record, config, plans)
@@ -297,6 +298,21 @@ class LocalHost(Host):
                 if lock is not None:
                     lock.close()
         domain.console._ensure()
+
+    def _preflight(self, config):
+        """preflight(config), waiting a moment for a disk that no domain uses but that is still
+        locked: on a FUSE mount (a zfs-fuse volume) the last user's close, and with it its lock,
+        reaches the daemon a little after that user has gone."""
+        from ..devices.block import DiskBusyError
+
+        deadline = time.monotonic() + VOLUME_RELEASE_WAIT
+        while True:
+            try:
+                return preflight(config)
+            except DiskBusyError as e:
+                if time.monotonic() >= deadline or self._disk_user(e.path) is not None:
+                    raise
+                time.sleep(0.05)
 
     def _spawn(self, uuid, record, config, plans, lock):
         from ..vmm.process import open_host_resources

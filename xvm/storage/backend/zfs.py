@@ -11,6 +11,7 @@ them). Every failure names the operation and the dataset and says why: exists, n
 snapshot, busy, dependent clones, pool missing, daemon not running.
 """
 import errno
+import fcntl
 import os
 import shutil
 import subprocess
@@ -376,8 +377,37 @@ class ZfsBackend:
         self.engine.destroy(f"{self.dataset(name)}@{snapshot}")
 
     def rollback(self, name, snapshot, progress=None):
+        if not self.zvols:
+            self._wait_unlocked(name, "rollback")
         self.engine.rollback_to(self.dataset(name), f"{self.dataset(name)}@{snapshot}")
         return "zfs rollback"
+
+    def _wait_unlocked(self, name, operation):
+        """Wait until the last user's lock on a file volume is gone (the caller has checked that
+        no domain uses it). On zfs-fuse a closed file's lock is dropped when its release reaches
+        the daemon, a moment later; a rollback before that leaves the lock held for good."""
+        path = self.volume_path(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise StorageHostError(f"{operation} {self.dataset(name)}: cannot open {path}: "
+                                   f"{e.strerror}", target=self.dataset(name), operation=operation,
+                                   errno=e.errno) from None
+        try:
+            deadline = time.monotonic() + BUSY_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, fcntl.LOCK_UN)  # an explicit unlock reaches the daemon at once
+                    return
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StorageBusyError(f"{operation} {self.dataset(name)}: busy ({path} is "
+                                               "locked by another process)", target=self.dataset(name),
+                                               operation=operation, state="busy") from None
+                    time.sleep(0.05)
+        finally:
+            os.close(fd)
 
     def clone(self, name, snapshot, new_name, progress=None):
         self.engine.clone(self.dataset(new_name), f"{self.dataset(name)}@{snapshot}")
