@@ -17,8 +17,8 @@ import shutil
 import subprocess
 import time
 
-from ..errors import (StorageBusyError, StorageExistsError, StorageHostError, StorageNotFoundError,
-                      ZfsDaemonError)
+from ..errors import (StorageBusyError, StorageError, StorageExistsError, StorageHostError,
+                      StorageNotFoundError, ZfsDaemonError)
 from . import lzc as lzc_module
 
 FILE_NAME = "vol.img"
@@ -386,13 +386,10 @@ class ZfsBackend:
         """Wait until the last user's lock on a file volume is gone (the caller has checked that
         no domain uses it). On zfs-fuse a closed file's lock is dropped when its release reaches
         the daemon, a moment later; a rollback before that leaves the lock held for good."""
-        path = self.volume_path(name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            raise StorageHostError(f"{operation} {self.dataset(name)}: cannot open {path}: "
-                                   f"{e.strerror}", target=self.dataset(name), operation=operation,
-                                   errno=e.errno) from None
+            fd = os.open(self.volume_path(name), os.O_RDONLY | os.O_CLOEXEC)
+        except (OSError, StorageError):
+            return  # the daemon is gone or the file is: the operation itself will say so
         try:
             deadline = time.monotonic() + BUSY_WAIT
             while True:
@@ -402,8 +399,8 @@ class ZfsBackend:
                     return
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
-                        raise StorageBusyError(f"{operation} {self.dataset(name)}: busy ({path} is "
-                                               "locked by another process)", target=self.dataset(name),
+                        raise StorageBusyError(f"{operation} {self.dataset(name)}: busy (its "
+                                               f"{FILE_NAME} is locked by another process)", target=self.dataset(name),
                                                operation=operation, state="busy") from None
                     time.sleep(0.05)
         finally:
