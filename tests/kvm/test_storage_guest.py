@@ -248,3 +248,50 @@ def test_clone_domain_twenty_times_from_one_golden_snapshot(pool, host, guest, l
     assert sectors(golden_volume.path) == MARKED  # no clone's writes reached the golden volume
     fill_marker(volumes[0].path)  # nor one clone's writes another clone
     assert all(sectors(v.path) == GUEST_DATA for v in volumes[1:])
+
+
+def test_disk_snapshots_and_clones_are_refused_clearly(pool, host, guest, tmp_path):
+    volume = pool.create_volume("root", SIZE)
+    dom = define(host, guest, "busy", volume.key, "mode=bench count=1 linger_ms=30000")
+    dom.snapshot_disks("clean")
+    with pytest.raises(xvm.NotFoundError, match="has no snapshot 'nope'"):
+        host.clone_domain(dom, "c1", snapshot="nope")
+    with pytest.raises(xvm.ConfigError, match="a domain named 'busy' exists already"):
+        host.clone_domain("busy", "busy", snapshot="clean")
+    assert [v.name for v in pool.volumes()] == ["root"] and len(host.domains()) == 1
+    dom.start()
+    try:
+        dom.console.expect("blk: bench start", timeout=60)
+        for verb in (dom.snapshot_disks, dom.rollback_disks):
+            with pytest.raises(xvm.StateError, match="domain 'busy': it is running"):
+                verb("clean")
+        clone = host.clone_domain(dom, "c1", snapshot="clean")  # from a snapshot: allowed
+        assert clone.state is DomainState.SHUTOFF and clone.config.disks[0].volume == "gp/c1-root"
+    finally:
+        dom.destroy()
+    assert [s.name for s in volume.snapshots()] == ["clean"]
+    image = tmp_path / "plain.img"
+    image.write_bytes(bytes(SIZE))
+    plain = host.define(xvm.DomainConfig(name="plain", memory_mib=64, kernel=guest("blk"),
+                                         disks=[xvm.Disk(image)]))
+    with pytest.raises(xvm.ConfigError, match="is not a volume of any storage pool"):
+        plain.snapshot_disks("s")
+    with pytest.raises(xvm.ConfigError, match="is not a volume of any storage pool"):
+        host.clone_domain(plain, "c2", snapshot="s")
+
+
+def test_a_domain_whose_volume_or_pool_is_missing_does_not_start(pool, host, guest):
+    with pytest.raises(xvm.NotFoundError, match="no volume gp/ghost"):
+        define(host, guest, "g1", "gp/ghost").start()
+    with pytest.raises(xvm.NotFoundError, match="no storage pool named 'nopool'"):
+        define(host, guest, "g2", "nopool/root").start()
+    assert all(d.state is DomainState.SHUTOFF for d in host.domains())
+
+
+def test_pools_are_listed_and_found_through_the_host(pool, host):
+    assert host.pools() == [pool] and host.lookup_pool("gp") == pool
+    assert isinstance(pool.config, xvm.Pool)
+    with pytest.raises(xvm.NotFoundError, match="no storage pool named 'other'"):
+        host.lookup_pool("other")
+    with pytest.raises(xvm.ConfigError, match="a pool of that name exists"):
+        host.create_pool(pool.config)
