@@ -286,7 +286,7 @@ class LocalHost(Host):
                 self._check_can_start(config)
                 self._starting.add(uuid)
                 config = resolve_disks(config, self._volume_path)  # the VMM gets paths
-                self._preflight(config)
+                self._preflight(config, uuid)
                 plans = self._plan_nics(config) if config.nics else []
                 if self.in_process:
                     self._start_in_process(uuid, record, config, plans)
@@ -299,7 +299,7 @@ class LocalHost(Host):
                     lock.close()
         domain.console._ensure()
 
-    def _preflight(self, config):
+    def _preflight(self, config, uuid):
         """preflight(config), waiting a moment for a disk that no domain uses but that is still
         locked: on a FUSE mount (a zfs-fuse volume) the last user's close, and with it its lock,
         reaches the daemon a little after that user has gone."""
@@ -310,7 +310,7 @@ class LocalHost(Host):
             try:
                 return preflight(config)
             except DiskBusyError as e:
-                if time.monotonic() >= deadline or self._disk_user(e.path) is not None:
+                if time.monotonic() >= deadline or self._disk_user(e.path, exclude=uuid) is not None:
                     raise
                 time.sleep(0.05)
 
@@ -450,11 +450,13 @@ class LocalHost(Host):
                                        operation="resolve volume")
         return path
 
-    def _disk_user(self, path):
+    def _disk_user(self, path, exclude=None):
         """The name of the domain with ``path`` among its disks that is running, paused or
         being started by this host, or None: what the pools ask before changing a volume."""
         path = os.path.realpath(path)
         for record in self.store.domains():
+            if record.uuid == exclude:
+                continue
             if record.uuid not in self._starting and record.state not in (
                     DomainState.RUNNING.value, DomainState.PAUSED.value):
                 continue
