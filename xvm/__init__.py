@@ -23,9 +23,10 @@ from .errors import (
 )
 from .host import Capabilities, Host, connect
 from .net import HostNetwork, Network, Nic
+from .storage.config import Pool
 
 __all__ = [
     "BootError", "Capabilities", "ConfigError", "Console", "ConsoleTimeout", "Disk", "Domain", "DomainConfig",
-    "DomainState", "GuestError", "Host", "HostError", "HostNetwork", "KvmError", "Network", "Nic", "NotFoundError", "ShutdownTimeout",
+    "DomainState", "GuestError", "Host", "HostError", "HostNetwork", "KvmError", "Network", "Nic", "NotFoundError", "Pool", "ShutdownTimeout",
     "StateError", "XvmError", "connect",
 ]

@@ -144,7 +144,9 @@ def preflight(config):
     kernel and initrd exist, are regular files and readable; every disk exists,
     is a regular file or block device, opens (for writing unless read-only), is
     not locked by another user and is a whole number of sectors.  Raises
-    ConfigError (DiskConfigError, DiskBusyError for the disks); returns None."""
+    ConfigError (DiskConfigError, DiskBusyError for the disks); returns None.
+    Volume disks (``Disk(volume=...)``) must have been resolved to paths by the
+    host first (:func:`resolve_disks`)."""
     _check_boot_file(config.kernel, "kernel")
     if config.initrd is not None:
         _check_boot_file(config.initrd, "initrd")
@@ -156,6 +158,15 @@ def preflight(config):
             raise ConfigError(f"disk {real} is given more than once "
                               f"(as {seen[real]} and {disk.path})")
         seen[real] = disk.path
+
+
+def resolve_disks(config, volume_path):
+    """``config`` with every volume disk replaced by a path disk: ``volume_path("POOL/VOLUME")``
+    gives the path. What a host does when the domain starts; the stored config keeps the names."""
+    if not any(disk.volume is not None for disk in config.disks):
+        return config
+    return config.replace(disks=tuple(disk if disk.volume is None else disk.resolved(volume_path(disk.volume))
+                                      for disk in config.disks))
 
 
 def _cpu_features(names):
@@ -180,10 +191,10 @@ def _disks(disks):
     for disk in disks:
         if not isinstance(disk, Disk):
             raise ConfigError(f"disks must be xvm.Disk objects, not {type(disk).__name__}")
-    paths = [os.path.normpath(disk.path) for disk in disks]  # symlinks: preflight()
-    for path in paths:
-        if paths.count(path) > 1:
-            raise ConfigError(f"disk {path} is given more than once")
+    sources = [disk.volume or os.path.normpath(disk.path) for disk in disks]  # symlinks: preflight()
+    for source in sources:
+        if sources.count(source) > 1:
+            raise ConfigError(f"disk {source} is given more than once")
     return disks
 
 

@@ -162,6 +162,18 @@ class Domain:
         """Forget the domain; it must not be running."""
         self._host._undefine(self)
 
+    # -- storage ------------------------------------------------------------------------------
+    def snapshot_disks(self, name):
+        """Snapshot every disk (each a storage pool volume) as ``name``, all or nothing; the
+        domain must be shut off (StateError otherwise). Returns the :class:`xvm.storage.Snapshot`
+        list, in the disks' order."""
+        return self._host._snapshot_disks(self, name)
+
+    def rollback_disks(self, name):
+        """Roll every disk back to its snapshot ``name`` (checked on every disk first, so a
+        refusal changes nothing); the domain must be shut off. Returns how each was done."""
+        return self._host._rollback_disks(self, name)
+
     # -- scripts ------------------------------------------------------------------------------
     def __enter__(self):
         return self

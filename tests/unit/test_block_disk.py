@@ -149,7 +149,7 @@ def test_bad_options(image, kw, match):
         Disk(image, **kw)
 
 
-@pytest.mark.parametrize("path", [42.0, None, b"/disk.img", "", "a\0b"])
+@pytest.mark.parametrize("path", [42.0, b"/disk.img", "", "a\0b"])
 def test_not_a_path(path):
     with pytest.raises(DiskConfigError, match="is not a path"):
         Disk(path)
@@ -164,7 +164,8 @@ def test_disk_dict_round_trip(image):
 
 @pytest.mark.parametrize("data,match", [
     ({"path": "/a.img", "format": "qcow2"}, r"unknown field\(s\) 'format'"),
-    ({"serial": "x"}, r"missing field\(s\) 'path'"),
+    ({"serial": "x"}, "exactly one of the fields 'path' and 'volume'"),
+    ({"path": "/a.img", "volume": "p/v"}, "exactly one of the fields 'path' and 'volume'"),
     ({"path": "/a.img", "serial": "x" * 21}, "longer than 20"),
     ({"path": "/a.img", "readonly": 1}, "readonly must be True or False"),
     (["/a.img"], "must be a dict"),
@@ -330,3 +331,55 @@ def test_block_device_backend(image):
                 Disk(dev).check()  # held exclusively (O_EXCL and flock) by the backend
     finally:
         subprocess.run(["losetup", "-d", dev], timeout=20)
+
+
+# -- volume disks: a storage pool volume by name, resolved by the host at start -----------------
+
+def test_a_volume_disk_is_plain_data(tmp_path):
+    disk = Disk(volume="fast/web1", readonly=True, serial="w1")
+    assert (disk.path, disk.volume, disk.source) == (None, "fast/web1", "fast/web1")
+    assert disk.to_dict() == {"volume": "fast/web1", "readonly": True, "serial": "w1", "cache": "none"}
+    assert Disk.from_dict(disk.to_dict()) == disk
+    resolved = disk.resolved(str(tmp_path / "vol.img"))
+    assert resolved == Disk(tmp_path / "vol.img", readonly=True, serial="w1")
+    assert resolved.to_dict()["path"] == str(tmp_path / "vol.img") and "volume" not in resolved.to_dict()
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({}, "exactly one of path= .* or volume="),
+    ({"path": None}, "exactly one of path="),
+    ({"path": "/a.img", "volume": "p/v"}, "exactly one of path="),
+    ({"volume": "nopool"}, "'nopool' is not a 'POOL/VOLUME' name"),
+    ({"volume": "a/b/c"}, "is not a 'POOL/VOLUME' name"),
+    ({"volume": "p/-v"}, "is not a 'POOL/VOLUME' name"),
+    ({"volume": 7}, "is not a 'POOL/VOLUME' name"),
+    ({"volume": "p/v", "serial": "x" * 21}, "disk 'p/v': serial .* longer than 20"),
+])
+def test_bad_volume_disks(kw, match):
+    with pytest.raises(DiskConfigError, match=match):
+        Disk(**kw)
+
+
+def test_an_unresolved_volume_disk_cannot_be_opened():
+    disk = Disk(volume="p/v")
+    for call in (disk.check, disk.open):
+        with pytest.raises(DiskConfigError, match="'p/v' has not been resolved to a path"):
+            call()
+
+
+def test_a_config_with_volume_disks(tmp_path, image):
+    from xvm.config import resolve_disks
+
+    kernel = tmp_path / "k"
+    kernel.write_bytes(b"x")
+    cfg = DomainConfig(name="d", memory_mib=64, kernel=kernel,
+                       disks=[Disk(volume="p/root"), Disk(image, readonly=True)])
+    assert DomainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="disk p/root is given more than once"):
+        cfg.replace(disks=[Disk(volume="p/root"), Disk(volume="p/root", readonly=True)])
+    with pytest.raises(DiskConfigError, match="has not been resolved"):
+        preflight(cfg)
+    resolved = resolve_disks(cfg, {"p/root": str(tmp_path / "root.img")}.__getitem__)
+    assert [d.path for d in resolved.disks] == [str(tmp_path / "root.img"), str(image)]
+    assert resolved.disks[1] is cfg.disks[1] and cfg.disks[0].volume == "p/root"
+    assert resolve_disks(resolved, None) is resolved  # nothing left to resolve

@@ -418,7 +418,7 @@ def test_json_round_trip_is_exact(make, tmp_path):
     ({"uuid": "nope"}, "is not a UUID"),
     ({"disks": "a.img"}, "'disks' must be a list"),
     ({"disks": [{"path": "/a.img", "size": 5}]}, r"unknown field\(s\) 'size'"),
-    ({"disks": [{"readonly": True}]}, r"missing field\(s\) 'path'"),
+    ({"disks": [{"readonly": True}]}, "exactly one of the fields 'path' and 'volume'"),
     ({"disks": [{"path": "/a.img", "cache": "bogus"}]}, "cache mode 'bogus'"),
     ({"disks": [{"path": "/a.img", "readonly": "yes"}]}, "readonly must be True or False"),
     ({"disks": ["/a.img"]}, "a disk must be a dict"),

@@ -6,12 +6,13 @@ SQLite, a domain's VMM is found by its socket, and the domain lock
 (:mod:`~xvm.host.launcher`) says whether it is alive.  Closing a host leaves its
 running domains running; another ``xvm.connect()`` finds them again.
 """
+import dataclasses
 import os
 import threading
 import time
 import uuid as uuid_module
 
-from ..config import DomainConfig, preflight
+from ..config import DomainConfig, preflight, resolve_disks
 from ..domain import STOPPED, Domain
 from ..errors import ConfigError, NotFoundError, StateError, XvmError
 from ..kvm.generated import kvm_h
@@ -29,6 +30,7 @@ from .paths import StateDir, default_state_dir
 
 WAIT_POLL = 0.05  # a domain with no VMM changes state only when someone starts it
 VMM_EXIT_WAIT = 10.0  # how long a VMM may take to exit once its domain has stopped
+VOLUME_RELEASE_WAIT = 3.0  # how long a disk nobody uses may stay locked (FUSE releases late)
 
 
 class Host:
@@ -66,6 +68,8 @@ class LocalHost(Host):
         self._vmms = {}  # uuid -> Vmm, in-process only
         self._vmm_locks = {}  # uuid -> DomainLock held for an in-process Vmm
         self._networks = NetworkTable(self)
+        self._pools = None  # xvm.storage.Pools over this store, made on first use
+        self._starting = set()  # uuids this host is starting: their disks count as in use
         self._closed = False
         for record in self.store.domains():
             self._reconcile(record.uuid)
@@ -280,7 +284,9 @@ class LocalHost(Host):
                 lifecycle.check(A.Boot(), DomainState(record.state), record.name)
                 config = DomainConfig.from_dict(record.config)
                 self._check_can_start(config)
-                preflight(config)
+                self._starting.add(uuid)
+                config = resolve_disks(config, self._volume_path)  # the VMM gets paths
+                self._preflight(config, uuid)
                 plans = self._plan_nics(config) if config.nics else []
                 if self.in_process:
                     self._start_in_process(uuid, record, config, plans)
@@ -288,9 +294,25 @@ class LocalHost(Host):
                 else:
                     self._spawn(uuid, record, config, plans, lock)
             finally:
+                self._starting.discard(uuid)
                 if lock is not None:
                     lock.close()
         domain.console._ensure()
+
+    def _preflight(self, config, uuid):
+        """preflight(config), waiting a moment for a disk that no domain uses but that is still
+        locked: on a FUSE mount (a zfs-fuse volume) the last user's close, and with it its lock,
+        reaches the daemon a little after that user has gone."""
+        from ..devices.block import DiskBusyError
+
+        deadline = time.monotonic() + VOLUME_RELEASE_WAIT
+        while True:
+            try:
+                return preflight(config)
+            except DiskBusyError as e:
+                if time.monotonic() >= deadline or self._disk_user(e.path, exclude=uuid) is not None:
+                    raise
+                time.sleep(0.05)
 
     def _spawn(self, uuid, record, config, plans, lock):
         from ..vmm.process import open_host_resources
@@ -402,6 +424,131 @@ class LocalHost(Host):
     def _network_users(self, net):
         return {cfg.name for cfg in self._running_configs(None)
                 if any(n.network == net.name or n.bridge == net.bridge for n in cfg.nics)}
+
+    # -- storage ------------------------------------------------------------------------------
+    @property
+    def storage(self):
+        """The :class:`xvm.storage.Pools` of this host (its catalog is in the host's store)."""
+        if self._pools is None:
+            from ..storage import Pools
+
+            self._pools = Pools(self.store, in_use=self._disk_user)
+        return self._pools
+
+    def create_pool(self, pool):
+        """Define an :class:`xvm.Pool` and make its directory or ZFS dataset if missing;
+        returns its :class:`~xvm.storage.StoragePool`."""
+        return self.storage.create_pool(pool)
+
+    def pools(self):
+        return self.storage.pools()
+
+    def lookup_pool(self, name):
+        """The StoragePool called ``name``; raises NotFoundError (StorageNotFoundError)."""
+        return self.storage.lookup_pool(name)
+
+    def _volume_path(self, key):
+        """The host path of volume "POOL/VOLUME" (its dataset mounted if need be), for a start."""
+        path = self.storage.lookup_volume(key).path
+        if not os.path.exists(path):
+            from ..storage import StorageNotFoundError
+
+            raise StorageNotFoundError(f"volume {key}: its data {path} is missing", target=key,
+                                       operation="resolve volume")
+        return path
+
+    def _disk_user(self, path, exclude=None):
+        """The name of the domain with ``path`` among its disks that is running, paused or
+        being started by this host, or None: what the pools ask before changing a volume."""
+        path = os.path.realpath(path)
+        for record in self.store.domains():
+            if record.uuid == exclude:
+                continue
+            if record.uuid not in self._starting and record.state not in (
+                    DomainState.RUNNING.value, DomainState.PAUSED.value):
+                continue
+            if record.uuid not in self._starting and self._reconcile(record.uuid).state not in (
+                    DomainState.RUNNING.value, DomainState.PAUSED.value):
+                continue  # its VMM died
+            for disk in DomainConfig.from_dict(record.config).disks:
+                if disk.volume is None:
+                    disk_path = disk.path
+                else:
+                    try:
+                        volume = self.storage.lookup_volume(disk.volume)
+                        disk_path = volume.pool.backend.volume_path(volume.name, mount=False)
+                    except XvmError:
+                        continue  # its volume is gone: it cannot be this one
+                if os.path.realpath(disk_path) == path:
+                    return record.name
+        return None
+
+    def _volumes_of(self, config):
+        """Every disk of ``config`` as its Volume (ConfigError for a disk outside the pools)."""
+        from ..storage import volume_of
+
+        return [volume_of(self.storage, disk.volume or disk.path) for disk in config.disks]
+
+    def clone_domain(self, source, new_name, snapshot="golden"):
+        """A new persistent domain ``new_name`` like ``source`` (a Domain or a name), with a new
+        UUID, new MACs (explicit ones are dropped: they derive from the new UUID) and, for each
+        disk, a clone of its volume at ``snapshot``, named "NEW_NAME-VOLUME" in the same pool.
+        All or nothing: if the define fails, the clones are deleted again."""
+        from ..storage import clone_disks
+
+        source = source if isinstance(source, Domain) else self.lookup(source)
+        config = source.config
+        if self.store.domain(str(new_name)) is not None:
+            raise ConfigError(f"clone_domain: a domain named {new_name!r} exists already")
+        new_uuid = uuid_module.uuid4()
+        probe = config.replace(name=new_name, uuid=new_uuid, disks=(),
+                               nics=tuple(dataclasses.replace(nic, mac=None) for nic in config.nics))
+        volumes = self._volumes_of(config)
+        clones = clone_disks(self.storage, volumes, snapshot, new_name)
+        try:
+            disks = tuple(dataclasses.replace(disk, path=None, volume=clone.key)
+                          for disk, clone in zip(config.disks, clones))
+            return self.define(probe.replace(disks=disks))
+        except BaseException:
+            for clone in reversed(clones):
+                try:
+                    clone.delete()
+                except XvmError:
+                    pass
+            raise
+
+    def _offline_disks(self, domain, operation, change):
+        """Run ``change(volumes)`` on every disk of a shut-off domain while holding its lock,
+        so that it cannot start meanwhile; StateError while it runs."""
+        uuid = str(domain.uuid)
+        with self._lock:
+            record = self._reconcile(uuid)
+            lock = launcher.DomainLock(self.state_dir.vmm_lockfile(uuid))
+            try:
+                if not lock.try_acquire():
+                    state = self._vmm_state(domain) or DomainState(record.state)
+                    if state in STOPPED:  # a VMM finishing its exit
+                        self._drop_channel(uuid)
+                        self._wait_vmm_gone(uuid, VMM_EXIT_WAIT)
+                    if not lock.try_acquire():
+                        raise StateError(f"cannot {operation} of domain {record.name!r}: it is "
+                                         f"{state.value} (allowed when shutoff, crashed)",
+                                         state=state, operation=operation)
+                return change(self._volumes_of(DomainConfig.from_dict(record.config)))
+            finally:
+                lock.close()
+
+    def _snapshot_disks(self, domain, name):
+        from ..storage import snapshot_disks
+
+        return self._offline_disks(domain, "snapshot the disks",
+                                   lambda volumes: snapshot_disks(self.storage, volumes, name))
+
+    def _rollback_disks(self, domain, name):
+        from ..storage import rollback_disks
+
+        return self._offline_disks(domain, "roll back the disks",
+                                   lambda volumes: rollback_disks(self.storage, volumes, name))
 
     # -- closing ------------------------------------------------------------------------------
     def close(self):

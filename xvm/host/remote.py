@@ -120,6 +120,16 @@ class RemoteHost(Host):
 
     define_network = create_network = networks = lookup_network = _no_networks
 
+    # so are storage pools (a pool's volumes are files or datasets on xvmd's machine)
+    def _no_storage(self, *args, **kwargs):
+        raise XvmError("storage pools are not served by xvmd yet; manage pools, volumes, "
+                       "clone_domain and disk snapshots with "
+                       f"{__name__.split('.')[0]}.connect('xvm:///session') on the same state "
+                       "directory")
+
+    create_pool = pools = lookup_pool = clone_domain = _no_storage
+    _snapshot_disks = _rollback_disks = _no_storage
+
 
 def _config_dict(config):
     if not isinstance(config, DomainConfig):

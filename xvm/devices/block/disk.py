@@ -2,27 +2,41 @@
 import errno
 import os
 import stat
-from dataclasses import MISSING, dataclass, fields
+import re
+from dataclasses import dataclass, fields, replace
 
 from .backend.blockdev import BlockDevice
 from .backend.raw import CACHE_MODES, SECTOR_SIZE, RawFile
 from .errors import DiskConfigError
 
 VIRTIO_BLK_ID_BYTES = 20
+# "POOL/VOLUME": the names xvm.storage accepts for pools and volumes (xvm/storage/config.py).
+VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _volume_name(value):
+    if not isinstance(value, str) or not VOLUME_NAME.fullmatch(value):
+        raise DiskConfigError(f"disk volume {value!r} is not a 'POOL/VOLUME' name (each part 1-64 "
+                              "letters, digits, '_', '.' or '-', starting with a letter or digit)")
+    return value
 
 
 @dataclass(frozen=True)
 class Disk:
-    """A disk for a domain: a raw image file or a host block device.
+    """A disk for a domain: a raw image file or a host block device, given by
+    ``path``, or a volume of a storage pool, given by ``volume="POOL/VOLUME"``
+    (exactly one of the two).
 
     Plain data: construction checks the values (``path`` is a path, made
-    absolute; ``cache`` is a known mode; ``serial`` is at most 20 ASCII bytes;
+    absolute; ``volume`` is a "POOL/VOLUME" name; ``cache`` is a known mode; ``serial`` is at most 20 ASCII bytes;
     ``readonly`` is a bool) and touches nothing on the host.  :meth:`check`
     (run by :func:`xvm.config.preflight` when a domain starts) verifies the
     image itself: it exists, is a regular file or block device, opens for
     writing unless ``readonly``, is not locked by another user and is a whole
     number of 512-byte sectors — a :class:`~xvm.errors.ConfigError` naming
     the path.
+    A volume disk is resolved to its volume's path by the host when the
+    domain starts (:meth:`resolved`); the stored config keeps the name.
     ``serial`` is what the guest reads with GET_ID.
     ``cache`` is ``"none"`` (default: host page cache, FLUSH offered and
     completed only after fdatasync), ``"writethrough"`` (every write
@@ -30,20 +44,28 @@ class Disk:
     opt-in name) or ``"unsafe"`` (FLUSH does nothing).
     """
 
-    path: str
+    path: str | None = None
     readonly: bool = False
     serial: str | None = None
     cache: str = "none"
+    volume: str | None = None
 
     def __post_init__(self):
-        try:
-            path = os.fspath(self.path)
-        except TypeError:
-            raise DiskConfigError(f"disk path {self.path!r} is not a path") from None
-        if not isinstance(path, str) or not path or "\0" in path:
-            raise DiskConfigError(f"disk path {self.path!r} is not a path")
-        path = os.path.abspath(path)
-        object.__setattr__(self, "path", path)
+        if (self.path is None) == (self.volume is None):
+            raise DiskConfigError("a Disk needs exactly one of path= (an image file or block "
+                                  "device) or volume= (a storage pool volume, 'POOL/VOLUME')",
+                                  self.path)
+        if self.volume is not None:
+            path = _volume_name(self.volume)  # named in the messages below
+        else:
+            try:
+                path = os.fspath(self.path)
+            except TypeError:
+                raise DiskConfigError(f"disk path {self.path!r} is not a path") from None
+            if not isinstance(path, str) or not path or "\0" in path:
+                raise DiskConfigError(f"disk path {self.path!r} is not a path")
+            path = os.path.abspath(path)
+            object.__setattr__(self, "path", path)
         if not isinstance(self.readonly, bool):
             raise DiskConfigError(f"disk {path!r}: readonly must be True or False, not "
                                   f"{self.readonly!r}", path)
@@ -62,9 +84,20 @@ class Disk:
 
     # -- plain data ------------------------------------------------------------------
 
+    @property
+    def source(self):
+        """What the disk names: its path, or "POOL/VOLUME"."""
+        return self.path if self.volume is None else self.volume
+
+    def resolved(self, path):
+        """This disk with its volume replaced by ``path``, the volume's host path (what
+        the host gives a VMM when the domain starts)."""
+        return replace(self, path=path, volume=None)
+
     def to_dict(self):
-        """JSON-able: ``{"path", "readonly", "serial", "cache"}``."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """JSON-able: ``{"path" or "volume", "readonly", "serial", "cache"}``."""
+        drop = "volume" if self.volume is None else "path"
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != drop}
 
     @classmethod
     def from_dict(cls, data):
@@ -77,16 +110,19 @@ class Disk:
         if unknown:
             raise DiskConfigError(f"disk: unknown field(s) {', '.join(map(repr, unknown))}; "
                                   f"known: {', '.join(known)}", data.get("path"))
-        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in data]
-        if missing:
-            raise DiskConfigError(f"disk: missing field(s) {', '.join(map(repr, missing))}")
+        if ("path" in data) == ("volume" in data):
+            raise DiskConfigError("disk: needs exactly one of the fields 'path' and 'volume'")
         return cls(**data)
 
     # -- the host side ---------------------------------------------------------------
 
     def check(self):
         """Check the image on the host as opening it would (exists, type, access,
-        lock, size), then let go; raises DiskConfigError / DiskBusyError."""
+        lock, size), then let go; raises DiskConfigError / DiskBusyError.
+        A volume disk must be :meth:`resolved` first."""
+        if self.volume is not None:
+            raise DiskConfigError(f"disk volume {self.volume!r} has not been resolved to a path "
+                                  "(the host does that when the domain starts)")
         try:
             mode = os.stat(self.path).st_mode
         except FileNotFoundError:
@@ -127,6 +163,9 @@ class Disk:
         fd's access mode must suit ``readonly`` and ``cache``; its lock is
         taken again (a no-op when the opener already holds it).
         """
+        if self.volume is not None:
+            raise DiskConfigError(f"disk volume {self.volume!r} has not been resolved to a path "
+                                  "(the host does that when the domain starts)")
         if fd is None:
             cls = BlockDevice if self.is_block_device else RawFile
             return cls(self.path, readonly=self.readonly, cache=self.cache)
