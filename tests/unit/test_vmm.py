@@ -209,8 +209,9 @@ def test_without_linger_the_vmm_ends_after_the_domain_stops(tmp_path):
     vmm.handle(A.Destroy())
     vmm._thread.join(5)
     assert not vmm._thread.is_alive()
+    assert vmm.handle(A.Info())["state"] == "shutoff"  # read-only: answered from the final state
     with pytest.raises(VmmGone):
-        vmm.handle(A.Info())
+        vmm.handle(A.Boot())
 
 
 def test_handle_rejects_non_actions(vmm):
