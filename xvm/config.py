@@ -103,6 +103,23 @@ class DomainConfig:
             out[f.name] = value
         return out
 
+    def to_xml(self):
+        """libvirt domain XML (validates against libvirt's schema): :mod:`xvm.xml`."""
+        from .xml import config_to_xml
+        return config_to_xml(self)
+
+    @classmethod
+    def from_xml(cls, text):
+        """The config described by libvirt domain XML; warnings (ignored elements) are
+        logged.  Malformed, hostile or unsupported XML raises ConfigError."""
+        import logging
+
+        from .xml import config_from_xml
+        config, warnings = config_from_xml(text)
+        for warning in warnings:
+            logging.getLogger(__name__).warning("%s", warning)
+        return config
+
     @classmethod
     def from_dict(cls, data):
         """The config that :meth:`to_dict` gave ``data``, validated like the

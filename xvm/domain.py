@@ -130,13 +130,23 @@ class Domain:
         """Reset the domain: the guest starts again from its kernel, with a new id."""
         self._host._act(self, A.Reset())
 
-    def shutdown(self, timeout=60.0):
+    def xml(self, inactive=False):
+        """The domain as libvirt XML (with its id while running, unless ``inactive``)."""
+        from .xml import config_to_xml
+
+        domain_id = None if inactive else self.id
+        settings = {"autostart": self.autostart} if self.persistent else {}
+        return config_to_xml(self.config, settings=settings, domain_id=domain_id)
+
+    def shutdown(self, timeout=60.0, wait=True):
         """Ask the guest to power off (ACPI power button) and wait up to ``timeout`` s.
 
         Raises :class:`ShutdownTimeout` if the guest has not powered off by then;
-        the domain is left running.
+        the domain is left running.  ``wait=False`` only presses the button.
         """
         self._host._act(self, A.PowerButton())
+        if not wait:
+            return
         state = self._host._act(self, A.Wait(states=[s.value for s in STOPPED], timeout=timeout))
         if state is None:
             raise ShutdownTimeout(

@@ -221,3 +221,18 @@ def _gone(pid):
             return f.read().split(") ", 1)[1].startswith("Z")
     except FileNotFoundError:
         return True
+
+
+def test_domain_xml_api(host, guest):
+    cfg = config(guest, "xmlapi", on_host_stop="ignore")
+    assert xvm.DomainConfig.from_xml(cfg.to_xml()) == cfg
+    dom = host.define_xml(cfg.to_xml())
+    assert dom.config == cfg and "<name>xmlapi</name>" in dom.xml()
+    dom.start()
+    assert f"id=\"{dom.id}\"" in dom.xml() or f"id='{dom.id}'" in dom.xml()
+    assert "id=" not in dom.xml(inactive=True).split(">", 1)[0].replace("xmlns:xvm", "")
+    dom.rename("xmlapi2")
+    assert dom.info()["name"] == "xmlapi2"
+    dom.shutdown(wait=False)  # the busy guest ignores the button: it keeps running
+    assert dom.state is DomainState.RUNNING
+    dom.destroy()

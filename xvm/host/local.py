@@ -104,6 +104,16 @@ class LocalHost(Host):
         record = self.store.add_domain(str(config.uuid), config.name, config.to_dict(), persistent=persistent)
         return self._handle(record.uuid)
 
+    def define_xml(self, text):
+        """Define a domain from libvirt domain XML (its xvm metadata's autostart too)."""
+        from ..xml import parse_domain_xml
+
+        parsed = parse_domain_xml(text)
+        domain = self.define(parsed.config)
+        if parsed.settings.get("autostart"):
+            domain.set_autostart(True)
+        return domain
+
     def domains(self):
         """Every domain of this host (persistent ones, and transient ones while they exist)."""
         return [self._handle(record.uuid) for record in self.store.domains()]
@@ -178,7 +188,12 @@ class LocalHost(Host):
         _, channel = self._channel(uuid)
         if channel is not None:
             try:
-                return channel.call(action)
+                result = channel.call(action)
+                if isinstance(action, A.Info) and isinstance(result, dict):
+                    record = self.store.domain(uuid)  # renamed since the VMM started?
+                    if record is not None:
+                        result["name"] = record.name
+                return result
             except VmmGone:
                 self._drop_channel(uuid)
                 if isinstance(action, A.Destroy) and self.store.domain(uuid) is None:
