@@ -84,6 +84,12 @@ class Console:
 
         return unsubscribe
 
+    def widget(self, history=True, title=None):
+        """A live console for Jupyter: output as it arrives, an input line
+        (:class:`xvm.display.ConsoleWidget`; needs ``pip install 'xvm[jupyter]'``)."""
+        from .display import console_widget
+        return console_widget(self, history=history, title=title)
+
     @property
     def closed_reason(self):
         """Why input is closed (None while the guest runs)."""

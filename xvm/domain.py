@@ -40,6 +40,11 @@ class Domain:
         except XvmError:
             return f"<Domain {self._uuid}>"
 
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """Jupyter's view: identity, state, config, disks, NICs, the console's last lines."""
+        from .display import domain_bundle
+        return domain_bundle(self, include, exclude)
+
     def __eq__(self, other):
         return isinstance(other, Domain) and other._uuid == self._uuid and other._host is self._host
 
@@ -263,3 +268,7 @@ class DomainConsole(Console):
     def expect(self, pattern, timeout=30.0):
         self._ensure()
         return super().expect(pattern, timeout)
+
+    def widget(self, history=True):
+        self._ensure()
+        return super().widget(history=history, title=f"console of {self._domain.name}")

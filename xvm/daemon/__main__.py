@@ -1,4 +1,6 @@
-"""``xvmd --state-dir DIR --socket PATH [--group G]``: the xvm host service, in the foreground.
+"""``xvmd --state-dir DIR --socket PATH [--group G] [--metrics-listen HOST:PORT]``: the xvm host
+service, in the foreground.  With ``--metrics-listen`` it also serves Prometheus metrics
+(:mod:`xvm.daemon.metrics`) on ``http://HOST:PORT/metrics``.
 
 Ready when the socket accepts connections; under systemd (``Type=notify``) it then
 sends ``READY=1`` to ``$NOTIFY_SOCKET`` and starts the autostart domains.  SIGTERM or
@@ -39,6 +41,8 @@ def main(argv=None):
     parser.add_argument("--group", default=None, help="members of this group may use the socket")
     parser.add_argument("--in-process", action="store_true", help="run VMMs inside xvmd (debugging)")
     parser.add_argument("--no-autostart", action="store_true", help="do not start the autostart domains")
+    parser.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics (default: not served)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="xvmd[%(process)d] %(levelname)s: %(message)s")
     state_dir = os.path.abspath(args.state_dir or default_state_dir())
@@ -46,8 +50,21 @@ def main(argv=None):
     from .policy import apply_host_stop_policies, start_autostart_domains
     from .server import Daemon
 
+    metrics = None
     try:
+        listen = None
+        if args.metrics_listen is not None:
+            from .metrics import parse_listen
+            listen = parse_listen(args.metrics_listen)
         daemon = Daemon(state_dir, sock, group=args.group, in_process=args.in_process)
+        if listen is not None:
+            from .metrics import MetricsServer
+            try:
+                metrics = MetricsServer(daemon.host, listen)
+            except BaseException:
+                daemon.close()
+                raise
+            logging.info("metrics on http://%s:%d/metrics", *metrics.address)
     except XvmError as e:
         print(f"xvmd: error: {e}", file=sys.stderr)
         return 1
@@ -64,6 +81,8 @@ def main(argv=None):
         thread.join(0.5)
     sd_notify("STOPPING=1\nSTATUS=applying the domains' host-stop policies")
     apply_host_stop_policies(daemon.host)
+    if metrics is not None:
+        metrics.close()
     daemon.close()
     return 0
 

@@ -43,6 +43,10 @@ class Capabilities:
     kvm_capabilities: dict = field(default_factory=dict)
     missing_capabilities: tuple = ()
 
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        from ..display import capabilities_bundle
+        return capabilities_bundle(self, include, exclude)
+
 
 def _virtualization():
     flags = set()

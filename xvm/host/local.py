@@ -38,6 +38,11 @@ class Host:
 
     uri = None
 
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """Jupyter's view: the host's domains as a table (id, name, state, vCPUs, memory, CPU time)."""
+        from ..display import host_bundle
+        return host_bundle(self, include, exclude)
+
     def __enter__(self):
         return self
 

@@ -78,6 +78,10 @@ class HostNetwork:
     def __repr__(self):
         return f"<HostNetwork {self.name!r} bridge={self.bridge!r} {self.state.value}>"
 
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        from ..display import network_bundle
+        return network_bundle(self, include, exclude)
+
     name = property(lambda self: self.config.name)
     bridge = property(lambda self: self.config.bridge)
     address = property(lambda self: self.config.address)

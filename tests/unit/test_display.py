@@ -1,0 +1,165 @@
+"""xvm.display without /dev/kvm: rendering from plain data, escaping, the figures' helpers."""
+import importlib.util
+import os
+import pathlib
+import sys
+import threading
+
+import pytest
+
+import xvm
+from xvm import display
+from xvm.errors import XvmError
+from xvm.host.capabilities import Capabilities
+from xvm.net.network import HostNetwork
+
+_spec = importlib.util.spec_from_file_location(
+    "htmlcheck", pathlib.Path(__file__).resolve().parent.parent / "htmlcheck.py")
+htmlcheck = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(htmlcheck)
+
+HOSTILE = b"<script>alert('x')</script>\x1b[31mred\x1b[0m\r\n<img src=x onerror=alert(1)>\x00\x07&amp;\n"
+
+
+def facts(state="running", console=b"", **info):
+    cfg = xvm.DomainConfig(name="web", memory_mib=128, kernel="/boot/k", vcpus=2, cmdline="a=<b>",
+                           disks=[xvm.Disk("/img/disk.img", serial="s1")],
+                           nics=[xvm.Nic(bridge="br0", mac="52:54:00:00:00:01")])
+    base = {"name": "web", "uuid": str(cfg.uuid), "id": 3, "state": state, "vcpus": 2,
+            "memory_mib": 128, "pid": 42, "boot_count": 1, "crash_reason": None, "started_at": 0}
+    base.update(info)
+    return display.DomainFacts(info=base, config=cfg, console=console, cpu=1.5)
+
+
+@pytest.mark.parametrize("state", ["shutoff", "running", "paused", "crashed"])
+def test_domain_html_is_valid_and_escapes_guest_output(state):
+    reason = "the VMM process (pid 42) was killed by <SIGKILL>" if state == "crashed" else None
+    b = display.render_domain(facts(state, console=b"boot\n" + HOSTILE, crash_reason=reason))
+    assert set(b) == {"text/plain", "text/html"}
+    doc = htmlcheck.check(b["text/html"])  # no <script>, no onerror=, strictly valid
+    assert "&lt;script&gt;" in b["text/html"]
+    console = doc.pres[0]
+    assert "<script>alert('x')</script>" in console  # shown as text
+    assert "\x1b" not in console and "\x00" not in console and "\r" not in console
+    assert "red" in console and "\ufffd" in console
+    assert {"xvm-domain", "xvm-identity", "xvm-config", "xvm-disks", "xvm-nics", "xvm-console"} <= doc.classes
+    identity = dict(doc.tables["xvm-identity"]["rows"])
+    assert identity["state"] == state and identity["CPU time"] == "1.50 s"
+    if state == "crashed":
+        assert identity["crash reason"] == reason
+        assert "crashed: " + reason in b["text/plain"]
+    assert doc.tables["xvm-disks"]["rows"] == [["/img/disk.img", "no", "s1", "none"]]
+    assert doc.tables["xvm-nics"]["rows"] == [["-", "br0", "52:54:00:00:00:01", "-"]]
+    assert dict(doc.tables["xvm-config"]["rows"])["cmdline"] == "a=<b>"
+    assert b["text/plain"].startswith(f"Domain 'web' {state}")
+
+
+def test_scheduler_settings_shown_when_the_config_has_them():
+    f = facts()
+    cfg = f.config
+
+    class WithSched:  # a config of a branch that has scheduler settings
+        def __getattr__(self, name):
+            return getattr(cfg, name)
+        sched = {"weight": 512, "cap": 50}
+
+    f.config = WithSched()
+    b = display.render_domain(f)
+    doc = htmlcheck.check(b["text/html"])
+    assert dict(doc.tables["xvm-sched"]["rows"]) == {"weight": "512", "cap": "50"}
+    assert "weight=512" in b["text/plain"]
+
+
+def test_include_and_exclude_filter_the_bundle():
+    assert set(display.render_domain(facts(), include={"text/plain"})) == {"text/plain"}
+    assert set(display.render_domain(facts(), exclude={"text/html"})) == {"text/plain"}
+
+
+def test_host_table_html_and_text():
+    rows = [(1, "a<b>", "running", 1, "64 MiB", "0.10 s"), (None, "off", "shutoff", 2, "1 GiB", "-")]
+    b = display.render_host("xvm:///session", rows)
+    doc = htmlcheck.check(b["text/html"])
+    table = doc.tables["xvm-domains"]
+    assert table["header"] == ["id", "name", "state", "vCPUs", "memory", "CPU time"]
+    assert table["rows"] == [["1", "a<b>", "running", "1", "64 MiB", "0.10 s"],
+                             ["-", "off", "shutoff", "2", "1 GiB", "-"]]
+    lines = b["text/plain"].splitlines()
+    assert lines[1].split() == ["id", "name", "state", "vCPUs", "memory", "CPU", "time"]
+    assert lines[2].split()[:3] == ["1", "a<b>", "running"]
+    empty = display.render_host("xvm:///session", [], error="xvmd went away")
+    assert htmlcheck.check(empty["text/html"]).tables["xvm-domains"]["rows"] == [["none"]]
+    assert "xvmd went away" in empty["text/plain"]
+
+
+def test_capabilities_and_network_display():
+    caps = Capabilities(kvm_api_version=12, virtualization="pvm", hvm=False, pv=True, max_vcpus=8,
+                        recommended_vcpus=2, memory_slots=32, kvm_capabilities={"KVM_CAP_IRQFD": 1},
+                        missing_capabilities=("KVM_CAP_X",))
+    b = caps._repr_mimebundle_()
+    doc = htmlcheck.check(b["text/html"])
+    fields = dict(doc.tables["xvm-caps"]["rows"])
+    assert fields["virtualization"] == "pvm" and fields["unmodified guests (hvm)"] == "no"
+    assert fields["missing capabilities"] == "KVM_CAP_X"
+    assert doc.tables["xvm-kvm-caps"]["rows"] == [["KVM_CAP_IRQFD", "1"]]
+    net = HostNetwork(None, xvm.Network("lab", address="10.9.0.1/24"))
+    b = net._repr_mimebundle_()
+    fields = dict(htmlcheck.check(b["text/html"]).tables["xvm-network-fields"]["rows"])
+    assert fields["state"] == "inactive" and fields["bridge"] == "xvmbr-lab"
+    assert fields["address"] == "10.9.0.1/24" and fields["ports"] == "none"
+    assert b["text/plain"] == "Network 'lab' inactive: bridge xvmbr-lab, 10.9.0.1/24"
+
+
+def test_figures_from_proc_and_stats():
+    tid = threading.get_native_id()
+    info = {"pid": os.getpid(), "vcpu_thread_ids": [tid, 999999999]}
+    times = display.vcpu_seconds(info)
+    assert len(times) == 1 and times[0] > 0  # the thread that does not exist is left out
+    assert display.cpu_seconds({"pid": None, "vcpu_thread_ids": []}) is None
+    stats = {"devices": [{"name": "virtio-blk:/a.img", "metrics": {"read_bytes": 5, "ok": True}},
+                         {"name": "virtio-net:52:54:00:00:00:01", "metrics": {"rx_packets": 2}}]}
+    assert display.device_counters(stats) == [("blk", "/a.img", {"read_bytes": 5}),
+                                              ("net", "52:54:00:00:00:01", {"rx_packets": 2})]
+
+
+def test_console_tail_keeps_the_last_lines():
+    data = b"".join(b"line %d\n" % i for i in range(100))
+    tail = display.console_tail(data, lines=3)
+    assert tail == "line 98\nline 99\n"
+    assert display.clean_text(b"\xff ok") == "\ufffd ok"
+
+
+def test_widget_without_ipywidgets_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import ipywidgets -> ImportError
+    with pytest.raises(XvmError, match=r"pip install 'xvm\[jupyter\]'"):
+        xvm.Console().widget()
+
+
+def test_widget_on_a_plain_console_shows_output_and_sends_lines(no_leaks):
+    console = xvm.Console()
+    sent = []
+    console._attach(sent.append)
+    console._feed(b"before\n")
+    w = console.widget()
+    console._feed(b"<b>after</b> \xe2\x82")  # a character split across two writes
+    console._feed(b"\xac\n")
+    _wait(lambda: "\u20ac" in w.text)
+    assert w.text == "before\n<b>after</b> \u20ac\n"
+    w.send("hello")
+    assert sent == [b"hello\n"] and w.input.value == ""
+    console._detach("guest powered off")
+    _wait(lambda: "guest powered off" in w.status.value)
+    w.send("too late")  # the console is closed: the error is shown, nothing raised
+    _wait(lambda: any("cannot write" in o.get("text", "") for o in w.output.outputs))
+    w.close()
+    assert w.closed and not console._listeners
+    console._feed(b"not shown\n")
+    assert "not shown" not in w.text
+
+
+def _wait(predicate, timeout=5.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
