@@ -11,7 +11,7 @@ apt-get install -y -q --no-install-recommends \
     gcc libc6-dev make python3-dev \
     qemu-system-x86 qemu-utils busybox-static cpio xz-utils zstd \
     acpica-tools fio iperf3 iproute2 bridge-utils libvirt-clients libvirt0 libxml2-utils \
-    zfs-fuse xfsprogs
+    zfs-fuse xfsprogs libseccomp2
 
 python3 -m pip install -q --upgrade pip
 python3 -m pip install -q -e '.[test]'

@@ -57,7 +57,14 @@ def vmm_alive(state_dir, uuid):
         lock.close()  # releases it again if we got it
 
 
-def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=(), before_boot=None):
+def confine_default():
+    """VMM processes are confined (:mod:`xvm.vmm.jail`) when the host runs as root, unless
+    ``XVM_CONFINE=0`` is in its environment."""
+    return os.geteuid() == 0 and os.environ.get("XVM_CONFINE", "1") not in ("0", "no", "false")
+
+
+def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=(), before_boot=None,
+              confine=None):
     """Start ``python3 -m xvm.vmm`` for ``config`` and wait until it has booted.
 
     ``lock`` is the domain's acquired :class:`DomainLock`; ``nics`` are
@@ -65,7 +72,8 @@ def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=
     stays the caller's to close.  ``before_boot(pid)`` runs once the VMM serves its
     socket and before it boots (to attach a console reader).  Returns ``(pid, boot
     info)``; raises the error the VMM raised if the boot failed (the same class), and
-    the VMM process is gone then.
+    the VMM process is gone then.  ``confine``: confine the VMM (:mod:`xvm.vmm.jail`; True,
+    False, or a dict of ``confine()`` keywords); None: :func:`confine_default`.
     """
     uuid = str(config.uuid)
     fds = [kvm_fd, lock.fd, *disk_fds]
@@ -77,7 +85,7 @@ def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=
         nic_specs.append(spec)
     resources = {"kvm": 0, "lock": 1, "disks": list(range(2, 2 + len(disk_fds))), "nics": nic_specs}
     message = {"config": config.to_dict(), "state_dir": state_dir.root, "persistent": persistent,
-               "resources": resources}
+               "resources": resources, "confine": confine_default() if confine is None else confine}
     conn, proc = _vmm_starter(state_dir, config)
     pid = proc.pid if proc is not None else None
     try:

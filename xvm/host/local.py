@@ -243,6 +243,8 @@ class LocalHost(Host):
             pid = launcher.read_pid(self.state_dir, uuid)
             how = launcher.describe_exit(pid, self.state_dir, wait=1.0) if pid else None
             reason = f"the VMM process{f' (pid {pid})' if pid else ''} {how or 'ended without stopping the domain'}"
+            from ..vmm.jail import crash_reason
+            reason = crash_reason(self.state_dir, uuid) or reason  # "seccomp: ptrace", from the VMM itself
             self.store.set_state(uuid, DomainState.CRASHED.value, reason)
             for path in (self.state_dir.vmm_socket(uuid), self.state_dir.vmm_pidfile(uuid)):
                 try:
@@ -279,6 +281,11 @@ class LocalHost(Host):
                 return False
             time.sleep(0.005)
         launcher.reap()
+        for path in (self.state_dir.vmm_socket(uuid), self.state_dir.vmm_pidfile(uuid)):
+            try:  # a confined VMM cannot remove them itself
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
         return True
 
     # -- lifecycle on the host side -----------------------------------------------------------

@@ -12,6 +12,7 @@ xvmd; :class:`DomainRequest` carries one VMM action through xvmd to a domain.
 """
 import dataclasses
 import math
+import os
 import types
 import typing
 
@@ -289,8 +290,26 @@ class Wait(Action):
     timeout: float | None = None
 
 
+@action
+class DebugSyscall(Action):
+    """Test only: the VMM makes the system call ``name`` (the seccomp tests).  Served only
+    by a VMM whose environment has ``XVM_TEST_HOOKS=1`` (:mod:`~xvm.vmm.jail`)."""
+
+    name: str
+
+
+@action
+class DebugOpen(Action):
+    """Test only: the VMM tries to open ``path`` for reading and says how it went (the
+    confinement tests).  Served only with ``XVM_TEST_HOOKS=1``, like :class:`DebugSyscall`."""
+
+    path: str
+
+
+TEST_HOOKS = os.environ.get("XVM_TEST_HOOKS") == "1"
+
 VMM_ACTIONS = (Boot, Pause, Resume, PowerButton, Reset, Destroy, Info, Stats, Ping,
-               ConsoleAttach, ConsoleInput, Quit, Wait)
+               ConsoleAttach, ConsoleInput, Quit, Wait) + ((DebugSyscall, DebugOpen) if TEST_HOOKS else ())
 
 
 # --- the host (xvmd) actions --------------------------------------------------------------------

@@ -29,6 +29,8 @@ TRANSITIONS = {
     A.Ping: (ANY, None),
     A.ConsoleAttach: (ANY, None),
     A.Wait: (ANY, None),
+    A.DebugSyscall: (ANY, None),  # test only (XVM_TEST_HOOKS=1)
+    A.DebugOpen: (ANY, None),  # test only
 }
 
 # What the action is called in messages ("cannot pause domain 'x': it is shutoff").

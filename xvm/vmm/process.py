@@ -209,10 +209,15 @@ def run_domain(init, message, fds):
         vmm = Vmm(config, factory=machine_factory(kvm, disk_fds=disk_fds, nics=nics),
                   next_id=store.next_domain_id,
                   on_state=store_hook(store, uuid, message["persistent"], finished),
-                  console_log=console_log).start()
-        server = VmmServer(vmm, state_dir.vmm_socket(uuid)).start()
+                  console_log=console_log)
+        server = VmmServer(vmm, state_dir.vmm_socket(uuid))  # bound, not serving yet
         with open(state_dir.vmm_pidfile(uuid), "w") as f:
             f.write(f"{os.getpid()}\n")
+        from . import jail
+        jail.install_test_hooks()
+        jail.confine_from_message(message, config)  # still one thread: everything above stays open
+        vmm.start()
+        server.start()
         # Serving, not booted: the host attaches its console reader now, so that not a
         # byte of the boot is missed, then says "boot".
         P.send_message(init, P.reply(0, {"ready": os.getpid()}))
