@@ -55,7 +55,8 @@ def vmm_alive(state_dir, uuid):
         lock.close()  # releases it again if we got it
 
 
-def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=(), before_boot=None):
+def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=(), before_boot=None,
+              boot_action=None):
     """Start ``python3 -m xvm.vmm`` for ``config`` and wait until it has booted.
 
     ``lock`` is the domain's acquired :class:`DomainLock`; ``nics`` are
@@ -99,7 +100,10 @@ def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=
             if reply.get("ok") and isinstance(reply.get("result"), dict) and "ready" in reply["result"]:
                 if before_boot is not None:
                     before_boot(proc.pid)
-                P.send_message(parent, {"boot": True})
+                go = {"boot": True}
+                if boot_action is not None:  # e.g. Restore(path): how the VMM boots
+                    go["action"] = boot_action.to_json()
+                P.send_message(parent, go)
                 reply, extra = P.recv_message(parent, timeout=BOOT_TIMEOUT)
         except (P.ConnectionClosed, OSError, P.ProtocolError) as e:
             _kill(proc)

@@ -289,8 +289,23 @@ class Wait(Action):
     timeout: float | None = None
 
 
+@action
+class Snapshot(Action):
+    """Save the domain (paused, disks flushed) to the snapshot file ``path``; it ends shut off."""
+
+    path: str
+
+
+@action
+class Restore(Action):
+    """Start the guest from the snapshot file ``path`` instead of its kernel: it continues
+    where it was saved."""
+
+    path: str
+
+
 VMM_ACTIONS = (Boot, Pause, Resume, PowerButton, Reset, Destroy, Info, Stats, Ping,
-               ConsoleAttach, ConsoleInput, Quit, Wait)
+               ConsoleAttach, ConsoleInput, Quit, Wait, Snapshot, Restore)
 
 
 # --- the host (xvmd) actions --------------------------------------------------------------------

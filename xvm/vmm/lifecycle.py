@@ -29,13 +29,15 @@ TRANSITIONS = {
     A.Ping: (ANY, None),
     A.ConsoleAttach: (ANY, None),
     A.Wait: (ANY, None),
+    A.Snapshot: ({S.RUNNING, S.PAUSED}, S.SHUTOFF),
+    A.Restore: ({S.SHUTOFF, S.CRASHED}, S.RUNNING),
 }
 
 # What the action is called in messages ("cannot pause domain 'x': it is shutoff").
 VERBS = {
     A.Boot: "start", A.Pause: "pause", A.Resume: "resume", A.PowerButton: "shutdown",
     A.Reset: "reboot", A.Destroy: "destroy", A.ConsoleInput: "write to the console of",
-    A.Quit: "quit the VMM of",
+    A.Quit: "quit the VMM of", A.Snapshot: "save", A.Restore: "restore",
 }
 
 
