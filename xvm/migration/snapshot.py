@@ -159,8 +159,13 @@ def _state_body(config, state, cpuid, regions, stored):
 def _header(state_length, memory_offset, memory_length, body):
     fields = HEADER.pack(MAGIC, MAJOR, MINOR, ARCH.encode(), HEADER_SIZE, state_length,
                          memory_offset, memory_length, bytes(32))
-    digest = hashlib.sha256(fields[:_DIGEST_OFFSET] + body).digest()
-    return (fields[:_DIGEST_OFFSET] + digest).ljust(HEADER_SIZE, b"\0")
+    head = fields.ljust(HEADER_SIZE, b"\0")
+    return fields[:_DIGEST_OFFSET] + _digest(head, body) + head[HEADER.size:]
+
+
+def _digest(head, body):
+    """SHA-256 over the whole header but its digest field, and the state."""
+    return hashlib.sha256(head[:_DIGEST_OFFSET] + head[HEADER.size:HEADER_SIZE] + body).digest()
 
 
 def _align(n):
@@ -245,7 +250,7 @@ def load_snapshot(path, *, supported_cpuid=None):
             body = f.read(state_length)
     except OSError as e:
         raise SnapshotError(f"cannot read snapshot {path}: {e.strerror}", what="io", path=path) from None
-    if hashlib.sha256(head[:_DIGEST_OFFSET] + body).digest() != digest:
+    if _digest(head, body) != digest:
         raise SnapshotError(f"snapshot {path} is corrupt: its checksum does not match",
                             what="checksum", path=path)
     if memory_offset % PAGE_SIZE or memory_offset < state_offset + state_length \
