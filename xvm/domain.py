@@ -131,6 +131,15 @@ class Domain:
         self._host._act(self, A.Destroy())
         self._host._stopped(self)
 
+    def save(self, path):
+        """Save the running (or paused) domain to the snapshot file ``path``: it is paused,
+        its disks flushed, its state and RAM written; it ends shut off.
+        ``host.restore(path)`` brings it back."""
+        import os
+
+        self._host._act(self, A.Snapshot(path=os.path.abspath(path)))
+        self._host._stopped(self)
+
     def reboot(self):
         """Reset the domain: the guest starts again from its kernel, with a new id."""
         self._host._act(self, A.Reset())

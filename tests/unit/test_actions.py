@@ -35,7 +35,7 @@ def through_json(act, allowed=None):
 def test_the_action_sets():
     assert [a.__name__ for a in VMM_ACTIONS] == [
         "Boot", "Pause", "Resume", "PowerButton", "Reset", "Destroy", "Info", "Stats", "Ping",
-        "ConsoleAttach", "ConsoleInput", "Quit", "Wait"]
+        "ConsoleAttach", "ConsoleInput", "Quit", "Wait", "Snapshot", "Restore"]
     assert [a.__name__ for a in HOST_ACTIONS] == [
         "ListDomains", "LookupDomain", "Define", "Create", "Undefine", "Rename", "DomainRequest",
         "Capabilities", "SetAutostart"]
@@ -108,7 +108,7 @@ VALID = {"type": "AllTypes", "count": 1, "ratio": 1.5, "name": "n", "flag": True
     ({"type": "x" * 1000}, None, "unknown action '" + "x" * 60 + "..."),
     ({"type": "ListDomains"}, VMM_ACTIONS,
      "action 'ListDomains' is not accepted here (accepted: Boot, Pause, Resume, PowerButton, "
-     "Reset, Destroy, Info, Stats, Ping, ConsoleAttach, ConsoleInput, Quit, Wait)"),
+     "Reset, Destroy, Info, Stats, Ping, ConsoleAttach, ConsoleInput, Quit, Wait, Snapshot, Restore)"),
     ({"type": "Pause"}, HOST_ACTIONS,
      "action 'Pause' is not accepted here (accepted: ListDomains, LookupDomain, Define, Create, "
      "Undefine, Rename, DomainRequest, Capabilities, SetAutostart)"),
@@ -134,7 +134,7 @@ VALID = {"type": "AllTypes", "count": 1, "ratio": 1.5, "name": "n", "flag": True
     ({**VALID, "maybe": "1"}, None, "AllTypes.maybe must be an int or null, not string"),
     ({"type": "DomainRequest", "domain": "d", "action": {"type": "Create", "config": {}}}, None,
      "DomainRequest.action: action 'Create' is not accepted here (accepted: Boot, Pause, Resume, "
-     "PowerButton, Reset, Destroy, Info, Stats, Ping, ConsoleAttach, ConsoleInput, Quit, Wait)"),
+     "PowerButton, Reset, Destroy, Info, Stats, Ping, ConsoleAttach, ConsoleInput, Quit, Wait, Snapshot, Restore)"),
     ({"type": "DomainRequest", "domain": "d", "action": {"type": "ConsoleInput"}}, None,
      "DomainRequest.action: ConsoleInput: missing field 'data'"),
     ({"type": "DomainRequest", "domain": "d", "action": "Pause"}, None,

@@ -347,7 +347,8 @@ def test_state_survives_save_restore(image, memory, irq):
     assert type(block_state).restore(block_state.save()) == block_state
     mmio.close()
     dev.close()
-    dev2 = VirtioBlock.restore(block_state)
+    dev2 = VirtioBlock(Disk(image, serial="s1"))  # built from the same config, then restored
+    dev2.restore(block_state)
     mmio2 = M.VirtioMmioDevice(dev2, memory, irq)
     try:
         mmio2.restore(transport_state)

@@ -411,7 +411,7 @@ def test_pause_holds_notifications_until_resume(env):
     time.sleep(0.05)
     assert ring.take_used() == []
     state = mmio.save()
-    assert state.active_queues[0].next_avail == 0
+    assert state.transport.active_queues[0].next_avail == 0
     mmio.resume()
     assert ring.wait_used() == [(head, 4)]
 

@@ -64,7 +64,7 @@ def confine_default():
 
 
 def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=(), before_boot=None,
-              confine=None):
+              confine=None, boot_action=None):
     """Start ``python3 -m xvm.vmm`` for ``config`` and wait until it has booted.
 
     ``lock`` is the domain's acquired :class:`DomainLock`; ``nics`` are
@@ -96,7 +96,10 @@ def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=
                 pid = reply["result"]["ready"]
                 if before_boot is not None:
                     before_boot(pid)
-                P.send_message(conn, {"boot": True})
+                go = {"boot": True}
+                if boot_action is not None:  # e.g. Restore(path): how the VMM boots
+                    go["action"] = boot_action.to_json()
+                P.send_message(conn, go)
                 reply, extra = P.recv_message(conn, timeout=BOOT_TIMEOUT)
         except (P.ConnectionClosed, OSError, P.ProtocolError) as e:
             if proc is not None:

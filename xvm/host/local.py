@@ -295,7 +295,41 @@ class LocalHost(Host):
         except XvmError:
             return None
 
-    def _start(self, domain):
+    def restore(self, path):
+        """Start the domain saved in the snapshot file ``path`` (:meth:`Domain.save`): the
+        same name and UUID, a new id, continuing where it was.  A domain this host does
+        not know comes back transient.  The file is checked first (SnapshotError)."""
+        from ..migration.snapshot import load_snapshot
+
+        path = os.path.abspath(path)
+        snapshot = load_snapshot(path, supported_cpuid=self.kvm.supported_cpuid())
+        config = snapshot.config
+        uuid = str(config.uuid)
+        added = False
+        with self._lock:
+            record = self.store.domain(uuid)
+            if record is None:
+                self.store.add_domain(uuid, config.name, config.to_dict(), persistent=False)
+                added = True
+            else:
+                record = self._reconcile(uuid)
+                lifecycle.check(A.Restore(path=path), DomainState(record.state), record.name)
+                self.store.update_config(uuid, config.to_dict())
+        domain = self._handle(uuid)
+        domain.console._boot_begins()
+        try:
+            self._start(domain, boot_action=A.Restore(path=path))
+        except BaseException:
+            domain.console._boot_failed()
+            if added:
+                try:
+                    self.store.remove_domain(uuid)
+                except NotFoundError:
+                    pass
+            raise
+        return domain
+
+    def _start(self, domain, boot_action=None):
         uuid = str(domain.uuid)
         with self._lock:
             record = self._reconcile(uuid)
@@ -316,10 +350,10 @@ class LocalHost(Host):
                 self._preflight(config, uuid)
                 plans = self._plan_nics(config) if config.nics else []
                 if self.in_process:
-                    self._start_in_process(uuid, record, config, plans)
+                    self._start_in_process(uuid, record, config, plans, boot_action)
                     self._vmm_locks[uuid], lock = lock, None  # held while the Vmm lives
                 else:
-                    self._spawn(uuid, record, config, plans, lock)
+                    self._spawn(uuid, record, config, plans, lock, boot_action)
             finally:
                 self._starting.discard(uuid)
                 if lock is not None:
@@ -341,7 +375,7 @@ class LocalHost(Host):
                     raise
                 time.sleep(0.05)
 
-    def _spawn(self, uuid, record, config, plans, lock):
+    def _spawn(self, uuid, record, config, plans, lock, boot_action=None):
         from ..vmm.process import open_host_resources
 
         domain = self._handle(uuid)
@@ -353,9 +387,9 @@ class LocalHost(Host):
         with open_host_resources(self.kvm_path, config, plans) as res:
             launcher.spawn_vmm(self.state_dir, config, persistent=record.persistent, lock=lock,
                                kvm_fd=res.kvm_fd, disk_fds=res.disk_fds, nics=res.nics,
-                               before_boot=attach_console)
+                               before_boot=attach_console, boot_action=boot_action)
 
-    def _start_in_process(self, uuid, record, config, plans):
+    def _start_in_process(self, uuid, record, config, plans, boot_action=None):
         from ..vmm.process import local_nics, machine_factory, store_hook
         from ..vmm.vmm import ConsoleLog, Vmm
 
@@ -371,7 +405,7 @@ class LocalHost(Host):
         self._drop_channel(uuid)
         self._handle(uuid).console._ensure()  # attached before the boot: nothing is missed
         try:
-            vmm.handle(A.Boot())
+            vmm.handle(boot_action or A.Boot())
         except BaseException:
             self._vmms.pop(uuid, None)
             self._drop_channel(uuid)

@@ -98,6 +98,26 @@ class GuestMemory:
             raise
         return memory
 
+    @classmethod
+    def map_file(cls, fd, layout):
+        """RAM mapped ``MAP_PRIVATE`` from the file ``fd``: ``layout`` is ``(gpa, size,
+        file offset)`` triples (offsets page aligned).  Nothing is read now: each page
+        is faulted in from the file when first touched, and writes stay private to
+        this mapping.  The file must not change while the memory is in use."""
+        memory = cls()
+        try:
+            for gpa, size, offset in layout:
+                if gpa % PAGE_SIZE or size % PAGE_SIZE or offset % PAGE_SIZE or size <= 0:
+                    raise ConfigError(f"memory region {gpa:#x}+{size:#x} at file offset {offset:#x} "
+                                      "is not page aligned")
+                mapping = mmap.mmap(fd, size, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE,
+                                    offset=offset)
+                memory.add(MemoryRegion(gpa, size, -1, mapping))
+        except BaseException:
+            memory.close()
+            raise
+        return memory
+
     def add(self, region):
         i = bisect.bisect(self._starts, region.gpa)
         if (i > 0 and self._regions[i - 1].end > region.gpa) or (

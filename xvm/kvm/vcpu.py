@@ -180,9 +180,33 @@ class Vcpu:
     def set_vcpu_events(self, events):
         ioctl(self.fd, "KVM_SET_VCPU_EVENTS", events)
 
+    def get_debugregs(self):
+        return self._get("struct kvm_debugregs *", "KVM_GET_DEBUGREGS")
+
+    def set_debugregs(self, debugregs):
+        ioctl(self.fd, "KVM_SET_DEBUGREGS", debugregs)
+
+    def get_tsc_khz(self):
+        """``KVM_GET_TSC_KHZ``: the guest's TSC frequency in kHz."""
+        return ioctl(self.fd, "KVM_GET_TSC_KHZ")
+
+    def set_tsc_khz(self, khz):
+        ioctl(self.fd, "KVM_SET_TSC_KHZ", khz)
+
     def set_cpuid(self, cpuid):
-        """``KVM_SET_CPUID2`` from a ``struct kvm_cpuid2 *``."""
+        """``KVM_SET_CPUID2`` from a ``struct kvm_cpuid2 *``; kept as :attr:`cpuid`
+        (what the guest sees, for snapshots)."""
         ioctl(self.fd, "KVM_SET_CPUID2", cpuid)
+        self.cpuid = cpuid
+
+    def cpuid_entries(self):
+        """The CPUID set with :meth:`set_cpuid`, as ``(function, index, flags, eax, ebx, ecx,
+        edx)`` tuples (empty if none was set)."""
+        cpuid = getattr(self, "cpuid", None)
+        if cpuid is None:
+            return []
+        return [(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+                for e in (cpuid.entries[i] for i in range(cpuid.nent))]
 
     def get_msrs(self, indices):
         """Read MSRs; returns ``{index: value}`` for those KVM could read."""

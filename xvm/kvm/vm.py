@@ -92,6 +92,23 @@ class Vm:
     def create_pit2(self):
         ioctl(self.fd, "KVM_CREATE_PIT2", ffi.new("struct kvm_pit_config *"))
 
+    def get_irqchip(self, chip_id):
+        """``KVM_GET_IRQCHIP`` of one in-kernel chip (KVM_IRQCHIP_PIC_MASTER/SLAVE/IOAPIC)."""
+        chip = ffi.new("struct kvm_irqchip *", {"chip_id": chip_id})
+        ioctl(self.fd, "KVM_GET_IRQCHIP", chip)
+        return chip
+
+    def set_irqchip(self, chip):
+        ioctl(self.fd, "KVM_SET_IRQCHIP", chip)
+
+    def get_pit2(self):
+        pit = ffi.new("struct kvm_pit_state2 *")
+        ioctl(self.fd, "KVM_GET_PIT2", pit)
+        return pit
+
+    def set_pit2(self, pit):
+        ioctl(self.fd, "KVM_SET_PIT2", pit)
+
     def irq_line(self, irq, level):
         ioctl(self.fd, "KVM_IRQ_LINE", ffi.new("struct kvm_irq_level *", {"irq": irq, "level": level}))
 

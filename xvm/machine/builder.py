@@ -18,8 +18,17 @@ from .machine import Machine
 from .vcpus import ExitReason, VcpuSet
 
 
-def build_machine(kvm, config, *, console_sink, disks=None, nics=(), on_exit=None):
+def build_machine(kvm, config, *, console_sink, disks=None, nics=(), on_exit=None, state=None,
+                  memory=None):
     """A complete, not yet started :class:`Machine` for ``config`` on ``kvm``.
+
+    With ``state`` (a :class:`~.state.MachineState` taken from a machine of the
+    same configuration) and ``memory`` (a :class:`~xvm.kvm.memory.GuestMemory`
+    holding that machine's RAM, e.g. mapped from a snapshot file), the machine is
+    restored instead of booted: no kernel is loaded and no ACPI table written;
+    the vCPUs, interrupt controllers, clock and devices are loaded from
+    ``state``, and ``start()`` continues the guest where it was.  ``memory``
+    belongs to the machine from the call on.
 
     ``console_sink(bytes)`` receives what the guest writes to COM1.
     ``disks``: None opens each of ``config.disks`` by its path (taking its lock);
@@ -35,7 +44,11 @@ def build_machine(kvm, config, *, console_sink, disks=None, nics=(), on_exit=Non
     Backends and devices passed in belong to the machine from the call on:
     they are closed with it, or when building fails.
     """
+    if (state is None) != (memory is None):
+        raise ValueError("a restore needs both the machine state and the guest memory")
     pending = [item for item in (disks or ()) if item is not None]
+    if memory is not None:
+        pending.append(memory)
     pending += [nic for nic in nics if not isinstance(nic, NicPlan)]
     install_kick_handler()
     machine = Machine(kvm, vcpu_count=config.vcpus, memory_bytes=config.memory_bytes)
@@ -43,7 +56,11 @@ def build_machine(kvm, config, *, console_sink, disks=None, nics=(), on_exit=Non
         if disks is not None and len(disks) != len(config.disks):
             raise ConfigError(f"domain {config.name!r} has {len(config.disks)} disk(s) but "
                               f"{len(disks)} backend(s) were given")
-        _build(machine, config, console_sink, disks, nics, pending)
+        if state is not None:
+            misfit = state.misfit(config)
+            if misfit is not None:
+                raise ConfigError(f"domain {config.name!r}: the saved state does not fit: {misfit}")
+        _build(machine, config, console_sink, disks, nics, pending, state, memory)
     except BaseException:
         machine.close()
         for item in pending:
@@ -53,18 +70,23 @@ def build_machine(kvm, config, *, console_sink, disks=None, nics=(), on_exit=Non
     return machine
 
 
-def _build(machine, config, console_sink, disks, nics, pending):
-    kernel_data = _read_boot_file(config.kernel, "kernel")
-    initrd_data = _read_boot_file(config.initrd, "initrd") if config.initrd is not None else None
-    kind = kernel_format(kernel_data, str(config.kernel))
-    image = ElfImage(kernel_data, str(config.kernel)) if kind is KernelFormat.ELF else None
+def _build(machine, config, console_sink, disks, nics, pending, state=None, memory=None):
+    if state is None:
+        kernel_data = _read_boot_file(config.kernel, "kernel")
+        initrd_data = _read_boot_file(config.initrd, "initrd") if config.initrd is not None else None
+        kind = kernel_format(kernel_data, str(config.kernel))
+        image = ElfImage(kernel_data, str(config.kernel)) if kind is KernelFormat.ELF else None
 
     vm = machine.vm = machine.kvm.create_vm()
     vm.set_tss_address()
     vm.set_identity_map_address()
     vm.create_irqchip()
     vm.create_pit2()
-    machine.memory = GuestMemory.create(layout.ram_ranges(config.memory_bytes))
+    if memory is not None:
+        pending.remove(memory)
+        machine.memory = memory
+    else:
+        machine.memory = GuestMemory.create(layout.ram_ranges(config.memory_bytes))
     vm.map_memory(machine.memory)
 
     devices = machine.devices = DeviceManager(
@@ -88,6 +110,9 @@ def _build(machine, config, console_sink, disks, nics, pending):
             device = nic
             pending.remove(nic)
         devices.add_virtio(device, name=f"virtio-net:{getattr(device, 'mac_address', '?')}")
+    if state is not None:
+        _restore(machine, config, state)
+        return
     rsdp = devices.build_acpi(config.vcpus)
 
     cmdline = config.cmdline.encode()
@@ -104,6 +129,30 @@ def _build(machine, config, console_sink, disks, nics, pending):
         cpu.configure_fpu(vcpu)
         cpu.configure_lapic(vcpu)
     cpu.configure_boot_registers(vm.vcpus[0], plan)
+
+
+def _restore(machine, config, state):
+    """Load ``state`` into the machine built so far (VM, memory, devices) and its vCPUs."""
+    from .state import restore_vcpu, restore_vm
+
+    vm, devices = machine.vm, machine.devices
+    supported = machine.kvm.supported_cpuid()
+    for index in range(config.vcpus):
+        vcpu = vm.create_vcpu(index)
+        cpu.configure_cpuid(vcpu, supported, config.vcpus, config.disable_cpu_features)
+        restore_vcpu(vcpu, state.vcpus[index])
+    restore_vm(vm, state.vm)
+    saved = state.devices
+    devices.serial.restore(saved.serial)
+    devices.i8042.restore(saved.i8042)
+    devices.acpi_pm.restore(saved.acpi_pm)
+    devices.pci.restore(saved.pci)
+    for slot, slot_state in zip(devices.slots, saved.slots):
+        if slot.device.device_id != slot_state.device_id or slot.kind != slot_state.kind:
+            raise ConfigError(f"{slot.name}: the saved state is of another device "
+                              f"({slot_state.name})")
+        slot.device.restore(slot_state.device)
+        slot.transport.restore(slot_state.transport)
 
 
 def _read_boot_file(path, what):

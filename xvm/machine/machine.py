@@ -62,6 +62,31 @@ class Machine:
                       for i, vcpu in enumerate(vcpus)],
         }
 
+    # -- state ------------------------------------------------------------
+    def save_state(self):
+        """The :class:`~.state.MachineState` of this machine, which must be paused
+        (:meth:`pause` has drained in-flight I/O) or not yet started; disks are
+        flushed first, so the state never refers to a write the image may lose."""
+        from ..errors import StateError
+        from .state import DevicesState, MachineState, SlotState, save_vcpu, save_vm
+
+        if not self.vcpus.quiescent:
+            raise StateError("the machine must be paused before its state is taken")
+        devices = self.devices
+        for slot in devices.slots:
+            flush = getattr(slot.device, "flush", None)
+            if flush is not None:
+                flush()
+        indices = self.kvm.msr_index_list()
+        vcpus = tuple(save_vcpu(vcpu, indices) for vcpu in self.vm.vcpus)
+        slots = tuple(SlotState(slot.name, slot.kind, slot.device.device_id, slot.device.save(),
+                                slot.transport.save()) for slot in devices.slots)
+        return MachineState(
+            vcpus=vcpus, vm=save_vm(self.vm),
+            devices=DevicesState(devices.serial.save(), devices.i8042.save(), devices.acpi_pm.save(),
+                                 devices.pci.save(), slots),
+            memory=tuple((region.gpa, region.size) for region in self.memory.regions))
+
     # -- lifecycle --------------------------------------------------------
     def start(self):
         self.vcpus.start()

@@ -59,6 +59,13 @@ class VcpuSet:
     def exit(self):
         return self._exit
 
+    @property
+    def quiescent(self):
+        """True while no vCPU can be inside KVM_RUN: before start, paused, or exited."""
+        with self._lock:
+            return (not self._started or self._exit is not None
+                    or (self._pause_requested and self._parked == self._running_threads()))
+
     def thread_ids(self):
         """Native thread IDs (TIDs) of the vCPU threads, by vCPU index; empty
         before :meth:`start`."""

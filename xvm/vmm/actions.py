@@ -306,10 +306,25 @@ class DebugOpen(Action):
     path: str
 
 
+@action
+class Snapshot(Action):
+    """Save the domain (paused, disks flushed) to the snapshot file ``path``; it ends shut off."""
+
+    path: str
+
+
+@action
+class Restore(Action):
+    """Start the guest from the snapshot file ``path`` instead of its kernel: it continues
+    where it was saved."""
+
+    path: str
+
+
 TEST_HOOKS = os.environ.get("XVM_TEST_HOOKS") == "1"
 
 VMM_ACTIONS = (Boot, Pause, Resume, PowerButton, Reset, Destroy, Info, Stats, Ping,
-               ConsoleAttach, ConsoleInput, Quit, Wait) + ((DebugSyscall, DebugOpen) if TEST_HOOKS else ())
+               ConsoleAttach, ConsoleInput, Quit, Wait, Snapshot, Restore) + ((DebugSyscall, DebugOpen) if TEST_HOOKS else ())
 
 
 # --- the host (xvmd) actions --------------------------------------------------------------------

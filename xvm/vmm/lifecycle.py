@@ -31,13 +31,15 @@ TRANSITIONS = {
     A.Wait: (ANY, None),
     A.DebugSyscall: (ANY, None),  # test only (XVM_TEST_HOOKS=1)
     A.DebugOpen: (ANY, None),  # test only
+    A.Snapshot: ({S.RUNNING, S.PAUSED}, S.SHUTOFF),
+    A.Restore: ({S.SHUTOFF, S.CRASHED}, S.RUNNING),
 }
 
 # What the action is called in messages ("cannot pause domain 'x': it is shutoff").
 VERBS = {
     A.Boot: "start", A.Pause: "pause", A.Resume: "resume", A.PowerButton: "shutdown",
     A.Reset: "reboot", A.Destroy: "destroy", A.ConsoleInput: "write to the console of",
-    A.Quit: "quit the VMM of",
+    A.Quit: "quit the VMM of", A.Snapshot: "save", A.Restore: "restore",
 }
 
 

@@ -63,8 +63,13 @@ def machine_factory(kvm, *, disk_fds=None, nics=()):
     """
     from ..machine import build_machine
 
-    def build(config, console_sink, on_exit):
+    def build(config, console_sink, on_exit, restore=None):
+        """``restore``: the path of a snapshot file to continue from instead of booting."""
         holder = []
+        snapshot = memory = None
+        if restore is not None:
+            from ..migration.snapshot import load_snapshot
+            snapshot = load_snapshot(restore, supported_cpuid=kvm.supported_cpuid())
 
         def exited(exit_):
             on_exit(holder[0] if holder else None, exit_)
@@ -82,8 +87,16 @@ def machine_factory(kvm, *, disk_fds=None, nics=()):
             for thing in (disks or []) + devices:
                 thing.close()
             raise
+        if snapshot is not None:
+            try:
+                memory = snapshot.map_memory()
+            except BaseException:
+                for thing in (disks or []) + devices:
+                    thing.close()
+                raise
         machine = build_machine(kvm, config, console_sink=console_sink, disks=disks, nics=devices,
-                                on_exit=exited)
+                                on_exit=exited, state=snapshot.state if snapshot else None,
+                                memory=memory)
         wrapped = KvmMachine(machine)
         holder.append(wrapped)
         return wrapped
@@ -224,7 +237,8 @@ def run_domain(init, message, fds):
         go, _ = P.recv_message(init, timeout=60)
         if go.get("boot") is not True:
             raise P.BadPayload("the host did not ask for the boot")
-        info = vmm.handle(A.Boot())
+        boot = A.decode_action(go["action"], allowed=(A.Boot, A.Restore)) if "action" in go else A.Boot()
+        info = vmm.handle(boot)
     except BaseException as e:
         _send_quietly(init, P.error_reply(0, e))
         _cleanup(server, vmm, store, kvm, console_log, state_dir, message)

@@ -165,7 +165,7 @@ class Vmm:
         result = getattr(self, "_do_" + type(action).__name__)(action)
         if after is not None and after is not self.state:
             self._set_state(after)
-        if isinstance(action, (A.Boot, A.Reset)):
+        if isinstance(action, (A.Boot, A.Reset, A.Restore)):
             return self._info()  # the new boot, as the caller will see it
         return result
 
@@ -183,6 +183,26 @@ class Vmm:
     def _do_Boot(self, action):
         self._boot()
         self.crash_reason = None
+
+    def _do_Restore(self, action):
+        self._boot(restore=action.path)
+        self.crash_reason = None
+
+    def _do_Snapshot(self, action):
+        """Pause (draining in-flight I/O), flush disks, write the file, then tear down.
+        If writing fails the domain is left as it was (running or paused)."""
+        from ..migration.snapshot import write_snapshot
+
+        was_running = self.state is DomainState.RUNNING
+        if was_running:
+            self.machine.pause()
+        try:
+            write_snapshot(action.path, self.config, getattr(self.machine, "machine", self.machine))
+        except BaseException:
+            if was_running:
+                self.machine.resume()
+            raise
+        self._teardown("the domain was saved")
 
     def _do_Pause(self, action):
         self.machine.pause()
@@ -235,8 +255,11 @@ class Vmm:
         }
 
     # -- machinery ----------------------------------------------------------------------------
-    def _boot(self):
-        machine = self._factory(self.config, self._console_sink, self._post_exit)
+    def _boot(self, restore=None):
+        if restore is None:
+            machine = self._factory(self.config, self._console_sink, self._post_exit)
+        else:
+            machine = self._factory(self.config, self._console_sink, self._post_exit, restore=restore)
         try:
             machine.start()
         except BaseException:

@@ -295,18 +295,17 @@ class VirtioBlock(VirtioDevice):
                           self.capacity, self.acked_features,
                           self.queue_max_sizes[0])
 
-    @classmethod
-    def restore(cls, state, disk=None):
-        """A device for ``state``; ``disk`` defaults to one rebuilt from it.  The
-        image must still have the saved capacity."""
-        if disk is None:
-            from .disk import Disk
-            disk = Disk(state.path, readonly=state.readonly, serial=state.serial,
-                        cache=state.cache)
-        device = cls(disk, queue_size=state.queue_size)
-        if device.capacity != state.capacity:
-            device.close()
-            raise DiskConfigError(f"disk image {state.path!r} has {device.capacity} sectors, "
-                                  f"the snapshot expects {state.capacity}", state.path)
-        device.acked_features = state.acked_features
-        return device
+    def restore(self, state):
+        """Load ``state`` into this device, built from the same configuration: the
+        image must be the same size and read-only the same way."""
+        if self.capacity != state.capacity:
+            raise DiskConfigError(f"disk image {self.disk.path!r} has {self.capacity} sectors, "
+                                  f"the snapshot expects {state.capacity}", self.disk.path)
+        if self.readonly != state.readonly or self.queue_max_sizes[0] != state.queue_size:
+            raise DiskConfigError(f"disk {self.disk.path!r} is configured unlike the snapshot's "
+                                  f"(readonly, queue size)", self.disk.path)
+        self.acked_features = state.acked_features
+
+    def flush(self):
+        """Make every completed write durable (before a snapshot is taken)."""
+        self.backend.flush()

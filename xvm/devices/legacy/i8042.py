@@ -30,6 +30,17 @@ class I8042:
         self._config = 0x00
         self._pending_command = None
 
+    def save(self):
+        from .persist import I8042State
+        with self._lock:
+            return I8042State(self._config, bytes(self._output).hex(), self._pending_command)
+
+    def restore(self, state):
+        with self._lock:
+            self._config = state.config
+            self._output = collections.deque(bytes.fromhex(state.output), maxlen=16)
+            self._pending_command = state.pending_command
+
     def read(self, offset, size):
         with self._lock:
             if offset == 0:

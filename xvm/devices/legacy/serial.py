@@ -82,6 +82,23 @@ class Serial8250:
             self._update_irq()
         return len(accepted)
 
+    # -- state ------------------------------------------------------------
+    def save(self):
+        from .persist import SerialState
+        with self._lock:
+            return SerialState(self._ier, self._lcr, self._mcr, self._scr, self._dll, self._dlm,
+                               self._fcr, self._thre_pending, bytes(self._rx).hex())
+
+    def restore(self, state):
+        """Load ``state`` in place and drive the interrupt line to match it."""
+        with self._lock:
+            self._ier, self._lcr, self._mcr, self._scr = state.ier, state.lcr, state.mcr, state.scr
+            self._dll, self._dlm, self._fcr = state.dll, state.dlm, state.fcr
+            self._thre_pending = state.thre_pending
+            self._rx = collections.deque(bytes.fromhex(state.rx))
+            self._irq_level = self._pending_interrupt() != IIR_NONE
+            self._set_irq(self._irq_level)
+
     # -- guest side -------------------------------------------------------
     def read(self, offset, size):
         with self._lock:

@@ -419,12 +419,14 @@ class VirtioNet(VirtioDevice):
         return NetState(format_mac(self.mac), self.mtu, self.bridge, self.acked_features,
                         self.queue_max_sizes[0])
 
-    @classmethod
-    def restore(cls, state, backend):
-        device = cls(state.mac, backend=backend, mtu=state.mtu, queue_size=state.queue_size,
-                     bridge=state.bridge)
-        device.acked_features = state.acked_features
-        return device
+    def restore(self, state):
+        """Load ``state`` into this device, built from the same configuration (same MAC,
+        MTU and queue size; the TAP may be another one)."""
+        if (format_mac(self.mac), self.mtu, self.queue_max_sizes[0]) != (state.mac, state.mtu,
+                                                                          state.queue_size):
+            raise NetConfigError(f"NIC {format_mac(self.mac)} is configured unlike the snapshot's "
+                                 f"{state.mac} (MAC, MTU, queue size)")
+        self.acked_features = state.acked_features
 
 
 __all__ = ["VirtioNet", "VIRTIO_ID_NET", "parse_mac", "format_mac", "TapError"]

@@ -5,20 +5,15 @@ device itself must find again: its MAC, MTU, bridge and the features the
 driver accepted.  Frames in flight are not state: a frame read from the TAP
 but not yet delivered is dropped on save, as a switch may drop it.
 """
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+
+from ...persist import PlainState
 
 
 @dataclass(frozen=True)
-class NetState:
+class NetState(PlainState):
     mac: str
     mtu: int
     bridge: str | None
     acked_features: int
     queue_size: int
-
-    def save(self):
-        return asdict(self)
-
-    @classmethod
-    def restore(cls, data):
-        return cls(**data)

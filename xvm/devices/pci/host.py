@@ -138,6 +138,22 @@ class PciHostBridge:
             self.functions[device << 3] = function
             return device
 
+    # -- state -------------------------------------------------------------------
+
+    def save(self):
+        """A :class:`~.persist.PciHostState` (device functions save with their devices)."""
+        from .persist import PciHostState
+        with self._lock:
+            return PciHostState(self.config_ports.address, bytes(self.functions[0].config))
+
+    def restore(self, state):
+        bridge = self.functions[0]
+        if len(state.bridge_config) != len(bridge.config):
+            raise ValueError("PCI host bridge state has a configuration space of another size")
+        with self._lock:
+            self.config_ports.address = state.config_address
+            bridge.config[:] = state.bridge_config
+
     # -- configuration access ---------------------------------------------------
 
     def function_at(self, target):

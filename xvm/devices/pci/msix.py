@@ -215,20 +215,24 @@ class Msix:
                 os.eventfd_write(vector.fd, 1)
 
     def save(self):
-        """``(enabled, function_masked, ((address, data, masked, pending), ...))``."""
+        """A :class:`~.persist.MsixState`."""
+        from .persist import MsixState, MsixVectorState
         with self._lock:
-            return (self.enabled, self.function_masked,
-                    tuple((v.address, v.data, v.masked, v.pending) for v in self.vectors))
+            return MsixState(self.enabled, self.function_masked,
+                             tuple(MsixVectorState(v.address, v.data, v.masked, v.pending)
+                                   for v in self.vectors))
 
     def restore(self, state):
-        enabled, function_masked, vectors = state
-        if len(vectors) != len(self.vectors):
-            raise ValueError(f"MSI-X state has {len(vectors)} vectors, the function {len(self.vectors)}")
+        if isinstance(state, tuple):  # the older (enabled, masked, vectors) form
+            from .persist import MsixState
+            state = MsixState.restore(state)
+        if len(state.vectors) != len(self.vectors):
+            raise ValueError(f"MSI-X state has {len(state.vectors)} vectors, the function {len(self.vectors)}")
         with self._lock:
-            for vector, (address, data, masked, pending) in zip(self.vectors, vectors):
-                vector.address, vector.data = address, data
-                vector.masked, vector.pending = bool(masked), bool(pending)
-            self.enabled, self.function_masked = bool(enabled), bool(function_masked)
+            for vector, saved in zip(self.vectors, state.vectors):
+                vector.address, vector.data = saved.address, saved.data
+                vector.masked, vector.pending = bool(saved.masked), bool(saved.pending)
+            self.enabled, self.function_masked = bool(state.enabled), bool(state.function_masked)
             self._sync_routes()
             self._flush_pending()
 

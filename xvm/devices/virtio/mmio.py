@@ -102,9 +102,19 @@ class VirtioMmioDevice:
         self.transport.resume()
 
     def save(self):
-        return self.transport.save()
+        """A :class:`~.persist.VirtioMmioState` (transport and selector registers)."""
+        from .persist import VirtioMmioState
+        return VirtioMmioState(self.transport.save(), self.device_features_sel,
+                               self.driver_features_sel, self.queue_sel, self.shm_sel)
 
     def restore(self, state, *, paused=False):
+        """Load a :class:`~.persist.VirtioMmioState` (or a bare TransportState) in place."""
+        from .persist import VirtioMmioState
+        if isinstance(state, VirtioMmioState):
+            self.device_features_sel, self.driver_features_sel = (state.device_features_sel,
+                                                                  state.driver_features_sel)
+            self.queue_sel, self.shm_sel = state.queue_sel, state.shm_sel
+            state = state.transport
         self.transport.restore(state, paused=paused)
 
     def close(self):

@@ -30,6 +30,7 @@ from ..pci.config import (
     PciFunction,
 )
 from ..pci.msix import PCI_MSIX_FLAGS, Msix
+from ..pci.persist import MsixState
 from .device import InterruptKind
 from .persist import TransportState
 from .transport import VirtioTransport
@@ -122,23 +123,21 @@ class VirtioPciState:
 
     transport: TransportState
     config: bytes  # configuration space bytes 0-255
-    msix: tuple  # Msix.save()
+    msix: MsixState
     config_vector: int
     queue_vectors: tuple
     selectors: tuple  # device_feature_select, driver_feature_select, queue_select
 
     def save(self):
-        enabled, masked, vectors = self.msix
         return {"transport": self.transport.save(), "config": self.config.hex(),
-                "msix": [enabled, masked, [list(v) for v in vectors]],
+                "msix": self.msix.save(),
                 "config_vector": self.config_vector, "queue_vectors": list(self.queue_vectors),
                 "selectors": list(self.selectors)}
 
     @classmethod
     def restore(cls, data):
-        enabled, masked, vectors = data["msix"]
         return cls(TransportState.restore(data["transport"]), bytes.fromhex(data["config"]),
-                   (enabled, masked, tuple(tuple(v) for v in vectors)), data["config_vector"],
+                   MsixState.restore(data["msix"]), data["config_vector"],
                    tuple(data["queue_vectors"]), tuple(data["selectors"]))
 
 

@@ -59,3 +59,24 @@ class TransportState:
             tuple(QueueConfigState.restore(q) for q in data["queues"]),
             tuple(QueueState.restore(q) for q in data["active_queues"]),
         )
+
+
+@dataclass(frozen=True)
+class VirtioMmioState:
+    """A virtio-mmio window: the transport plus the driver's selector registers."""
+
+    transport: TransportState
+    device_features_sel: int = 0
+    driver_features_sel: int = 0
+    queue_sel: int = 0
+    shm_sel: int = 0
+
+    def save(self):
+        return {"transport": self.transport.save(), "device_features_sel": self.device_features_sel,
+                "driver_features_sel": self.driver_features_sel, "queue_sel": self.queue_sel,
+                "shm_sel": self.shm_sel}
+
+    @classmethod
+    def restore(cls, data):
+        return cls(TransportState.restore(data["transport"]), data["device_features_sel"],
+                   data["driver_features_sel"], data["queue_sel"], data["shm_sel"])

@@ -1,0 +1,125 @@
+"""Save and restore of running domains on the real /dev/kvm (issue 13)."""
+import os
+import re
+import shutil
+import tempfile
+import time
+
+import pytest
+
+import xvm
+from xvm import DomainState
+from xvm.migration import SnapshotError
+
+COUNT = re.compile(rb"count (\d+)")
+
+
+def log(dom):
+    text = dom.console.log()
+    return text if isinstance(text, bytes) else text.encode()
+
+
+def counts(dom):
+    return [int(n) for n in COUNT.findall(log(dom))]
+
+
+def busy(host, guest, name="busy", **kw):
+    kw.setdefault("memory_mib", 64)
+    return host.define(xvm.DomainConfig(name=name, kernel=guest("busy"), cmdline="shift=24", **kw))
+
+
+def last_count(dom, at_least=1, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = counts(dom)
+        if len(seen) >= at_least:
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"the guest printed {counts(dom)} only")
+
+
+def test_saved_guest_continues_counting(host, guest, tmp_path):
+    dom = busy(host, guest)
+    dom.start()
+    before = last_count(dom, 3)
+    old_id = dom.id
+    path = tmp_path / "busy.xvmsnap"
+    t = time.perf_counter()
+    dom.save(path)
+    save_s = time.perf_counter() - t
+    assert dom.state is DomainState.SHUTOFF and dom.id is None
+    saved_max = max(counts(dom))
+    t = time.perf_counter()
+    restored = host.restore(path)
+    restore_s = time.perf_counter() - t
+    assert restored.uuid == dom.uuid and restored.name == "busy"
+    assert restored.state is DomainState.RUNNING and restored.id not in (None, old_id)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and max(counts(restored)) <= saved_max + (1 << 24):
+        time.sleep(0.05)
+    after = [n for n in counts(restored) if n > saved_max]
+    assert after, "the restored guest printed no new count"
+    # it continues from where it was: the first new count is the next multiple, never a restart
+    assert after[0] == saved_max + (1 << 24)
+    assert log(restored).count(b"busy ready") <= 1  # never booted again from its kernel
+    print(f"save {save_s * 1000:.1f} ms, restore to running {restore_s * 1000:.1f} ms "
+          f"(first counts before save {before[:2]})")
+    restored.destroy()
+
+
+def test_restore_twice_and_onto_a_fresh_host(host, guest, tmp_path, monkeypatch):
+    dom = busy(host, guest)
+    dom.start()
+    last_count(dom, 2)
+    path = tmp_path / "snap"
+    dom.save(path)
+    saved_max = max(counts(dom))
+    for _ in range(2):  # one file, restored twice in a row
+        again = host.restore(path)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not [n for n in counts(again) if n > saved_max]:
+            time.sleep(0.05)
+        assert min(n for n in counts(again) if n > saved_max) == saved_max + (1 << 24)
+        again.destroy()
+    other_dir = tempfile.mkdtemp(prefix="xvm-", dir="/tmp")  # short: socket paths
+    with xvm.connect(state_dir=other_dir) as other:  # a host that never saw the domain
+        assert other.domains() == []
+        there = other.restore(path)
+        try:
+            assert there.uuid == dom.uuid and there.state is DomainState.RUNNING
+            assert not there.persistent
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not [n for n in counts(there) if n > saved_max]:
+                time.sleep(0.05)
+            seen = counts(there)  # this host's console saw only the restored run
+            assert seen and min(seen) > saved_max and seen == sorted(seen)  # never restarts or goes back
+        finally:
+            there.destroy()
+    shutil.rmtree(other_dir, ignore_errors=True)
+
+
+def test_bad_files_are_refused_and_nothing_starts(host, guest, tmp_path):
+    dom = busy(host, guest)
+    dom.start()
+    last_count(dom, 1)
+    path = tmp_path / "snap"
+    dom.save(path)
+    data = path.read_bytes()
+    cases = {
+        "magic": b"NOTASNAP" + data[8:],
+        "checksum": data[:200] + bytes([data[200] ^ 1]) + data[201:],
+        "truncated": data[:100],
+    }
+    for what, content in cases.items():
+        bad = tmp_path / f"bad-{what}"
+        bad.write_bytes(content)
+        with pytest.raises(SnapshotError) as info:
+            host.restore(bad)
+        assert info.value.what == what, info.value
+    short = tmp_path / "bad-short-memory"
+    short.write_bytes(data[:len(data) // 2])
+    with pytest.raises(SnapshotError) as info:
+        host.restore(short)
+    assert info.value.what == "truncated"
+    assert dom.state is DomainState.SHUTOFF  # nothing half-restored
+    assert os.path.exists(path)
