@@ -17,6 +17,12 @@ pytestmark = [pytest.mark.kvm,
               pytest.mark.skipif(os.geteuid() != 0, reason="confinement needs a root host")]
 
 
+@pytest.fixture(autouse=True)
+def confined(monkeypatch):
+    """Confinement is opt-in (XVM_CONFINE=1) until save files are passed as descriptors."""
+    monkeypatch.setenv("XVM_CONFINE", "1")
+
+
 @pytest.fixture
 def hooks(monkeypatch):
     """VMMs started from now on serve the test-only actions."""

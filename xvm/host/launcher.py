@@ -58,9 +58,11 @@ def vmm_alive(state_dir, uuid):
 
 
 def confine_default():
-    """VMM processes are confined (:mod:`xvm.vmm.jail`) when the host runs as root, unless
-    ``XVM_CONFINE=0`` is in its environment."""
-    return os.geteuid() == 0 and os.environ.get("XVM_CONFINE", "1") not in ("0", "no", "false")
+    """VMM processes are confined (:mod:`xvm.vmm.jail`) when the host runs as root and
+    ``XVM_CONFINE=1`` is in its environment.  Opt-in for now: a confined VMM cannot yet
+    write a save file (dom.save) or read one (host.restore) outside its jail — the host
+    must hand it the file's descriptor first."""
+    return os.geteuid() == 0 and os.environ.get("XVM_CONFINE", "0") in ("1", "yes", "true")
 
 
 def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=(), before_boot=None,
