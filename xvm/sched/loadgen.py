@@ -1,0 +1,63 @@
+"""A child process of CPU-bound threads for measuring the scheduler (tests and benchmarks).
+
+    python3 -m xvm.sched.loadgen THREADS [--pattern busy|tick-dodger]
+
+prints one JSON line ``{"pid": ..., "tids": [...]}`` once every thread runs, then works until
+killed.  ``busy`` threads hash large buffers (hashlib drops the GIL for them, so the threads
+run in parallel like vCPU threads in ``KVM_RUN``).  ``tick-dodger`` threads run for just under
+a scheduler tick and then sleep briefly: Xen's adversarial case for tick-sampled accounting.
+"""
+import argparse
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+
+_BUFFER = bytes(256 * 1024)
+
+
+def _busy(started):
+    started.release()
+    while True:
+        hashlib.sha256(_BUFFER).digest()
+
+
+def _tick_dodger(started, tick_s):
+    started.release()
+    while True:
+        end = time.perf_counter() + tick_s * 0.95
+        while time.perf_counter() < end:
+            pass
+        time.sleep(tick_s * 0.05)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("threads", type=int)
+    parser.add_argument("--pattern", choices=("busy", "tick-dodger"), default="busy")
+    parser.add_argument("--tick-ms", type=float, default=4.0)
+    args = parser.parse_args(argv)
+    tids, lock = [], threading.Lock()
+    started = threading.Semaphore(0)
+
+    def run():
+        with lock:
+            tids.append(threading.get_native_id())
+        if args.pattern == "busy":
+            _busy(started)
+        else:
+            _tick_dodger(started, args.tick_ms / 1000)
+
+    for _ in range(args.threads):
+        threading.Thread(target=run, daemon=True).start()
+    for _ in range(args.threads):
+        started.acquire()
+    sys.stdout.write(json.dumps({"pid": os.getpid(), "tids": tids}) + "\n")
+    sys.stdout.flush()
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
