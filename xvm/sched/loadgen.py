@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -31,6 +32,36 @@ def _tick_dodger(started, tick_s):
         while time.perf_counter() < end:
             pass
         time.sleep(tick_s * 0.05)
+
+
+class Load:
+    """A running load process: ``pid``, ``tids`` (its worker threads); :meth:`stop` kills it."""
+
+    def __init__(self, threads, pattern="busy", tick_ms=4.0):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "xvm.sched.loadgen", str(threads), "--pattern", pattern,
+             "--tick-ms", str(tick_ms)],
+            stdout=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait()
+            raise RuntimeError(f"load process exited with status {self.process.returncode}")
+        info = json.loads(line)
+        self.pid, self.tids = info["pid"], info["tids"]
+
+    def stop(self):
+        """SIGKILL the process and reap it (idempotent)."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.process.stdout.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
 
 
 def main(argv=None):
