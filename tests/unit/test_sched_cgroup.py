@@ -137,6 +137,20 @@ def test_live_changes_keep_threads_in_place(root, load):
         assert cg.threads(cg.vcpu_path(0)) == load.tids[:1]
 
 
+def test_parent_weighs_the_sum_of_its_domains(root):
+    a, b = DomainCgroup("a", root=root), DomainCgroup("b", root=root)
+    a.apply(Sched(weight=512), vcpus=1)
+    assert read(f"{root}/cpu.shares") == "2048"
+    b.apply(Sched(weight=768), vcpus=1)
+    assert read(f"{root}/cpu.shares") == "5120"
+    b.apply(Sched(weight=65535), vcpus=1)
+    assert read(f"{root}/cpu.shares") == "262144"  # the v1 maximum
+    b.remove()
+    assert read(f"{root}/cpu.shares") == "2048"
+    a.remove()
+    assert read(f"{root}/cpu.shares") == "1024"  # the kernel's default when empty
+
+
 def test_apply_rejects_a_cap_above_the_domains_vcpus(root):
     cg = DomainCgroup("web", root=root)
     with pytest.raises(ConfigError, match="150"):

@@ -24,6 +24,14 @@ Mappings (the module functions below; all exact integers, documented choices):
 Weight is set per domain (a domain with more vCPUs gets no more weight): Xen's "512 gets twice
 the CPU of 256" as libvirt's ``<shares>`` gives it.  Children keep the default share, so a
 domain's vCPUs and emulator threads share its CPU evenly.
+
+The parent ``<root>`` is itself a scheduling group, and the kernel spreads a group's shares over
+the CPUs in proportion to where its load runs.  With the parent at the default 1024, every
+domain together would weigh as much as one host process, and a weight-1 domain alone on one CPU
+would lose that CPU to any host process while a heavy domain runs on another.  So :meth:`apply`
+and :meth:`remove` set the parent's weight to the sum of its domains' (clamped to the
+controller's range; the default when empty): each domain then weighs against host processes as
+if it sat at the top level — a weight-256 domain like one ordinary process, Xen's dom0-like peer.
 """
 import errno
 import os
@@ -230,6 +238,8 @@ class DomainCgroup:
             if self.version == 2:
                 self._enable_cpu(os.path.dirname(path))
             self._mkdir(path)
+        if missing:
+            self._balance_parent()
         children = [self.vcpu_path(i) for i in range(vcpus)] + [self.emulator_path]
         if self.version == 2:
             self._enable_cpu(self.path)
@@ -299,6 +309,22 @@ class DomainCgroup:
         else:
             _write(os.path.join(self.path, "cpu.weight"), cpu_weight_for_weight(sched.weight))
             _write(os.path.join(self.path, "cpu.max"), cpu_max_value(sched.cap))
+        self._balance_parent()
+
+    def _balance_parent(self):
+        """Give ``<root>`` the sum of its domains' weights (see the module docstring)."""
+        name, low, high, default = (("cpu.shares", 2, 262144, 1024) if self.version == 1
+                                    else ("cpu.weight", 1, 10000, 100))
+        if self.root == self.mount or not os.path.isdir(self.root):
+            return
+        total = 0
+        for entry in os.scandir(self.root):
+            try:
+                if entry.is_dir():
+                    total += int(_read(os.path.join(entry.path, name)))
+            except (HostError, ValueError):
+                pass  # a domain being removed meanwhile
+        _write(os.path.join(self.root, name), min(high, max(low, total)) if total else default)
 
     def params(self):
         """What the kernel holds now, in libvirt's ``schedinfo`` names (quota -1 = unlimited)."""
@@ -324,7 +350,9 @@ class DomainCgroup:
     def _evacuate_target(self):
         # v1: where the xvm tree hangs from.  v2: the mount root, the one cgroup that may hold
         # processes whatever its subtree_control says.
-        return os.path.dirname(self.root) if self.version == 1 else self.mount
+        if self.version == 2 or self.root == self.mount:
+            return self.mount
+        return os.path.dirname(self.root)
 
     def _evacuate(self, cgroup, target):
         name = "tasks" if self.version == 1 else "cgroup.procs"
@@ -351,6 +379,10 @@ class DomainCgroup:
         """
         if not self.exists():
             return
+        self._remove()
+        self._balance_parent()
+
+    def _remove(self):
         target = self._evacuate_target()
         deadline = time.monotonic() + _REMOVE_TIMEOUT
         while True:

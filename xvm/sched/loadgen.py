@@ -3,7 +3,7 @@
     python3 -m xvm.sched.loadgen THREADS [--pattern busy|tick-dodger]
 
 prints one JSON line ``{"pid": ..., "tids": [...]}`` once every thread runs, then works until
-killed.  ``busy`` threads hash large buffers (hashlib drops the GIL for them, so the threads
+killed; each SIGUSR1 makes it print ``{"loops": [...]}``, the work loops done per thread.  ``busy`` threads hash large buffers (hashlib drops the GIL for them, so the threads
 run in parallel like vCPU threads in ``KVM_RUN``).  ``tick-dodger`` threads run for just under
 a scheduler tick and then sleep briefly: Xen's adversarial case for tick-sampled accounting.
 """
@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,18 +20,19 @@ import time
 _BUFFER = bytes(256 * 1024)
 
 
-def _busy(started):
+def _busy(started, loops, index):
     started.release()
     while True:
         hashlib.sha256(_BUFFER).digest()
+        loops[index] += 1
 
 
-def _tick_dodger(started, tick_s):
+def _tick_dodger(started, loops, index, tick_s):
     started.release()
     while True:
         end = time.perf_counter() + tick_s * 0.95
         while time.perf_counter() < end:
-            pass
+            loops[index] += 1
         time.sleep(tick_s * 0.05)
 
 
@@ -49,6 +51,11 @@ class Load:
             raise RuntimeError(f"load process exited with status {self.process.returncode}")
         info = json.loads(line)
         self.pid, self.tids = info["pid"], info["tids"]
+
+    def loops(self):
+        """Work loops each thread has done so far."""
+        self.process.send_signal(signal.SIGUSR1)
+        return json.loads(self.process.stdout.readline())["loops"]
 
     def stop(self):
         """SIGKILL the process and reap it (idempotent)."""
@@ -72,14 +79,22 @@ def main(argv=None):
     args = parser.parse_args(argv)
     tids, lock = [], threading.Lock()
     started = threading.Semaphore(0)
+    loops = [0] * args.threads
 
     def run():
         with lock:
+            index = len(tids)
             tids.append(threading.get_native_id())
         if args.pattern == "busy":
-            _busy(started)
+            _busy(started, loops, index)
         else:
-            _tick_dodger(started, args.tick_ms / 1000)
+            _tick_dodger(started, loops, index, args.tick_ms / 1000)
+
+    def report(signum, frame):
+        sys.stdout.write(json.dumps({"loops": list(loops)}) + "\n")
+        sys.stdout.flush()
+
+    signal.signal(signal.SIGUSR1, report)
 
     for _ in range(args.threads):
         threading.Thread(target=run, daemon=True).start()
@@ -87,7 +102,8 @@ def main(argv=None):
         started.acquire()
     sys.stdout.write(json.dumps({"pid": os.getpid(), "tids": tids}) + "\n")
     sys.stdout.flush()
-    threading.Event().wait()
+    while True:
+        time.sleep(3600)
 
 
 if __name__ == "__main__":
