@@ -22,7 +22,9 @@ Mappings (the module functions below; all exact integers, documented choices):
   ahead of its cap inside any window to one period's quota.
 
 Weight is set per domain (a domain with more vCPUs gets no more weight): Xen's "512 gets twice
-the CPU of 256" as libvirt's ``<shares>`` gives it.  Children keep the default share, so a
+the CPU of 256" as libvirt's ``<shares>`` gives it.  Xen's credit accounting differs in one
+case: it multiplies a domain's weight by its *active* vCPUs, so there a fully busy 2-vCPU
+domain weighs twice a 1-vCPU one of the same weight; here it weighs the same.  Children keep the default share, so a
 domain's vCPUs and emulator threads share its CPU evenly.
 
 The parent ``<root>`` is itself a scheduling group, and the kernel spreads a group's shares over
@@ -387,8 +389,13 @@ class DomainCgroup:
         deadline = time.monotonic() + _REMOVE_TIMEOUT
         while True:
             try:
+                if self.version == 2:
+                    # A threaded domain's cgroup.procs lists every process of its subtree (and
+                    # the threaded children refuse to list any): moving those empties it all.
+                    self._evacuate(self.path, target)
                 for dirpath, dirnames, _ in os.walk(self.path, topdown=False):
-                    self._evacuate(dirpath, target)
+                    if self.version == 1:
+                        self._evacuate(dirpath, target)
                     try:
                         os.rmdir(dirpath)
                     except FileNotFoundError:

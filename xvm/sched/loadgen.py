@@ -3,8 +3,9 @@
     python3 -m xvm.sched.loadgen THREADS [--pattern busy|tick-dodger]
 
 prints one JSON line ``{"pid": ..., "tids": [...]}`` once every thread runs, then works until
-killed; each SIGUSR1 makes it print ``{"loops": [...]}``, the work loops done per thread.  ``busy`` threads hash large buffers (hashlib drops the GIL for them, so the threads
-run in parallel like vCPU threads in ``KVM_RUN``).  ``tick-dodger`` threads run for just under
+killed; each SIGUSR1 makes it print ``{"loops": [...]}``, the work loops done per thread.
+``busy`` threads hash large buffers (hashlib drops the GIL for them, so the threads run in
+parallel like vCPU threads in ``KVM_RUN``).  ``tick-dodger`` threads run for just under
 a scheduler tick and then sleep briefly: Xen's adversarial case for tick-sampled accounting.
 """
 import argparse
