@@ -89,16 +89,18 @@ def bench_weights(window, long_window):
 
 
 def bench_caps(window):
-    print("2. caps (CPU of wall time)")
-    for name, threads, cap in (("cap30", 1, 30), ("cap150", 2, 150)):
-        for settings in (True, False):
-            with domains([(name, threads, Sched(cap=cap), "busy")], settings=settings) as (loads, _):
+    print("2. caps (CPU of wall time; Xen's allocation-error test: delivered against the cap)")
+    for threads, caps in ((1, (10, 30, 50)), (2, (150,))):
+        with domains([("plain", threads, Sched(), "busy")], settings=False) as (loads, _):
+            (plain,) = measure(loads, window)
+        print(f"  {f'{threads} vCPU, plain Linux':<28s} {100 * plain:5.1f} % over {window:g} s (no cap: what"
+              " this machine gives a busy domain now; a cap above it cannot be reached)")
+        for cap in caps:
+            with domains([(f"cap{cap}", threads, Sched(cap=cap), "busy")]) as (loads, _):
                 (used,) = measure(loads, window)
-                worst = max(measure(loads, 1.0)[0] for _ in range(3)) if settings else None
-                label = f"cap {cap}, {threads} vCPU, {'xvm' if settings else 'plain'}"
-                print(f"  {label:<28s} {100 * used:5.1f} % over {window:g} s"
-                      + (f", worst 1 s window {100 * worst:5.1f} %   goal: within 2 points of {cap}, "
-                         f"never above by more" if settings else "   (no cap)"))
+                worst = max(measure(loads, 1.0)[0] for _ in range(3))
+            print(f"  {f'{threads} vCPU, cap {cap}':<28s} {100 * used:5.1f} % over {window:g} s, worst 1 s window "
+                  f"{100 * worst:5.1f} %   goal: within 2 points of {cap}, never above by more")
 
 
 def idle_ticks(cpu):
