@@ -23,9 +23,10 @@ from .errors import (
 )
 from .host import Capabilities, Host, connect
 from .net import HostNetwork, Network, Nic
+from .sched import Sched, VcpuInfo
 
 __all__ = [
     "BootError", "Capabilities", "ConfigError", "Console", "ConsoleTimeout", "Disk", "Domain", "DomainConfig",
-    "DomainState", "GuestError", "Host", "HostError", "HostNetwork", "KvmError", "Network", "Nic", "NotFoundError", "ShutdownTimeout",
-    "StateError", "XvmError", "connect",
+    "DomainState", "GuestError", "Host", "HostError", "HostNetwork", "KvmError", "Network", "Nic", "NotFoundError", "Sched",
+    "ShutdownTimeout", "StateError", "VcpuInfo", "XvmError", "connect",
 ]

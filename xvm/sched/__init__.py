@@ -3,7 +3,8 @@
 Xen credit's weight and cap become the cpu controller's shares and CFS bandwidth on one cgroup
 per domain (a child per vCPU thread and one for the other threads, as libvirt lays them out);
 pinning is ``sched_setaffinity`` per thread; accounting reads the kernel's exact per-thread run
-time.  The package works on a process and its native thread ids; the VMM wires it in.
+time.  The package works on a process and its native thread ids; the VMM wires it in
+through :class:`DomainScheduler` (one per boot of a domain).
 
     cg = DomainCgroup("web")
     cg.place(vcpu_tids, other_tids)
@@ -36,10 +37,12 @@ from .config import (
     validate_cpuset,
     validate_pins,
 )
+from .domain import CGROUP_ROOT_ENV, SWEEP_INTERVAL, DomainScheduler, domain_cgroup, remove_domain_cgroup
 from .format import format_schedinfo, format_vcpuinfo, sched_params
 
 __all__ = [
-    "CAP_PERIOD_US", "DEFAULT_PERIOD_US", "DEFAULT_WEIGHT", "DomainCgroup", "MAX_CAP", "MAX_WEIGHT",
+    "CAP_PERIOD_US", "CGROUP_ROOT_ENV", "DomainScheduler", "SWEEP_INTERVAL", "domain_cgroup",
+    "remove_domain_cgroup", "DEFAULT_PERIOD_US", "DEFAULT_WEIGHT", "DomainCgroup", "MAX_CAP", "MAX_WEIGHT",
     "MIN_WEIGHT", "Sched", "VcpuInfo", "cfs_bandwidth", "cpu_max_value", "cpu_time_ns",
     "cpu_weight_for_weight", "cpus_allowed_list", "detect", "format_cpuset", "format_schedinfo",
     "format_vcpuinfo", "host_cpus", "parse_cpuset", "pin_thread", "sched_params", "shares_for_weight",

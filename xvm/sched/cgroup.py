@@ -280,6 +280,11 @@ class DomainCgroup:
         for vcpu, tid in enumerate(vcpu_tids):
             self._move(self.vcpu_path(vcpu), tid)
 
+    def move(self, tid, vcpu=None):
+        """Move one thread into ``vcpu<vcpu>`` (or, for None, ``emulator``); the cgroups must
+        exist (:meth:`create`, :meth:`place`).  HostError with errno ESRCH if it is gone."""
+        self._move(self.emulator_path if vcpu is None else self.vcpu_path(vcpu), tid)
+
     def threads(self, cgroup=None):
         """Thread ids in one of this domain's cgroups (default: the domain cgroup itself)."""
         name = "tasks" if self.version == 1 else "cgroup.threads"
