@@ -121,10 +121,17 @@ class DomainScheduler:
     def attach(self, vcpu_tids):
         """Place and pin the vCPU threads (``vcpu_tids[i]`` is vCPU ``i``'s), then the others."""
         self.vcpu_tids = list(vcpu_tids)
-        if self.cgroup is not None:
-            self.cgroup.place(self.vcpu_tids)
-        for vcpu, tid in enumerate(self.vcpu_tids):
-            pin_thread(tid, self.vcpu_pins.get(vcpu, self.base_affinity))
+        for vcpu, tid in enumerate(self.vcpu_tids):  # a guest that powered off at once has none left
+            try:
+                if self.cgroup is not None:
+                    if self.cgroup.version == 2 and vcpu == 0:
+                        self.cgroup.place([tid])  # the process joins the threaded subtree first
+                    else:
+                        self.cgroup.move(tid, vcpu)
+                pin_thread(tid, self.vcpu_pins.get(vcpu, self.base_affinity))
+            except HostError as e:
+                if e.errno != errno.ESRCH:
+                    raise
         self.sweep()
 
     def sweep(self):
