@@ -2,7 +2,13 @@
 """Scheduler benchmarks (issue 11): weights, caps, work conservation, live change, the
 tick-dodging adversary and overhead, each beside its ideal and beside plain Linux scheduling.
 
-    python3 benchmarks/bench_sched.py [--window S] [--long]
+    python3 benchmarks/bench_sched.py [--window S] [--long] [--threads]
+
+By default each "domain" of the weight, cap and work-conservation figures is a real domain
+running the busy native test guest (tests/guests/busy.c), started through xvm.connect() with
+its DomainConfig's sched / vcpu_pins; "plain Linux" runs the same guests with no cgroups at
+all ($XVM_CGROUP_ROOT pointed off the cgroup mount).  ``--threads`` uses busy threads instead.
+The live-change, tick-dodger and overhead figures use busy threads (they need a loop count).
 
 Each "domain" is a child process of busy threads (xvm.sched.loadgen; hashing releases the
 GIL, so its threads run in parallel like vCPU threads in KVM_RUN) placed in its own domain
@@ -24,6 +30,30 @@ from xvm.sched.loadgen import Load  # noqa: E402
 
 ROOT = f"/sys/fs/cgroup/cpu/xvm-bench-{os.getpid()}"
 CPUS = sorted(host_cpus())
+GUESTS = {"host": None}  # set by main(): the xvm host busy guests run on
+
+
+class GuestLoad:
+    """A busy guest domain with ``pid`` (its VMM) and ``tids`` (its vCPU threads)."""
+
+    def __init__(self, name, vcpus, sched, cpus, settings):
+        import tempfile
+
+        import xvm
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+        from conftest import guest_build
+        os.environ["XVM_CGROUP_ROOT"] = ROOT if settings else tempfile.gettempdir()
+        pins = {v: cpus for v in range(vcpus)} if cpus is not None else {}
+        cfg = xvm.DomainConfig(name=f"bench-{name}", memory_mib=32, kernel=str(guest_build.build("busy")),
+                               cmdline="shift=30", vcpus=vcpus, vcpu_pins=pins,
+                               sched=sched if settings else xvm.Sched())
+        self.dom = GUESTS["host"].create(cfg)
+        self.pid = self.dom.info()["pid"]
+        self.tids = self.dom.info()["vcpu_thread_ids"]
+        self.cg = None
+
+    def stop(self):
+        self.dom.destroy()
 
 
 @contextlib.contextmanager
@@ -33,6 +63,9 @@ def domains(specs, *, settings=True, cpus=None):
     made = []
     try:
         for name, threads, sched, pattern in specs:
+            if GUESTS["host"] is not None and pattern == "busy":
+                made.append((GuestLoad(name, threads, sched, cpus, settings), None))
+                continue
             load = Load(threads, pattern)
             cg = DomainCgroup(name, root=ROOT) if settings else None
             made.append((load, cg))
@@ -187,14 +220,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--window", type=float, default=10.0, help="measurement window, seconds")
     parser.add_argument("--long", action="store_true", help="also measure weights over 30 s")
+    parser.add_argument("--threads", action="store_true", help="busy threads instead of busy guests")
+    parser.add_argument("--only", default="123456", help="which figures, e.g. 12")
     args = parser.parse_args()
+    if not args.threads:
+        import tempfile
+
+        import xvm
+        GUESTS["host"] = xvm.connect(state_dir=tempfile.mkdtemp(prefix="xvm-bench-"))
     print(f"host CPUs {CPUS}, load average {os.getloadavg()[0]:.2f}")
-    bench_weights(args.window, 30.0 if args.long else None)
-    bench_caps(args.window)
-    bench_work_conservation(min(args.window, 5.0))
-    bench_live_change()
-    bench_adversary(args.window)
-    bench_overhead(min(args.window, 5.0))
+    figures = {"1": lambda: bench_weights(args.window, 30.0 if args.long else None),
+               "2": lambda: bench_caps(args.window), "3": lambda: bench_work_conservation(min(args.window, 5.0)),
+               "4": bench_live_change, "5": lambda: bench_adversary(args.window),
+               "6": lambda: bench_overhead(min(args.window, 5.0))}
+    try:
+        for key in args.only:
+            figures[key]()
+    finally:
+        if GUESTS["host"] is not None:
+            GUESTS["host"].close()
 
 
 if __name__ == "__main__":
