@@ -23,10 +23,11 @@ from .errors import (
 )
 from .host import Capabilities, Host, connect
 from .net import HostNetwork, Network, Nic
+from .sched import Sched, VcpuInfo
 from .storage.config import Pool
 
 __all__ = [
     "BootError", "Capabilities", "ConfigError", "Console", "ConsoleTimeout", "Disk", "Domain", "DomainConfig",
-    "DomainState", "GuestError", "Host", "HostError", "HostNetwork", "KvmError", "Network", "Nic", "NotFoundError", "Pool", "ShutdownTimeout",
-    "StateError", "XvmError", "connect",
+    "DomainState", "GuestError", "Host", "HostError", "HostNetwork", "KvmError", "Network", "Nic", "NotFoundError",
+    "Pool", "Sched", "ShutdownTimeout", "StateError", "VcpuInfo", "XvmError", "connect",
 ]

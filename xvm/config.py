@@ -12,6 +12,7 @@ import uuid as uuid_module
 from dataclasses import MISSING, dataclass, field, fields, replace
 
 from .errors import ConfigError
+from .sched.config import Sched, validate_cpuset, validate_pins
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 MIN_MEMORY_MIB = 16
@@ -41,6 +42,9 @@ class DomainConfig:
     nics: tuple = field(default=())
     disable_cpu_features: tuple = field(default=())
     virtio_transport: str = "mmio"  # "mmio" or "pci" (virtio-pci with MSI-X)
+    sched: Sched = Sched()  # credit weight and cap (None: the default)
+    vcpu_pins: dict = field(default_factory=dict)  # {vcpu: CPUs}: each vCPU thread's hard affinity
+    emulator_pin: frozenset = None  # CPUs of the VMM's other threads; None: wherever the VMM may run
     # What xvmd does with the domain when it stops (xVM's onxendstop): "shutdown" (the ACPI
     # power button, then destroy after shutdown_timeout seconds), "destroy", or "ignore"
     # (it keeps running; a restarted xvmd adopts it).
@@ -71,6 +75,10 @@ class DomainConfig:
         if self.virtio_transport not in ("mmio", "pci"):
             raise ConfigError(f"virtio_transport must be 'mmio' or 'pci', not {self.virtio_transport!r}")
         set_("nics", _nics(self.nics, self.uuid))
+        set_("sched", _sched(self.sched, self.vcpus))
+        set_("vcpu_pins", _vcpu_pins(self.vcpu_pins, self.vcpus))
+        if self.emulator_pin is not None:
+            set_("emulator_pin", validate_cpuset(self.emulator_pin, what="emulator_pin"))
         if self.on_host_stop not in HOST_STOP_POLICIES:
             raise ConfigError(f"on_host_stop must be one of {', '.join(map(repr, HOST_STOP_POLICIES))}, "
                               f"not {self.on_host_stop!r}")
@@ -90,7 +98,9 @@ class DomainConfig:
 
     def to_dict(self):
         """The config as JSON-able data: ``uuid`` a string, ``disks`` and ``nics``
-        lists of dicts, ``disable_cpu_features`` a list."""
+        lists of dicts, ``disable_cpu_features`` a list, ``sched`` a dict,
+        ``vcpu_pins`` ``{"0": [1, 2]}`` (JSON keys are strings), ``emulator_pin``
+        a sorted list or None."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -100,6 +110,12 @@ class DomainConfig:
                 value = [item.to_dict() for item in value]
             elif f.name == "disable_cpu_features":
                 value = list(value)
+            elif f.name == "sched":
+                value = value.to_dict()
+            elif f.name == "vcpu_pins":
+                value = {str(vcpu): sorted(cpus) for vcpu, cpus in value.items()}
+            elif f.name == "emulator_pin" and value is not None:
+                value = sorted(value)
             out[f.name] = value
         return out
 
@@ -136,6 +152,10 @@ class DomainConfig:
                                       f"not {type(items).__name__}")
                 data[name] = tuple(item if isinstance(item, item_cls) else item_cls.from_dict(item)
                                    for item in items)
+        if isinstance(data.get("sched"), dict):
+            data["sched"] = Sched.from_dict(data["sched"])
+        if isinstance(data.get("vcpu_pins"), dict):
+            data["vcpu_pins"] = {_vcpu_key(key): cpus for key, cpus in data["vcpu_pins"].items()}
         return cls(**data)
 
 
@@ -213,6 +233,27 @@ def _disks(disks):
         if sources.count(source) > 1:
             raise ConfigError(f"disk {source} is given more than once")
     return disks
+
+
+def _sched(sched, vcpus):
+    if sched is None:
+        return Sched()
+    if not isinstance(sched, Sched):
+        raise ConfigError(f"sched must be an xvm.Sched, not {sched!r}")
+    if sched.cap > 100 * vcpus:
+        raise ConfigError(f"sched cap {sched.cap} exceeds {100 * vcpus}, all of the domain's {vcpus} vCPU(s)")
+    return sched
+
+
+def _vcpu_pins(pins, vcpus):
+    return {} if pins is None else validate_pins(pins, vcpus)
+
+
+def _vcpu_key(key):
+    """A ``vcpu_pins`` key from JSON ("0") back to its vCPU index; others are left to validate_pins."""
+    if isinstance(key, str) and key.isdigit():
+        return int(key)
+    return key
 
 
 def _nics(nics, domain_uuid):

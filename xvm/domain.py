@@ -10,7 +10,8 @@ raises :class:`~xvm.errors.StateError` and changes nothing.
 import time
 
 from .console import Console
-from .errors import StateError, XvmError
+from .errors import ConfigError, StateError, XvmError
+from .sched import Sched, VcpuInfo, parse_cpuset
 from .vmm import actions as A
 from .vmm.lifecycle import TRANSITIONS, DomainState  # noqa: F401  (public names)
 from .vmm.protocol import register_error
@@ -23,6 +24,7 @@ class ShutdownTimeout(StateError, TimeoutError):
 register_error(ShutdownTimeout)
 
 STOPPED = (DomainState.SHUTOFF, DomainState.CRASHED)
+LIVE = (DomainState.RUNNING, DomainState.PAUSED)
 
 
 class Domain:
@@ -178,6 +180,70 @@ class Domain:
             raise TimeoutError(f"domain {self.name!r} is still {self.state.value} after {timeout:g}s")
         return DomainState(state)
 
+    # -- scheduling (xvm.sched: Xen credit's weight and cap, vCPU pinning) --------------------
+    def scheduler(self):
+        """The :class:`~xvm.sched.Sched` in force: the live one while running, else the stored one."""
+        info = self._live(A.SchedInfo())
+        if info is None:
+            return self.config.sched
+        return Sched(weight=info["weight"], cap=info["cap"])
+
+    def set_scheduler(self, weight=None, cap=None, live=True, config=True):
+        """Change the credit weight and/or cap (None keeps a value), as ``virsh schedinfo``
+        with ``--live`` / ``--config``: ``live`` changes the running domain at once, without a
+        pause (StateError if it is not running); ``config`` changes its stored configuration,
+        for the next boot (StateError for a transient domain).  Returns the new :class:`Sched`."""
+        if not (live or config):
+            raise ConfigError("set_scheduler needs live=True, config=True or both")
+        stored = self.config
+        if config and not self.persistent:
+            raise StateError(f"domain {stored.name!r} is transient: it has no stored configuration to change "
+                             "(pass config=False)", operation="change the scheduler of")
+        if live:
+            self._require_live("change the scheduler of")
+            new = self.scheduler().replace(weight=weight, cap=cap)  # ConfigError before any change
+        if config:
+            new_config = stored.replace(sched=stored.sched.replace(weight=weight, cap=cap))
+        if live:
+            self._host._act(self, A.SetScheduler(weight=weight, cap=cap))
+        if config:
+            self._host._update_config(self, new_config)
+        return new if live else new_config.sched
+
+    def pin_vcpu(self, vcpu, cpus):
+        """Pin vCPU ``vcpu``'s thread to host CPUs ``cpus`` (a set, a list or ``"0-2,5"``) now;
+        returns the mask the kernel holds.  For the next boot, use ``vcpu_pins`` in the config."""
+        return frozenset(self._host._act(self, A.PinVcpu(vcpu=_int(vcpu, "vcpu"), cpus=_cpu_list(cpus))))
+
+    def pin_emulator(self, cpus):
+        """Pin the VMM's other threads (device workers, its control thread) to ``cpus`` now."""
+        self._host._act(self, A.PinEmulator(cpus=_cpu_list(cpus)))
+
+    def vcpus(self):
+        """One :class:`~xvm.sched.VcpuInfo` per vCPU (``virsh vcpuinfo``): state, exact CPU time,
+        the CPU it last ran on and its affinity, from the kernel's per-thread records; a domain
+        that is not running has every vCPU offline."""
+        infos = self._live(A.VcpuInfos())
+        if infos is None:
+            return [VcpuInfo(number, "offline", 0, -1, frozenset()) for number in range(self.config.vcpus)]
+        return [VcpuInfo.from_dict(info) for info in infos]
+
+    def _live(self, action):
+        """``action``'s result from the running domain's VMM, or None if it is not running."""
+        try:
+            return self._host._act(self, action)
+        except StateError as e:
+            if e.state is None or DomainState(e.state) in LIVE:
+                raise
+            return None
+
+    def _require_live(self, verb):
+        state = self.state
+        if state not in LIVE:
+            raise StateError(f"cannot {verb} domain {self.name!r} live: it is {state.value} "
+                             "(pass live=False to change only its stored configuration)",
+                             state=state, operation=verb)
+
     def rename(self, new_name):
         """Give the domain a new name; legal in every state."""
         self._host._rename(self, new_name)
@@ -209,6 +275,21 @@ class Domain:
                 self.destroy()
         except (StateError, XvmError):
             pass
+
+
+def _int(value, what):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{what} must be an integer, not {value!r}")
+    return value
+
+
+def _cpu_list(cpus):
+    """CPUs as the actions carry them, a sorted list (the VMM checks they exist)."""
+    if isinstance(cpus, str):
+        return sorted(parse_cpuset(cpus))
+    if not isinstance(cpus, (set, frozenset, list, tuple, range)):
+        raise ConfigError(f"CPUs must be a set, a list or a string like '0-2,5', not {cpus!r}")
+    return sorted(_int(cpu, "a CPU number") for cpu in set(cpus))
 
 
 class DomainConsole(Console):

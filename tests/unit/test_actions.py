@@ -35,10 +35,11 @@ def through_json(act, allowed=None):
 def test_the_action_sets():
     assert [a.__name__ for a in VMM_ACTIONS] == [
         "Boot", "Pause", "Resume", "PowerButton", "Reset", "Destroy", "Info", "Stats", "Ping",
-        "ConsoleAttach", "ConsoleInput", "Quit", "Wait", "Snapshot", "Restore"]
+        "ConsoleAttach", "ConsoleInput", "Quit", "Wait", "Snapshot", "Restore",
+        "SetScheduler", "PinVcpu", "PinEmulator", "VcpuInfos", "SchedInfo"]
     assert [a.__name__ for a in HOST_ACTIONS] == [
         "ListDomains", "LookupDomain", "Define", "Create", "Undefine", "Rename", "DomainRequest",
-        "Capabilities", "SetAutostart"]
+        "Capabilities", "SetAutostart", "UpdateConfig"]
 
 
 EXAMPLES = [
@@ -52,6 +53,10 @@ EXAMPLES = [
     Rename(domain="web", new_name="www"),
     DomainRequest(domain="web", action=ConsoleInput(data=b"x")),
     SetAutostart(domain="web", on=True),
+    actions.SetScheduler(weight=512, cap=None),
+    actions.PinVcpu(vcpu=1, cpus=[0, 1]),
+    actions.PinEmulator(cpus=[1]),
+    actions.UpdateConfig(domain="web", config={"name": "web"}),
     AllTypes(count=3, ratio=0.5, name="n", flag=False, blob=b"\x01", table={"a": [1]},
              tags=["x", "y"], maybe=7),
 ]
@@ -108,10 +113,11 @@ VALID = {"type": "AllTypes", "count": 1, "ratio": 1.5, "name": "n", "flag": True
     ({"type": "x" * 1000}, None, "unknown action '" + "x" * 60 + "..."),
     ({"type": "ListDomains"}, VMM_ACTIONS,
      "action 'ListDomains' is not accepted here (accepted: Boot, Pause, Resume, PowerButton, "
-     "Reset, Destroy, Info, Stats, Ping, ConsoleAttach, ConsoleInput, Quit, Wait, Snapshot, Restore)"),
+     "Reset, Destroy, Info, Stats, Ping, ConsoleAttach, ConsoleInput, Quit, Wait, Snapshot, Restore, "
+     "SetScheduler, PinVcpu, PinEmulator, VcpuInfos, SchedInfo)"),
     ({"type": "Pause"}, HOST_ACTIONS,
      "action 'Pause' is not accepted here (accepted: ListDomains, LookupDomain, Define, Create, "
-     "Undefine, Rename, DomainRequest, Capabilities, SetAutostart)"),
+     "Undefine, Rename, DomainRequest, Capabilities, SetAutostart, UpdateConfig)"),
     ({"type": "Boot", "force": True}, None, "Boot: unknown field 'force'"),
     ({"type": "Boot", "b": 1, "a": 2}, None, "Boot: unknown fields 'a', 'b'"),
     ({"type": "Rename"}, None, "Rename: missing fields 'domain', 'new_name'"),
@@ -134,7 +140,11 @@ VALID = {"type": "AllTypes", "count": 1, "ratio": 1.5, "name": "n", "flag": True
     ({**VALID, "maybe": "1"}, None, "AllTypes.maybe must be an int or null, not string"),
     ({"type": "DomainRequest", "domain": "d", "action": {"type": "Create", "config": {}}}, None,
      "DomainRequest.action: action 'Create' is not accepted here (accepted: Boot, Pause, Resume, "
-     "PowerButton, Reset, Destroy, Info, Stats, Ping, ConsoleAttach, ConsoleInput, Quit, Wait, Snapshot, Restore)"),
+     "PowerButton, Reset, Destroy, Info, Stats, Ping, ConsoleAttach, ConsoleInput, Quit, Wait, Snapshot, Restore, "
+     "SetScheduler, PinVcpu, PinEmulator, VcpuInfos, SchedInfo)"),
+    ({"type": "PinVcpu", "vcpu": 0, "cpus": [0, True]}, None, "PinVcpu.cpus must be a list of ints, not array"),
+    ({"type": "PinVcpu", "vcpu": 0, "cpus": "0-1"}, None, "PinVcpu.cpus must be a list of ints, not string"),
+    ({"type": "SetScheduler", "weight": "512"}, None, "SetScheduler.weight must be an int or null, not string"),
     ({"type": "DomainRequest", "domain": "d", "action": {"type": "ConsoleInput"}}, None,
      "DomainRequest.action: ConsoleInput: missing field 'data'"),
     ({"type": "DomainRequest", "domain": "d", "action": "Pause"}, None,

@@ -1,7 +1,8 @@
 """Vmm.handle against a fake machine: the action table, the control thread, exit events.
 
 No /dev/kvm: the machine factory hands out FakeMachines that record what was done
-to them and let the test play the guest (power off, reset, crash).
+to them and let the test play the guest (power off, reset, crash); their "vCPU
+threads" are real (idle) threads, so the VMM's scheduler places and pins real threads.
 """
 import threading
 
@@ -26,11 +27,17 @@ class FakeMachine:
         self.input = bytearray()
         self.fail_start = fail_start
         self.closed = False
+        self._stop = threading.Event()
+        self._threads = []
 
     def start(self):
         if self.fail_start:
             raise XvmError("boom at start")
         self.calls.append("start")
+        for _ in range(self.config.vcpus):
+            thread = threading.Thread(target=self._stop.wait, daemon=True)
+            thread.start()
+            self._threads.append(thread)
         self.console_sink(b"booted\n")
 
     def pause(self):
@@ -49,10 +56,13 @@ class FakeMachine:
         return {"devices": [{"name": "fake", "metrics": {"n": 1}}]}
 
     def vcpu_thread_ids(self):
-        return [1234]
+        return [thread.native_id for thread in self._threads]
 
     def close(self):
         self.closed = True
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
 
     # the guest's side
     def guest_exit(self, reason, detail=""):
@@ -78,7 +88,7 @@ def vmm(tmp_path):
     states = []
     factory = Factory()
     v = Vmm(config, factory=factory, next_id=lambda: next(ids),
-            on_state=lambda vmm, state: states.append(state), linger=True).start()
+            on_state=lambda vmm, state: states.append(state), linger=True, own_process=False).start()
     v.factory, v.states = factory, states
     yield v
     v.close()
@@ -171,7 +181,8 @@ def test_console_input_goes_to_the_machine(vmm):
 def test_stats_and_info(vmm):
     vmm.handle(A.Boot())
     stats = vmm.handle(A.Stats())
-    assert stats["domain"]["vcpu_thread_ids"] == [1234]
+    assert stats["domain"]["vcpu_thread_ids"] == vmm.factory.machines[-1].vcpu_thread_ids()
+    assert len(stats["domain"]["vcpu_thread_ids"]) == 1
     assert stats["devices"][0]["metrics"] == {"n": 1}
 
 
@@ -204,7 +215,7 @@ def test_without_linger_the_vmm_ends_after_the_domain_stops(tmp_path):
     (tmp_path / "k").write_bytes(b"x")
     config = DomainConfig(name="fake", memory_mib=64, kernel=str(tmp_path / "k"))
     factory = Factory()
-    vmm = Vmm(config, factory=factory, next_id=lambda: 7).start()
+    vmm = Vmm(config, factory=factory, next_id=lambda: 7, own_process=False).start()
     vmm.handle(A.Boot())
     vmm.handle(A.Destroy())
     vmm._thread.join(5)

@@ -209,6 +209,10 @@ class Daemon:
     def _do_SetAutostart(self, action):
         self.host.lookup(action.domain).set_autostart(action.on)
 
+    def _do_UpdateConfig(self, action):
+        domain = self.host.lookup(action.domain)
+        self.host._update_config(domain, DomainConfig.from_dict(action.config))
+
     def _domain_request(self, key, action):
         domain = self.host.lookup(key)
         if isinstance(action, A.Boot):

@@ -7,6 +7,7 @@ SQLite, a domain's VMM is found by its socket, and the domain lock
 running domains running; another ``xvm.connect()`` finds them again.
 """
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -27,6 +28,8 @@ from . import launcher
 from .capabilities import capabilities_of
 from .channel import LocalChannel, SocketChannel
 from .paths import StateDir, default_state_dir
+
+log = logging.getLogger(__name__)
 
 WAIT_POLL = 0.05  # a domain with no VMM changes state only when someone starts it
 VMM_EXIT_WAIT = 10.0  # how long a VMM may take to exit once its domain has stopped
@@ -251,6 +254,7 @@ class LocalHost(Host):
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
+            _remove_cgroups(uuid)
             record = self.store.domain(uuid)
         return record
 
@@ -399,7 +403,8 @@ class LocalHost(Host):
         console_log = ConsoleLog(self.state_dir.console_log(config.name))
         vmm = Vmm(config, factory=machine_factory(self.kvm, nics=local_nics(plans)),
                   next_id=self.store.next_domain_id,
-                  on_state=store_hook(self.store, uuid, record.persistent), console_log=console_log)
+                  on_state=store_hook(self.store, uuid, record.persistent), console_log=console_log,
+                  own_process=False)
         vmm.start()
         self._vmms[uuid] = vmm
         self._drop_channel(uuid)
@@ -431,6 +436,20 @@ class LocalHost(Host):
             for mac in effective_macs(other.nics, other.uuid):
                 in_use[mac] = other.name
         return plan_nics(config, self._networks, in_use)
+
+    def _update_config(self, domain, config):
+        """Store ``config`` as the domain's configuration (from its next boot on); the domain
+        must be persistent and keep its UUID and name (``rename()`` changes the name)."""
+        record = self._record(domain)
+        if not isinstance(config, DomainConfig):
+            raise ConfigError(f"a domain's configuration is an xvm.DomainConfig, not {type(config).__name__}")
+        if str(config.uuid) != record.uuid or config.name != record.name:
+            raise ConfigError(f"the new configuration of domain {record.name!r} must keep its uuid and name "
+                              f"(it has {config.uuid} and {config.name!r})")
+        if not record.persistent:
+            raise StateError(f"domain {record.name!r} is transient: it has no stored configuration to change",
+                             state=DomainState(record.state), operation="change the configuration of")
+        self.store.update_config(record.uuid, config.to_dict())
 
     def _rename(self, domain, new_name):
         record = self._record(domain)
@@ -641,6 +660,16 @@ class LocalHost(Host):
                 net.destroy()
         self.store.close()
         self.kvm.close()
+
+
+def _remove_cgroups(uuid):
+    """What the scheduler of a VMM that was killed left under the cgroup root."""
+    from ..sched import remove_domain_cgroup
+
+    try:
+        remove_domain_cgroup(uuid)
+    except XvmError as e:
+        log.warning("domain %s: cannot remove the cgroups its VMM left: %s", uuid, e)
 
 
 def _offline_info(record):

@@ -99,6 +99,9 @@ class RemoteHost(Host):
     def _stopped(self, domain):
         pass
 
+    def _update_config(self, domain, config):
+        self._channel.call(A.UpdateConfig(domain=str(domain.uuid), config=_config_dict(config)))
+
     def _rename(self, domain, new_name):
         self._channel.call(A.Rename(domain=str(domain.uuid), new_name=new_name))
 

@@ -5,7 +5,7 @@ Each action is a frozen, keyword-only dataclass registered with :func:`action`.
 such a dict (from a request) back into the action, checking every field.
 Field types are limited to what JSON carries: ``int`` (never a bool),
 ``float`` (an int is accepted), ``str``, ``bool``, ``bytes`` (a base64 string
-in JSON), ``dict`` (a JSON object), ``list[str]`` and ``X | None``.
+in JSON), ``dict`` (a JSON object), ``list[str]``, ``list[int]`` and ``X | None``.
 
 :data:`VMM_ACTIONS` are served by one domain's VMM, :data:`HOST_ACTIONS` by
 xvmd; :class:`DomainRequest` carries one VMM action through xvmd to a domain.
@@ -102,6 +102,21 @@ class _StrList:
         return list(value)
 
 
+class _IntList:
+    name = "a list of ints"
+
+    def check(self, value):
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise _Mismatch
+        return list(value)
+
+    from_json = check
+
+    def to_json(self, value):
+        return list(value)
+
+
 class _Optional:
     def __init__(self, inner):
         self.inner = inner
@@ -127,6 +142,8 @@ def _field_type(annotation):
         return _SCALARS[annotation]
     if annotation == list[str]:
         return _StrList()
+    if annotation == list[int]:
+        return _IntList()
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (types.UnionType, typing.Union) and len(args) == 2 and type(None) in args:
         inner = args[0] if args[1] is type(None) else args[1]
@@ -323,8 +340,44 @@ class Restore(Action):
 
 TEST_HOOKS = os.environ.get("XVM_TEST_HOOKS") == "1"
 
+
+@action
+class SetScheduler(Action):
+    """Change the running domain's credit weight and/or cap at once, without a pause
+    (None keeps the current value)."""
+
+    weight: int | None = None
+    cap: int | None = None
+
+
+@action
+class PinVcpu(Action):
+    """Give vCPU ``vcpu``'s thread the hard affinity ``cpus`` (host CPU numbers)."""
+
+    vcpu: int
+    cpus: list[int]
+
+
+@action
+class PinEmulator(Action):
+    """Give the VMM's other threads (device workers, control) the hard affinity ``cpus``."""
+
+    cpus: list[int]
+
+
+@action
+class VcpuInfos(Action):
+    """One :class:`~xvm.sched.VcpuInfo` dict per vCPU, from the kernel's per-thread accounting."""
+
+
+@action
+class SchedInfo(Action):
+    """The domain's live scheduler settings, its cgroup and what the kernel holds there."""
+
+
 VMM_ACTIONS = (Boot, Pause, Resume, PowerButton, Reset, Destroy, Info, Stats, Ping,
-               ConsoleAttach, ConsoleInput, Quit, Wait, Snapshot, Restore) + ((DebugSyscall, DebugOpen) if TEST_HOOKS else ())
+               ConsoleAttach, ConsoleInput, Quit, Wait, Snapshot, Restore, SetScheduler, PinVcpu,
+               PinEmulator, VcpuInfos, SchedInfo) + ((DebugSyscall, DebugOpen) if TEST_HOOKS else ())
 
 
 # --- the host (xvmd) actions --------------------------------------------------------------------
@@ -412,5 +465,13 @@ class SetAutostart(Action):
     on: bool
 
 
+@action
+class UpdateConfig(Action):
+    """Replace a stored (persistent) domain's configuration; it takes effect at its next boot."""
+
+    domain: str
+    config: dict
+
+
 HOST_ACTIONS = (ListDomains, LookupDomain, Define, Create, Undefine, Rename, DomainRequest,
-                Capabilities, SetAutostart)
+                Capabilities, SetAutostart, UpdateConfig)

@@ -13,6 +13,7 @@ class DomainState(enum.Enum):
 
 S = DomainState
 ANY = frozenset(DomainState)
+LIVE = frozenset({S.RUNNING, S.PAUSED})  # a machine with vCPU threads exists
 
 # action type: (states it is legal in, state after it; None = unchanged)
 TRANSITIONS = {
@@ -33,6 +34,11 @@ TRANSITIONS = {
     A.DebugOpen: (ANY, None),  # test only
     A.Snapshot: ({S.RUNNING, S.PAUSED}, S.SHUTOFF),
     A.Restore: ({S.SHUTOFF, S.CRASHED}, S.RUNNING),
+    A.SetScheduler: (LIVE, None),
+    A.PinVcpu: (LIVE, None),
+    A.PinEmulator: (LIVE, None),
+    A.VcpuInfos: (LIVE, None),
+    A.SchedInfo: (LIVE, None),
 }
 
 # What the action is called in messages ("cannot pause domain 'x': it is shutoff").
@@ -40,6 +46,9 @@ VERBS = {
     A.Boot: "start", A.Pause: "pause", A.Resume: "resume", A.PowerButton: "shutdown",
     A.Reset: "reboot", A.Destroy: "destroy", A.ConsoleInput: "write to the console of",
     A.Quit: "quit the VMM of", A.Snapshot: "save", A.Restore: "restore",
+    A.Quit: "quit the VMM of", A.SetScheduler: "change the scheduler of", A.PinVcpu: "pin a vCPU of",
+    A.PinEmulator: "pin the emulator threads of", A.VcpuInfos: "read the vCPUs of",
+    A.SchedInfo: "read the scheduler of",
 }
 
 

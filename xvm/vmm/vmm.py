@@ -13,6 +13,14 @@ The machine comes from a *factory*, ``factory(config, console_sink, on_exit)``,
 returning an object with ``start() pause() resume() power_button() close()
 console_input(bytes) stats() vcpu_thread_ids()``: the real one builds a KVM
 machine (:func:`machine_factory`), the tests' a fake.
+
+Scheduling (:mod:`xvm.sched`): each boot gets a :class:`~xvm.sched.DomainScheduler` —
+the domain's cgroup (named by its UUID), vCPU threads in ``vcpuN``, the VMM's other
+threads in ``emulator``, weight, cap and pins applied — made before the machine is
+built and closed (cgroups removed) whenever the machine goes.  Live changes
+(SetScheduler, PinVcpu, PinEmulator) last until the domain stops; a guest reset keeps
+them.  ``own_process=False`` for a VMM inside its caller's process: only the vCPU
+threads (and what they start) are the domain's.
 """
 import logging
 import os
@@ -22,6 +30,7 @@ import time
 
 from ..console import Console
 from ..errors import XvmError
+from ..sched import SWEEP_INTERVAL, DomainScheduler
 from . import actions as A
 from . import lifecycle
 from .protocol import register_error
@@ -58,7 +67,7 @@ class Vmm:
     """The VMM of one domain.  ``start()`` starts its control thread; ``close()`` ends it."""
 
     def __init__(self, config, *, factory, next_id, on_state=None, console=None, console_log=None,
-                 linger=False):
+                 linger=False, own_process=True):
         self.config = config
         self._factory = factory
         self._next_id = next_id  # callable -> a new per-boot domain id
@@ -71,6 +80,9 @@ class Vmm:
         self.crash_reason = None
         self.started_at = None
         self.machine = None
+        self.scheduler = None  # DomainScheduler of the current boot
+        self._own_process = own_process
+        self._base_affinity = frozenset(os.sched_getaffinity(0))  # before any thread is pinned
         self._inbox = queue.SimpleQueue()
         self._changed = threading.Condition()
         self._thread = None
@@ -141,7 +153,11 @@ class Vmm:
 
     def _loop(self):
         while True:
-            item = self._inbox.get()
+            try:
+                item = self._inbox.get(timeout=SWEEP_INTERVAL if self.scheduler is not None else None)
+            except queue.Empty:
+                self._sweep()
+                continue
             if item is _STOP:
                 self._teardown("the VMM was closed")
                 return
@@ -181,7 +197,7 @@ class Vmm:
 
     # -- actions ------------------------------------------------------------------------------
     def _do_Boot(self, action):
-        self._boot()
+        self._boot(None)  # a fresh boot: the configured scheduling, not the last run's live changes
         self.crash_reason = None
 
     def _do_Restore(self, action):
@@ -214,9 +230,9 @@ class Vmm:
         self.machine.power_button()
 
     def _do_Reset(self, action):
-        self._teardown(None)
+        settings = self._teardown(None)
         try:
-            self._boot()
+            self._boot(settings)
         except XvmError as e:
             self._crash(f"reboot failed: {e}")
             raise
@@ -245,6 +261,25 @@ class Vmm:
     def _do_Quit(self, action):
         self.quit_requested.set()
 
+    def _do_SetScheduler(self, action):
+        sched = self.scheduler.sched.replace(weight=action.weight, cap=action.cap)
+        self.scheduler.set_sched(sched)
+        return sched.to_dict()
+
+    def _do_PinVcpu(self, action):
+        return sorted(self.scheduler.pin_vcpu(action.vcpu, action.cpus))
+
+    def _do_PinEmulator(self, action):
+        self.scheduler.pin_emulator(action.cpus)
+
+    def _do_VcpuInfos(self, action):
+        self._sweep()
+        return [info.to_dict() for info in self.scheduler.vcpu_infos()]
+
+    def _do_SchedInfo(self, action):
+        self._sweep()
+        return self.scheduler.info()
+
     def _info(self):
         cfg = self.config
         return {
@@ -255,17 +290,28 @@ class Vmm:
         }
 
     # -- machinery ----------------------------------------------------------------------------
-    def _boot(self, restore=None):
-        if restore is None:
-            machine = self._factory(self.config, self._console_sink, self._post_exit)
-        else:
-            machine = self._factory(self.config, self._console_sink, self._post_exit, restore=restore)
+    def _boot(self, settings=None, restore=None):
+        cfg = self.config
+        sched, pins, emulator_pin = settings or (cfg.sched, cfg.vcpu_pins, cfg.emulator_pin)
+        scheduler = DomainScheduler(str(cfg.uuid), cfg.vcpus, sched, pins, emulator_pin,
+                                    base_affinity=self._base_affinity, own_process=self._own_process)
+        try:
+            if restore is None:
+                machine = self._factory(self.config, self._console_sink, self._post_exit)
+            else:
+                machine = self._factory(self.config, self._console_sink, self._post_exit, restore=restore)
+        except BaseException:
+            scheduler.close()
+            raise
         try:
             machine.start()
+            scheduler.attach(machine.vcpu_thread_ids())
         except BaseException:
             machine.close()
+            scheduler.close()
             raise
         self.machine = machine
+        self.scheduler = scheduler
         self.id = self._next_id()
         self.boot_count += 1
         self.started_at = time.time()
@@ -280,13 +326,26 @@ class Vmm:
         """The machine's on_exit: called once from whichever thread noticed."""
         self._inbox.put((machine, exit_))
 
+    def _sweep(self):
+        if self.scheduler is not None:
+            try:
+                self.scheduler.sweep()
+            except XvmError as e:
+                log.warning("domain %s: placing new threads failed: %s", self.config.name, e)
+
     def _teardown(self, detach_reason):
+        """Close the machine and remove its cgroups; returns the scheduling it had (or None)."""
         machine, self.machine = self.machine, None
+        scheduler, self.scheduler = self.scheduler, None
         self.id = None
         if detach_reason is not None:
             self.console._detach(detach_reason)
         if machine is not None:
             machine.close()
+        if scheduler is not None:
+            scheduler.close()
+            return scheduler.settings()
+        return None
 
     def _crash(self, reason):
         self.crash_reason = reason
@@ -299,9 +358,9 @@ class Vmm:
         if machine is not self.machine:
             return  # this boot was already torn down (destroy, reboot)
         if exit_.reason is ExitReason.RESET:
-            self._teardown(None)
+            settings = self._teardown(None)
             try:
-                self._boot()
+                self._boot(settings)
             except XvmError as e:
                 self._crash(f"reboot failed: {e}")
                 return
