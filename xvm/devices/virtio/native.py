@@ -38,6 +38,8 @@ def load():
         _tried = True
         try:
             from . import _native  # built by setuptools (cffi_modules)
+            if not _current(_native):
+                raise ImportError("the installed C module predates its source")
             _loaded = _native
         except ImportError:
             try:
@@ -46,6 +48,17 @@ def load():
                 log.warning("virtio: C chain walker unavailable, using Python: %s", e)
                 _loaded = None
         return _loaded
+
+
+def _current(module):
+    """Whether a compiled module has every function the source declares now (a checkout
+    updated since ``pip install -e`` has a stale one)."""
+    import re
+
+    from . import _build_native
+
+    names = re.findall(r"\b(xvm_\w+)\s*\(", _build_native.CDEF)
+    return all(hasattr(module.lib, name) for name in names)
 
 
 def _build_into_cache():
