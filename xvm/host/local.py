@@ -112,16 +112,6 @@ class LocalHost(Host):
         record = self.store.add_domain(str(config.uuid), config.name, config.to_dict(), persistent=persistent)
         return self._handle(record.uuid)
 
-    def define_xml(self, text):
-        """Define a domain from libvirt domain XML (its xvm metadata's autostart too)."""
-        from ..xml import parse_domain_xml
-
-        parsed = parse_domain_xml(text)
-        domain = self.define(parsed.config)
-        if parsed.settings.get("autostart"):
-            domain.set_autostart(True)
-        return domain
-
     def domains(self):
         """Every domain of this host (persistent ones, and transient ones while they exist)."""
         return [self._handle(record.uuid) for record in self.store.domains()]

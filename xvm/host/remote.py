@@ -50,16 +50,6 @@ class RemoteHost(Host):
             self._channel.call(A.Undefine(domain=record["uuid"]))
             raise
 
-    def define_xml(self, text):
-        """Define a domain from libvirt domain XML (its xvm metadata's autostart too)."""
-        from ..xml import parse_domain_xml
-
-        parsed = parse_domain_xml(text)
-        domain = self.define(parsed.config)
-        if parsed.settings.get("autostart"):
-            domain.set_autostart(True)
-        return domain
-
     def domains(self):
         return [self._handle(r["uuid"]) for r in self._channel.call(A.ListDomains())]
 
