@@ -46,6 +46,16 @@ class Host:
         from ..display import host_bundle
         return host_bundle(self, include, exclude)
 
+    def define_xml(self, text):
+        """Define a domain from libvirt domain XML (its xvm metadata's autostart too)."""
+        from ..xml import parse_domain_xml
+
+        parsed = parse_domain_xml(text)
+        domain = self.define(parsed.config)
+        if parsed.settings.get("autostart"):
+            domain.set_autostart(True)
+        return domain
+
     def __enter__(self):
         return self
 
