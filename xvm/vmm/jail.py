@@ -96,7 +96,8 @@ ALLOWED = {
     "select": "socket timeouts", "pselect6": "socket timeouts",
     "futex": "locks and condition variables", "nanosleep": "time.sleep", "clock_nanosleep": "time.sleep",
     "clock_gettime": "time (outside the vDSO)", "clock_getres": "time", "gettimeofday": "time",
-    "sched_yield": "the GIL", "sched_getaffinity": "os.cpu_count", "getrandom": "hash seeds, uuids",
+    "sched_yield": "the GIL", "sched_getaffinity": "os.cpu_count",
+    "sched_setaffinity": "vCPU and emulator pinning (xvm.sched)", "statfs": "cgroup mount detection (xvm.sched)", "getrandom": "hash seeds, uuids",
     # the control socket
     "accept4": "client connections", "recvfrom": "requests", "sendto": "replies", "recvmsg": "descriptors",
     "sendmsg": "replies", "shutdown": "closing connections", "getsockopt": "socket errors",
@@ -541,6 +542,11 @@ def _enter_mount_namespace(ffi, libc, paths, uid, gid):
     size = (1 << 20) + sum(os.path.getsize(path) for path, kind in paths if kind == "file")
     _mount(ffi, libc, "xvm-jail", root, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0755,size={size}")
     os.makedirs(root + "/.boot", mode=0o755)
+    # The private /tmp first: a checkout or cache under /tmp is bound inside it below,
+    # instead of being hidden by it.
+    os.makedirs(root + "/tmp", mode=0o1777)
+    _mount(ffi, libc, "tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+           f"mode=1777,size={TMP_SIZE}")
     ro = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
     for path, kind in paths:
         target = root + path
@@ -569,9 +575,6 @@ def _enter_mount_namespace(ffi, libc, paths, uid, gid):
         _mount(ffi, libc, None, target, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC)
     os.makedirs(root + "/proc", mode=0o555)
     _mount(ffi, libc, "proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    os.makedirs(root + "/tmp", mode=0o1777)
-    _mount(ffi, libc, "tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-           f"mode=1777,size={TMP_SIZE}")
     os.makedirs(root + "/.old-root", mode=0o700)
     new_root, put_old = ffi.new("char[]", root.encode()), ffi.new("char[]", (root + "/.old-root").encode())
     if libc.syscall(SYS_pivot_root, ffi.cast("char *", new_root), ffi.cast("char *", put_old)) != 0:
