@@ -104,7 +104,9 @@ class Domain:
 
     @property
     def machine(self):
-        """The running machine when the VMM is in this process (``in_process=True``), else None."""
+        """The machine when the VMM is in this process (``in_process=True``): the running one,
+        or once the guest stopped that boot's (closed; its devices' metrics stay readable);
+        None for a VMM process."""
         return self._host._machine(self)
 
     def stats(self):

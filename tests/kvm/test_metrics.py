@@ -73,7 +73,7 @@ def test_metrics_while_a_guest_reads_its_disk(metrics_xvmd, guest, tmp_path):
     quiet = host.define(xvm.DomainConfig(name="quiet", memory_mib=64, kernel=guest("irq")))
     dom = host.create(xvm.DomainConfig(
         name="reader", memory_mib=64, kernel=guest("blk"), disks=[xvm.Disk(image)],
-        cmdline="mode=bench op=seqread bs=4096 count=20000 depth=1 linger_ms=300"))
+        cmdline="mode=bench op=seqread bs=4096 count=200000 depth=1 linger_ms=300"))
     dom.console.expect("blk: bench start", timeout=30)
     time.sleep(0.5)
     first = scrape(url)
@@ -108,7 +108,7 @@ def test_metrics_while_a_guest_reads_its_disk(metrics_xvmd, guest, tmp_path):
     if dom.state is DomainState.RUNNING:
         assert rows["reader"][-4].endswith("/s") and not rows["reader"][-4].startswith("0B")  # BLK RD/s
 
-    dom.console.expect("blk: bench seqread 20000 ios", timeout=120)
+    dom.console.expect("blk: bench seqread 200000 ios", timeout=120)
     assert dom.wait(timeout=30) is DomainState.SHUTOFF
     samples = scrape(url)
     assert value(samples, "xvm_domains") == 1  # the transient domain is gone

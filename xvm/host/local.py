@@ -157,7 +157,9 @@ class LocalHost(Host):
 
     def _machine(self, domain):
         vmm = self._vmms.get(str(domain.uuid))
-        machine = vmm.machine if vmm is not None else None
+        if vmm is None:
+            return None
+        machine = vmm.machine or (getattr(vmm, "last_machine", None) if vmm.state in STOPPED else None)
         return machine.machine if machine is not None else None
 
     # -- talking to VMMs ----------------------------------------------------------------------

@@ -311,6 +311,7 @@ class Vmm:
             scheduler.close()
             raise
         self.machine = machine
+        self.last_machine = machine  # in-process callers may still read its devices' metrics
         self.scheduler = scheduler
         self.id = self._next_id()
         self.boot_count += 1
