@@ -248,6 +248,8 @@ def test_receive(net, memory, irq):
     hdr = HDR.unpack(memory.read(gpa, 12))
     assert hdr[6] == 1  # num_buffers (§5.1.6.4)
     assert memory.read(gpa + 12, len(FRAME)) == FRAME
+    # the worker counts the frame just after publishing it in the used ring
+    wait_for(lambda: dev.metrics.rx_packets == 1)
     assert dev.metrics.rx_packets == 1
     wait_for(lambda: irq.read() >= 1)
 
