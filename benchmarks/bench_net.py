@@ -136,7 +136,7 @@ def run_xvm(host, net, kernel, initrd, timeout):
         metrics = nic.metrics.snapshot()
         return dom.console.text(), metrics
     finally:
-        if dom.machine is not None:
+        if dom.state is not xvm.DomainState.SHUTOFF:
             dom.destroy()
         dom.undefine()
 

@@ -57,7 +57,7 @@ def lan(host):
     net = host.create_network(xvm.Network("hvmlan", address=f"{SUBNET}.1/24"))
     yield net
     for dom in host.domains():
-        if dom.machine is not None:
+        if dom.state is not xvm.DomainState.SHUTOFF:
             dom.destroy()
     net.destroy()
     import gc

@@ -58,7 +58,7 @@ def lan(host, clean_links):
     net = host.create_network(xvm.Network(f"lan{SUFFIX}", address="10.216.0.1/24"))
     yield net
     for dom in host.domains():
-        if dom.machine is not None:
+        if dom.state is not xvm.DomainState.SHUTOFF:
             dom.destroy()
     if net.active:
         net.destroy()

@@ -85,6 +85,7 @@ class LocalHost(Host):
         self._channels = {}  # uuid -> (vmm key, channel)
         self._vmms = {}  # uuid -> Vmm, in-process only
         self._vmm_locks = {}  # uuid -> DomainLock held for an in-process Vmm
+        self._ended_vmms = {}  # uuid -> the last in-process Vmm that ended (dom.machine afterwards)
         self._networks = NetworkTable(self)
         self._pools = None  # xvm.storage.Pools over this store, made on first use
         self._starting = set()  # uuids this host is starting: their disks count as in use
@@ -156,10 +157,10 @@ class LocalHost(Host):
         return DomainConfig.from_dict(self._record(domain).config)
 
     def _machine(self, domain):
-        vmm = self._vmms.get(str(domain.uuid))
+        vmm = self._vmms.get(str(domain.uuid)) or self._ended_vmms.get(str(domain.uuid))
         if vmm is None:
             return None
-        machine = vmm.machine or (getattr(vmm, "last_machine", None) if vmm.state in STOPPED else None)
+        machine = vmm.machine or (vmm.last_machine if vmm.state in STOPPED else None)
         return machine.machine if machine is not None else None
 
     # -- talking to VMMs ----------------------------------------------------------------------
@@ -187,7 +188,7 @@ class LocalHost(Host):
             entry = self._channels.pop(uuid, None)
             vmm = self._vmms.get(uuid)
             if vmm is not None and vmm.state in STOPPED and vmm.boot_count:
-                self._vmms.pop(uuid, None)
+                self._ended_vmms[uuid] = self._vmms.pop(uuid)
                 vmm.close()
                 self._vmm_locks.pop(uuid).close()
         if entry is not None:
@@ -278,6 +279,7 @@ class LocalHost(Host):
         for the VMM to be gone, so that a start() right after this succeeds."""
         uuid = str(domain.uuid)
         self._drop_channel(uuid)
+        self._ended_vmms.pop(uuid, None)  # destroyed or shut down by the caller: no machine left
         self._wait_vmm_gone(uuid, VMM_EXIT_WAIT)
 
     def _wait_vmm_gone(self, uuid, timeout):

@@ -80,6 +80,7 @@ class Vmm:
         self.crash_reason = None
         self.started_at = None
         self.machine = None
+        self.last_machine = None  # the current or last boot's machine (in-process metrics)
         self.scheduler = None  # DomainScheduler of the current boot
         self._own_process = own_process
         self._base_affinity = frozenset(os.sched_getaffinity(0))  # before any thread is pinned
