@@ -13,6 +13,7 @@ import time
 from .errors import ConsoleTimeout, StateError
 
 DEFAULT_LOG_LIMIT = 1 << 20
+SETTLE = 0.05  # seconds a match at the end of the output waits for the rest of it
 
 
 class Console:
@@ -130,19 +131,28 @@ class Console:
         """Wait for ``pattern`` (a regex, str or bytes) in output since the last match.
 
         Returns the ``re.Match`` (on text if ``pattern`` is a str, on bytes
-        otherwise).  Raises :class:`ConsoleTimeout` with the tail of the output
+        otherwise).  A match that ends at the newest byte is held for up to
+        50 ms so that a pattern such as ``echo: (.*)`` gets the whole line, not
+        the part that had arrived.  Raises :class:`ConsoleTimeout` with the tail of the output
         if it does not appear in ``timeout`` seconds, and :class:`StateError` if
         the domain stops before it appears.
         """
         regex = re.compile(pattern) if isinstance(pattern, (str, bytes)) else pattern
         textual = isinstance(regex.pattern, str)
         deadline = time.monotonic() + timeout
+        settle_until = None
         with self._cond:
             while True:
                 window = self._since(self._expect_pos)
                 haystack = window.decode("utf-8", "surrogateescape") if textual else window
                 match = regex.search(haystack)
-                if match:
+                if match and match.end() == len(haystack) and not self._is_closed() \
+                        and settle_until is None:
+                    # A match that ends at the newest byte may be cut short (``echo: (.*)``
+                    # seeing half a line): give the rest of the output a moment to arrive.
+                    settle_until = min(time.monotonic() + SETTLE, deadline)
+                if match and (settle_until is None or match.end() < len(haystack)
+                              or time.monotonic() >= settle_until or self._is_closed()):
                     consumed = haystack[: match.end()]
                     if textual:
                         consumed = consumed.encode("utf-8", "surrogateescape")
@@ -153,10 +163,11 @@ class Console:
                         f"console closed ({self._closed_reason}) before {regex.pattern!r} appeared; "
                         f"last output:\n{window[-2000:].decode('utf-8', 'replace')}"
                     )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                wake = settle_until if match else deadline
+                remaining = wake - time.monotonic()
+                if remaining <= 0 and not match:
                     raise ConsoleTimeout(regex.pattern, timeout, window)
-                self._cond.wait(remaining)
+                self._cond.wait(max(remaining, 0))
 
     def _is_closed(self):
         return self._input is None

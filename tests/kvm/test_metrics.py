@@ -73,14 +73,13 @@ def test_metrics_while_a_guest_reads_its_disk(metrics_xvmd, guest, tmp_path):
     quiet = host.define(xvm.DomainConfig(name="quiet", memory_mib=64, kernel=guest("irq")))
     dom = host.create(xvm.DomainConfig(
         name="reader", memory_mib=64, kernel=guest("blk"), disks=[xvm.Disk(image)],
-        cmdline="mode=bench op=seqread bs=4096 count=200000 depth=1 linger_ms=300"))
+        cmdline="mode=bench op=seqread bs=4096 count=1000000000 depth=1"))  # reads until destroyed
     dom.console.expect("blk: bench start", timeout=30)
     time.sleep(0.5)
     first = scrape(url)
     time.sleep(1.0)
     second = scrape(url)
-    running = dom.state is DomainState.RUNNING
-    assert running, "the guest finished its reads before the second scrape: make count= larger"
+    assert dom.state is DomainState.RUNNING
 
     assert value(second, "xvm_domains") == 2
     assert value(second, "xvm_domain_state", domain="reader", uuid=str(dom.uuid), state="running") == 1
@@ -105,11 +104,9 @@ def test_metrics_while_a_guest_reads_its_disk(metrics_xvmd, guest, tmp_path):
     assert lines[1].split()[:3] == ["ID", "NAME", "STATE"]
     rows = {line.split()[1]: line.split() for line in lines[2:] if line.strip()}
     assert rows["reader"][2] == "running" and rows["quiet"][2] == "shutoff"
-    if dom.state is DomainState.RUNNING:
-        assert rows["reader"][-4].endswith("/s") and not rows["reader"][-4].startswith("0B")  # BLK RD/s
+    assert rows["reader"][-4].endswith("/s") and not rows["reader"][-4].startswith("0B")  # BLK RD/s
 
-    dom.console.expect("blk: bench seqread 200000 ios", timeout=120)
-    assert dom.wait(timeout=30) is DomainState.SHUTOFF
+    dom.destroy()
     samples = scrape(url)
     assert value(samples, "xvm_domains") == 1  # the transient domain is gone
     assert not any(dict(labels).get("domain") == "reader" for _, labels in samples)

@@ -131,6 +131,23 @@ def test_expect_matches_across_chunked_feeds_from_another_thread(console):
     assert match.groups() == ("Debian", "12")
 
 
+def test_a_match_at_the_newest_byte_waits_for_the_rest_of_the_line(console):
+    # The guest's line arrives in two pieces; ``(.*)`` must not return the first half.
+    console._feed(b"echo: hello from th")
+    thread = feed_later(console, [b"e notebook\n"], delay=0.01)
+    try:
+        assert console.expect(r"echo: (.*)", timeout=10).group(1) == "hello from the notebook"
+    finally:
+        thread.join()
+
+
+def test_a_match_at_the_newest_byte_is_returned_when_nothing_follows(console):
+    console._feed(b"login: ")
+    started = time.monotonic()
+    assert console.expect("login: ", timeout=10)
+    assert time.monotonic() - started < 5
+
+
 def test_expect_matches_a_multibyte_character_split_across_feeds(console):
     thread = feed_later(console, [b"caf\xc3", b"\xa9 ok"])
     try:
