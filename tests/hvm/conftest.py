@@ -2,7 +2,7 @@
 
 * On a machine with vmx/svm (real hardware, or inside the HVM test host) they run directly.
 * Otherwise (the project's PVM machines) the outer pytest boots the TCG test host ONCE per
-  session, the first time one of these tests runs, runs all the selected tests/hvm tests inside
+  session, as the session starts (in a thread, while the other tests run), runs all the selected tests/hvm tests inside
   it with ``--junitxml`` written to the results share, and each outer item then reports the
   inner result of the same node id (pass, fail with the inner failure text, skip with the
   inner reason).
@@ -17,7 +17,10 @@
 
 Environment: XVM_HVM_TIMEOUT (seconds for the inner run, default 600 + 120 per test),
 XVM_HVM_STALL_TIMEOUT (seconds of silence that mean a hang, default 120),
-XVM_HVM_STREAM=1 (stream the test host's console to the terminal; also with -s or -vv),
+XVM_HVM_STREAM=1 (stream the test host's console to the terminal; also with -s or -vv; the run is
+then in the foreground, when the first tests/hvm item is reached),
+XVM_HVM_BACKGROUND=0 (run the test host in the foreground even without streaming; by default
+it starts with the session and runs while the other tests do, its items placed last),
 XVM_HVM_PLUGINS=a,b (pytest plugins to load inside: the inner pytest runs with
 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1, because discovering entry points over 9p costs ~45 s under TCG;
 e.g. XVM_HVM_PLUGINS=_hypothesis_pytestplugin).
@@ -27,6 +30,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -82,6 +86,24 @@ def pytest_collection_modifyitems(session, config, items):
         if config.pluginmanager.hasplugin("timeout"):
             # The first item waits for the whole inner session, which has its own timeout.
             items[i].add_marker(pytest.mark.timeout(0))
+    if runner.background and len(hvm) < len(items):
+        # The test host runs while the other tests do (it uses about one of the CPUs): its
+        # items go last, to wait for it as little as possible.
+        remote = [items[i] for i in hvm]
+        items[:] = [item for item in items if not isinstance(item, _RemoteItem)] + remote
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    runner = session.config.stash.get(_RUNNER, None)
+    if runner is not None and runner.background and not session.config.option.collectonly:
+        runner.start()
+
+
+def pytest_sessionfinish(session):
+    runner = session.config.stash.get(_RUNNER, None)
+    if runner is not None:
+        runner.cancel()  # a session stopped early (-x, Ctrl-C) must not leave the machine running
 
 
 def _select_inner(config, items):
@@ -113,9 +135,28 @@ class _InnerRun:
         self.results_dir = None
         self.wall = None
         self.first_failure = None  # node id of the item that reported self.error in full
+        self.host = None
+        self.thread = None
+        # In the background unless its console is streamed to the terminal (which would mix
+        # with the other tests' output) or XVM_HVM_BACKGROUND=0.
+        self.background = os.environ.get("XVM_HVM_BACKGROUND", "1") != "0" and not self._stream_wanted()
+
+    def start(self):
+        """Start the inner session in a thread (the first remote item waits for it)."""
+        if self.thread is None and self.wall is None:
+            self.thread = threading.Thread(target=self._run, name="xvm-hvm-testhost", daemon=True)
+            self.thread.start()
+
+    def cancel(self):
+        if self.thread is not None and self.thread.is_alive():
+            if self.host is not None:
+                self.host.cancel()
+            self.thread.join(30)
 
     def outcome_of(self, nodeid):
-        if self.wall is None:
+        if self.thread is not None:
+            self.thread.join()
+        elif self.wall is None:
             self._run()
         if self.error is not None:
             return None
@@ -138,11 +179,11 @@ class _InnerRun:
         start = time.monotonic()
         try:
             stream = sys.stderr if self._stream_wanted() else None
-            host = TestHost(stream=stream, stall_timeout=self._stall_timeout())
+            host = self.host = TestHost(stream=stream, stall_timeout=self._stall_timeout())
             host.prepare()  # NotPreparedError names scripts/setup-testhost.sh
             self.results_dir = Path(tempfile.mkdtemp(prefix="xvm-hvm-"))
             junit = self.results_dir / "junit.xml"
-            capman = self.config.pluginmanager.getplugin("capturemanager")
+            capman = self.config.pluginmanager.getplugin("capturemanager") if stream else None
             with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
                 if stream:
                     stream.write(f"\n[xvm hvm] booting the HVM test host for {len(self.nodeids)} test(s)\n")

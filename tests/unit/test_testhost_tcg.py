@@ -6,18 +6,20 @@ the test host, so the quick tier (``-m "not hvm"``) leaves them out.
 * a job that goes silent is stopped by the heartbeat within the stall limit, retried once, and
   the error names what was running.
 """
+import inspect
 import io
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from xvm.testhost import TestHost, TestHostTimeout, qemu_path
+from xvm.testhost import TestHost, TestHostCancelled, TestHostTimeout, qemu_path
 
 REPO = Path(__file__).resolve().parents[2]
 STALL = 10.0  # seconds of silence that count as a hang here
@@ -71,3 +73,80 @@ def test_a_silent_job_is_stopped_by_the_heartbeat_and_retried_once(tmp_path):
     ctl = tmp_path / ".xvm-testhost"
     assert (ctl / "console-1.log").exists() and (ctl / "console-2.log").exists()
     assert (ctl / "progress-2.log").read_text() == f"start {name}\n"
+
+
+def test_cancel_stops_a_running_job_at_once(tmp_path):
+    host = TestHost(mode="tcg", retries=1)
+    outcome = {}
+
+    def run():
+        try:
+            host.run('echo "started" >> "$XVM_TESTHOST_PROGRESS"; exec sleep 3600', timeout=600, cwd=REPO,
+                     results_dir=tmp_path)
+        except TestHostCancelled as e:
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    progress = tmp_path / ".xvm-testhost" / "progress"
+    deadline = time.monotonic() + 300
+    while not (progress.exists() and progress.read_text()):
+        assert thread.is_alive() and time.monotonic() < deadline, "the job never started"
+        time.sleep(0.2)
+    cancelled = time.monotonic()
+    host.cancel()
+    thread.join(30)
+    assert not thread.is_alive() and "cancelled after" in str(outcome.get("error")), outcome
+    assert time.monotonic() - cancelled < 10
+    assert not _qemu_children(), "QEMU outlived the cancelled run"
+    with pytest.raises(TestHostCancelled):
+        host.run("true", timeout=60, cwd=REPO, results_dir=tmp_path)
+
+
+def _qemu_children(parent=None):
+    parent = os.getpid() if parent is None else parent
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        comm, fields = stat[stat.index("(") + 1: stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if comm.startswith("qemu-system") and int(fields[1]) == parent:
+            found.append(int(entry.name))
+    return found
+
+
+PLAIN_TEST = """
+import os, time
+from pathlib import Path
+
+""" + inspect.getsource(_qemu_children) + """
+
+def test_plain_runs_while_the_test_host_runs():
+    deadline = time.monotonic() + 30
+    while not _qemu_children():
+        assert time.monotonic() < deadline, "no test host running beside this test"
+        time.sleep(0.1)
+"""
+
+
+def test_the_test_host_runs_beside_the_other_tests_and_its_items_come_last():
+    project = Path(tempfile.mkdtemp(prefix="xvm-hvm-background-", dir="/tmp"))
+    try:
+        shutil.copytree(REPO / "xvm", project / "xvm", ignore=shutil.ignore_patterns("__pycache__"))
+        (project / "tests" / "hvm").mkdir(parents=True)
+        shutil.copy(REPO / "tests" / "hvm" / "conftest.py", project / "tests" / "hvm" / "conftest.py")
+        (project / "tests" / "hvm" / "test_tiny.py").write_text("def test_inside():\n    pass\n")
+        (project / "tests" / "test_plain.py").write_text(PLAIN_TEST)
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS")}
+        env["PYTHONPATH"] = str(project)
+        run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "tests/hvm", "tests"],
+                             cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=700)
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+    assert run.returncode == 0, run.stdout
+    order = [line.split(" ", 1)[0] for line in run.stdout.splitlines() if " PASSED" in line]
+    assert order == ["tests/test_plain.py::test_plain_runs_while_the_test_host_runs",
+                     "tests/hvm/test_tiny.py::test_inside"], run.stdout

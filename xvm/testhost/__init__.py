@@ -39,13 +39,13 @@ busybox initramfs whose init prints :data:`NESTED_MARKER` and powers off); for t
 baseline, :func:`xvm.testhost.peer.qemu_kvm_command` (QEMU -accel kvm booting them).
 """
 from .cache import GuestKernel, cache_dir, cloud_kernel, guest_kernel
-from .errors import (NotPreparedError, QemuMissingError, TestHostConfigError, TestHostCrashed, TestHostError,
-                     TestHostTimeout, SETUP_COMMAND)
+from .errors import (NotPreparedError, QemuMissingError, TestHostCancelled, TestHostConfigError, TestHostCrashed,
+                     TestHostError, TestHostTimeout, SETUP_COMMAND)
 from .host import Result, TestHost, hardware_virtualization, qemu_path
 from .initramfs import NESTED_MARKER, nested_initramfs
 
 __all__ = [
     "GuestKernel", "NESTED_MARKER", "NotPreparedError", "QemuMissingError", "Result", "SETUP_COMMAND",
-    "TestHost", "TestHostConfigError", "TestHostCrashed", "TestHostError", "TestHostTimeout", "cache_dir",
+    "TestHost", "TestHostCancelled", "TestHostConfigError", "TestHostCrashed", "TestHostError", "TestHostTimeout", "cache_dir",
     "cloud_kernel", "guest_kernel", "hardware_virtualization", "nested_initramfs", "qemu_path",
 ]

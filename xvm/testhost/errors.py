@@ -68,3 +68,7 @@ class TestHostTimeout(_MachineError):
 
 class TestHostCrashed(_MachineError):
     """QEMU exited without the command's exit status (kernel panic, init failure, QEMU error)."""
+
+
+class TestHostCancelled(TestHostError):
+    """:meth:`TestHost.cancel` was called while a job ran; its machine was killed."""

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 from . import cache, initramfs, progress
-from .errors import QemuMissingError, TestHostConfigError, TestHostCrashed, TestHostError, TestHostTimeout
+from .errors import (QemuMissingError, TestHostCancelled, TestHostConfigError, TestHostCrashed, TestHostError,
+                     TestHostTimeout)
 
 QEMU = "qemu-system-x86_64"
 CTL_DIR = ".xvm-testhost"
@@ -105,6 +106,12 @@ class TestHost:
         self.kernel_args = kernel_args
         self.stall_timeout = stall_timeout
         self._prepared = None
+        self._cancelled = threading.Event()
+
+    def cancel(self):
+        """Stop a :meth:`run` in progress (from another thread): its machine is killed and
+        ``run`` raises :class:`TestHostCancelled`; later runs are refused the same way."""
+        self._cancelled.set()
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -166,6 +173,8 @@ class TestHost:
         temporary directory that is removed afterwards.
         """
         cwd = Path(cwd or os.getcwd()).resolve()
+        if self._cancelled.is_set():
+            raise TestHostCancelled("cancelled before it started")
         if self.mode == "direct":
             return self._run_direct(command, timeout, cwd, env)
         shares = _shares([(cwd, "cwd"), (cache.cache_dir().resolve(), "XVM_CACHE")])
@@ -253,7 +262,9 @@ class TestHost:
                 elapsed = now - start
                 if heartbeat.poll():
                     last_progress = now
-                if console.begun is None and elapsed > self.boot_timeout:
+                if self._cancelled.is_set():
+                    hung = "cancelled"
+                elif console.begun is None and elapsed > self.boot_timeout:
                     hung = f"the test host did not boot within {self.boot_timeout:.0f} s"
                 elif console.hang_sign is not None:
                     hung = f"the test host's kernel reported a hang: {console.hang_sign}"
@@ -278,6 +289,9 @@ class TestHost:
             progress_file.replace(ctl / f"progress-{attempt}.log")
         tail = _tail(text)
         boot_time = console.begun - start if console.begun is not None else None
+        if hung == "cancelled":
+            raise TestHostCancelled(f"attempt {attempt}: cancelled after {duration:.1f} s "
+                                    f"(console in {ctl}/console-{attempt}.log)")
         if hung:
             running = None
             if console.begun is not None:
