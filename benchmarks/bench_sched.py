@@ -45,7 +45,7 @@ class GuestLoad:
         os.environ["XVM_CGROUP_ROOT"] = ROOT if settings else tempfile.gettempdir()
         pins = {v: cpus for v in range(vcpus)} if cpus is not None else {}
         cfg = xvm.DomainConfig(name=f"bench-{name}", memory_mib=32, kernel=str(guest_build.build("busy")),
-                               cmdline="shift=30", vcpus=vcpus, vcpu_pins=pins,
+                               cmdline="shift=30 smp=1", vcpus=vcpus, vcpu_pins=pins,
                                sched=sched if settings else xvm.Sched())
         self.dom = GUESTS["host"].create(cfg)
         self.pid = self.dom.info()["pid"]

@@ -18,8 +18,6 @@
 
 const char guest_name[] = "blkstorm";
 
-int ap_trampoline_install(void);
-
 #define VIRTIO_BLK_T_IN		0
 #define VIRTIO_BLK_S_OK		0
 #define QSIZE			256
@@ -111,20 +109,6 @@ void guest_ap_main(int cpu)
 	flooder_done = 1;
 }
 
-#define ICR_ALL_BUT_SELF (3u << 18)
-#define ICR_LEVEL_ASSERT (1u << 14)
-#define ICR_INIT (5u << 8)
-#define ICR_STARTUP (6u << 8)
-#define ICR_BUSY (1u << 12)
-
-static void icr_send(u32 lo)
-{
-	lapic_write(LAPIC_ICR_HI, 0);
-	lapic_write(LAPIC_ICR_LO, lo);
-	for (int i = 0; i < 100000 && (lapic_read(LAPIC_ICR_LO) & ICR_BUSY); i++)
-		cpu_relax();
-}
-
 static void wait_flag(volatile int *flag, const char *what)
 {
 	u64 hz = tsc_hz(), deadline = rdtsc() + hz * 5;
@@ -138,12 +122,7 @@ void guest_main(void)
 	lapic_enable();
 	u64 hz = tsc_hz();
 	setup(&vq);
-	int vector = ap_trampoline_install();
-	icr_send(ICR_ALL_BUT_SELF | ICR_LEVEL_ASSERT | ICR_INIT);
-	delay_us(10000);
-	icr_send(ICR_ALL_BUT_SELF | ICR_STARTUP | (u32)vector);
-	delay_us(200);
-	icr_send(ICR_ALL_BUT_SELF | ICR_STARTUP | (u32)vector);
+	start_aps();
 	wait_flag(&flooder_up, "cpu 1 did not start");
 
 	u64 warmup = (u64)cmdline_long("warmup", 200);

@@ -9,8 +9,6 @@
 
 const char guest_name[] = "smp";
 
-int ap_trampoline_install(void);
-
 static volatile int cpus_up = 1;
 
 static int acpi_checksum_ok(const u8 *p, u32 len)
@@ -81,33 +79,14 @@ void guest_ap_main(int cpu)
 	__atomic_fetch_add(&cpus_up, 1, __ATOMIC_SEQ_CST);
 }
 
-#define ICR_ALL_BUT_SELF (3u << 18)
-#define ICR_LEVEL_ASSERT (1u << 14)
-#define ICR_INIT (5u << 8)
-#define ICR_STARTUP (6u << 8)
-#define ICR_BUSY (1u << 12)
-
-static void icr_send(u32 lo)
-{
-	lapic_write(LAPIC_ICR_HI, 0);
-	lapic_write(LAPIC_ICR_LO, lo);
-	for (int i = 0; i < 100000 && (lapic_read(LAPIC_ICR_LO) & ICR_BUSY); i++)
-		cpu_relax();
-}
-
 void guest_main(void)
 {
 	lapic_enable();
 	printf("cpu %u up (index 0, bsp)\n", lapic_id());
 	u64 hz = tsc_hz();
-	int vector = ap_trampoline_install();
 
 	u64 t0 = rdtsc();
-	icr_send(ICR_ALL_BUT_SELF | ICR_LEVEL_ASSERT | ICR_INIT);
-	delay_us(10000);
-	icr_send(ICR_ALL_BUT_SELF | ICR_STARTUP | (u32)vector);
-	delay_us(200);
-	icr_send(ICR_ALL_BUT_SELF | ICR_STARTUP | (u32)vector);
+	start_aps();
 
 	int expected = madt_cpus();
 	if (expected)

@@ -146,3 +146,15 @@ def test_a_capped_busy_domain_stays_under_its_cap(host, guest):
     used = (dom.vcpus()[0].cpu_time_ns - before) / 1e9 / (time.monotonic() - t0)
     assert used < 0.30 + 0.05, used
     dom.destroy()
+
+
+def test_a_capped_two_vcpu_domain_uses_both_vcpus_and_stays_under_its_cap(host, guest):
+    dom = host.create(xvm.DomainConfig(name="cap150", memory_mib=32, kernel=guest("busy"), vcpus=2,
+                                       cmdline="shift=30 smp=1", sched=xvm.Sched(cap=150)))
+    dom.console.expect("busy: printing", timeout=10)
+    before, t0 = [v.cpu_time_ns for v in dom.vcpus()], time.monotonic()
+    time.sleep(2.0)
+    used = [(v.cpu_time_ns - b) / 1e9 / (time.monotonic() - t0) for v, b in zip(dom.vcpus(), before)]
+    assert all(u > 0.1 for u in used), f"a vCPU is not busy: {used}"  # the guest spins on both
+    assert sum(used) < 1.50 + 0.10, used
+    dom.destroy()

@@ -345,3 +345,28 @@ int ap_trampoline_install(void)
 	       (u64)(ap_trampoline_end - ap_trampoline_start));
 	return AP_TRAMPOLINE >> 12;
 }
+
+#define ICR_ALL_BUT_SELF (3u << 18)
+#define ICR_LEVEL_ASSERT (1u << 14)
+#define ICR_INIT (5u << 8)
+#define ICR_STARTUP (6u << 8)
+#define ICR_BUSY (1u << 12)
+
+static void icr_send(u32 lo)
+{
+	lapic_write(LAPIC_ICR_HI, 0);
+	lapic_write(LAPIC_ICR_LO, lo);
+	for (int i = 0; i < 100000 && (lapic_read(LAPIC_ICR_LO) & ICR_BUSY); i++)
+		cpu_relax();
+}
+
+/* INIT-SIPI-SIPI to every other CPU (the LAPIC must be enabled): each runs guest_ap_main. */
+void start_aps(void)
+{
+	int vector = ap_trampoline_install();
+	icr_send(ICR_ALL_BUT_SELF | ICR_LEVEL_ASSERT | ICR_INIT);
+	delay_us(10000);
+	icr_send(ICR_ALL_BUT_SELF | ICR_STARTUP | (u32)vector);
+	delay_us(200);
+	icr_send(ICR_ALL_BUT_SELF | ICR_STARTUP | (u32)vector);
+}

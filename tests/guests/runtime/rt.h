@@ -129,6 +129,9 @@ void ioapic_route(int pin, int vector, u32 dest_apic_id);
 u64 tsc_hz(void);			/* calibrated against the LAPIC timer (1 GHz bus) */
 void delay_us(u64 us);
 
+/* ---- SMP */
+void start_aps(void);		/* INIT-SIPI-SIPI to all other CPUs: guest_ap_main */
+
 /* ---- power */
 void NORETURN poweroff(void);
 void NORETURN reboot(void);
