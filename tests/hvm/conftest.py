@@ -36,8 +36,8 @@ from pathlib import Path
 
 import pytest
 
-from xvm.testhost import (NESTED_MARKER, TestHost, TestHostConfigError, TestHostError, cloud_kernel,
-                          hardware_virtualization, nested_initramfs, qemu_path)
+from xvm.testhost import (NESTED_MARKER, TestHost, TestHostCancelled, TestHostConfigError, TestHostError,
+                          cloud_kernel, hardware_virtualization, nested_initramfs, qemu_path)
 from xvm.testhost.junit import junit_key, read_junit
 
 HVM_DIR = Path(__file__).resolve().parent
@@ -231,6 +231,8 @@ class _InnerRun:
     def summary(self):
         if self.wall is None:
             return None
+        if isinstance(self.error, TestHostCancelled):
+            return f"HVM test host: cancelled after {self.wall:.1f} s (the session ended first)"
         if self.error is not None or self.result is None:
             where = f" (results in {self.results_dir})" if self.results_dir else ""
             first_line = str(self.error).split("\n", 1)[0] if self.error is not None else "no result"

@@ -171,6 +171,7 @@ mount -t overlay -o lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/w
 N=/newroot
 mount -t proc proc $N/proc
 mount -t sysfs sys $N/sys
+mount -t cgroup2 cgroup2 $N/sys/fs/cgroup 2>/dev/null || say "no cgroup2 mount"
 mount -t devtmpfs dev $N/dev
 mkdir -p $N/dev/pts $N/dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts $N/dev/pts
