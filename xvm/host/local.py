@@ -160,7 +160,8 @@ class LocalHost(Host):
         vmm = self._vmms.get(str(domain.uuid)) or self._ended_vmms.get(str(domain.uuid))
         if vmm is None:
             return None
-        machine = vmm.machine or (vmm.last_machine if vmm.state in STOPPED else None)
+        # The last machine also while a stop is under way (it is closed before the state moves).
+        machine = vmm.machine or vmm.last_machine
         return machine.machine if machine is not None else None
 
     # -- talking to VMMs ----------------------------------------------------------------------
