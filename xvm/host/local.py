@@ -665,10 +665,10 @@ class LocalHost(Host):
                 return
             self._closed = True
             handles = list(self._handles.values())
-        for listener in self._listeners:
-            listener.close()
             vmms = list(self._vmms.values())
             self._vmms.clear()
+        for listener in self._listeners:
+            listener.close()
         for handle in handles:
             handle.console._reset_attachment()
         for vmm in vmms:  # in-process domains end with this host

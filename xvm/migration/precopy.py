@@ -8,8 +8,8 @@ the downtime limit at the rate measured on the last pass.  Then, on the VMM's co
 thread, it pauses the machine (devices drain in-flight I/O), sends the last pages and
 the machine state (:meth:`~xvm.machine.Machine.save_state`, disks flushed), and waits
 for READY; it sends COMMIT and, on RUNNING, the source domain ends.  A guest dirtying
-memory faster than the link is throttled with the scheduler's cap (auto-converge: 20 %
-of its CPU first, 10 % more every pass that does not shrink, up to 99 %).
+memory faster than the link is throttled by parking its vCPUs part of every 50 ms
+(auto-converge: 20 % first, 10 % more every pass that does not shrink, up to 99 %).
 
 Until COMMIT is sent any failure — abort, timeout, a dead or refusing destination —
 resumes the source as it was (dirty logging off, its cap back); the destination VMM
@@ -33,6 +33,7 @@ CHUNK_PAGES = 256  # at most 1 MiB of pages per PAGES frame
 ACCEPT_TIMEOUT = 30.0  # the destination VMM waits this long for the source VMM
 IDLE_TIMEOUT = 30.0  # a connection silent for this long is dead
 THROTTLE_INITIAL, THROTTLE_STEP, THROTTLE_MAX = 20, 10, 99
+THROTTLE_PERIOD = 0.05  # seconds: the vCPUs are parked throttle_pct % of each
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -69,7 +70,9 @@ class Outgoing:
         self._thread = None
         self._deadline = None if action.timeout_s is None else time.monotonic() + action.timeout_s
         self._limit = S.RateLimit(action.bandwidth * (1 << 20) if action.bandwidth else None)
-        self._sched_before = None
+        self._throttler = None
+        self._throttle_lock = threading.Lock()
+        self._unthrottled = threading.Event()
         self._dirty_on = False
         self._t0 = time.monotonic()
 
@@ -200,43 +203,50 @@ class Outgoing:
 
     def _converge(self, dirty):
         """Auto-converge: from the third pass on, a pass that did not leave at most half of the
-        previous one's dirty pages slows the guest (scheduler cap) a step more."""
+        previous one's dirty pages slows the guest a step more (:meth:`_throttle_loop`)."""
         previous = getattr(self, "_previous_dirty", None)
         self._previous_dirty = dirty
         if self.status["iterations"] < 2 or previous is None or dirty * 2 < previous:
             return
         throttle = self.status["throttle_pct"]
-        throttle = THROTTLE_INITIAL if throttle == 0 else min(throttle + THROTTLE_STEP, THROTTLE_MAX)
-        if throttle == self.status["throttle_pct"]:
-            return
-        scheduler = self.vmm.scheduler
-        if scheduler is None:
-            return
-        if self._sched_before is None:
-            self._sched_before = scheduler.sched
-        vcpus = self.vmm.config.vcpus
-        full = self._sched_before.cap or 100 * vcpus
-        cap = max(1, full * (100 - throttle) // 100)
-        try:
-            scheduler.set_sched(self._sched_before.replace(cap=cap))
-        except Exception as e:  # no cgroups here: the timeout will end a migration that cannot converge
-            log.warning("auto-converge cannot cap the guest: %s", e)
-            return
-        self.status["throttle_pct"] = throttle
+        self.status["throttle_pct"] = THROTTLE_INITIAL if throttle == 0 else min(throttle + THROTTLE_STEP,
+                                                                                THROTTLE_MAX)
+        if self._throttler is None:
+            self._throttler = threading.Thread(target=self._throttle_loop, name="xvm-migrate-throttle",
+                                               daemon=True)
+            self._throttler.start()
 
-    def _unthrottle(self):
-        if self._sched_before is not None and self.vmm.scheduler is not None:
-            try:
-                self.vmm.scheduler.set_sched(self._sched_before)
-            except Exception as e:
-                log.warning("cannot lift the migration throttle: %s", e)
-        self._sched_before = None
+    def _throttle_loop(self):
+        """Keep the vCPUs parked ``throttle_pct`` % of every THROTTLE_PERIOD (as QEMU's
+        cpu-throttle does); the VMM's own threads, the sender among them, run on."""
+        vcpus = self.machine.vcpus
+        while not self._unthrottled.is_set():
+            share = self.status["throttle_pct"] / 100
+            if self._unthrottled.wait(THROTTLE_PERIOD * (1 - share)):
+                return
+            with self._throttle_lock:
+                if self._unthrottled.is_set() or self.vmm.state.value != "running":
+                    continue
+                vcpus.pause()
+                try:
+                    self._unthrottled.wait(THROTTLE_PERIOD * share)
+                finally:
+                    vcpus.resume()
+
+    def stop_throttle(self):
+        """End the throttling; returns once the vCPUs run freely again."""
+        self._unthrottled.set()
+        with self._throttle_lock:
+            pass
+        if self._throttler is not None and self._throttler is not threading.current_thread():
+            self._throttler.join(5)
 
     # -- the end ---------------------------------------------------------------------------------
     def switchover(self):
         """On the VMM's control thread: pause, send the rest and the state, hand over.
         Returns normally once the destination runs the guest (the caller tears down);
         raises MigrationError with the source running again (or, what="unknown", paused)."""
+        self.stop_throttle()
         was_running = self.vmm.state.value == "running"
         paused_at = time.monotonic()
         if was_running:
@@ -303,7 +313,7 @@ class Outgoing:
             except Exception as e:
                 log.warning("cannot turn dirty logging off: %s", e)
             self._dirty_on = False
-        self._unthrottle()
+        self.stop_throttle()
 
     def _fail(self, error):
         if self.status["state"] == "unknown":

@@ -75,7 +75,7 @@ class MigrationStats:
     connection, before TLS; ``pages_sent``: page contents sent (zero ranges are not);
     ``downtime_ms``: from the source's pause to the destination running; ``total_ms``:
     the whole call; ``throttle_pct``: the most the guest was slowed to converge (0: never;
-    auto-converge capped its vCPUs to ``100 - throttle_pct`` % of a CPU)."""
+    auto-converge parked its vCPUs that share of the time)."""
 
     iterations: int
     bytes_sent: int

@@ -295,6 +295,8 @@ class Vmm:
             self._set_state(self.state)  # the store forgets a transient domain; the VMM ends
 
     def _do_Pause(self, action):
+        if self.outgoing is not None:
+            self.outgoing.stop_throttle()  # a throttle's resume must not undo this pause
         self.machine.pause()
 
     def _do_Resume(self, action):
