@@ -127,8 +127,12 @@ class MigrationListener:
             self._clean_up(domain, added)
             domain = None
             channel.send_json(S.CONTROL, {"ok": True})
-        except XvmError as e:
-            log.warning("incoming migration from %s failed: %s", channel.peer, e)
+        except Exception as e:
+            if isinstance(e, XvmError):
+                log.warning("incoming migration from %s failed: %s", channel.peer, e)
+            else:
+                log.exception("incoming migration from %s failed", channel.peer)
+                e = MigrationError(f"the destination failed: {type(e).__name__}: {e}", what="destination")
             if domain is not None:
                 self._clean_up(domain, added)
             from ..vmm.protocol import encode_error

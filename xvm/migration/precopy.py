@@ -134,7 +134,7 @@ class Outgoing:
             self.status["state"] = "switchover"
             self.vmm.handle(_switchover_action())
         except MigrationError as e:
-            self._fail(e)
+            self._fail(MigrationError(self._aborted, what="aborted") if self._aborted else e)
         except Exception as e:  # a bug: still leave the source running
             log.exception("migration failed")
             self._fail(MigrationError(f"the migration failed: {type(e).__name__}: {e}", what="state"))
@@ -283,8 +283,12 @@ class Outgoing:
         self.status["downtime_ms"] = (time.monotonic() - paused_at) * 1000
         self.status["total_ms"] = (time.monotonic() - self._t0) * 1000
         self.status["remaining_bytes"] = 0
-        self.status["state"] = "completed"
         self._channel.close()
+
+    def completed(self):
+        """Called once the source's copy is torn down and its state recorded: only then may
+        the host learn the end (it may migrate the domain back here at once)."""
+        self.status["state"] = "completed"
 
     @staticmethod
     def _merge(first, second):

@@ -43,7 +43,7 @@ TRANSITIONS = {
     A.MigrateReceive: ({S.SHUTOFF, S.CRASHED}, None),
     A.MigrateStatus: (ANY, None),
     A.MigrateAbort: (ANY, None),
-    A.MigrateSwitchover: (LIVE, S.SHUTOFF),
+    A.MigrateSwitchover: (LIVE, None),  # ends shutoff: the handler records it before saying so
     A.MigrateIncoming: ({S.SHUTOFF, S.CRASHED}, None),
     A.MigrateIncomingFailed: (ANY, None),
 }

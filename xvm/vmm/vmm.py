@@ -261,6 +261,8 @@ class Vmm:
     def _do_MigrateSwitchover(self, action):
         self.outgoing.switchover()  # raises with the domain running again if it failed
         self._teardown("the domain migrated to another host")
+        self._set_state(DomainState.SHUTOFF)
+        self.outgoing.completed()
 
     def _do_MigrateReceive(self, action):
         from ..migration.precopy import Incoming
@@ -416,7 +418,7 @@ class Vmm:
 
     def _teardown(self, detach_reason):
         """Close the machine and remove its cgroups; returns the scheduling it had (or None)."""
-        if self.outgoing is not None and not self.outgoing.finished and detach_reason is not None:
+        if self.outgoing is not None and self.outgoing.status["state"] in ("connecting", "active"):
             self.outgoing.abort(f"the domain stopped during the migration ({detach_reason})")
         machine, self.machine = self.machine, None
         scheduler, self.scheduler = self.scheduler, None
