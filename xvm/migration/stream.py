@@ -242,7 +242,12 @@ class Channel:
 
     def recv_hello(self, token=None):
         """Check the peer's HELLO (and its token, if given)."""
-        data = self.recv_exact(HELLO.size)
+        head = self.recv_exact(len(MAGIC))
+        if head != MAGIC and head[0] == ERROR:  # refused before a HELLO: say why
+            kind, length = FRAME.unpack(head)
+            text = self.recv_exact(min(length, 4096)).decode("utf-8", "replace")
+            raise MigrationError(f"{self.peer} refused: {text}", what="version" if "version" in text else "peer")
+        data = head + self.recv_exact(HELLO.size - len(MAGIC))
         magic, major, minor, their_token = HELLO.unpack(data)
         if magic != MAGIC:
             raise MigrationError(f"{self.peer} does not speak the xvm migration protocol "
