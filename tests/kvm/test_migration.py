@@ -105,10 +105,14 @@ def test_counter_guest_migrates_back_and_forth_20_times(pair, guest, tls_dir):
     both, samples, stop = [], [0], threading.Event()
 
     def watch():
+        # reading one host then the other is not one moment: a sample counts as "running on
+        # both" only if the first host runs before and after the second one is seen running
+        first, second = watchers
         while not stop.is_set():
-            if all(running_on(h, "busy") for h in watchers):
+            if running_on(first, "busy") and running_on(second, "busy") and running_on(first, "busy"):
                 both.append(time.monotonic())
             samples[0] += 1
+            first, second = second, first
 
     thread = threading.Thread(target=watch)
     thread.start()
@@ -327,3 +331,34 @@ def test_uri_errors():
             S.parse_uri(uri)
     assert S.parse_uri("xvm+tls://127.0.0.1:4000") == ("127.0.0.1", 4000, True)
     assert S.parse_uri("xvm+tcp://[::1]:4000", insecure=True) == ("::1", 4000, False)
+
+
+def test_xvmd_migration_listen_and_a_remote_source(pair, guest, tls_dir, xvmd_starter, destroyer):
+    """``xvmd --migration-listen`` receives; a domain of xvmd (a RemoteHost) migrates away."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    state = tempfile.mkdtemp(prefix="xvmd-mig-", dir="/tmp")
+    proc = xvmd_starter(state, os.path.join(state, "xvmd.sock"), "--migration-listen", f"127.0.0.1:{port}",
+                        "--tls-dir", tls_dir)
+    try:
+        with xvm.connect(f"xvm+unix://{state}/xvmd.sock") as remote:
+            dom = pair.hosts[0].create(busy_config(guest))
+            wait_for(lambda: counts(dom), what="the first count")
+            dom.migrate(f"xvm+tls://127.0.0.1:{port}", tls_dir=tls_dir)
+            there = remote.lookup("busy")
+            assert there.state is DomainState.RUNNING
+            stats = there.migrate(pair.listeners[1].uri, tls_dir=tls_dir)
+            assert stats.destination_id == pair.hosts[1].lookup("busy").id
+            with pytest.raises(NotFoundError):
+                remote.lookup("busy")
+            back = pair.hosts[1].lookup("busy")
+            seen = wait_for(lambda: counts(back), what="a count on the third host")
+            assert seen[0] > max(counts(dom))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        with xvm.connect(state_dir=state) as h:
+            destroyer(h)
+        shutil.rmtree(state, ignore_errors=True)

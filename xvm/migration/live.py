@@ -271,17 +271,21 @@ def migrate(host, domain, uri, *, downtime_ms=300, bandwidth=None, timeout_s=Non
                                         tls_dir=tls_dir if tls else None, insecure=not tls,
                                         downtime_ms=float(downtime_ms), bandwidth=bandwidth,
                                         timeout_s=timeout_s))
-        status, interrupted = _follow(host, domain, progress, A, VmmGone)
+        status, interrupted, last = _follow(host, domain, progress, A, VmmGone)
+        if status is None and last is not None and last["state"] == "switchover":
+            # the source ended in its last pass and its end could not be read (through xvmd, the
+            # domain is gone from the source's store by then): the destination says how it went
+            channel.send_json(S.CONTROL, {"op": "finish", "ok": True})
+            reply = _reply(channel)
+            if reply.get("id") is None:
+                raise MigrationError("the source VMM ended in its last pass and the destination does not "
+                                     "run the domain", what="unknown")
+            return _stats(last, started, reply)
         if status is not None and status["state"] == "completed":
             channel.send_json(S.CONTROL, {"op": "finish", "ok": True})
             reply = _reply(channel)
             host._stopped(domain)
-            return MigrationStats(
-                iterations=status["iterations"], bytes_sent=status["bytes_sent"],
-                pages_sent=status["pages_sent"], downtime_ms=status["downtime_ms"],
-                total_ms=(time.monotonic() - started) * 1000, zero_bytes=status["zero_bytes"],
-                memory_bytes=status["memory_bytes"], throttle_pct=status["throttle_pct"],
-                destination_id=reply.get("id"))
+            return _stats(status, started, reply)
         try:
             channel.send_json(S.CONTROL, {"op": "finish", "ok": False})
             _reply(channel)
@@ -296,23 +300,33 @@ def migrate(host, domain, uri, *, downtime_ms=300, bandwidth=None, timeout_s=Non
         channel.close()
 
 
+def _stats(status, started, reply):
+    return MigrationStats(
+        iterations=status["iterations"], bytes_sent=status["bytes_sent"], pages_sent=status["pages_sent"],
+        downtime_ms=status["downtime_ms"], total_ms=(time.monotonic() - started) * 1000,
+        zero_bytes=status["zero_bytes"], memory_bytes=status["memory_bytes"],
+        throttle_pct=status["throttle_pct"], destination_id=reply.get("id"))
+
+
 def _follow(host, domain, progress, A, VmmGone):
-    """Poll the source VMM until its migration has ended: ``(last status, interrupted)``.
-    Ctrl-C aborts the migration (the source keeps running) and is raised afterwards."""
-    interrupted = False
+    """Poll the source VMM until its migration has ended: ``(final status or None if the VMM
+    could not be read, interrupted, last status read)``.  Ctrl-C aborts the migration (the
+    source keeps running) and is raised afterwards."""
+    interrupted, last = False, None
     while True:
         try:
             status = host._act(domain, A.MigrateStatus())
         except (VmmGone, NotFoundError):
-            return None, interrupted
+            return None, interrupted, last
         except KeyboardInterrupt:
             interrupted = True
             _abort(host, domain, A)
             continue
+        last = status or last
         if progress is not None and status is not None:
             progress(status)
         if status is None or status["state"] in ("completed", "failed", "unknown"):
-            return status, interrupted
+            return status, interrupted, last
         try:
             time.sleep(POLL_INTERVAL)
         except KeyboardInterrupt:

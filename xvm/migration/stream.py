@@ -73,14 +73,15 @@ class MigrationStats:
     """What a finished live migration did.  ``iterations``: passes over memory (the first,
     whole one included, the last, paused one not); ``bytes_sent``: on the data
     connection, before TLS; ``pages_sent``: page contents sent (zero ranges are not);
-    ``downtime_ms``: from the source's pause to the destination running; ``total_ms``:
+    ``downtime_ms``: from the source's pause to the destination running (None if the source's
+    end could not be read: a source reached through xvmd whose VMM ended first); ``total_ms``:
     the whole call; ``throttle_pct``: the most the guest was slowed to converge (0: never;
     auto-converge parked its vCPUs that share of the time)."""
 
     iterations: int
     bytes_sent: int
     pages_sent: int
-    downtime_ms: float
+    downtime_ms: float | None
     total_ms: float
     zero_bytes: int = 0
     memory_bytes: int = 0
