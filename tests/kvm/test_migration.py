@@ -362,3 +362,26 @@ def test_xvmd_migration_listen_and_a_remote_source(pair, guest, tls_dir, xvmd_st
         with xvm.connect(state_dir=state) as h:
             destroyer(h)
         shutil.rmtree(state, ignore_errors=True)
+
+
+def test_cli_migrate(pair, guest, tls_dir):
+    import subprocess
+    import sys
+
+    dom = pair.hosts[0].create(busy_config(guest))
+    wait_for(lambda: counts(dom), what="the first count")
+    env = dict(os.environ, XVM_STATE_DIR=pair.dirs[0], PYTHONPATH=os.getcwd())
+    env.pop("XVM_URI", None)
+    cli = [sys.executable, "-m", "xvm.cli", "migrate", "busy"]
+    refused = subprocess.run(cli + [pair.listeners[1].uri.replace("xvm+tls", "xvm+tcp")], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "insecure=True" in refused.stderr
+    done = subprocess.run(cli + [pair.listeners[1].uri, "--tls-dir", tls_dir, "--json"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout)
+    assert stats["destination_id"] == pair.hosts[1].lookup("busy").id and stats["iterations"] >= 1
+    text = subprocess.run(cli[:-1] + ["busy", pair.listeners[0].uri, "--tls-dir", tls_dir],
+                          env=dict(env, XVM_STATE_DIR=pair.dirs[1]), capture_output=True, text=True, timeout=60)
+    assert text.returncode == 0 and "Domain 'busy' migrated to" in text.stdout, text.stderr
+    assert pair.hosts[0].lookup("busy").state is DomainState.RUNNING
