@@ -385,3 +385,37 @@ def test_cli_migrate(pair, guest, tls_dir):
                           env=dict(env, XVM_STATE_DIR=pair.dirs[1]), capture_output=True, text=True, timeout=60)
     assert text.returncode == 0 and "Domain 'busy' migrated to" in text.stdout, text.stderr
     assert pair.hosts[0].lookup("busy").state is DomainState.RUNNING
+
+
+def test_a_corrupted_data_stream_is_refused_and_the_destination_cleaned_up(pair, guest, tls_dir):
+    """A source (here a fake one) that sends pages outside the guest's RAM, or garbage, gets an
+    ERROR naming it; the receiving VMM ends and the destination forgets the domain."""
+    config = busy_config(guest)
+    for bad in ("outside", "garbage"):
+        ch = _control(pair.listeners[1], tls_dir)
+        try:
+            ch.send_hello()
+            ch.recv_hello()
+            ch.send_json(S.CONTROL, {"op": "prepare", "config": config.to_dict(), "after_id": 1})
+            answer = ch.recv_json(S.CONTROL)
+            assert answer["ok"], answer
+            assert pair.hosts[1].lookup("busy").state is DomainState.SHUTOFF  # receiving, not running
+            data = S.Channel.connect("127.0.0.1", answer["port"], client_context(tls_dir), what="the test VMM")
+            try:
+                data.send_hello(bytes.fromhex(answer["token"]))
+                data.recv_hello()
+                if bad == "outside":
+                    data.send_pages(config.memory_bytes + (64 << 20), memoryview(bytes(4096)))
+                    expected = "outside the guest's RAM"
+                else:
+                    data.send(S.COMMIT)  # out of turn: no state was sent
+                    expected = "COMMIT where PAGES or ZERO or ROUND or STATE was due"
+                with pytest.raises(MigrationError, match=expected):
+                    data.recv_header()
+            finally:
+                data.close()
+            ch.send_json(S.CONTROL, {"op": "finish", "ok": False})
+            assert ch.recv_json(S.CONTROL)["ok"] is True
+        finally:
+            ch.close()
+        wait_for(lambda: not pair.hosts[1].domains(), what="the destination to forget the domain")
