@@ -7,7 +7,6 @@ import re
 import shutil
 import signal
 import socket
-import ssl
 import tempfile
 import threading
 import time

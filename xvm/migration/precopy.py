@@ -70,6 +70,9 @@ class Outgoing:
         self._thread = None
         self._deadline = None if action.timeout_s is None else time.monotonic() + action.timeout_s
         self._limit = S.RateLimit(action.bandwidth * (1 << 20) if action.bandwidth else None)
+        self.collected = False  # the host has read the final status (the VMM may exit)
+        self._final_runs = []  # the dirty runs of the pass that decided to stop
+        self._previous_dirty = None
         self._throttler = None
         self._throttle_lock = threading.Lock()
         self._unthrottled = threading.Event()
@@ -204,8 +207,7 @@ class Outgoing:
     def _converge(self, dirty):
         """Auto-converge: from the third pass on, a pass that did not leave at most half of the
         previous one's dirty pages slows the guest a step more (:meth:`_throttle_loop`)."""
-        previous = getattr(self, "_previous_dirty", None)
-        self._previous_dirty = dirty
+        previous, self._previous_dirty = self._previous_dirty, dirty
         if self.status["iterations"] < 2 or previous is None or dirty * 2 < previous:
             return
         throttle = self.status["throttle_pct"]

@@ -256,7 +256,7 @@ def run_domain(init, message, fds):
     finished.wait()
     if vmm.outgoing is not None and vmm.outgoing.finished:  # migrated away: the host reads the end
         deadline = time.monotonic() + MIGRATION_LINGER
-        while not getattr(vmm.outgoing, "collected", False) and time.monotonic() < deadline:
+        while not vmm.outgoing.collected and time.monotonic() < deadline:
             time.sleep(0.01)
     if vmm.state not in STOPPED:  # SIGTERM: the host is going away and asked us to stop
         try:
