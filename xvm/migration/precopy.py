@@ -12,7 +12,7 @@ memory faster than the link is throttled by parking its vCPUs part of every 50 m
 (auto-converge: 20 % first, 10 % more every pass that does not shrink, up to 99 %).
 
 Until COMMIT is sent any failure — abort, timeout, a dead or refusing destination —
-resumes the source as it was (dirty logging off, its cap back); the destination VMM
+resumes the source as it was (dirty logging off, throttle lifted); the destination VMM
 then gives up on its own and exits.  Limitation: pages the VMM's own device emulation
 writes (virtio DMA into guest buffers) are not in KVM's dirty log, so a device that
 writes guest memory during the passes may leave a stale page behind.
