@@ -22,12 +22,13 @@ from .errors import (
     XvmError,
 )
 from .host import Capabilities, Host, connect
+from .migration.stream import MigrationError, MigrationStats
 from .net import HostNetwork, Network, Nic
 from .sched import Sched, VcpuInfo
 from .storage.config import Pool
 
 __all__ = [
     "BootError", "Capabilities", "ConfigError", "Console", "ConsoleTimeout", "Disk", "Domain", "DomainConfig",
-    "DomainState", "GuestError", "Host", "HostError", "HostNetwork", "KvmError", "Network", "Nic", "NotFoundError",
+    "DomainState", "GuestError", "Host", "HostError", "HostNetwork", "KvmError", "MigrationError", "MigrationStats", "Network", "Nic", "NotFoundError",
     "Pool", "Sched", "ShutdownTimeout", "StateError", "VcpuInfo", "XvmError", "connect",
 ]

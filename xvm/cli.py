@@ -913,6 +913,56 @@ def _domain_verb(name, help, run, configure=_add_domain_arg):
     return Verb(name, help, run, configure)
 
 
+
+# --- live migration ----------------------------------------------------------------------------
+
+
+def _configure_migrate(parser):
+    _add_domain_arg(parser)
+    parser.add_argument("uri", metavar="URI", help="the destination: xvm+tls://ADDR:PORT (xvm+tcp:// with --insecure)")
+    parser.add_argument("--downtime", type=float, default=300, metavar="MS",
+                        help="the longest pause allowed at the end (default 300 ms)")
+    parser.add_argument("--bandwidth", type=float, default=None, metavar="MIB_PER_S", help="at most this rate")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="give up after SECONDS")
+    parser.add_argument("--tls-dir", default=None, metavar="DIR",
+                        help="client-cert.pem, client-key.pem, ca-cert.pem (default: $XVM_TLS_DIR, /etc/pki/xvm)")
+    parser.add_argument("--insecure", action="store_true", help="allow xvm+tcp:// (memory sent unencrypted)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_json(parser)
+
+
+def _cmd_migrate(args):
+    """``xvm migrate NAME URI``: a progress bar of the bytes sent; Ctrl-C aborts (the domain
+    keeps running here)."""
+    from .progress import bar
+
+    with _host(args) as host:
+        domain = lookup_domain(host, args.domain)
+        name = domain.name
+        progress_bar = bar(None, desc=f"migrating {name}", unit="B", force=False if args.quiet else None)
+        try:
+            def progress(status):
+                progress_bar.total = max(status["memory_bytes"], status["bytes_sent"] + status["remaining_bytes"])
+                progress_bar.update(status["bytes_sent"] - progress_bar.n)
+                throttle = f", throttled {status['throttle_pct']}%" if status["throttle_pct"] else ""
+                progress_bar.set_postfix_str(f"{status['state']}, pass {status['iterations'] + 1}{throttle}",
+                                             refresh=False)
+
+            stats = domain.migrate(args.uri, downtime_ms=args.downtime, bandwidth=args.bandwidth,
+                                   timeout_s=args.timeout, tls_dir=args.tls_dir, insecure=args.insecure,
+                                   progress=progress)
+        finally:
+            progress_bar.close()
+    if args.json:
+        _print_json(stats.to_dict())
+        return 0
+    downtime = "?" if stats.downtime_ms is None else f"{stats.downtime_ms:.0f} ms"
+    print(f"Domain '{name}' migrated to {args.uri} in {stats.total_ms / 1000:.1f} s: downtime {downtime}, "
+          f"{stats.iterations} passes, {stats.bytes_sent / (1 << 20):.1f} MiB sent"
+          + (f", auto-converged at {stats.throttle_pct}% throttle" if stats.throttle_pct else ""), flush=True)
+    return 0
+
+
 VERBS = (
     Verb("list", "list domains (Id, Name, State)", _cmd_list, _configure_list),
     Verb("define", "define a domain from libvirt domain XML", _cmd_define, _configure_file),
@@ -940,6 +990,8 @@ VERBS = (
          lambda p: __import__("xvm.top", fromlist=["configure"]).configure(p)),
     Verb("capabilities", "show what this host's KVM can do (hvm, pv, vCPUs, KVM capabilities)",
          _cmd_capabilities, _add_json),
+    Verb("migrate", "live-migrate a running domain to another host (xvm+tls://ADDR:PORT)", _cmd_migrate,
+         _configure_migrate),
     Verb("install", "define and start a domain from a kernel or the default image (like virt-install)",
          _cmd_install, _configure_install),
     Verb("net-list", "list networks", _cmd_net_list, _configure_net_list),

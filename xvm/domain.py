@@ -144,6 +144,29 @@ class Domain:
         self._host._act(self, A.Snapshot(path=os.path.abspath(path)))
         self._host._stopped(self)
 
+    def migrate(self, uri, *, downtime_ms=300, bandwidth=None, timeout_s=None, tls_dir=None,
+                insecure=False, progress=None):
+        """Live-migrate the running (or paused) domain to the host listening at ``uri``
+        (``xvm+tls://ADDR:PORT``; ``xvm+tcp://`` only with ``insecure=True``), which runs
+        ``xvmd --migration-listen`` or ``host.listen_migrations()``.  The guest keeps
+        running while its memory is copied; it is paused for about ``downtime_ms`` at the
+        end, then runs on the destination (a new id there) and this host's copy ends.
+        ``bandwidth``: MiB/s at most (None: no limit); ``timeout_s``: give up after that
+        long; ``tls_dir``: client-cert.pem, client-key.pem and ca-cert.pem (default
+        $XVM_TLS_DIR, /etc/pki/xvm); ``progress(status)``: called as it goes.  Returns
+        :class:`xvm.MigrationStats`.  On any failure — :meth:`abort_migration`, the
+        timeout, Ctrl-C, a dead or refusing destination — :class:`xvm.MigrationError` is
+        raised and the domain keeps running here as if nothing happened."""
+        return self._host._migrate(self, uri, downtime_ms=downtime_ms, bandwidth=bandwidth,
+                                   timeout_s=timeout_s, tls_dir=tls_dir, insecure=insecure,
+                                   progress=progress)
+
+    def abort_migration(self):
+        """Abort the domain's live migration (from any thread or process): the ``migrate()``
+        call raises MigrationError and the domain keeps running here.  Returns whether
+        there was a migration to abort."""
+        return bool(self._host._act(self, A.MigrateAbort()))
+
     def reboot(self):
         """Reset the domain: the guest starts again from its kernel, with a new id."""
         self._host._act(self, A.Reset())

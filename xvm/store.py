@@ -14,6 +14,7 @@ The file is created 0600 (SQLite gives its -wal and -shm files the same mode); a
 keeps its mode. The store is thread-safe (one connection behind a lock); in a forked child an
 inherited Store leaves the parent's connection alone and opens its own on first use.
 """
+import errno
 import json
 import os
 import sqlite3
@@ -114,11 +115,21 @@ class Store:
     # -- opening ------------------------------------------------------------------------------
 
     def _open(self):
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        except OSError as e:
-            raise StoreError(self.path, f"cannot open: {e.strerror}", e.errno) from None
-        os.close(fd)
+        # Create the file with its mode if it is missing, but never open and close an existing
+        # one: closing any descriptor of a database drops every POSIX lock this process holds
+        # on it, those of another Store's connection included — then a VMM closing its own
+        # connection believes it is the last one and deletes the write-ahead log under us.
+        if os.path.isdir(self.path):
+            raise StoreError(self.path, f"cannot open: {os.strerror(errno.EISDIR)}", errno.EISDIR)
+        if not os.path.exists(self.path):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            except FileExistsError:
+                fd = -1
+            except OSError as e:
+                raise StoreError(self.path, f"cannot open: {e.strerror}", e.errno) from None
+            if fd >= 0:
+                os.close(fd)
         try:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
                                    check_same_thread=False)

@@ -23,7 +23,7 @@ RUNTIME = HERE / "runtime"
 DEFAULT_OUTDIR = HERE / "out"
 
 GUESTS = ("hello", "smp", "irq", "busy", "poweroff", "reboot", "pio_bench", "net", "blk",
-          "blkstorm")
+          "blkstorm", "dirty")
 
 RUNTIME_SOURCES = ("start.S", "rt.c", "lib.c", "virtio_mmio.c")
 RUNTIME_DEPS = RUNTIME_SOURCES + ("rt.h", "layout.h", "guest.ld", "virtio_mmio.h")

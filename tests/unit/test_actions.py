@@ -36,7 +36,8 @@ def test_the_action_sets():
     assert [a.__name__ for a in VMM_ACTIONS] == [
         "Boot", "Pause", "Resume", "PowerButton", "Reset", "Destroy", "Info", "Stats", "Ping",
         "ConsoleAttach", "ConsoleInput", "Quit", "Wait", "Snapshot", "Restore",
-        "SetScheduler", "PinVcpu", "PinEmulator", "VcpuInfos", "SchedInfo"]
+        "SetScheduler", "PinVcpu", "PinEmulator", "VcpuInfos", "SchedInfo", "MigrateSend", "MigrateReceive",
+        "MigrateStatus", "MigrateAbort"]
     assert [a.__name__ for a in HOST_ACTIONS] == [
         "ListDomains", "LookupDomain", "Define", "Create", "Undefine", "Rename", "DomainRequest",
         "Capabilities", "SetAutostart", "UpdateConfig"]
@@ -114,7 +115,8 @@ VALID = {"type": "AllTypes", "count": 1, "ratio": 1.5, "name": "n", "flag": True
     ({"type": "ListDomains"}, VMM_ACTIONS,
      "action 'ListDomains' is not accepted here (accepted: Boot, Pause, Resume, PowerButton, "
      "Reset, Destroy, Info, Stats, Ping, ConsoleAttach, ConsoleInput, Quit, Wait, Snapshot, Restore, "
-     "SetScheduler, PinVcpu, PinEmulator, VcpuInfos, SchedInfo)"),
+     "SetScheduler, PinVcpu, PinEmulator, VcpuInfos, SchedInfo, MigrateSend, MigrateReceive, "
+     "MigrateStatus, MigrateAbort)"),
     ({"type": "Pause"}, HOST_ACTIONS,
      "action 'Pause' is not accepted here (accepted: ListDomains, LookupDomain, Define, Create, "
      "Undefine, Rename, DomainRequest, Capabilities, SetAutostart, UpdateConfig)"),
@@ -141,7 +143,8 @@ VALID = {"type": "AllTypes", "count": 1, "ratio": 1.5, "name": "n", "flag": True
     ({"type": "DomainRequest", "domain": "d", "action": {"type": "Create", "config": {}}}, None,
      "DomainRequest.action: action 'Create' is not accepted here (accepted: Boot, Pause, Resume, "
      "PowerButton, Reset, Destroy, Info, Stats, Ping, ConsoleAttach, ConsoleInput, Quit, Wait, Snapshot, Restore, "
-     "SetScheduler, PinVcpu, PinEmulator, VcpuInfos, SchedInfo)"),
+     "SetScheduler, PinVcpu, PinEmulator, VcpuInfos, SchedInfo, MigrateSend, MigrateReceive, "
+     "MigrateStatus, MigrateAbort)"),
     ({"type": "PinVcpu", "vcpu": 0, "cpus": [0, True]}, None, "PinVcpu.cpus must be a list of ints, not array"),
     ({"type": "PinVcpu", "vcpu": 0, "cpus": "0-1"}, None, "PinVcpu.cpus must be a list of ints, not string"),
     ({"type": "SetScheduler", "weight": "512"}, None, "SetScheduler.weight must be an int or null, not string"),

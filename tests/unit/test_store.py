@@ -533,3 +533,23 @@ def test_sigkill_at_any_moment_leaves_the_store_intact(tmp_path):
         defined += _verify_store(path, seen_ids)
     assert ops >= KILLS, f"only {ops} changes completed in {KILLS} runs: the writer barely ran"
     assert defined > 0
+
+
+def test_a_second_store_in_one_process_keeps_the_first_ones_locks(tmp_path):
+    """Opening another Store on the same file must not drop the first one's POSIX locks: if it
+    did, another process closing its connection would delete the write-ahead log under the
+    first, whose later writes would then be seen by nobody else."""
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "domains.db")
+    first = Store(path)
+    second = Store(path)
+    code = "import sys; from xvm.store import Store; s = Store(sys.argv[1]); s.domains(); s.close()"
+    subprocess.run([sys.executable, "-c", code, path], check=True)
+    first.add_domain("6f4c0967-003f-4e50-8c2c-94785c76877d", "later", {"name": "later"}, persistent=False)
+    read = "import sys; from xvm.store import Store; print([r.name for r in Store(sys.argv[1]).domains()])"
+    out = subprocess.run([sys.executable, "-c", read, path], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "['later']"
+    first.close()
+    second.close()

@@ -1,6 +1,8 @@
-"""``xvmd --state-dir DIR --socket PATH [--group G] [--metrics-listen HOST:PORT]``: the xvm host
-service, in the foreground.  With ``--metrics-listen`` it also serves Prometheus metrics
-(:mod:`xvm.daemon.metrics`) on ``http://HOST:PORT/metrics``.
+"""``xvmd --state-dir DIR --socket PATH [--group G] [--metrics-listen HOST:PORT]
+[--migration-listen ADDR:PORT [--tls-dir DIR]]``: the xvm host service, in the foreground.
+With ``--metrics-listen`` it also serves Prometheus metrics (:mod:`xvm.daemon.metrics`) on
+``http://HOST:PORT/metrics``; with ``--migration-listen`` it accepts live migrations
+(:mod:`xvm.migration.live`) on ``xvm+tls://ADDR:PORT``.
 
 Ready when the socket accepts connections; under systemd (``Type=notify``) it then
 sends ``READY=1`` to ``$NOTIFY_SOCKET`` and starts the autostart domains.  SIGTERM or
@@ -43,6 +45,12 @@ def main(argv=None):
     parser.add_argument("--no-autostart", action="store_true", help="do not start the autostart domains")
     parser.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
                         help="serve Prometheus metrics on http://HOST:PORT/metrics (default: not served)")
+    parser.add_argument("--migration-listen", default=None, metavar="ADDR:PORT",
+                        help="accept live migrations of domains into this host on ADDR:PORT (TLS 1.3, "
+                             "client certificates required)")
+    parser.add_argument("--tls-dir", default=None, metavar="DIR",
+                        help="the migration certificates: ca-cert.pem, server-cert.pem, server-key.pem "
+                             "(default: $XVM_TLS_DIR, /etc/pki/xvm)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="xvmd[%(process)d] %(levelname)s: %(message)s")
     state_dir = os.path.abspath(args.state_dir or default_state_dir())
@@ -65,6 +73,13 @@ def main(argv=None):
                 daemon.close()
                 raise
             logging.info("metrics on http://%s:%d/metrics", *metrics.address)
+        if args.migration_listen is not None:
+            try:
+                migrations = daemon.host.listen_migrations(args.migration_listen, tls_dir=args.tls_dir)
+            except BaseException:
+                daemon.close()
+                raise
+            logging.info("accepting migrations on %s", migrations.uri)
     except XvmError as e:
         print(f"xvmd: error: {e}", file=sys.stderr)
         return 1

@@ -90,6 +90,7 @@ class LocalHost(Host):
         self._pools = None  # xvm.storage.Pools over this store, made on first use
         self._starting = set()  # uuids this host is starting: their disks count as in use
         self._closed = False
+        self._listeners = []  # MigrationListeners (listen_migrations)
         for record in self.store.domains():
             self._reconcile(record.uuid)
 
@@ -338,6 +339,25 @@ class LocalHost(Host):
             raise
         return domain
 
+    # -- live migration (xvm.migration.live) ---------------------------------------------------
+    def listen_migrations(self, address, *, tls_dir=None, insecure=False):
+        """Accept live migrations of domains into this host on ``address`` ("ADDR:PORT", or
+        ``(addr, port)``; port 0 picks one).  TLS 1.3 with client certificates, from
+        ``tls_dir`` (libvirt's layout: ca-cert.pem, server-cert.pem, server-key.pem;
+        default $XVM_TLS_DIR, /etc/pki/xvm); plain TCP only with ``insecure=True``.
+        Returns the :class:`~xvm.migration.live.MigrationListener` (``.uri``, ``.close()``;
+        a context manager); closing this host closes it too."""
+        from ..migration.live import MigrationListener
+
+        listener = MigrationListener(self, address, tls_dir=tls_dir, insecure=insecure)
+        self._listeners.append(listener)
+        return listener
+
+    def _migrate(self, domain, uri, **options):
+        from ..migration.live import migrate
+
+        return migrate(self, domain, uri, **options)
+
     def _start(self, domain, boot_action=None):
         uuid = str(domain.uuid)
         with self._lock:
@@ -359,15 +379,16 @@ class LocalHost(Host):
                 self._preflight(config, uuid)
                 plans = self._plan_nics(config) if config.nics else []
                 if self.in_process:
-                    self._start_in_process(uuid, record, config, plans, boot_action)
+                    result = self._start_in_process(uuid, record, config, plans, boot_action)
                     self._vmm_locks[uuid], lock = lock, None  # held while the Vmm lives
                 else:
-                    self._spawn(uuid, record, config, plans, lock, boot_action)
+                    result = self._spawn(uuid, record, config, plans, lock, boot_action)
             finally:
                 self._starting.discard(uuid)
                 if lock is not None:
                     lock.close()
         domain.console._ensure()
+        return result
 
     def _preflight(self, config, uuid):
         """preflight(config), waiting a moment for a disk that no domain uses but that is still
@@ -394,9 +415,10 @@ class LocalHost(Host):
             domain.console._ensure()
 
         with open_host_resources(self.kvm_path, config, plans) as res:
-            launcher.spawn_vmm(self.state_dir, config, persistent=record.persistent, lock=lock,
-                               kvm_fd=res.kvm_fd, disk_fds=res.disk_fds, nics=res.nics,
-                               before_boot=attach_console, boot_action=boot_action)
+            _, result = launcher.spawn_vmm(self.state_dir, config, persistent=record.persistent, lock=lock,
+                                           kvm_fd=res.kvm_fd, disk_fds=res.disk_fds, nics=res.nics,
+                                           before_boot=attach_console, boot_action=boot_action)
+        return result
 
     def _start_in_process(self, uuid, record, config, plans, boot_action=None):
         from ..vmm.process import local_nics, machine_factory, store_hook
@@ -415,7 +437,7 @@ class LocalHost(Host):
         self._drop_channel(uuid)
         self._handle(uuid).console._ensure()  # attached before the boot: nothing is missed
         try:
-            vmm.handle(boot_action or A.Boot())
+            return vmm.handle(boot_action or A.Boot())
         except BaseException:
             self._vmms.pop(uuid, None)
             self._drop_channel(uuid)
@@ -646,6 +668,8 @@ class LocalHost(Host):
             handles = list(self._handles.values())
             vmms = list(self._vmms.values())
             self._vmms.clear()
+        for listener in self._listeners:
+            listener.close()
         for handle in handles:
             handle.console._reset_attachment()
         for vmm in vmms:  # in-process domains end with this host

@@ -82,6 +82,13 @@ class RemoteHost(Host):
             wait = -1 if action.timeout is None else action.timeout
         return self._channel.call(request, wait=wait)
 
+    def _migrate(self, domain, uri, **options):
+        """The control connection runs from this process; the data goes VMM to VMM (the
+        source VMM reads ``tls_dir`` itself, on xvmd's machine)."""
+        from ..migration.live import migrate
+
+        return migrate(self, domain, uri, **options)
+
     def _start(self, domain):
         domain.console._ensure()  # attached before the boot: nothing is missed
         self._channel.call(A.DomainRequest(domain=str(domain.uuid), action=A.Boot().to_json()))

@@ -36,6 +36,7 @@ class Vm:
         self.kvm = kvm
         self.fd = fd
         self._slots = {}
+        self._addresses = {}  # slot -> host address, to change a slot's flags
         self.vcpus = []
 
     # -- memory -----------------------------------------------------------
@@ -53,8 +54,10 @@ class Vm:
         ioctl(self.fd, "KVM_SET_USER_MEMORY_REGION", region)
         if size:
             self._slots[slot] = (gpa, size, flags)
+            self._addresses[slot] = host_address
         else:
             self._slots.pop(slot, None)
+            self._addresses.pop(slot, None)
 
     def map_memory(self, memory, *, dirty_log=False):
         """Give every region of a :class:`GuestMemory` to the guest, one slot each."""
@@ -65,6 +68,19 @@ class Vm:
             if slot >= limit:
                 raise ConfigError(f"guest memory needs more than the host's {limit} memory slots")
             self.set_user_memory_region(slot, region.gpa, region.size, region.host_address, flags)
+
+    def set_dirty_logging(self, on):
+        """Turn dirty-page logging on or off for every memory slot, live (KVM lets a slot's
+        flags change while vCPUs run); turning it on starts every bitmap empty."""
+        for slot, (gpa, size, flags) in list(self._slots.items()):
+            new = flags | kvm_h.KVM_MEM_LOG_DIRTY_PAGES if on else flags & ~kvm_h.KVM_MEM_LOG_DIRTY_PAGES
+            if new != flags:
+                self.set_user_memory_region(slot, gpa, size, self._addresses[slot], new)
+
+    @property
+    def slots(self):
+        """``{slot: (gpa, size, flags)}`` of every mapped memory slot."""
+        return dict(self._slots)
 
     def get_dirty_log(self, slot):
         """The dirty-page bitmap of ``slot`` since the last call (one bit per 4 KiB page)."""

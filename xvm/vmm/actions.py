@@ -338,6 +338,64 @@ class Restore(Action):
     path: str
 
 
+@action
+class MigrateSend(Action):
+    """Live-migrate the running domain to the destination VMM at ``host:port`` (prepared by
+    the destination host, which gave ``token``, hex): the passes run on a thread of their
+    own; MigrateStatus follows them, MigrateAbort stops them (:mod:`xvm.migration.precopy`).
+    ``bandwidth`` in MiB/s (None: no limit)."""
+
+    host: str
+    port: int
+    token: str
+    tls_dir: str | None = None
+    insecure: bool = False
+    downtime_ms: float = 300.0
+    bandwidth: float | None = None
+    timeout_s: float | None = None
+
+
+@action
+class MigrateReceive(Action):
+    """Boot by receiving a live migration: listen on an ephemeral port of ``host`` for the
+    source VMM showing ``token`` (hex); the reply is ``{"port": N}``.  The domain stays
+    shut off until the machine state has arrived and the source commits; the id it then
+    gets is above ``after_id``."""
+
+    host: str
+    token: str
+    tls_dir: str | None = None
+    insecure: bool = False
+    after_id: int | None = None
+
+
+@action
+class MigrateStatus(Action):
+    """The progress of this VMM's migration (a dict with "state"), or None if there is none."""
+
+
+@action
+class MigrateAbort(Action):
+    """Abort this VMM's migration, outgoing or incoming: the source keeps running."""
+
+
+@action
+class MigrateSwitchover(Action):
+    """Internal (never accepted from a socket): the source's last, paused pass."""
+
+
+@action
+class MigrateIncoming(Action):
+    """Internal: the state has arrived; build the machine, start it on COMMIT."""
+
+
+@action
+class MigrateIncomingFailed(Action):
+    """Internal: the incoming migration failed; the VMM ends."""
+
+    reason: str
+
+
 TEST_HOOKS = os.environ.get("XVM_TEST_HOOKS") == "1"
 
 
@@ -377,7 +435,8 @@ class SchedInfo(Action):
 
 VMM_ACTIONS = (Boot, Pause, Resume, PowerButton, Reset, Destroy, Info, Stats, Ping,
                ConsoleAttach, ConsoleInput, Quit, Wait, Snapshot, Restore, SetScheduler, PinVcpu,
-               PinEmulator, VcpuInfos, SchedInfo) + ((DebugSyscall, DebugOpen) if TEST_HOOKS else ())
+               PinEmulator, VcpuInfos, SchedInfo, MigrateSend, MigrateReceive, MigrateStatus,
+               MigrateAbort) + ((DebugSyscall, DebugOpen) if TEST_HOOKS else ())
 
 
 # --- the host (xvmd) actions --------------------------------------------------------------------

@@ -39,6 +39,13 @@ TRANSITIONS = {
     A.PinEmulator: (LIVE, None),
     A.VcpuInfos: (LIVE, None),
     A.SchedInfo: (LIVE, None),
+    A.MigrateSend: (LIVE, None),
+    A.MigrateReceive: ({S.SHUTOFF, S.CRASHED}, None),
+    A.MigrateStatus: (ANY, None),
+    A.MigrateAbort: (ANY, None),
+    A.MigrateSwitchover: (LIVE, None),  # ends shutoff: the handler records it before saying so
+    A.MigrateIncoming: ({S.SHUTOFF, S.CRASHED}, None),
+    A.MigrateIncomingFailed: (ANY, None),
 }
 
 # What the action is called in messages ("cannot pause domain 'x': it is shutoff").
@@ -48,7 +55,8 @@ VERBS = {
     A.Quit: "quit the VMM of", A.Snapshot: "save", A.Restore: "restore",
     A.Quit: "quit the VMM of", A.SetScheduler: "change the scheduler of", A.PinVcpu: "pin a vCPU of",
     A.PinEmulator: "pin the emulator threads of", A.VcpuInfos: "read the vCPUs of",
-    A.SchedInfo: "read the scheduler of",
+    A.SchedInfo: "read the scheduler of", A.MigrateSend: "migrate",
+    A.MigrateReceive: "receive a migration of", A.MigrateSwitchover: "migrate",
 }
 
 

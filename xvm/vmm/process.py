@@ -4,6 +4,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 from ..errors import NotFoundError, XvmError
 from . import actions as A
@@ -13,6 +14,7 @@ from .lifecycle import DomainState
 log = logging.getLogger(__name__)
 
 STOPPED = (DomainState.SHUTOFF, DomainState.CRASHED)
+MIGRATION_LINGER = 5.0  # a VMM that migrated its domain away waits this long for the host to read how
 # A VMM whose host never asked it to boot, or went away before, does not linger.
 
 
@@ -63,10 +65,14 @@ def machine_factory(kvm, *, disk_fds=None, nics=()):
     """
     from ..machine import build_machine
 
-    def build(config, console_sink, on_exit, restore=None):
-        """``restore``: the path of a snapshot file to continue from instead of booting."""
+    def build(config, console_sink, on_exit, restore=None, received=None):
+        """``restore``: the path of a snapshot file to continue from instead of booting;
+        ``received``: an incoming migration (:class:`~xvm.migration.precopy.Incoming`) whose
+        state and memory have arrived."""
         holder = []
         snapshot = memory = None
+        if received is not None:
+            received.check_cpu(kvm.supported_cpuid())
         if restore is not None:
             from ..migration.snapshot import load_snapshot
             snapshot = load_snapshot(restore, supported_cpuid=kvm.supported_cpuid())
@@ -94,9 +100,11 @@ def machine_factory(kvm, *, disk_fds=None, nics=()):
                 for thing in (disks or []) + devices:
                     thing.close()
                 raise
+        state = snapshot.state if snapshot else None
+        if received is not None:
+            state, memory, received.memory = received.state, received.memory, None  # the machine's now
         machine = build_machine(kvm, config, console_sink=console_sink, disks=disks, nics=devices,
-                                on_exit=exited, state=snapshot.state if snapshot else None,
-                                memory=memory)
+                                on_exit=exited, state=state, memory=memory)
         wrapped = KvmMachine(machine)
         holder.append(wrapped)
         return wrapped
@@ -237,7 +245,7 @@ def run_domain(init, message, fds):
         go, _ = P.recv_message(init, timeout=60)
         if go.get("boot") is not True:
             raise P.BadPayload("the host did not ask for the boot")
-        boot = A.decode_action(go["action"], allowed=(A.Boot, A.Restore)) if "action" in go else A.Boot()
+        boot = A.decode_action(go["action"], allowed=(A.Boot, A.Restore, A.MigrateReceive)) if "action" in go else A.Boot()
         info = vmm.handle(boot)
     except BaseException as e:
         _send_quietly(init, P.error_reply(0, e))
@@ -246,6 +254,10 @@ def run_domain(init, message, fds):
     _send_quietly(init, P.reply(0, info))
     init.close()
     finished.wait()
+    if vmm.outgoing is not None and vmm.outgoing.finished:  # migrated away: the host reads the end
+        deadline = time.monotonic() + MIGRATION_LINGER
+        while not vmm.outgoing.collected and time.monotonic() < deadline:
+            time.sleep(0.01)
     if vmm.state not in STOPPED:  # SIGTERM: the host is going away and asked us to stop
         try:
             vmm.handle(A.Destroy())

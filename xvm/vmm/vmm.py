@@ -48,7 +48,8 @@ class VmmGone(XvmError):
 register_error(VmmGone)
 
 # Answered from the final state once the control thread has ended.
-_READ_ONLY = (A.Info, A.Stats, A.Ping)
+_READ_ONLY = (A.Info, A.Stats, A.Ping, A.MigrateStatus)
+_NOT_WHILE_INCOMING = (A.Boot, A.Restore, A.MigrateReceive)
 
 
 class _Pending:
@@ -91,6 +92,8 @@ class Vmm:
         self._inbox_lock = threading.Lock()
         self._linger = linger  # keep the control thread after the domain stops for good
         self.quit_requested = threading.Event()
+        self.outgoing = None  # xvm.migration.precopy.Outgoing of the current migration
+        self.incoming = None  # xvm.migration.precopy.Incoming while receiving one
 
     def __repr__(self):
         return f"<Vmm {self.config.name!r} {self.state.value} id={self.id}>"
@@ -107,6 +110,8 @@ class Vmm:
             raise TypeError(f"Vmm.handle takes an action, not {type(action).__name__}")
         if threading.current_thread() is self._thread:
             return self._dispatch(action)
+        if isinstance(action, A.MigrateStatus):  # a progress read, also while the switchover runs
+            return self._do_MigrateStatus(action)
         pending = _Pending(action)
         with self._inbox_lock:
             if self._thread is None or self._closed:
@@ -178,6 +183,10 @@ class Vmm:
                 return  # stopped for good: this VMM's work is done
 
     def _dispatch(self, action):
+        if self.incoming is not None and isinstance(action, _NOT_WHILE_INCOMING):
+            from ..errors import StateError
+            raise StateError(f"domain {self.config.name!r} is receiving a live migration",
+                             state=self.state, operation="start")
         after = lifecycle.check(action, self.state, self.config.name)
         result = getattr(self, "_do_" + type(action).__name__)(action)
         if after is not None and after is not self.state:
@@ -221,7 +230,75 @@ class Vmm:
             raise
         self._teardown("the domain was saved")
 
+    # -- live migration (xvm.migration.precopy) --------------------------------------------------
+    def _do_MigrateSend(self, action):
+        from ..errors import StateError
+        from ..migration.precopy import Outgoing
+
+        if self.outgoing is not None and not self.outgoing.finished:
+            raise StateError(f"domain {self.config.name!r} is migrating already", state=self.state,
+                             operation="migrate")
+        self.outgoing = Outgoing(self, action)
+        self.outgoing.start()
+        return dict(self.outgoing.status)
+
+    def _do_MigrateStatus(self, action):
+        if self.outgoing is not None:
+            self.outgoing.collected = self.outgoing.finished
+            return dict(self.outgoing.status)
+        if self.incoming is not None:
+            return {"state": "incoming", "iterations": self.incoming.rounds}
+        return None
+
+    def _do_MigrateAbort(self, action):
+        if self.outgoing is not None:
+            return self.outgoing.abort()
+        if self.incoming is not None:
+            self.incoming.abort()
+            return True
+        return False
+
+    def _do_MigrateSwitchover(self, action):
+        self.outgoing.switchover()  # raises with the domain running again if it failed
+        self._teardown("the domain migrated to another host")
+        self._set_state(DomainState.SHUTOFF)
+        self.outgoing.completed()
+
+    def _do_MigrateReceive(self, action):
+        from ..migration.precopy import Incoming
+
+        self.incoming = Incoming(self, action)
+        self.incoming.start()
+        return {"port": self.incoming.port}
+
+    def _do_MigrateIncoming(self, action):
+        incoming = self.incoming
+        try:
+            self._boot(received=incoming, before_start=incoming.handshake)
+        except BaseException:
+            incoming.release()
+            raise
+        self.incoming = None
+        after = incoming.action.after_id
+        while after is not None and self.id <= after:
+            self.id = self._next_id()
+        self.crash_reason = None
+        if not incoming.running:
+            self.machine.pause()
+        self._set_state(DomainState.RUNNING if incoming.running else DomainState.PAUSED)
+        incoming.confirm()
+        return self._info()
+
+    def _do_MigrateIncomingFailed(self, action):
+        if self.incoming is None:
+            return
+        self.incoming = None
+        if self.state in (DomainState.SHUTOFF, DomainState.CRASHED):
+            self._set_state(self.state)  # the store forgets a transient domain; the VMM ends
+
     def _do_Pause(self, action):
+        if self.outgoing is not None:
+            self.outgoing.stop_throttle()  # a throttle's resume must not undo this pause
         self.machine.pause()
 
     def _do_Resume(self, action):
@@ -291,20 +368,24 @@ class Vmm:
         }
 
     # -- machinery ----------------------------------------------------------------------------
-    def _boot(self, settings=None, restore=None):
+    def _boot(self, settings=None, restore=None, received=None, before_start=None):
         cfg = self.config
         sched, pins, emulator_pin = settings or (cfg.sched, cfg.vcpu_pins, cfg.emulator_pin)
         scheduler = DomainScheduler(str(cfg.uuid), cfg.vcpus, sched, pins, emulator_pin,
                                     base_affinity=self._base_affinity, own_process=self._own_process)
         try:
-            if restore is None:
-                machine = self._factory(self.config, self._console_sink, self._post_exit)
-            else:
+            if restore is not None:
                 machine = self._factory(self.config, self._console_sink, self._post_exit, restore=restore)
+            elif received is not None:
+                machine = self._factory(self.config, self._console_sink, self._post_exit, received=received)
+            else:
+                machine = self._factory(self.config, self._console_sink, self._post_exit)
         except BaseException:
             scheduler.close()
             raise
         try:
+            if before_start is not None:
+                before_start()
             machine.start()
             scheduler.attach(machine.vcpu_thread_ids())
         except BaseException:
@@ -337,6 +418,8 @@ class Vmm:
 
     def _teardown(self, detach_reason):
         """Close the machine and remove its cgroups; returns the scheduling it had (or None)."""
+        if self.outgoing is not None and self.outgoing.status["state"] in ("connecting", "active"):
+            self.outgoing.abort(f"the domain stopped during the migration ({detach_reason})")
         machine, self.machine = self.machine, None
         scheduler, self.scheduler = self.scheduler, None
         self.id = None
