@@ -233,7 +233,7 @@ def _allocate_ids(args):
 def test_domain_ids_are_unique_across_processes_allocating_at_once(path):
     # The store does not exist yet: the processes also race to create it.
     workers, count = 4, 150
-    start = time.time() + 0.3
+    start = time.time() + 1.0  # the pool forks its workers first, slowly under load
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         results = pool.map(_allocate_ids, [(path, count, start)] * workers, chunksize=1)
     ids = [i for result in results for i in result]
