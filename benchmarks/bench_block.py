@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,17 +60,25 @@ def xvm_child(kernel, image, cmdline):
     dom = host.define(xvm.DomainConfig(name="bench-blk", memory_mib=MEMORY_MIB, kernel=kernel,
                                        cmdline=cmdline, disks=[xvm.Disk(image)]))
     dom.start()
-    vcpus = [t.native_id for t in __import__("threading").enumerate() if t.name.startswith("xvm-vcpu")]
+    vcpus = [t.native_id for t in threading.enumerate() if t.name.startswith("xvm-vcpu")]
     if in_process:
         print(f"xvm-child vcpu-tids {' '.join(map(str, vcpus))}", flush=True)
+    ended = threading.Event()
+
+    def relay(event, payload):
+        # Straight from the guest's output path: console.expect() holds a match at the
+        # newest byte for a moment, which would shift the parent's CPU samples.
+        if event == "data":
+            sys.stdout.buffer.write(payload)
+            sys.stdout.buffer.flush()
+        elif event == "closed":
+            ended.set()
+
+    unsubscribe = dom.console.subscribe(relay)
     try:
-        while True:
-            line = dom.console.expect(r"[^\n]*\n", timeout=600).group(0)
-            sys.stdout.write(line)
-            sys.stdout.flush()
-    except xvm.StateError:
-        pass  # the guest powered off
+        ended.wait(600)
     finally:
+        unsubscribe()
         if dom.state is not xvm.DomainState.SHUTOFF:
             dom.destroy()
         dom.undefine()

@@ -17,11 +17,14 @@ int xvm_walk_chain(const struct xvm_region *regions, uint32_t nregions,
                    int indirect_ok, struct xvm_piece *out, uint32_t max_out,
                    uint32_t *n_readable, uint32_t *n_total, uint64_t *err_value);
 struct xvm_blk_result { uint32_t type; uint32_t used; uint64_t bytes; };
-int xvm_blk_request(const struct xvm_region *regions, uint32_t nregions,
-                    uintptr_t desc_table, uint32_t queue_size, uint32_t head,
-                    int indirect_ok, struct xvm_piece *scratch, uint32_t max_scratch,
-                    uint64_t capacity, int readonly, int fd,
-                    struct xvm_blk_result *result);
+uint32_t xvm_blk_requests(const struct xvm_region *regions, uint32_t nregions,
+                          uintptr_t desc_table, uint32_t queue_size,
+                          const uint32_t *heads, uint32_t n, int indirect_ok,
+                          struct xvm_piece *scratch, uint32_t max_scratch,
+                          uint64_t capacity, int readonly, int fd, uint32_t threads,
+                          uint64_t parallel_min, int nowait, struct xvm_blk_result *results);
+uint32_t xvm_blk_pool_peak(int reset);
+void xvm_blk_pool_rendezvous(uint32_t n);
 int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
                uintptr_t desc_table, uint32_t queue_size, int indirect_ok,
                uintptr_t avail_ring, uintptr_t used_ring, uint32_t next_avail,
@@ -34,6 +37,9 @@ int64_t xvm_net_tx(const struct xvm_region *regions, uint32_t nregions,
 """
 
 SOURCE = r"""
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE  /* preadv2, pwritev2 (Python.h defines it already) */
+#endif
 #include <stdint.h>
 #include <string.h>
 
@@ -184,7 +190,8 @@ int xvm_walk_chain(const struct xvm_region *regions, uint32_t nregions,
 
 /* ---- virtio-blk (virtio 1.2 §5.2.6): the IN/OUT request path ----------------------------
  * The common requests, done without Python: walk the chain, parse the header, preadv or
- * pwritev straight between the image and guest RAM, write the status byte.  Anything else
+ * pwritev straight between the image and guest RAM, write the status byte; the requests of
+ * one batch side by side on a small thread pool (xvm_blk_requests).  Anything else
  * (another request type, any malformed request, an I/O error) returns XVM_BLK_FALLBACK
  * having written nothing to the guest, and the Python reference path
  * (xvm/devices/block/request.py parse, device.py execute) does it, errors and all. */
@@ -207,11 +214,14 @@ static uintptr_t piece_host(const struct xvm_region *r, uint32_t n, const struct
     return host_range(r, n, p->gpa, p->len);
 }
 
-/* preadv/pwritev the pieces [first, last) with the first `skip` bytes of `first` left out
- * and `trim` bytes of the last piece left out; 0, or -1 (errno set). */
+/* preadv2/pwritev2 the pieces [first, last) with the first `skip` bytes of `first` left out
+ * and `trim` bytes of the last piece left out; 0, -1 (errno set), or BLK_WOULD_BLOCK when
+ * `flags` has RWF_NOWAIT and the data is not all at hand (the caller does it again without:
+ * a read that stopped half way is simply read again). */
+#define BLK_WOULD_BLOCK 2
 static int blk_io(const struct xvm_region *r, uint32_t n, int fd, int write,
                   const struct xvm_piece *pieces, uint32_t first, uint32_t last,
-                  uint64_t skip, uint64_t trim, uint64_t offset)
+                  uint64_t skip, uint64_t trim, uint64_t offset, int flags)
 {
     struct iovec iov[BLK_IOV_BATCH];
     uint32_t i = first;
@@ -231,8 +241,13 @@ static int blk_io(const struct xvm_region *r, uint32_t n, int fd, int write,
         }
         int at = 0;
         while (want) {
-            ssize_t done = write ? pwritev(fd, iov + at, cnt - at, (off_t)offset)
-                                 : preadv(fd, iov + at, cnt - at, (off_t)offset);
+            ssize_t done = write ? pwritev2(fd, iov + at, cnt - at, (off_t)offset, flags)
+                                 : preadv2(fd, iov + at, cnt - at, (off_t)offset, flags);
+            if (flags && (done < 0 || (uint64_t)done < want)) {
+                if (done >= 0 || errno == EAGAIN || errno == EOPNOTSUPP || errno == EINTR)
+                    return BLK_WOULD_BLOCK;
+                return -1;
+            }
             if (done < 0) {
                 if (errno == EINTR) continue;
                 return -1;
@@ -259,11 +274,22 @@ static int blk_io(const struct xvm_region *r, uint32_t n, int fd, int write,
     return 0;
 }
 
-int xvm_blk_request(const struct xvm_region *regions, uint32_t nregions,
-                    uintptr_t desc_table, uint32_t queue_size, uint32_t head,
-                    int indirect_ok, struct xvm_piece *p, uint32_t max_scratch,
-                    uint64_t capacity, int readonly, int fd,
-                    struct xvm_blk_result *result)
+/* One parsed IN/OUT request: its pieces (in its own scratch), what it moves, where. */
+struct blk_plan {
+    const struct xvm_region *regions;
+    uint32_t nregions, type, nread, ntotal;
+    int fd;
+    uint64_t sector, length;
+    struct xvm_piece *p;
+    int rc;             /* blk_execute's answer */
+};
+
+/* Walk and check one request as xvm/devices/block/request.py parse does; XVM_BLK_DONE with
+ * `plan` filled if C can do it, XVM_BLK_FALLBACK (nothing written) if Python must. */
+static int blk_parse(const struct xvm_region *regions, uint32_t nregions,
+                     uintptr_t desc_table, uint32_t queue_size, uint32_t head,
+                     int indirect_ok, struct xvm_piece *p, uint32_t max_scratch,
+                     uint64_t capacity, int readonly, int fd, struct blk_plan *plan)
 {
     uint32_t nread, ntotal, i;
     uint64_t err, readable_len = 0, writable_len = 0, got = 0, length, other;
@@ -303,31 +329,298 @@ int xvm_blk_request(const struct xvm_region *regions, uint32_t nregions,
     /* §5.2.6 data in one direction only; §5.2.6.1 a multiple of 512 bytes, within capacity. */
     if (other || length % 512 || sector > capacity || (length >> BLK_SECTOR_SHIFT) > capacity - sector)
         return XVM_BLK_FALLBACK;
-    if (length) {
+    plan->regions = regions;
+    plan->nregions = nregions;
+    plan->fd = fd;
+    plan->type = type;
+    plan->nread = nread;
+    plan->ntotal = ntotal;
+    plan->sector = sector;
+    plan->length = length;
+    plan->p = p;
+    return XVM_BLK_DONE;
+}
+
+/* Move a parsed request's data and write its status byte (not when the I/O failed or, with
+ * RWF_NOWAIT in `flags`, would block).  0, -1 or BLK_WOULD_BLOCK. */
+static int blk_execute(struct blk_plan *plan, int flags)
+{
+    const struct xvm_region *regions = plan->regions;
+    uint32_t nregions = plan->nregions;
+    struct xvm_piece *p = plan->p;
+    if (plan->length) {
         int rc;
-        if (type == VIRTIO_BLK_T_IN) {
-            rc = blk_io(regions, nregions, fd, 0, p, nread, ntotal, 0, 1,
-                        sector << BLK_SECTOR_SHIFT);
+        if (plan->type == VIRTIO_BLK_T_IN) {
+            rc = blk_io(regions, nregions, plan->fd, 0, p, plan->nread, plan->ntotal, 0, 1,
+                        plan->sector << BLK_SECTOR_SHIFT, flags);
         } else {
             /* skip the header: find the piece where the data starts */
             uint64_t skip = BLK_HEADER_SIZE;
             uint32_t first = 0;
             while (skip >= p[first].len) { skip -= p[first].len; first++; }
-            rc = blk_io(regions, nregions, fd, 1, p, first, nread, skip, 0,
-                        sector << BLK_SECTOR_SHIFT);
+            rc = blk_io(regions, nregions, plan->fd, 1, p, first, plan->nread, skip, 0,
+                        plan->sector << BLK_SECTOR_SHIFT, flags);
         }
         if (rc)
-            return XVM_BLK_FALLBACK;  /* Python retries and reports the BackendError */
+            return rc;
     }
     {
-        struct xvm_piece *last = &p[ntotal - 1];
+        struct xvm_piece *last = &p[plan->ntotal - 1];
         unsigned char *status = (unsigned char *)piece_host(regions, nregions, last) + last->len - 1;
         *status = VIRTIO_BLK_S_OK;
     }
-    result->type = type;
-    result->bytes = length;
-    result->used = (uint32_t)((type == VIRTIO_BLK_T_IN ? length : 0) + 1);
-    return XVM_BLK_DONE;
+    return 0;
+}
+
+/* ---- the I/O pool: requests of one batch side by side -----------------------------------
+ * A few threads shared by every disk of the process.  The caller of xvm_blk_requests puts a
+ * group of plans up, takes plans itself like any helper, and returns when all are done, so a
+ * group is one bounded step of the worker (a stop waits for it), and with no helper at all
+ * (thread creation refused) the caller simply does every plan.  One mutex guards the list of
+ * groups and the counters; a helper touches a group only between claiming a plan and
+ * counting it done, both under the mutex.  After fork() the child has no helpers and a fresh
+ * mutex (pthread_atfork). */
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
+
+#define BLK_POOL_MAX 16
+
+struct blk_group {
+    struct blk_plan **plans;
+    uint32_t nplans, next, done;
+    pthread_cond_t finished;
+    struct blk_group *link;
+};
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_work = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t pool_met = PTHREAD_COND_INITIALIZER;
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static struct blk_group *pool_groups;   /* groups with plans not yet claimed */
+static uint32_t pool_threads, pool_inflight, pool_peak, pool_rendezvous;
+
+static void pool_prepare(void) { pthread_mutex_lock(&pool_lock); }
+static void pool_parent(void) { pthread_mutex_unlock(&pool_lock); }
+static void pool_child(void)
+{
+    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+    pool_lock = lock;
+    pool_work = cond;
+    pool_met = cond;
+    pool_groups = NULL;
+    pool_threads = pool_inflight = 0;
+}
+static void pool_setup(void) { pthread_atfork(pool_prepare, pool_parent, pool_child); }
+
+/* Under pool_lock: the next plan of the first group that has one, or NULL. */
+static struct blk_plan *pool_claim(struct blk_group **from)
+{
+    struct blk_group *g = pool_groups;
+    struct blk_plan *plan;
+    if (!g)
+        return NULL;
+    plan = g->plans[g->next++];
+    if (g->next == g->nplans)
+        pool_groups = g->link;  /* all claimed: off the list */
+    *from = g;
+    if (++pool_inflight > pool_peak)
+        pool_peak = pool_inflight;
+    return plan;
+}
+
+/* Run a claimed plan (pool_lock held on entry and on return). */
+static void pool_run(struct blk_group *g, struct blk_plan *plan)
+{
+    if (pool_rendezvous) {  /* tests: hold until that many plans run at once, 2 s at most */
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 2;
+        pthread_cond_broadcast(&pool_met);
+        while (pool_rendezvous && pool_inflight < pool_rendezvous)
+            if (pthread_cond_timedwait(&pool_met, &pool_lock, &until))
+                break;
+    }
+    pthread_mutex_unlock(&pool_lock);
+    plan->rc = blk_execute(plan, 0);
+    pthread_mutex_lock(&pool_lock);
+    pool_inflight--;
+    if (++g->done == g->nplans)
+        pthread_cond_signal(&g->finished);
+}
+
+static void *pool_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&pool_lock);
+    for (;;) {
+        struct blk_group *g;
+        struct blk_plan *plan = pool_claim(&g);
+        if (!plan) {
+            pthread_cond_wait(&pool_work, &pool_lock);
+            continue;
+        }
+        pool_run(g, plan);
+    }
+    return NULL;
+}
+
+/* Under pool_lock: at least `want` helpers (at most BLK_POOL_MAX), as far as the system
+ * lets us; they block every signal (signals are for the VMM's own threads). */
+static void pool_grow(uint32_t want)
+{
+    pthread_attr_t attr;
+    sigset_t all, old;
+    if (want > BLK_POOL_MAX)
+        want = BLK_POOL_MAX;
+    if (pool_threads >= want)
+        return;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    while (pool_threads < want) {
+        pthread_t t;
+        if (pthread_create(&t, &attr, pool_main, NULL))
+            break;  /* the caller does the work itself */
+        pool_threads++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+}
+
+/* Carry out `plans` side by side on up to `threads` helpers and the calling thread. */
+static void pool_do(struct blk_plan **plans, uint32_t n, uint32_t threads)
+{
+    struct blk_group g, **tail;
+    pthread_once(&pool_once, pool_setup);
+    g.plans = plans;
+    g.nplans = n;
+    g.next = g.done = 0;
+    g.link = NULL;
+    pthread_cond_init(&g.finished, NULL);
+    pthread_mutex_lock(&pool_lock);
+    pool_grow(threads < n - 1 ? threads : n - 1);
+    for (tail = &pool_groups; *tail; tail = &(*tail)->link)
+        ;
+    *tail = &g;
+    pthread_cond_broadcast(&pool_work);
+    while (g.next < g.nplans) {  /* our own plans, as long as no helper took them */
+        struct blk_group *from;
+        struct blk_plan *plan;
+        if (pool_groups != &g) {
+            /* another disk's group is first: take ours directly */
+            plan = g.plans[g.next++];
+            if (g.next == g.nplans) {
+                for (tail = &pool_groups; *tail != &g; tail = &(*tail)->link)
+                    ;
+                *tail = g.link;
+            }
+            if (++pool_inflight > pool_peak)
+                pool_peak = pool_inflight;
+            from = &g;
+        } else {
+            plan = pool_claim(&from);
+        }
+        pool_run(from, plan);
+    }
+    while (g.done < g.nplans)
+        pthread_cond_wait(&g.finished, &pool_lock);
+    pthread_mutex_unlock(&pool_lock);
+    pthread_cond_destroy(&g.finished);
+}
+
+uint32_t xvm_blk_pool_peak(int reset)
+{
+    uint32_t peak;
+    pthread_mutex_lock(&pool_lock);
+    peak = pool_peak;
+    if (reset)
+        pool_peak = 0;
+    pthread_mutex_unlock(&pool_lock);
+    return peak;
+}
+
+void xvm_blk_pool_rendezvous(uint32_t n)
+{
+    pthread_mutex_lock(&pool_lock);
+    pool_rendezvous = n;
+    pthread_cond_broadcast(&pool_met);
+    pthread_mutex_unlock(&pool_lock);
+}
+
+/* Two requests of a group must not overlap on the disk if either writes: then running them
+ * side by side ends as running them in ring order. */
+static int blk_conflict(const struct blk_plan *a, const struct blk_plan *b)
+{
+    uint64_t a_end = a->sector + (a->length >> BLK_SECTOR_SHIFT);
+    uint64_t b_end = b->sector + (b->length >> BLK_SECTOR_SHIFT);
+    if (a->type == VIRTIO_BLK_T_IN && b->type == VIRTIO_BLK_T_IN)
+        return 0;
+    return a->sector < b_end && b->sector < a_end;
+}
+
+#define BLK_GROUP_MAX 64
+
+/* Serve heads[0..k) of `n` available requests and return k: the longest prefix of IN/OUT
+ * requests C can do whose disk ranges do not overlap a write of another (0: heads[0] is
+ * Python's).  Each served request gets results[i]; used == 0 there means its I/O failed and
+ * nothing was reported to the guest (Python does it again, errors and all).  With more than
+ * one request, reads are first tried without blocking (RWF_NOWAIT, when `nowait`); those
+ * that would block, and writes of `parallel_min` bytes or more, run side by side on the I/O
+ * pool (`threads` helpers).  Every request is done when this returns.  `scratch` holds
+ * `max_scratch` pieces per head. */
+uint32_t xvm_blk_requests(const struct xvm_region *regions, uint32_t nregions,
+                          uintptr_t desc_table, uint32_t queue_size,
+                          const uint32_t *heads, uint32_t n, int indirect_ok,
+                          struct xvm_piece *scratch, uint32_t max_scratch,
+                          uint64_t capacity, int readonly, int fd, uint32_t threads,
+                          uint64_t parallel_min, int nowait, struct xvm_blk_result *results)
+{
+    struct blk_plan plans[BLK_GROUP_MAX], *pooled[BLK_GROUP_MAX];
+    uint32_t k = 0, npooled = 0, i, j;
+
+    if (n > BLK_GROUP_MAX)
+        n = BLK_GROUP_MAX;
+    for (; k < n; k++) {
+        if (blk_parse(regions, nregions, desc_table, queue_size, heads[k], indirect_ok,
+                      scratch + (size_t)k * max_scratch, max_scratch, capacity, readonly, fd,
+                      &plans[k]))
+            break;
+        for (j = 0; j < k && !blk_conflict(&plans[j], &plans[k]); j++)
+            ;
+        if (j < k)
+            break;
+    }
+    for (i = 0; i < k; i++) {
+        struct blk_plan *plan = &plans[i];
+        plan->rc = BLK_WOULD_BLOCK;
+        if (k > 1 && threads && plan->length) {
+            if (plan->type == VIRTIO_BLK_T_IN && nowait)
+                plan->rc = blk_execute(plan, RWF_NOWAIT);
+            else if (plan->type == VIRTIO_BLK_T_IN || plan->length >= parallel_min)
+                plan->rc = BLK_WOULD_BLOCK;
+            else
+                plan->rc = blk_execute(plan, 0);
+            if (plan->rc == BLK_WOULD_BLOCK)
+                pooled[npooled++] = plan;
+        } else {
+            plan->rc = blk_execute(plan, 0);
+        }
+    }
+    if (npooled == 1)
+        pooled[0]->rc = blk_execute(pooled[0], 0);
+    else if (npooled)
+        pool_do(pooled, npooled, threads);
+    for (i = 0; i < k; i++) {
+        results[i].type = plans[i].type;
+        results[i].bytes = plans[i].length;
+        results[i].used = plans[i].rc ? 0
+            : (uint32_t)((plans[i].type == VIRTIO_BLK_T_IN ? plans[i].length : 0) + 1);
+    }
+    return k;
 }
 
 /* ---- virtio-net receive (virtio 1.2 §5.1.6.3, §5.1.6.4): one frame into rx buffers ------

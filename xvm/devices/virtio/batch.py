@@ -129,6 +129,42 @@ class Batch:
             if not queue.enable_notification():
                 return
 
+    def serve_head_groups(self, handle, width):
+        """Like :meth:`serve_heads`, but up to ``width`` available ring entries
+        go to ``handle(heads)`` at once (a C path that runs them side by side);
+        it returns one result per head, in order: the used length, or the
+        :class:`ChainError` of a malformed chain.  The used ring is written in
+        ring order after the group; the budget and the stop check count heads
+        as :meth:`serve_heads` does, and a popped head is always completed."""
+        queue = self.queue
+        device = self.device
+        while True:
+            heads = []
+            while len(heads) < width and self.take():
+                head = queue.pop_head()
+                if head is None:
+                    self.budget += 1
+                    break
+                heads.append(head)
+                if head >= queue.size:
+                    break  # §2.7.6 a corrupt ring: handle() fails on it, nothing is after it
+            if heads:
+                results = handle(heads)
+                if self._stop() and not self.owns_queue():
+                    return  # the ring is not ours any more
+                for head, used in zip(heads, results):
+                    if isinstance(used, ChainError):
+                        if used.head is None:
+                            raise used
+                        # §2.7.8: returned unused, the request fails alone.
+                        device.invalid_chain(self.index, used)
+                        used = 0
+                    queue.add_used(head, used)
+                if len(heads) == width:
+                    continue  # a full group: there may be more, budget permitting
+            if self.more or not queue.enable_notification():
+                return
+
 
 def serve_queue(device, index, work=None, *, stop=_never, abandoned=_never, budget=None):
     """Run one turn of ``work(index, batch)`` (default
