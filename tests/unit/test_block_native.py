@@ -66,7 +66,12 @@ def _run(tmp_path, name, native_path, setup, heads, readonly=False, tune=None):
                 ring.publish(head)
             serve_queue(dev, 0)
             used = ring.take_used()
-            ram = hashlib.sha256(memory.read(0, MEMORY)).hexdigest()
+            # Requests in flight together may complete in any order (§2.7.8): the used
+            # elements are compared as a set, the rest of guest RAM byte for byte.
+            elems = ring.used_ring + 4
+            ram = bytearray(memory.read(0, MEMORY))
+            ram[elems:elems + 8 * QUEUE_SIZE] = bytes(8 * QUEUE_SIZE)
+            ram = hashlib.sha256(ram).hexdigest()
             counters = dev.metrics.snapshot()
             broken = dev.broken
         finally:
@@ -79,7 +84,7 @@ def _run(tmp_path, name, native_path, setup, heads, readonly=False, tune=None):
 def _both(tmp_path, setup, heads, tune=None, **kw):
     c = _run(tmp_path, "c", True, setup, heads, tune=tune, **kw)
     py = _run(tmp_path, "py", False, setup, heads, **kw)
-    assert c == py
+    assert sorted(c[0]) == sorted(py[0]) and c[1:] == py[1:]
     return c
 
 
@@ -181,7 +186,7 @@ def _requests(requests):
 
 def test_batch_requests_run_side_by_side(tmp_path):
     """Four reads made available together are all in flight at once: each waits (2 s at
-    most) until four run, so one-after-another service would leave the peak at 1."""
+    most) until four run, so one-after-another service would leave the peak below 4."""
     lib = native.load().lib
     setup, heads = _requests([(VIRTIO_BLK_T_IN, 128 * i, 0x8000) for i in range(4)])
     lib.xvm_blk_pool_peak(1)
@@ -191,7 +196,7 @@ def test_batch_requests_run_side_by_side(tmp_path):
     finally:
         lib.xvm_blk_pool_rendezvous(0)
     assert lib.xvm_blk_pool_peak(1) == 4
-    assert used == [(h, 0x8000 + 1) for h in heads]
+    assert sorted(used) == [(h, 0x8000 + 1) for h in heads]
 
 
 def test_flush_waits_for_the_writes_before_it(tmp_path, monkeypatch):
@@ -207,7 +212,7 @@ def test_flush_waits_for_the_writes_before_it(tmp_path, monkeypatch):
     setup, heads = _requests([(VIRTIO_BLK_T_OUT, 0, 0x8000), (VIRTIO_BLK_T_OUT, 64, 0x8000),
                               (VIRTIO_BLK_T_FLUSH, 0, 0)])
     used, _, _, counters, _ = _run(tmp_path, "c", True, setup, heads, tune=_pooled)
-    assert used == [(heads[0], 1), (heads[1], 1), (heads[2], 1)]
+    assert sorted(used[:2]) == [(heads[0], 1), (heads[1], 1)] and used[2] == (heads[2], 1)
     assert counters["flush_count"] == 1 and counters["write_count"] == 2
     assert seen == [bytes(j & 0xFF for j in range(256)) * 128
                     + bytes((7 + j) & 0xFF for j in range(256)) * 128]

@@ -17,12 +17,17 @@ int xvm_walk_chain(const struct xvm_region *regions, uint32_t nregions,
                    int indirect_ok, struct xvm_piece *out, uint32_t max_out,
                    uint32_t *n_readable, uint32_t *n_total, uint64_t *err_value);
 struct xvm_blk_result { uint32_t type; uint32_t used; uint64_t bytes; };
-uint32_t xvm_blk_requests(const struct xvm_region *regions, uint32_t nregions,
-                          uintptr_t desc_table, uint32_t queue_size,
-                          const uint32_t *heads, uint32_t n, int indirect_ok,
-                          struct xvm_piece *scratch, uint32_t max_scratch,
-                          uint64_t capacity, int readonly, int fd, uint32_t threads,
-                          uint64_t parallel_min, int nowait, struct xvm_blk_result *results);
+struct xvm_blk_ctx;
+struct xvm_blk_ctx *xvm_blk_ctx_new(uint32_t width, uint32_t max_scratch);
+void xvm_blk_ctx_free(struct xvm_blk_ctx *ctx);
+int xvm_blk_start(struct xvm_blk_ctx *ctx, const struct xvm_region *regions, uint32_t nregions,
+                  uintptr_t desc_table, uint32_t queue_size, uint32_t head, int indirect_ok,
+                  uint64_t capacity, int readonly, int fd, uint32_t threads,
+                  uint64_t parallel_min, int nowait, uint32_t more,
+                  struct xvm_blk_result *result);
+uint32_t xvm_blk_reap(struct xvm_blk_ctx *ctx, int wait, uint32_t *heads,
+                      struct xvm_blk_result *results, uint32_t max);
+uint32_t xvm_blk_inflight(struct xvm_blk_ctx *ctx);
 uint32_t xvm_blk_pool_peak(int reset);
 void xvm_blk_pool_rendezvous(uint32_t n);
 int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
@@ -190,8 +195,8 @@ int xvm_walk_chain(const struct xvm_region *regions, uint32_t nregions,
 
 /* ---- virtio-blk (virtio 1.2 §5.2.6): the IN/OUT request path ----------------------------
  * The common requests, done without Python: walk the chain, parse the header, preadv or
- * pwritev straight between the image and guest RAM, write the status byte; the requests of
- * one batch side by side on a small thread pool (xvm_blk_requests).  Anything else
+ * pwritev straight between the image and guest RAM, write the status byte; several requests
+ * in flight side by side on a small thread pool (xvm_blk_start, xvm_blk_reap).  Anything else
  * (another request type, any malformed request, an I/O error) returns XVM_BLK_FALLBACK
  * having written nothing to the guest, and the Python reference path
  * (xvm/devices/block/request.py parse, device.py execute) does it, errors and all. */
@@ -372,33 +377,54 @@ static int blk_execute(struct blk_plan *plan, int flags)
     return 0;
 }
 
-/* ---- the I/O pool: requests of one batch side by side -----------------------------------
- * A few threads shared by every disk of the process.  The caller of xvm_blk_requests puts a
- * group of plans up, takes plans itself like any helper, and returns when all are done, so a
- * group is one bounded step of the worker (a stop waits for it), and with no helper at all
- * (thread creation refused) the caller simply does every plan.  One mutex guards the list of
- * groups and the counters; a helper touches a group only between claiming a plan and
- * counting it done, both under the mutex.  After fork() the child has no helpers and a fresh
- * mutex (pthread_atfork). */
+/* ---- requests in flight side by side: a per-queue context and a shared I/O pool ----------
+ * xvm_blk_start parses one request into a free slot of the queue's context and either does
+ * it at once (small, or a read the page cache has: RWF_NOWAIT) or hands it to the pool,
+ * a few helper threads shared by every disk of the process; xvm_blk_reap collects finished
+ * ones (waiting for one if asked).  The caller (the queue's worker) writes the used ring;
+ * it starts a request only if it does not overlap on the disk a write in flight (or any
+ * request in flight, if it writes), so the result is the ring-order one, and it drains
+ * everything in flight before any request the C path does not do (FLUSH first of all:
+ * a flush covers the writes before it).  One mutex guards the pool's job list, the
+ * contexts' finished lists and the counters; a slot's plan is written only while the slot is
+ * free.  After fork() the child has no helpers and a fresh mutex (pthread_atfork); with no
+ * helper at all (thread creation refused) requests are done at once. */
 #include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <time.h>
 
-#define BLK_POOL_MAX 16
+#define BLK_POOL_MAX 32
+#define XVM_BLK_STARTED 0       /* in flight: xvm_blk_reap returns it */
+#define XVM_BLK_DONE_NOW 1      /* done (or failed: used 0) already, *result filled */
+#define XVM_BLK_NOT_C 2         /* Python's: drain, then the reference path */
+#define XVM_BLK_CONFLICT 3      /* overlaps a request in flight: drain, then start again */
+#define SLOT_FREE 0
+#define SLOT_BUSY 1
 
-struct blk_group {
-    struct blk_plan **plans;
-    uint32_t nplans, next, done;
-    pthread_cond_t finished;
-    struct blk_group *link;
+struct blk_slot {
+    struct blk_plan plan;
+    uint32_t head;
+    int state;
+    struct xvm_blk_ctx *ctx;
+    struct blk_slot *next;      /* in the pool's job list, then in ctx's finished list */
+};
+
+struct xvm_blk_ctx {
+    uint32_t width, inflight;
+    struct blk_slot *slots;
+    struct xvm_piece *scratch;  /* max_scratch pieces per slot */
+    uint32_t max_scratch;
+    struct blk_slot *finished, **finished_tail;
+    pthread_cond_t completed;
 };
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t pool_work = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t pool_met = PTHREAD_COND_INITIALIZER;
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
-static struct blk_group *pool_groups;   /* groups with plans not yet claimed */
-static uint32_t pool_threads, pool_inflight, pool_peak, pool_rendezvous;
+static struct blk_slot *pool_jobs, **pool_jobs_tail = &pool_jobs;
+static uint32_t pool_threads, pool_running, pool_peak, pool_rendezvous;
 
 static void pool_prepare(void) { pthread_mutex_lock(&pool_lock); }
 static void pool_parent(void) { pthread_mutex_unlock(&pool_lock); }
@@ -409,65 +435,52 @@ static void pool_child(void)
     pool_lock = lock;
     pool_work = cond;
     pool_met = cond;
-    pool_groups = NULL;
-    pool_threads = pool_inflight = 0;
+    pool_jobs = NULL;
+    pool_jobs_tail = &pool_jobs;
+    pool_threads = pool_running = 0;
 }
 static void pool_setup(void) { pthread_atfork(pool_prepare, pool_parent, pool_child); }
-
-/* Under pool_lock: the next plan of the first group that has one, or NULL. */
-static struct blk_plan *pool_claim(struct blk_group **from)
-{
-    struct blk_group *g = pool_groups;
-    struct blk_plan *plan;
-    if (!g)
-        return NULL;
-    plan = g->plans[g->next++];
-    if (g->next == g->nplans)
-        pool_groups = g->link;  /* all claimed: off the list */
-    *from = g;
-    if (++pool_inflight > pool_peak)
-        pool_peak = pool_inflight;
-    return plan;
-}
-
-/* Run a claimed plan (pool_lock held on entry and on return). */
-static void pool_run(struct blk_group *g, struct blk_plan *plan)
-{
-    if (pool_rendezvous) {  /* tests: hold until that many plans run at once, 2 s at most */
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 2;
-        pthread_cond_broadcast(&pool_met);
-        while (pool_rendezvous && pool_inflight < pool_rendezvous)
-            if (pthread_cond_timedwait(&pool_met, &pool_lock, &until))
-                break;
-    }
-    pthread_mutex_unlock(&pool_lock);
-    plan->rc = blk_execute(plan, 0);
-    pthread_mutex_lock(&pool_lock);
-    pool_inflight--;
-    if (++g->done == g->nplans)
-        pthread_cond_signal(&g->finished);
-}
 
 static void *pool_main(void *arg)
 {
     (void)arg;
     pthread_mutex_lock(&pool_lock);
     for (;;) {
-        struct blk_group *g;
-        struct blk_plan *plan = pool_claim(&g);
-        if (!plan) {
+        struct blk_slot *s = pool_jobs;
+        struct xvm_blk_ctx *ctx;
+        if (!s) {
             pthread_cond_wait(&pool_work, &pool_lock);
             continue;
         }
-        pool_run(g, plan);
+        pool_jobs = s->next;
+        if (!pool_jobs)
+            pool_jobs_tail = &pool_jobs;
+        if (++pool_running > pool_peak)
+            pool_peak = pool_running;
+        if (pool_rendezvous) {  /* tests: hold until that many run at once, 2 s at most */
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 2;
+            pthread_cond_broadcast(&pool_met);
+            while (pool_rendezvous && pool_running < pool_rendezvous)
+                if (pthread_cond_timedwait(&pool_met, &pool_lock, &until))
+                    break;
+        }
+        pthread_mutex_unlock(&pool_lock);
+        s->plan.rc = blk_execute(&s->plan, 0);
+        pthread_mutex_lock(&pool_lock);
+        pool_running--;
+        ctx = s->ctx;
+        s->next = NULL;
+        *ctx->finished_tail = s;
+        ctx->finished_tail = &s->next;
+        pthread_cond_signal(&ctx->completed);
     }
     return NULL;
 }
 
-/* Under pool_lock: at least `want` helpers (at most BLK_POOL_MAX), as far as the system
- * lets us; they block every signal (signals are for the VMM's own threads). */
+/* Under pool_lock: `want` helpers (at most BLK_POOL_MAX), as far as the system lets us;
+ * they block every signal (signals are for the VMM's own threads). */
 static void pool_grow(uint32_t want)
 {
     pthread_attr_t attr;
@@ -484,52 +497,11 @@ static void pool_grow(uint32_t want)
     while (pool_threads < want) {
         pthread_t t;
         if (pthread_create(&t, &attr, pool_main, NULL))
-            break;  /* the caller does the work itself */
+            break;
         pool_threads++;
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&attr);
-}
-
-/* Carry out `plans` side by side on up to `threads` helpers and the calling thread. */
-static void pool_do(struct blk_plan **plans, uint32_t n, uint32_t threads)
-{
-    struct blk_group g, **tail;
-    pthread_once(&pool_once, pool_setup);
-    g.plans = plans;
-    g.nplans = n;
-    g.next = g.done = 0;
-    g.link = NULL;
-    pthread_cond_init(&g.finished, NULL);
-    pthread_mutex_lock(&pool_lock);
-    pool_grow(threads < n - 1 ? threads : n - 1);
-    for (tail = &pool_groups; *tail; tail = &(*tail)->link)
-        ;
-    *tail = &g;
-    pthread_cond_broadcast(&pool_work);
-    while (g.next < g.nplans) {  /* our own plans, as long as no helper took them */
-        struct blk_group *from;
-        struct blk_plan *plan;
-        if (pool_groups != &g) {
-            /* another disk's group is first: take ours directly */
-            plan = g.plans[g.next++];
-            if (g.next == g.nplans) {
-                for (tail = &pool_groups; *tail != &g; tail = &(*tail)->link)
-                    ;
-                *tail = g.link;
-            }
-            if (++pool_inflight > pool_peak)
-                pool_peak = pool_inflight;
-            from = &g;
-        } else {
-            plan = pool_claim(&from);
-        }
-        pool_run(from, plan);
-    }
-    while (g.done < g.nplans)
-        pthread_cond_wait(&g.finished, &pool_lock);
-    pthread_mutex_unlock(&pool_lock);
-    pthread_cond_destroy(&g.finished);
 }
 
 uint32_t xvm_blk_pool_peak(int reset)
@@ -551,8 +523,37 @@ void xvm_blk_pool_rendezvous(uint32_t n)
     pthread_mutex_unlock(&pool_lock);
 }
 
-/* Two requests of a group must not overlap on the disk if either writes: then running them
- * side by side ends as running them in ring order. */
+struct xvm_blk_ctx *xvm_blk_ctx_new(uint32_t width, uint32_t max_scratch)
+{
+    struct xvm_blk_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx)
+        return NULL;
+    ctx->width = width;
+    ctx->max_scratch = max_scratch;
+    ctx->slots = calloc(width, sizeof *ctx->slots);
+    ctx->scratch = calloc((size_t)width * max_scratch, sizeof *ctx->scratch);
+    if (!ctx->slots || !ctx->scratch) {
+        free(ctx->slots);
+        free(ctx->scratch);
+        free(ctx);
+        return NULL;
+    }
+    ctx->finished_tail = &ctx->finished;
+    pthread_cond_init(&ctx->completed, NULL);
+    return ctx;
+}
+
+/* Only with nothing in flight (the caller drains first). */
+void xvm_blk_ctx_free(struct xvm_blk_ctx *ctx)
+{
+    pthread_cond_destroy(&ctx->completed);
+    free(ctx->slots);
+    free(ctx->scratch);
+    free(ctx);
+}
+
+/* Two requests must not be in flight together if they overlap on the disk and either
+ * writes: then side by side ends as one after another. */
 static int blk_conflict(const struct blk_plan *a, const struct blk_plan *b)
 {
     uint64_t a_end = a->sector + (a->length >> BLK_SECTOR_SHIFT);
@@ -562,65 +563,117 @@ static int blk_conflict(const struct blk_plan *a, const struct blk_plan *b)
     return a->sector < b_end && b->sector < a_end;
 }
 
-#define BLK_GROUP_MAX 64
-
-/* Serve heads[0..k) of `n` available requests and return k: the longest prefix of IN/OUT
- * requests C can do whose disk ranges do not overlap a write of another (0: heads[0] is
- * Python's).  Each served request gets results[i]; used == 0 there means its I/O failed and
- * nothing was reported to the guest (Python does it again, errors and all).  With more than
- * one request, reads are first tried without blocking (RWF_NOWAIT, when `nowait`); those
- * that would block, and writes of `parallel_min` bytes or more, run side by side on the I/O
- * pool (`threads` helpers).  Every request is done when this returns.  `scratch` holds
- * `max_scratch` pieces per head. */
-uint32_t xvm_blk_requests(const struct xvm_region *regions, uint32_t nregions,
-                          uintptr_t desc_table, uint32_t queue_size,
-                          const uint32_t *heads, uint32_t n, int indirect_ok,
-                          struct xvm_piece *scratch, uint32_t max_scratch,
-                          uint64_t capacity, int readonly, int fd, uint32_t threads,
-                          uint64_t parallel_min, int nowait, struct xvm_blk_result *results)
+static void blk_result(const struct blk_plan *plan, struct xvm_blk_result *result)
 {
-    struct blk_plan plans[BLK_GROUP_MAX], *pooled[BLK_GROUP_MAX];
-    uint32_t k = 0, npooled = 0, i, j;
+    result->type = plan->type;
+    result->bytes = plan->length;
+    result->used = plan->rc ? 0
+        : (uint32_t)((plan->type == VIRTIO_BLK_T_IN ? plan->length : 0) + 1);
+}
 
-    if (n > BLK_GROUP_MAX)
-        n = BLK_GROUP_MAX;
-    for (; k < n; k++) {
-        if (blk_parse(regions, nregions, desc_table, queue_size, heads[k], indirect_ok,
-                      scratch + (size_t)k * max_scratch, max_scratch, capacity, readonly, fd,
-                      &plans[k]))
+/* Start request `head` (see above; the caller keeps fewer than `width` in flight).
+ * Requests of `parallel_min` bytes or more go to the pool (`threads` helpers) unless
+ * nothing is in flight and no other request is waiting (`more` == 0): then a helper would
+ * only add a hand-over; smaller reads are tried without blocking first (when `nowait`) and
+ * go to the pool if they would block; smaller writes are done at once.  With `threads` 0
+ * every request is done at once.  On XVM_BLK_DONE_NOW, result->used == 0 means its I/O
+ * failed and nothing was reported to the guest (Python does it again, errors and all). */
+int xvm_blk_start(struct xvm_blk_ctx *ctx, const struct xvm_region *regions, uint32_t nregions,
+                  uintptr_t desc_table, uint32_t queue_size, uint32_t head, int indirect_ok,
+                  uint64_t capacity, int readonly, int fd, uint32_t threads,
+                  uint64_t parallel_min, int nowait, uint32_t more,
+                  struct xvm_blk_result *result)
+{
+    struct blk_slot *s = NULL;
+    struct blk_plan *plan;
+    uint32_t i;
+    int pool, done;
+
+    for (i = 0; i < ctx->width; i++)
+        if (ctx->slots[i].state == SLOT_FREE) {
+            s = &ctx->slots[i];
             break;
-        for (j = 0; j < k && !blk_conflict(&plans[j], &plans[k]); j++)
-            ;
-        if (j < k)
-            break;
-    }
-    for (i = 0; i < k; i++) {
-        struct blk_plan *plan = &plans[i];
-        plan->rc = BLK_WOULD_BLOCK;
-        if (k > 1 && threads && plan->length) {
-            if (plan->type == VIRTIO_BLK_T_IN && nowait)
-                plan->rc = blk_execute(plan, RWF_NOWAIT);
-            else if (plan->type == VIRTIO_BLK_T_IN || plan->length >= parallel_min)
-                plan->rc = BLK_WOULD_BLOCK;
-            else
-                plan->rc = blk_execute(plan, 0);
-            if (plan->rc == BLK_WOULD_BLOCK)
-                pooled[npooled++] = plan;
+        }
+    if (!s)
+        return XVM_BLK_CONFLICT;  /* full: the caller drains */
+    plan = &s->plan;
+    if (blk_parse(regions, nregions, desc_table, queue_size, head, indirect_ok,
+                  ctx->scratch + (size_t)(s - ctx->slots) * ctx->max_scratch, ctx->max_scratch,
+                  capacity, readonly, fd, plan))
+        return XVM_BLK_NOT_C;
+    /* Busy slots' plans do not change until reaped: no lock needed to read them. */
+    for (i = 0; i < ctx->width; i++)
+        if (ctx->slots[i].state == SLOT_BUSY && blk_conflict(&ctx->slots[i].plan, plan))
+            return XVM_BLK_CONFLICT;
+    pool = done = 0;
+    if (threads && plan->length) {
+        if (plan->length >= parallel_min) {
+            pool = ctx->inflight || more;
+        } else if (plan->type == VIRTIO_BLK_T_IN && nowait) {
+            plan->rc = blk_execute(plan, RWF_NOWAIT);
+            pool = plan->rc == BLK_WOULD_BLOCK;
+            done = !pool;
         } else {
-            plan->rc = blk_execute(plan, 0);
+            pool = plan->type == VIRTIO_BLK_T_IN;
         }
     }
-    if (npooled == 1)
-        pooled[0]->rc = blk_execute(pooled[0], 0);
-    else if (npooled)
-        pool_do(pooled, npooled, threads);
-    for (i = 0; i < k; i++) {
-        results[i].type = plans[i].type;
-        results[i].bytes = plans[i].length;
-        results[i].used = plans[i].rc ? 0
-            : (uint32_t)((plans[i].type == VIRTIO_BLK_T_IN ? plans[i].length : 0) + 1);
+    if (!pool) {
+        if (!done)
+            plan->rc = blk_execute(plan, 0);
+        blk_result(plan, result);
+        return XVM_BLK_DONE_NOW;
     }
-    return k;
+    pthread_once(&pool_once, pool_setup);
+    s->head = head;
+    s->ctx = ctx;
+    s->state = SLOT_BUSY;
+    s->next = NULL;
+    ctx->inflight++;
+    pthread_mutex_lock(&pool_lock);
+    pool_grow(threads);
+    if (!pool_threads) {  /* no helper could be had: do it here */
+        pthread_mutex_unlock(&pool_lock);
+        s->state = SLOT_FREE;
+        ctx->inflight--;
+        plan->rc = blk_execute(plan, 0);
+        blk_result(plan, result);
+        return XVM_BLK_DONE_NOW;
+    }
+    *pool_jobs_tail = s;
+    pool_jobs_tail = &s->next;
+    pthread_cond_signal(&pool_work);
+    pthread_mutex_unlock(&pool_lock);
+    return XVM_BLK_STARTED;
+}
+
+/* Collect up to `max` finished requests into heads[] and results[] (used == 0: the I/O
+ * failed, as for xvm_blk_start); with `wait`, first wait until one finishes if any is in
+ * flight.  Returns how many. */
+uint32_t xvm_blk_reap(struct xvm_blk_ctx *ctx, int wait, uint32_t *heads,
+                      struct xvm_blk_result *results, uint32_t max)
+{
+    uint32_t n = 0;
+    pthread_mutex_lock(&pool_lock);
+    while (wait && !ctx->finished && ctx->inflight)
+        pthread_cond_wait(&ctx->completed, &pool_lock);
+    while (ctx->finished && n < max) {
+        struct blk_slot *s = ctx->finished;
+        ctx->finished = s->next;
+        if (!ctx->finished)
+            ctx->finished_tail = &ctx->finished;
+        heads[n] = s->head;
+        blk_result(&s->plan, &results[n]);
+        s->state = SLOT_FREE;
+        ctx->inflight--;
+        n++;
+    }
+    pthread_mutex_unlock(&pool_lock);
+    return n;
+}
+
+uint32_t xvm_blk_inflight(struct xvm_blk_ctx *ctx)
+{
+    return ctx->inflight;
 }
 
 /* ---- virtio-net receive (virtio 1.2 §5.1.6.3, §5.1.6.4): one frame into rx buffers ------
