@@ -2,8 +2,11 @@
 
 ``VirtioBlock(disk)`` opens the disk's backend (taking its lock) and is a
 :class:`~xvm.devices.virtio.device.VirtioDevice`, so any transport can carry
-it.  Requests are served one chain at a time (:meth:`VirtioBlock.process_chain`)
-on the transport's worker thread, in the virtio core's bounded batches; a
+it.  Requests are served on the transport's worker thread, in the virtio core's
+bounded batches: reads and writes in C, several in flight side by side on a small
+I/O pool (a request overlapping a write in flight, and every other type, waits for
+what is in flight: a FLUSH covers the writes before it), the rest one chain at a
+time in Python (:meth:`VirtioBlock.process_chain`, also the reference); a
 malformed request fails alone (IOERR/UNSUPP, or used length 0 when it has no
 status byte) and is counted as a guest error; a broken ring puts the device in
 DEVICE_NEEDS_RESET (the core's business).
@@ -95,10 +98,10 @@ class VirtioBlock(VirtioDevice):
         self.limits = Limits(self.capacity, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
                              MAX_DISCARD_SECTORS, MAX_DISCARD_SEG)
         self._fast = None  # (queue, its C request engine or None)
-        # The C path's I/O pool (xvm_blk_requests): how many helper threads a batch may
-        # use (0: one request after another), the request size worth a helper, and
-        # whether smaller reads are first tried without blocking (page-cache hits stay
-        # inline).
+        # The C path's I/O pool (xvm_blk_start): how many helper threads requests in
+        # flight may use (0: one request after another), the request size worth a helper,
+        # and whether smaller reads are first tried without blocking (page-cache hits
+        # stay inline).
         self.io_threads = IO_THREADS
         self.parallel_min_bytes = PARALLEL_MIN_BYTES
         self.nowait = True
