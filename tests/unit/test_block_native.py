@@ -190,13 +190,29 @@ def test_batch_requests_run_side_by_side(tmp_path):
     lib = native.load().lib
     setup, heads = _requests([(VIRTIO_BLK_T_IN, 128 * i, 0x8000) for i in range(4)])
     lib.xvm_blk_pool_peak(1)
-    lib.xvm_blk_pool_rendezvous(4)
+    lib.xvm_blk_pool_rendezvous(4, 2000)
     try:
         used, *_ = _both(tmp_path, setup, heads, tune=_pooled)
     finally:
-        lib.xvm_blk_pool_rendezvous(0)
+        lib.xvm_blk_pool_rendezvous(0, 0)
     assert lib.xvm_blk_pool_peak(1) == 4
     assert sorted(used) == [(h, 0x8000 + 1) for h in heads]
+
+
+@pytest.mark.parametrize("second", [VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_IN])
+def test_a_request_overlapping_a_write_in_flight_waits_for_it(tmp_path, second):
+    """A write, then a write or a read of sectors it covers: never in flight together (each
+    would wait 200 ms for the other), and the read sees the written bytes."""
+    lib = native.load().lib
+    setup, heads = _requests([(VIRTIO_BLK_T_OUT, 8, 0x8000), (second, 16, 0x8000)])
+    lib.xvm_blk_pool_peak(1)
+    lib.xvm_blk_pool_rendezvous(2, 200)
+    try:
+        used, *_ = _both(tmp_path, setup, heads, tune=_pooled)
+    finally:
+        lib.xvm_blk_pool_rendezvous(0, 0)
+    assert lib.xvm_blk_pool_peak(1) == 1
+    assert used == [(heads[0], 1), (heads[1], 0x8001 if second == VIRTIO_BLK_T_IN else 1)]
 
 
 def test_flush_waits_for_the_writes_before_it(tmp_path, monkeypatch):

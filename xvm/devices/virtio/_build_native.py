@@ -29,7 +29,7 @@ uint32_t xvm_blk_reap(struct xvm_blk_ctx *ctx, int wait, uint32_t *heads,
                       struct xvm_blk_result *results, uint32_t max);
 uint32_t xvm_blk_inflight(struct xvm_blk_ctx *ctx);
 uint32_t xvm_blk_pool_peak(int reset);
-void xvm_blk_pool_rendezvous(uint32_t n);
+void xvm_blk_pool_rendezvous(uint32_t n, uint32_t timeout_ms);
 int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
                uintptr_t desc_table, uint32_t queue_size, int indirect_ok,
                uintptr_t avail_ring, uintptr_t used_ring, uint32_t next_avail,
@@ -424,7 +424,7 @@ static pthread_cond_t pool_work = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t pool_met = PTHREAD_COND_INITIALIZER;
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 static struct blk_slot *pool_jobs, **pool_jobs_tail = &pool_jobs;
-static uint32_t pool_threads, pool_running, pool_peak, pool_rendezvous;
+static uint32_t pool_threads, pool_running, pool_peak, pool_rendezvous, pool_rendezvous_ms;
 
 static void pool_prepare(void) { pthread_mutex_lock(&pool_lock); }
 static void pool_parent(void) { pthread_mutex_unlock(&pool_lock); }
@@ -457,10 +457,15 @@ static void *pool_main(void *arg)
             pool_jobs_tail = &pool_jobs;
         if (++pool_running > pool_peak)
             pool_peak = pool_running;
-        if (pool_rendezvous) {  /* tests: hold until that many run at once, 2 s at most */
+        if (pool_rendezvous) {  /* tests: hold until that many run at once */
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_sec += 2;
+            until.tv_sec += pool_rendezvous_ms / 1000;
+            until.tv_nsec += (long)(pool_rendezvous_ms % 1000) * 1000000;
+            if (until.tv_nsec >= 1000000000) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000;
+            }
             pthread_cond_broadcast(&pool_met);
             while (pool_rendezvous && pool_running < pool_rendezvous)
                 if (pthread_cond_timedwait(&pool_met, &pool_lock, &until))
@@ -515,10 +520,12 @@ uint32_t xvm_blk_pool_peak(int reset)
     return peak;
 }
 
-void xvm_blk_pool_rendezvous(uint32_t n)
+/* Tests: each pool job waits until `n` run at once (0: off), `timeout_ms` at most. */
+void xvm_blk_pool_rendezvous(uint32_t n, uint32_t timeout_ms)
 {
     pthread_mutex_lock(&pool_lock);
     pool_rendezvous = n;
+    pool_rendezvous_ms = timeout_ms;
     pthread_cond_broadcast(&pool_met);
     pthread_mutex_unlock(&pool_lock);
 }
