@@ -6,7 +6,8 @@
 An unmodified Debian cloud kernel with iperf3 in its initramfs runs as a guest whose NIC is a
 TAP on a bridge; iperf3's server runs on the host side of that bridge (the host network
 namespace, on the bridge's address).  The guest measures TCP guest->host, TCP host->guest
-(-R), UDP with 64-byte datagrams (packets per second) and UDP with 1400-byte datagrams.  xvm
+(-R), both again with 4 parallel streams (-P 4, one queue: no multiqueue yet), UDP with
+64-byte datagrams (packets per second) and UDP with 1400-byte datagrams.  xvm
 (virtio-mmio, Python data plane) and `qemu-system-x86_64 -accel kvm -M microvm` with
 `virtio-net-device` on a TAP (virtio-mmio too, vhost off: there is no vhost-net here) run the
 same guest in turn.  Unmodified kernels need hardware-assisted KVM, so on a PVM host the
@@ -42,6 +43,8 @@ HOST_MODULES = ("tun", "bridge")
 TESTS = (  # name, iperf3 client arguments, unit
     ("tcp_tx", "", "Mbit/s"),
     ("tcp_rx", "-R", "Mbit/s"),
+    ("tcp_tx_4", "-P 4", "Mbit/s"),      # 4 streams: iperf3's [SUM] receiver line
+    ("tcp_rx_4", "-R -P 4", "Mbit/s"),
     ("udp64_pps", "-u -b 0 -l 64", "kpps"),
     ("udp1400", "-u -b 0 -l 1400", "Mbit/s"),
 )

@@ -5,6 +5,7 @@ guest RAM; afterwards the used rings, every byte of guest RAM, the images and th
 device counters must be identical.  Real files, real guest-memory mappings.
 """
 import hashlib
+import os
 import struct
 
 import pytest
@@ -12,7 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xvm.devices.block import Disk, VirtioBlock
-from xvm.devices.block.request import VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT
+from xvm.devices.block.backend.raw import RawFile
+from xvm.devices.block.request import (
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+)
 from xvm.devices.virtio import native
 from xvm.devices.virtio.batch import serve_queue
 from xvm.devices.virtio.queue import VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, Queue
@@ -41,12 +45,15 @@ def _image(path):
     return path
 
 
-def _run(tmp_path, name, native_path, setup, heads, readonly=False):
-    """Serve ``heads`` once with the chosen path; returns everything observable."""
+def _run(tmp_path, name, native_path, setup, heads, readonly=False, tune=None):
+    """Serve ``heads`` once with the chosen path; returns everything observable.
+    ``tune(device)`` may set the C path's I/O pool knobs first."""
     path = _image(tmp_path / f"{name}.img")
     with GuestMemory.create([(0, MEMORY)]) as memory:
         memory.fill(0, MEMORY, 0xA5)
         dev = VirtioBlock(Disk(path, readonly=readonly), queue_size=QUEUE_SIZE)
+        if tune is not None:
+            tune(dev)
         try:
             ring = DriverRing(memory, RING, QUEUE_SIZE)
             setup(memory, ring)
@@ -59,7 +66,12 @@ def _run(tmp_path, name, native_path, setup, heads, readonly=False):
                 ring.publish(head)
             serve_queue(dev, 0)
             used = ring.take_used()
-            ram = hashlib.sha256(memory.read(0, MEMORY)).hexdigest()
+            # Requests in flight together may complete in any order (§2.7.8): the used
+            # elements are compared as a set, the rest of guest RAM byte for byte.
+            elems = ring.used_ring + 4
+            ram = bytearray(memory.read(0, MEMORY))
+            ram[elems:elems + 8 * QUEUE_SIZE] = bytes(8 * QUEUE_SIZE)
+            ram = hashlib.sha256(ram).hexdigest()
             counters = dev.metrics.snapshot()
             broken = dev.broken
         finally:
@@ -69,10 +81,10 @@ def _run(tmp_path, name, native_path, setup, heads, readonly=False):
     return used, ram, disk, counters, broken
 
 
-def _both(tmp_path, setup, heads, **kw):
-    c = _run(tmp_path, "c", True, setup, heads, **kw)
+def _both(tmp_path, setup, heads, tune=None, **kw):
+    c = _run(tmp_path, "c", True, setup, heads, tune=tune, **kw)
     py = _run(tmp_path, "py", False, setup, heads, **kw)
-    assert c == py
+    assert sorted(c[0]) == sorted(py[0]) and c[1:] == py[1:]
     return c
 
 
@@ -141,3 +153,105 @@ def test_c_and_python_paths_agree(tmp_path, descs, headers, heads):
             memory.write(HDR + 16 * i, struct.pack("<IIQ", type_, 0, sector))
         memory.write(DATA, bytes(range(256)) * 32)
     _both(tmp_path, setup, heads)
+
+
+# --- requests of one batch side by side (the C path's I/O pool) ---------------------------------
+
+def _pooled(dev):
+    """Every request of a batch to the pool: no non-blocking first try, no size floor."""
+    dev.io_threads = 4
+    dev.parallel_min_bytes = 0
+    dev.nowait = False
+
+
+def _requests(requests):
+    """A setup for ``requests`` (``(type, sector, data_len)``) and their heads.  Request ``i``
+    has descriptors 3i.., its own header, data and status buffers (a 64 KiB data slot each),
+    so running requests side by side cannot mix their bytes in guest RAM."""
+    def setup(memory, ring):
+        for i, (type_, sector, length) in enumerate(requests):
+            base = DATA + i * 0x10000
+            memory.write(HDR + 16 * i, struct.pack("<IIQ", type_, 0, sector))
+            memory.write(base, bytes((i * 7 + j) & 0xFF for j in range(256)) * (length // 256))
+            descs = [(HDR + 16 * i, 16, 0)]
+            if length:
+                descs.append((base, length, VIRTQ_DESC_F_WRITE if type_ != VIRTIO_BLK_T_OUT else 0))
+            descs.append((STATUS + i, 1, VIRTQ_DESC_F_WRITE))
+            for d, (addr, n, flags) in enumerate(descs):
+                last = d == len(descs) - 1
+                ring.write_desc(3 * i + d, addr, n, flags | (0 if last else VIRTQ_DESC_F_NEXT),
+                                0 if last else 3 * i + d + 1)
+    return setup, [3 * i for i in range(len(requests))]
+
+
+def test_batch_requests_run_side_by_side(tmp_path):
+    """Four reads made available together are all in flight at once: each waits (2 s at
+    most) until four run, so one-after-another service would leave the peak below 4."""
+    lib = native.load().lib
+    setup, heads = _requests([(VIRTIO_BLK_T_IN, 128 * i, 0x8000) for i in range(4)])
+    lib.xvm_blk_pool_peak(1)
+    lib.xvm_blk_pool_rendezvous(4, 2000)
+    try:
+        used, *_ = _both(tmp_path, setup, heads, tune=_pooled)
+    finally:
+        lib.xvm_blk_pool_rendezvous(0, 0)
+    assert lib.xvm_blk_pool_peak(1) == 4
+    assert sorted(used) == [(h, 0x8000 + 1) for h in heads]
+
+
+@pytest.mark.parametrize("second", [VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_IN])
+def test_a_request_overlapping_a_write_in_flight_waits_for_it(tmp_path, second):
+    """A write, then a write or a read of sectors it covers: never in flight together (each
+    would wait 200 ms for the other), and the read sees the written bytes."""
+    lib = native.load().lib
+    setup, heads = _requests([(VIRTIO_BLK_T_OUT, 8, 0x8000), (second, 16, 0x8000)])
+    lib.xvm_blk_pool_peak(1)
+    lib.xvm_blk_pool_rendezvous(2, 200)
+    try:
+        used, *_ = _both(tmp_path, setup, heads, tune=_pooled)
+    finally:
+        lib.xvm_blk_pool_rendezvous(0, 0)
+    assert lib.xvm_blk_pool_peak(1) == 1
+    assert used == [(heads[0], 1), (heads[1], 0x8001 if second == VIRTIO_BLK_T_IN else 1)]
+
+
+def test_flush_waits_for_the_writes_before_it(tmp_path, monkeypatch):
+    """Writes side by side, then a FLUSH in the same batch: the flush runs only once both
+    writes are in the image (virtio 1.2 §5.2.6: it covers the writes completed before it)."""
+    seen = []
+    real_flush = RawFile.flush
+
+    def flush(backend):
+        seen.append(os.pread(backend.fd, 2 * 0x8000, 0))
+        return real_flush(backend)
+    monkeypatch.setattr(RawFile, "flush", flush)
+    setup, heads = _requests([(VIRTIO_BLK_T_OUT, 0, 0x8000), (VIRTIO_BLK_T_OUT, 64, 0x8000),
+                              (VIRTIO_BLK_T_FLUSH, 0, 0)])
+    used, _, _, counters, _ = _run(tmp_path, "c", True, setup, heads, tune=_pooled)
+    assert sorted(used[:2]) == [(heads[0], 1), (heads[1], 1)] and used[2] == (heads[2], 1)
+    assert counters["flush_count"] == 1 and counters["write_count"] == 2
+    assert seen == [bytes(j & 0xFF for j in range(256)) * 128
+                    + bytes((7 + j) & 0xFF for j in range(256)) * 128]
+
+
+_IO = st.tuples(st.sampled_from([VIRTIO_BLK_T_IN, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+                                 VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, 99]),
+                st.sampled_from([0, 1, 8, 16, 64, 2040, 2047, 2048]),
+                st.sampled_from([0, 512, 4096, 0x8000, 0x10000, 1000]))
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(ios=st.lists(_IO, min_size=1, max_size=5), threads=st.sampled_from([0, 1, 4]),
+       nowait=st.booleans())
+def test_side_by_side_ends_as_one_after_another(tmp_path, ios, threads, nowait):
+    """Reads and writes of one batch on the I/O pool, overlapping on the disk or not, mixed
+    with flushes, other types and requests past the end: the used ring, guest RAM, image and
+    counters end as the Python reference's, which serves one request after another."""
+    setup, heads = _requests(ios)
+
+    def tune(dev):
+        _pooled(dev)
+        dev.io_threads = threads
+        dev.nowait = nowait
+    _both(tmp_path, setup, heads, tune=tune)

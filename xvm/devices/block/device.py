@@ -2,8 +2,11 @@
 
 ``VirtioBlock(disk)`` opens the disk's backend (taking its lock) and is a
 :class:`~xvm.devices.virtio.device.VirtioDevice`, so any transport can carry
-it.  Requests are served one chain at a time (:meth:`VirtioBlock.process_chain`)
-on the transport's worker thread, in the virtio core's bounded batches; a
+it.  Requests are served on the transport's worker thread, in the virtio core's
+bounded batches: reads and writes in C, several in flight side by side on a small
+I/O pool (a request overlapping a write in flight, and every other type, waits for
+what is in flight: a FLUSH covers the writes before it), the rest one chain at a
+time in Python (:meth:`VirtioBlock.process_chain`, also the reference); a
 malformed request fails alone (IOERR/UNSUPP, or used length 0 when it has no
 status byte) and is counted as a guest error; a broken ring puts the device in
 DEVICE_NEEDS_RESET (the core's business).
@@ -16,7 +19,7 @@ from ..virtio.device import (
     VirtioDevice, bit,
 )
 from ..virtio import native as _native_loader
-from ..virtio.errors import QueueError
+from ..virtio.errors import ChainError, QueueError
 from .backend.blockdev import BlockDevice
 from .backend.raw import SECTOR_SIZE, RawFile
 from .errors import BackendError, DiskConfigError
@@ -29,6 +32,9 @@ from .request import (
 )
 
 log = logging.getLogger(__name__)
+
+# xvm_blk_start's answers (xvm/devices/virtio/_build_native.py)
+_STARTED, _DONE_NOW, _NOT_C, _CONFLICT = 0, 1, 2, 3
 
 # Backends whose readv/writev are plain preadv/pwritev on ``fd``: the C path may
 # do them itself.
@@ -50,6 +56,12 @@ VIRTIO_BLK_F_DISCARD = 13
 VIRTIO_BLK_F_WRITE_ZEROES = 14
 
 DEFAULT_QUEUE_SIZE = 256
+# The C path keeps up to IN_FLIGHT requests of a queue in flight and runs those that are
+# large (PARALLEL_MIN_BYTES or more) or would block (small reads not in the page cache)
+# side by side on up to IO_THREADS helper threads (shared by the process's disks).
+IN_FLIGHT = 32
+IO_THREADS = 8
+PARALLEL_MIN_BYTES = 64 * 1024
 MAX_DISCARD_SECTORS = 1 << 23  # 4 GiB per segment
 MAX_DISCARD_SEG = 32
 DISCARD_SECTOR_ALIGNMENT = 8  # 4 KiB, the host file system's usual block
@@ -85,8 +97,14 @@ class VirtioBlock(VirtioDevice):
         self.metrics = BlockMetrics()
         self.limits = Limits(self.capacity, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
                              MAX_DISCARD_SECTORS, MAX_DISCARD_SEG)
-        self._c_result = None
-        self._fast = None  # (queue, its C request handler or None)
+        self._fast = None  # (queue, its C request engine or None)
+        # The C path's I/O pool (xvm_blk_start): how many helper threads requests in
+        # flight may use (0: one request after another), the request size worth a helper,
+        # and whether smaller reads are first tried without blocking (page-cache hits
+        # stay inline).
+        self.io_threads = IO_THREADS
+        self.parallel_min_bytes = PARALLEL_MIN_BYTES
+        self.nowait = True
 
     # -- features and configuration (§5.2.3, §5.2.4) --------------------------------
 
@@ -169,37 +187,18 @@ class VirtioBlock(VirtioDevice):
         if fast is None:
             super().process_queue(index, batch)
         else:
-            batch.serve_heads(fast)
+            batch.serve_in_flight(fast)
 
     def _fast_path(self, queue):
-        """``handle(head)`` doing IN/OUT in C (:mod:`..virtio._build_native`
-        ``xvm_blk_request``) and everything else, errors included, through
-        :meth:`handle`; None when the queue has no C walker or the backend is not
-        a plain file descriptor (:class:`~.backend.raw.RawFile`)."""
+        """A :class:`_InFlight` doing IN/OUT in C (:mod:`..virtio._build_native`
+        ``xvm_blk_start``: several side by side on its I/O pool) and everything
+        else, errors included, through :meth:`handle`; None when the queue has
+        no C walker or the backend is not a plain file descriptor
+        (:class:`~.backend.raw.RawFile`)."""
         args = queue.native_args()
         if args is None or type(self.backend) not in _FAST_BACKENDS:
             return None
-        lib, regions, nregions, desc, size, indirect, scratch, max_scratch = args
-        request = lib.xvm_blk_request
-        result = self._c_result
-        if result is None:
-            result = self._c_result = _native_loader.load().ffi.new("struct xvm_blk_result *")
-        metrics = self.metrics
-        backend = self.backend
-        readonly = 1 if self.readonly else 0
-
-        def handle(head):
-            if request(regions, nregions, desc, size, head, indirect, scratch, max_scratch,
-                       self.limits.capacity, readonly, backend.fd, result):
-                return self.handle(queue.walk(head))
-            if result.type == VIRTIO_BLK_T_IN:
-                metrics.read_count += 1
-                metrics.read_bytes += result.bytes
-            else:
-                metrics.write_count += 1
-                metrics.write_bytes += result.bytes
-            return result.used
-        return handle
+        return _InFlight(self, queue, _native_loader.load().ffi, args)
 
     def process_chain(self, index, chain):
         """Carry out one request; returns the used length (bytes written)."""
@@ -309,3 +308,67 @@ class VirtioBlock(VirtioDevice):
     def flush(self):
         """Make every completed write durable (before a snapshot is taken)."""
         self.backend.flush()
+
+
+class _InFlight:
+    """The engine of :meth:`~xvm.devices.virtio.batch.Batch.serve_in_flight` for
+    one queue of a :class:`VirtioBlock`: its C context (up to ``width``
+    requests in flight) and the counters."""
+
+    def __init__(self, device, queue, ffi, args):
+        lib, self._regions, self._nregions, self._desc, self._size, self._indirect, _, \
+            max_scratch = args
+        self._lib = lib
+        self._device = device
+        self._queue = queue
+        self.width = min(IN_FLIGHT, queue.size)
+        ctx = lib.xvm_blk_ctx_new(self.width, max_scratch)
+        if ctx == ffi.NULL:
+            raise MemoryError("virtio-blk: no memory for the C request context")
+        # Freed with the engine; a turn never ends with requests in flight.
+        self._ctx = ffi.gc(ctx, lib.xvm_blk_ctx_free)
+        self._result = ffi.new("struct xvm_blk_result *")
+        self._heads = ffi.new("uint32_t[]", self.width)
+        self._results = ffi.new("struct xvm_blk_result[]", self.width)
+        self._fd = device.backend.fd
+        self._readonly = 1 if device.readonly else 0
+        self.inflight = 0
+
+    def _count(self, result):
+        metrics = self._device.metrics
+        if result.type == VIRTIO_BLK_T_IN:
+            metrics.read_count += 1
+            metrics.read_bytes += result.bytes
+        else:
+            metrics.write_count += 1
+            metrics.write_bytes += result.bytes
+        return result.used
+
+    def start(self, head):
+        device = self._device
+        result = self._result
+        rc = self._lib.xvm_blk_start(
+            self._ctx, self._regions, self._nregions, self._desc, self._size, head,
+            self._indirect, device.limits.capacity, self._readonly, self._fd, device.io_threads,
+            device.parallel_min_bytes, 1 if device.nowait else 0, self._queue.pending(), result)
+        if rc == _STARTED:
+            self.inflight += 1
+            return "started", None
+        if rc == _DONE_NOW:
+            return "done", self._count(result) if result.used else None
+        return ("python" if rc == _NOT_C else "conflict"), None
+
+    def reap(self, wait):
+        n = self._lib.xvm_blk_reap(self._ctx, 1 if wait else 0, self._heads, self._results,
+                                   self.width)
+        self.inflight -= n
+        results = self._results
+        return [(self._heads[i], self._count(results[i]) if results[i].used else None)
+                for i in range(n)]
+
+    def reference(self, head):
+        """The Python path for ``head``: used length, or the ChainError."""
+        try:
+            return self._device.handle(self._queue.walk(head))
+        except ChainError as e:
+            return e

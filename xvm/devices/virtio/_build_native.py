@@ -17,11 +17,19 @@ int xvm_walk_chain(const struct xvm_region *regions, uint32_t nregions,
                    int indirect_ok, struct xvm_piece *out, uint32_t max_out,
                    uint32_t *n_readable, uint32_t *n_total, uint64_t *err_value);
 struct xvm_blk_result { uint32_t type; uint32_t used; uint64_t bytes; };
-int xvm_blk_request(const struct xvm_region *regions, uint32_t nregions,
-                    uintptr_t desc_table, uint32_t queue_size, uint32_t head,
-                    int indirect_ok, struct xvm_piece *scratch, uint32_t max_scratch,
-                    uint64_t capacity, int readonly, int fd,
-                    struct xvm_blk_result *result);
+struct xvm_blk_ctx;
+struct xvm_blk_ctx *xvm_blk_ctx_new(uint32_t width, uint32_t max_scratch);
+void xvm_blk_ctx_free(struct xvm_blk_ctx *ctx);
+int xvm_blk_start(struct xvm_blk_ctx *ctx, const struct xvm_region *regions, uint32_t nregions,
+                  uintptr_t desc_table, uint32_t queue_size, uint32_t head, int indirect_ok,
+                  uint64_t capacity, int readonly, int fd, uint32_t threads,
+                  uint64_t parallel_min, int nowait, uint32_t more,
+                  struct xvm_blk_result *result);
+uint32_t xvm_blk_reap(struct xvm_blk_ctx *ctx, int wait, uint32_t *heads,
+                      struct xvm_blk_result *results, uint32_t max);
+uint32_t xvm_blk_inflight(struct xvm_blk_ctx *ctx);
+uint32_t xvm_blk_pool_peak(int reset);
+void xvm_blk_pool_rendezvous(uint32_t n, uint32_t timeout_ms);
 int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
                uintptr_t desc_table, uint32_t queue_size, int indirect_ok,
                uintptr_t avail_ring, uintptr_t used_ring, uint32_t next_avail,
@@ -34,6 +42,9 @@ int64_t xvm_net_tx(const struct xvm_region *regions, uint32_t nregions,
 """
 
 SOURCE = r"""
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE  /* preadv2, pwritev2 (Python.h defines it already) */
+#endif
 #include <stdint.h>
 #include <string.h>
 
@@ -184,7 +195,8 @@ int xvm_walk_chain(const struct xvm_region *regions, uint32_t nregions,
 
 /* ---- virtio-blk (virtio 1.2 §5.2.6): the IN/OUT request path ----------------------------
  * The common requests, done without Python: walk the chain, parse the header, preadv or
- * pwritev straight between the image and guest RAM, write the status byte.  Anything else
+ * pwritev straight between the image and guest RAM, write the status byte; several requests
+ * in flight side by side on a small thread pool (xvm_blk_start, xvm_blk_reap).  Anything else
  * (another request type, any malformed request, an I/O error) returns XVM_BLK_FALLBACK
  * having written nothing to the guest, and the Python reference path
  * (xvm/devices/block/request.py parse, device.py execute) does it, errors and all. */
@@ -207,11 +219,14 @@ static uintptr_t piece_host(const struct xvm_region *r, uint32_t n, const struct
     return host_range(r, n, p->gpa, p->len);
 }
 
-/* preadv/pwritev the pieces [first, last) with the first `skip` bytes of `first` left out
- * and `trim` bytes of the last piece left out; 0, or -1 (errno set). */
+/* preadv2/pwritev2 the pieces [first, last) with the first `skip` bytes of `first` left out
+ * and `trim` bytes of the last piece left out; 0, -1 (errno set), or BLK_WOULD_BLOCK when
+ * `flags` has RWF_NOWAIT and the data is not all at hand (the caller does it again without:
+ * a read that stopped half way is simply read again). */
+#define BLK_WOULD_BLOCK 2
 static int blk_io(const struct xvm_region *r, uint32_t n, int fd, int write,
                   const struct xvm_piece *pieces, uint32_t first, uint32_t last,
-                  uint64_t skip, uint64_t trim, uint64_t offset)
+                  uint64_t skip, uint64_t trim, uint64_t offset, int flags)
 {
     struct iovec iov[BLK_IOV_BATCH];
     uint32_t i = first;
@@ -231,8 +246,13 @@ static int blk_io(const struct xvm_region *r, uint32_t n, int fd, int write,
         }
         int at = 0;
         while (want) {
-            ssize_t done = write ? pwritev(fd, iov + at, cnt - at, (off_t)offset)
-                                 : preadv(fd, iov + at, cnt - at, (off_t)offset);
+            ssize_t done = write ? pwritev2(fd, iov + at, cnt - at, (off_t)offset, flags)
+                                 : preadv2(fd, iov + at, cnt - at, (off_t)offset, flags);
+            if (flags && (done < 0 || (uint64_t)done < want)) {
+                if (done >= 0 || errno == EAGAIN || errno == EOPNOTSUPP || errno == EINTR)
+                    return BLK_WOULD_BLOCK;
+                return -1;
+            }
             if (done < 0) {
                 if (errno == EINTR) continue;
                 return -1;
@@ -259,11 +279,22 @@ static int blk_io(const struct xvm_region *r, uint32_t n, int fd, int write,
     return 0;
 }
 
-int xvm_blk_request(const struct xvm_region *regions, uint32_t nregions,
-                    uintptr_t desc_table, uint32_t queue_size, uint32_t head,
-                    int indirect_ok, struct xvm_piece *p, uint32_t max_scratch,
-                    uint64_t capacity, int readonly, int fd,
-                    struct xvm_blk_result *result)
+/* One parsed IN/OUT request: its pieces (in its own scratch), what it moves, where. */
+struct blk_plan {
+    const struct xvm_region *regions;
+    uint32_t nregions, type, nread, ntotal;
+    int fd;
+    uint64_t sector, length;
+    struct xvm_piece *p;
+    int rc;             /* blk_execute's answer */
+};
+
+/* Walk and check one request as xvm/devices/block/request.py parse does; XVM_BLK_DONE with
+ * `plan` filled if C can do it, XVM_BLK_FALLBACK (nothing written) if Python must. */
+static int blk_parse(const struct xvm_region *regions, uint32_t nregions,
+                     uintptr_t desc_table, uint32_t queue_size, uint32_t head,
+                     int indirect_ok, struct xvm_piece *p, uint32_t max_scratch,
+                     uint64_t capacity, int readonly, int fd, struct blk_plan *plan)
 {
     uint32_t nread, ntotal, i;
     uint64_t err, readable_len = 0, writable_len = 0, got = 0, length, other;
@@ -303,31 +334,353 @@ int xvm_blk_request(const struct xvm_region *regions, uint32_t nregions,
     /* §5.2.6 data in one direction only; §5.2.6.1 a multiple of 512 bytes, within capacity. */
     if (other || length % 512 || sector > capacity || (length >> BLK_SECTOR_SHIFT) > capacity - sector)
         return XVM_BLK_FALLBACK;
-    if (length) {
+    plan->regions = regions;
+    plan->nregions = nregions;
+    plan->fd = fd;
+    plan->type = type;
+    plan->nread = nread;
+    plan->ntotal = ntotal;
+    plan->sector = sector;
+    plan->length = length;
+    plan->p = p;
+    return XVM_BLK_DONE;
+}
+
+/* Move a parsed request's data and write its status byte (not when the I/O failed or, with
+ * RWF_NOWAIT in `flags`, would block).  0, -1 or BLK_WOULD_BLOCK. */
+static int blk_execute(struct blk_plan *plan, int flags)
+{
+    const struct xvm_region *regions = plan->regions;
+    uint32_t nregions = plan->nregions;
+    struct xvm_piece *p = plan->p;
+    if (plan->length) {
         int rc;
-        if (type == VIRTIO_BLK_T_IN) {
-            rc = blk_io(regions, nregions, fd, 0, p, nread, ntotal, 0, 1,
-                        sector << BLK_SECTOR_SHIFT);
+        if (plan->type == VIRTIO_BLK_T_IN) {
+            rc = blk_io(regions, nregions, plan->fd, 0, p, plan->nread, plan->ntotal, 0, 1,
+                        plan->sector << BLK_SECTOR_SHIFT, flags);
         } else {
             /* skip the header: find the piece where the data starts */
             uint64_t skip = BLK_HEADER_SIZE;
             uint32_t first = 0;
             while (skip >= p[first].len) { skip -= p[first].len; first++; }
-            rc = blk_io(regions, nregions, fd, 1, p, first, nread, skip, 0,
-                        sector << BLK_SECTOR_SHIFT);
+            rc = blk_io(regions, nregions, plan->fd, 1, p, first, plan->nread, skip, 0,
+                        plan->sector << BLK_SECTOR_SHIFT, flags);
         }
         if (rc)
-            return XVM_BLK_FALLBACK;  /* Python retries and reports the BackendError */
+            return rc;
     }
     {
-        struct xvm_piece *last = &p[ntotal - 1];
+        struct xvm_piece *last = &p[plan->ntotal - 1];
         unsigned char *status = (unsigned char *)piece_host(regions, nregions, last) + last->len - 1;
         *status = VIRTIO_BLK_S_OK;
     }
-    result->type = type;
-    result->bytes = length;
-    result->used = (uint32_t)((type == VIRTIO_BLK_T_IN ? length : 0) + 1);
-    return XVM_BLK_DONE;
+    return 0;
+}
+
+/* ---- requests in flight side by side: a per-queue context and a shared I/O pool ----------
+ * xvm_blk_start parses one request into a free slot of the queue's context and either does
+ * it at once (small, or a read the page cache has: RWF_NOWAIT) or hands it to the pool,
+ * a few helper threads shared by every disk of the process; xvm_blk_reap collects finished
+ * ones (waiting for one if asked).  The caller (the queue's worker) writes the used ring;
+ * it starts a request only if it does not overlap on the disk a write in flight (or any
+ * request in flight, if it writes), so the result is the ring-order one, and it drains
+ * everything in flight before any request the C path does not do (FLUSH first of all:
+ * a flush covers the writes before it).  One mutex guards the pool's job list, the
+ * contexts' finished lists and the counters; a slot's plan is written only while the slot is
+ * free.  After fork() the child has no helpers and a fresh mutex (pthread_atfork); with no
+ * helper at all (thread creation refused) requests are done at once. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <time.h>
+
+#define BLK_POOL_MAX 32
+#define XVM_BLK_STARTED 0       /* in flight: xvm_blk_reap returns it */
+#define XVM_BLK_DONE_NOW 1      /* done (or failed: used 0) already, *result filled */
+#define XVM_BLK_NOT_C 2         /* Python's: drain, then the reference path */
+#define XVM_BLK_CONFLICT 3      /* overlaps a request in flight: drain, then start again */
+#define SLOT_FREE 0
+#define SLOT_BUSY 1
+
+struct blk_slot {
+    struct blk_plan plan;
+    uint32_t head;
+    int state;
+    struct xvm_blk_ctx *ctx;
+    struct blk_slot *next;      /* in the pool's job list, then in ctx's finished list */
+};
+
+struct xvm_blk_ctx {
+    uint32_t width, inflight;
+    struct blk_slot *slots;
+    struct xvm_piece *scratch;  /* max_scratch pieces per slot */
+    uint32_t max_scratch;
+    struct blk_slot *finished, **finished_tail;
+    pthread_cond_t completed;
+};
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_work = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t pool_met = PTHREAD_COND_INITIALIZER;
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static struct blk_slot *pool_jobs, **pool_jobs_tail = &pool_jobs;
+static uint32_t pool_threads, pool_running, pool_peak, pool_rendezvous, pool_rendezvous_ms;
+
+static void pool_prepare(void) { pthread_mutex_lock(&pool_lock); }
+static void pool_parent(void) { pthread_mutex_unlock(&pool_lock); }
+static void pool_child(void)
+{
+    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+    pool_lock = lock;
+    pool_work = cond;
+    pool_met = cond;
+    pool_jobs = NULL;
+    pool_jobs_tail = &pool_jobs;
+    pool_threads = pool_running = 0;
+}
+static void pool_setup(void) { pthread_atfork(pool_prepare, pool_parent, pool_child); }
+
+static void *pool_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&pool_lock);
+    for (;;) {
+        struct blk_slot *s = pool_jobs;
+        struct xvm_blk_ctx *ctx;
+        if (!s) {
+            pthread_cond_wait(&pool_work, &pool_lock);
+            continue;
+        }
+        pool_jobs = s->next;
+        if (!pool_jobs)
+            pool_jobs_tail = &pool_jobs;
+        if (++pool_running > pool_peak)
+            pool_peak = pool_running;
+        if (pool_rendezvous) {  /* tests: hold until that many run at once */
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += pool_rendezvous_ms / 1000;
+            until.tv_nsec += (long)(pool_rendezvous_ms % 1000) * 1000000;
+            if (until.tv_nsec >= 1000000000) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000;
+            }
+            pthread_cond_broadcast(&pool_met);
+            while (pool_rendezvous && pool_running < pool_rendezvous)
+                if (pthread_cond_timedwait(&pool_met, &pool_lock, &until))
+                    break;
+        }
+        pthread_mutex_unlock(&pool_lock);
+        s->plan.rc = blk_execute(&s->plan, 0);
+        pthread_mutex_lock(&pool_lock);
+        pool_running--;
+        ctx = s->ctx;
+        s->next = NULL;
+        *ctx->finished_tail = s;
+        ctx->finished_tail = &s->next;
+        pthread_cond_signal(&ctx->completed);
+    }
+    return NULL;
+}
+
+/* Under pool_lock: `want` helpers (at most BLK_POOL_MAX), as far as the system lets us;
+ * they block every signal (signals are for the VMM's own threads). */
+static void pool_grow(uint32_t want)
+{
+    pthread_attr_t attr;
+    sigset_t all, old;
+    if (want > BLK_POOL_MAX)
+        want = BLK_POOL_MAX;
+    if (pool_threads >= want)
+        return;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    while (pool_threads < want) {
+        pthread_t t;
+        if (pthread_create(&t, &attr, pool_main, NULL))
+            break;
+        pool_threads++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+}
+
+uint32_t xvm_blk_pool_peak(int reset)
+{
+    uint32_t peak;
+    pthread_mutex_lock(&pool_lock);
+    peak = pool_peak;
+    if (reset)
+        pool_peak = 0;
+    pthread_mutex_unlock(&pool_lock);
+    return peak;
+}
+
+/* Tests: each pool job waits until `n` run at once (0: off), `timeout_ms` at most. */
+void xvm_blk_pool_rendezvous(uint32_t n, uint32_t timeout_ms)
+{
+    pthread_mutex_lock(&pool_lock);
+    pool_rendezvous = n;
+    pool_rendezvous_ms = timeout_ms;
+    pthread_cond_broadcast(&pool_met);
+    pthread_mutex_unlock(&pool_lock);
+}
+
+struct xvm_blk_ctx *xvm_blk_ctx_new(uint32_t width, uint32_t max_scratch)
+{
+    struct xvm_blk_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx)
+        return NULL;
+    ctx->width = width;
+    ctx->max_scratch = max_scratch;
+    ctx->slots = calloc(width, sizeof *ctx->slots);
+    ctx->scratch = calloc((size_t)width * max_scratch, sizeof *ctx->scratch);
+    if (!ctx->slots || !ctx->scratch) {
+        free(ctx->slots);
+        free(ctx->scratch);
+        free(ctx);
+        return NULL;
+    }
+    ctx->finished_tail = &ctx->finished;
+    pthread_cond_init(&ctx->completed, NULL);
+    return ctx;
+}
+
+/* Only with nothing in flight (the caller drains first). */
+void xvm_blk_ctx_free(struct xvm_blk_ctx *ctx)
+{
+    pthread_cond_destroy(&ctx->completed);
+    free(ctx->slots);
+    free(ctx->scratch);
+    free(ctx);
+}
+
+/* Two requests must not be in flight together if they overlap on the disk and either
+ * writes: then side by side ends as one after another. */
+static int blk_conflict(const struct blk_plan *a, const struct blk_plan *b)
+{
+    uint64_t a_end = a->sector + (a->length >> BLK_SECTOR_SHIFT);
+    uint64_t b_end = b->sector + (b->length >> BLK_SECTOR_SHIFT);
+    if (a->type == VIRTIO_BLK_T_IN && b->type == VIRTIO_BLK_T_IN)
+        return 0;
+    return a->sector < b_end && b->sector < a_end;
+}
+
+static void blk_result(const struct blk_plan *plan, struct xvm_blk_result *result)
+{
+    result->type = plan->type;
+    result->bytes = plan->length;
+    result->used = plan->rc ? 0
+        : (uint32_t)((plan->type == VIRTIO_BLK_T_IN ? plan->length : 0) + 1);
+}
+
+/* Start request `head` (see above; the caller keeps fewer than `width` in flight).
+ * Requests of `parallel_min` bytes or more go to the pool (`threads` helpers) unless
+ * nothing is in flight and no other request is waiting (`more` == 0): then a helper would
+ * only add a hand-over; smaller reads are tried without blocking first (when `nowait`) and
+ * go to the pool if they would block; smaller writes are done at once.  With `threads` 0
+ * every request is done at once.  On XVM_BLK_DONE_NOW, result->used == 0 means its I/O
+ * failed and nothing was reported to the guest (Python does it again, errors and all). */
+int xvm_blk_start(struct xvm_blk_ctx *ctx, const struct xvm_region *regions, uint32_t nregions,
+                  uintptr_t desc_table, uint32_t queue_size, uint32_t head, int indirect_ok,
+                  uint64_t capacity, int readonly, int fd, uint32_t threads,
+                  uint64_t parallel_min, int nowait, uint32_t more,
+                  struct xvm_blk_result *result)
+{
+    struct blk_slot *s = NULL;
+    struct blk_plan *plan;
+    uint32_t i;
+    int pool, done;
+
+    for (i = 0; i < ctx->width; i++)
+        if (ctx->slots[i].state == SLOT_FREE) {
+            s = &ctx->slots[i];
+            break;
+        }
+    if (!s)
+        return XVM_BLK_CONFLICT;  /* full: the caller drains */
+    plan = &s->plan;
+    if (blk_parse(regions, nregions, desc_table, queue_size, head, indirect_ok,
+                  ctx->scratch + (size_t)(s - ctx->slots) * ctx->max_scratch, ctx->max_scratch,
+                  capacity, readonly, fd, plan))
+        return XVM_BLK_NOT_C;
+    /* Busy slots' plans do not change until reaped: no lock needed to read them. */
+    for (i = 0; i < ctx->width; i++)
+        if (ctx->slots[i].state == SLOT_BUSY && blk_conflict(&ctx->slots[i].plan, plan))
+            return XVM_BLK_CONFLICT;
+    pool = done = 0;
+    if (threads && plan->length) {
+        if (plan->length >= parallel_min) {
+            pool = ctx->inflight || more;
+        } else if (plan->type == VIRTIO_BLK_T_IN && nowait) {
+            plan->rc = blk_execute(plan, RWF_NOWAIT);
+            pool = plan->rc == BLK_WOULD_BLOCK;
+            done = !pool;
+        } else {
+            pool = plan->type == VIRTIO_BLK_T_IN;
+        }
+    }
+    if (!pool) {
+        if (!done)
+            plan->rc = blk_execute(plan, 0);
+        blk_result(plan, result);
+        return XVM_BLK_DONE_NOW;
+    }
+    pthread_once(&pool_once, pool_setup);
+    s->head = head;
+    s->ctx = ctx;
+    s->state = SLOT_BUSY;
+    s->next = NULL;
+    ctx->inflight++;
+    pthread_mutex_lock(&pool_lock);
+    pool_grow(threads);
+    if (!pool_threads) {  /* no helper could be had: do it here */
+        pthread_mutex_unlock(&pool_lock);
+        s->state = SLOT_FREE;
+        ctx->inflight--;
+        plan->rc = blk_execute(plan, 0);
+        blk_result(plan, result);
+        return XVM_BLK_DONE_NOW;
+    }
+    *pool_jobs_tail = s;
+    pool_jobs_tail = &s->next;
+    pthread_cond_signal(&pool_work);
+    pthread_mutex_unlock(&pool_lock);
+    return XVM_BLK_STARTED;
+}
+
+/* Collect up to `max` finished requests into heads[] and results[] (used == 0: the I/O
+ * failed, as for xvm_blk_start); with `wait`, first wait until one finishes if any is in
+ * flight.  Returns how many. */
+uint32_t xvm_blk_reap(struct xvm_blk_ctx *ctx, int wait, uint32_t *heads,
+                      struct xvm_blk_result *results, uint32_t max)
+{
+    uint32_t n = 0;
+    pthread_mutex_lock(&pool_lock);
+    while (wait && !ctx->finished && ctx->inflight)
+        pthread_cond_wait(&ctx->completed, &pool_lock);
+    while (ctx->finished && n < max) {
+        struct blk_slot *s = ctx->finished;
+        ctx->finished = s->next;
+        if (!ctx->finished)
+            ctx->finished_tail = &ctx->finished;
+        heads[n] = s->head;
+        blk_result(&s->plan, &results[n]);
+        s->state = SLOT_FREE;
+        ctx->inflight--;
+        n++;
+    }
+    pthread_mutex_unlock(&pool_lock);
+    return n;
+}
+
+uint32_t xvm_blk_inflight(struct xvm_blk_ctx *ctx)
+{
+    return ctx->inflight;
 }
 
 /* ---- virtio-net receive (virtio 1.2 §5.1.6.3, §5.1.6.4): one frame into rx buffers ------

@@ -37,7 +37,8 @@ class Batch:
     frames) the turn may take, Queue Size by default.
     """
 
-    __slots__ = ("device", "index", "queue", "budget", "more", "_stop", "_abandoned")
+    __slots__ = ("device", "index", "queue", "budget", "more", "notified_used", "_stop",
+                 "_abandoned")
 
     def __init__(self, device, index, queue, *, budget=None, stop=_never, abandoned=_never):
         self.device = device
@@ -45,6 +46,7 @@ class Batch:
         self.queue = queue
         self.budget = queue.size if budget is None else budget
         self.more = False
+        self.notified_used = queue.next_used  # used.idx at the last notification (or start)
         self._stop = stop
         self._abandoned = abandoned
 
@@ -129,6 +131,85 @@ class Batch:
             if not queue.enable_notification():
                 return
 
+    def serve_in_flight(self, engine):
+        """Serve the queue through ``engine``, which keeps several requests in
+        flight (a C path with an I/O pool): ``engine.start(head)`` returns
+        ``("done", used)``, ``("started", None)``, ``("python", None)`` (drain,
+        then ``engine.reference(head)``) or ``("conflict", None)`` (drain, then
+        start again); ``engine.reap(wait)`` returns finished ``(head, used)``
+        pairs, ``used`` None when the C path failed it (then
+        ``engine.reference(head)``); ``engine.reference(head)`` returns the used
+        length or the :class:`ChainError` of a malformed chain;
+        ``engine.inflight`` and ``engine.width`` bound it.  Completions go to the
+        used ring as they come (§2.7.8: in any order) with a notification after
+        each reaping; the budget and stop check count heads as
+        :meth:`serve_heads` does, and nothing popped is left in flight when this
+        returns (a pause or reset waits for what is in flight)."""
+        queue = self.queue
+        owned = True
+
+        def complete(head, used):
+            if not owned:
+                return
+            if used is None:
+                used = engine.reference(head)
+            if isinstance(used, ChainError):
+                if used.head is None:
+                    raise used
+                # §2.7.8: returned unused, the request fails alone.
+                self.device.invalid_chain(self.index, used)
+                used = 0
+            queue.add_used(head, used)
+
+        def drain():
+            nonlocal owned
+            while engine.inflight:
+                for head, used in engine.reap(True):
+                    complete(head, used)
+                if self._stop() and not self.owns_queue():
+                    owned = False  # the ring is not ours any more: finish, write nothing
+
+        try:
+            while True:
+                while engine.inflight < engine.width and self.take():
+                    head = queue.pop_head()
+                    if head is None:
+                        self.budget += 1
+                        break
+                    kind, used = engine.start(head)
+                    if kind == "conflict":
+                        drain()
+                        kind, used = engine.start(head)
+                    if kind == "python":
+                        drain()
+                        used = engine.reference(head)
+                    if kind != "started":
+                        complete(head, used)
+                    if not owned:
+                        return
+                if engine.inflight:
+                    for head, used in engine.reap(True):
+                        complete(head, used)
+                    if self._stop() and not self.owns_queue():
+                        owned = False
+                        return
+                    self.notify()
+                    continue
+                if self.more or not queue.enable_notification():
+                    return
+        finally:
+            drain()
+
+    def notify(self):
+        """Send the used buffer notification (§2.7.7) now if the driver wants one
+        for what was used since the last."""
+        queue = self.queue
+        if queue.next_used != self.notified_used and self.owns_queue():
+            self.notified_used = queue.next_used
+            if queue.needs_notification():
+                self.device.metrics.interrupt_count += 1
+                self.device.interrupt.trigger(InterruptKind.USED_BUFFER, queue=self.index)
+
 
 def serve_queue(device, index, work=None, *, stop=_never, abandoned=_never, budget=None):
     """Run one turn of ``work(index, batch)`` (default
@@ -145,13 +226,10 @@ def serve_queue(device, index, work=None, *, stop=_never, abandoned=_never, budg
     if queue is None or device.broken:
         return None
     batch = Batch(device, index, queue, budget=budget, stop=stop, abandoned=abandoned)
-    used_before = queue.next_used
     try:
         (work or device.process_queue)(index, batch)
     except QueueError as e:
         device.ring_error(index, e)
     finally:
-        if queue.next_used != used_before and batch.owns_queue() and queue.needs_notification():
-            device.metrics.interrupt_count += 1
-            device.interrupt.trigger(InterruptKind.USED_BUFFER, queue=index)
+        batch.notify()
     return batch
