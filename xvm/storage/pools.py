@@ -149,6 +149,12 @@ class StoragePool:
     def __repr__(self):
         return f"<StoragePool {self.name} {self.backend.description}>"
 
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """Jupyter's display: the pool and a table of its volumes (xvm.display)."""
+        from ..display import pool_bundle
+
+        return pool_bundle(self, include, exclude)
+
     def __eq__(self, other):
         return isinstance(other, StoragePool) and other.config == self.config
 
@@ -250,6 +256,12 @@ class Volume:
     def __repr__(self):
         return f"<Volume {self.key}>"
 
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """Jupyter's display: sizes, origin, user, snapshots and clones (xvm.display)."""
+        from ..display import volume_bundle
+
+        return volume_bundle(self, include, exclude)
+
     def __eq__(self, other):
         return isinstance(other, Volume) and other.key == self.key
 
@@ -296,8 +308,12 @@ class Volume:
         """How the volume's data was made: None (created empty), "reflink", "copy", "zfs clone"."""
         return self._data()["method"]
 
+    def user(self):
+        """The name of the running domain that has this volume as a disk, or None."""
+        return self.pool.pools.user(self.pool.backend.volume_path(self.name, mount=False))
+
     def _refuse_in_use(self, operation):
-        user = self.pool.pools.user(self.pool.backend.volume_path(self.name, mount=False))
+        user = self.user()
         if user is not None:
             raise StorageBusyError(f"{operation} {self.key}: in use by running domain {user!r}",
                                    target=self.key, operation=operation, state="in use")
