@@ -331,10 +331,7 @@ VOLUME_HEADERS = ("name", "size", "allocation", "snapshots", "origin", "made by"
 SNAPSHOT_HEADERS = ("name", "created", "made by")
 
 
-def _storage_errors():
-    from .storage import StorageError
-
-    return (StorageError, XvmError, OSError)
+_STORAGE_ERRORS = (XvmError, OSError)  # StorageError is an XvmError; a dir pool's stat an OSError
 
 
 def _why(error):
@@ -349,7 +346,7 @@ def _volume_row(volume, errors):
     def read(getter):
         try:
             return getter()
-        except _storage_errors() as e:
+        except _STORAGE_ERRORS as e:
             if _why(e) not in errors:
                 errors.append(_why(e))
             return "unknown"
@@ -369,12 +366,12 @@ def pool_facts(pool):
     rows, errors = [], []
     try:
         fields.append(("available", format_bytes(pool.available)))
-    except _storage_errors() as e:
+    except _STORAGE_ERRORS as e:
         fields.append(("available", "unknown"))
         errors.append(_why(e))
     try:
         rows = [_volume_row(volume, errors) for volume in pool.volumes()]
-    except _storage_errors() as e:
+    except _STORAGE_ERRORS as e:
         errors.append(_why(e))
     return fields, rows, "; ".join(errors) or None
 
@@ -409,7 +406,7 @@ def volume_facts(volume):
                    ("created", format_time(volume.created)), ("in use by", row["in use by"])]
         snapshots = [(s.name, format_time(s.created), s.method) for s in volume.snapshots()]
         clones = [clone.key for clone in volume.dependents()]
-    except _storage_errors() as e:
+    except _STORAGE_ERRORS as e:
         errors.append(_why(e))
     return fields, snapshots, clones, "; ".join(errors) or None
 
