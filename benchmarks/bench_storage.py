@@ -24,7 +24,6 @@ side with the xvm/QEMU ratio and each disk's randread against the raw file's. As
 """
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
