@@ -172,14 +172,14 @@ def xvm_argv(kernel, image, cmdline):
     return [sys.executable, os.path.abspath(__file__), "--xvm-child", kernel, image, cmdline]
 
 
-def qemu_argv(kernel, image, cmdline):
+def qemu_argv(kernel, image, cmdline, fmt="raw"):
     return [
         "qemu-system-x86_64", "-accel", "kvm", "-M", "microvm", "-m", f"{MEMORY_MIB}M", "-smp", "1",
         "-name", "bench-blk,debug-threads=on",  # names the vCPU thread "CPU 0/KVM"
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
         "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
         "-global", "virtio-mmio.force-legacy=false",  # virtio 1.x (Version 2), as xvm
-        "-drive", f"file={image},format=raw,if=none,id=d0,cache=writeback,aio=threads",
+        "-drive", f"file={image},format={fmt},if=none,id=d0,cache=writeback,aio=threads",
         "-device", "virtio-blk-device,drive=d0",
         "-kernel", kernel, "-append", cmdline,
     ]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Provisioning domains' disks from one golden image, and what a ZFS-file volume costs in I/O.
 
-    python3 benchmarks/bench_storage.py [--clones N] [--golden-mib M] [--quick] [--no-io]
+    python3 benchmarks/bench_storage.py [--clones N] [--golden-mib M] [--quick] [--no-io | --io-only]
 
 Provisioning: a golden raw image of ``--golden-mib`` (1024) MiB, every byte written (random
 data, so nothing compresses or stays a hole), is provisioned ``--clones`` (20) times by
@@ -14,15 +14,16 @@ data, so nothing compresses or stays a hole), is provisioned ``--clones`` (20) t
 Printed: time per domain (median, min, max) and the space the clones use (filesystem or zpool
 free space before and after, so metadata counts too).
 
-I/O (unless ``--no-io``): 4 KiB random reads from the native-speed guest tests/guests/blk.c
-(``mode=bench``, under xvm, TSC-timed in the guest) on a plain file and on a ZFS-file volume, and
-4 KiB random reads and writes by fio on the host on both (fio's psync engine, direct=0), so users
-know the cost of zfs-fuse's FUSE round trips. Asserts nothing.
+I/O (unless ``--no-io``): 4 KiB random reads and writes at queue depth 1 by the native-speed
+guest tests/guests/blk.c (``mode=bench``, TSC-timed in the guest) on a domain's disk provisioned
+from one golden image (``--io-golden-mib``, 256 MiB of random data) three ways: a zfs clone
+(zfs-fuse), a dir-pool clone (a raw file: a full copy on ext4), a ``qemu-img create -b`` qcow2
+overlay. Each runs under xvm and under ``qemu-system-x86_64 -M microvm`` (bench_block.py's
+runners, alternated); xvm opens raw files only, so the overlay is QEMU's alone. Printed side by
+side with the xvm/QEMU ratio and each disk's randread against the raw file's. Asserts nothing.
 """
 import argparse
-import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -33,6 +34,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._common import guest  # noqa: E402
+from benchmarks.bench_block import qemu_argv, run_vmm, xvm_argv  # noqa: E402
 from xvm.storage import Pool, Pools, zfsfuse  # noqa: E402
 from xvm.store import Store  # noqa: E402
 
@@ -160,87 +162,133 @@ def bench_qemu_img(work, args):
            "  (qcow2 backing file; the guest then pays qcow2 lookups)")
 
 
-# --- I/O cost of a ZFS-file volume ------------------------------------------------------------
+# --- a guest's random I/O on a provisioned disk -------------------------------------------------
 
-RESULT = re.compile(r"blk: bench (\w+) (\d+) ios in (\d+) ns")
-
-
-def guest_iops(path, count):
-    import xvm
-    with xvm.connect() as host:
-        dom = host.define(xvm.DomainConfig(
-            name="bench-storage", memory_mib=128, kernel=guest("blk"),
-            cmdline=f"mode=bench op=randread bs=4096 count={count} depth=1 linger_ms=0",
-            disks=[xvm.Disk(path)]))
-        try:
-            dom.start()
-            line = dom.console.expect(RESULT.pattern, timeout=600)
-            dom.wait(timeout=30)
-        finally:
-            if dom.state is not xvm.DomainState.SHUTOFF:
-                dom.destroy()
-            dom.undefine()
-    _, ios, ns = line.groups()
-    return int(ios) / (int(ns) / 1e9)
+IO_WORKLOADS = ("randread", "randwrite")
 
 
-def fio_iops(path, rw, seconds):
-    done = subprocess.run(["fio", "--name=x", f"--filename={path}", f"--rw={rw}", "--bs=4k",
-                           "--ioengine=psync", "--direct=0", "--time_based", f"--runtime={seconds}",
-                           "--output-format=json"], capture_output=True, text=True, check=True)
-    job = json.loads(done.stdout)["jobs"][0]
-    return job["read" if rw == "randread" else "write"]["iops"]
+def provisioned_disks(work, zpool, golden_mib):
+    """[(name, path, format, vmms)]: a domain's disk made each way from one golden image of
+    ``golden_mib`` MiB of random data -- a zfs clone, a dir-pool clone (a raw file), a qcow2
+    overlay -- and the Pools to destroy afterwards."""
+    disks, made = [], []
+    pools = Pools(Store(os.path.join(work, "domains.db")))
+    if zpool is not None:
+        pool = pools.create_pool(Pool("bio", type="zfs", dataset=f"{zpool.name}/io"))
+        made.append(pool)
+        golden = pool.create_volume("golden", golden_mib * MiB)
+        fill_random(golden.path, golden_mib * MiB)
+        golden.snapshot("golden")
+        clone = golden.clone("golden", "vm0")
+        disks.append(("zfs clone (zfs-fuse)", clone.path, "raw", ("xvm", "qemu")))
+    pool = pools.create_pool(Pool("bdir", type="dir", path=os.path.join(work, "pool")))
+    made.append(pool)
+    golden = pool.create_volume("golden", golden_mib * MiB)
+    fill_random(golden.path, golden_mib * MiB)
+    golden.snapshot("golden", progress=False)
+    clone = golden.clone("golden", "vm0", progress=False)
+    disks.append((f"dir-pool raw file ({clone.method}, {fs_type(work)})", clone.path, "raw",
+                  ("xvm", "qemu")))
+    if shutil.which("qemu-img"):
+        qcow2, overlay = os.path.join(work, "golden.qcow2"), os.path.join(work, "vm0.qcow2")
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", golden.path, qcow2],
+                       check=True)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", qcow2, "-F", "qcow2",
+                        overlay], check=True)
+        disks.append(("qcow2 overlay (qemu-img -b)", overlay, "qcow2", ("qemu",)))  # xvm: raw only
+    for _, path, fmt, _ in disks:  # every disk starts in the host's page cache (as bench_block)
+        warm(path)
+        if fmt == "qcow2":
+            warm(qcow2)
+    return disks, made
+
+
+def warm(path):
+    with open(path, "rb") as f:
+        while f.read(16 * MiB):
+            pass
+
+
+def guest_iops(vmm, kernel, path, fmt, op, count):
+    """IOPS of 4 KiB ``op`` at queue depth 1 by the native-speed guest tests/guests/blk.c on
+    ``path`` under ``vmm`` (TSC-timed in the guest; bench_block.py's runners)."""
+    cmdline = f"mode=bench op={op} bs=4096 count={count} depth=1 linger_ms=0"
+    argv = xvm_argv(kernel, path, cmdline) if vmm == "xvm" else qemu_argv(kernel, path, cmdline, fmt)
+    return count / run_vmm(vmm, argv, count)["guest_s"]
 
 
 def bench_io(args, zpool):
-    print("4 KiB random I/O, plain file vs ZFS-file volume (256 MiB of random data):", flush=True)
+    kernel = guest("blk")
+    print(f"\n4 KiB random I/O at queue depth 1 from a guest (tests/guests/blk.c), on a disk "
+          f"provisioned from a {args.io_golden_mib} MiB golden image of random data; xvm and "
+          f"qemu -M microvm alternated, median of {args.io_rounds} round(s) of {args.guest_ios} "
+          f"I/Os; load average {os.getloadavg()[0]:.1f}:", flush=True)
+    results = {}
     with tempfile.TemporaryDirectory(dir=args.dir) as work:
-        plain = os.path.join(work, "plain.img")
-        with open(plain, "wb") as f:
-            f.truncate(256 * MiB)
-        fill_random(plain, 256 * MiB)
-        targets = [(f"plain file ({fs_type(work)})", plain)]
-        pools = pool = None
-        if zpool is not None:
-            pools = Pools(Store(os.path.join(work, "domains.db")))
-            pool = pools.create_pool(Pool("bio", type="zfs", dataset=f"{zpool.name}/io"))
-            volume = pool.create_volume("io", 256 * MiB)
-            fill_random(volume.path, 256 * MiB)
-            targets.append(("ZFS-file volume", volume.path))
+        disks, made = provisioned_disks(work, zpool, args.io_golden_mib)
         try:
-            for name, path in targets:
-                figures = []
-                if os.access("/dev/kvm", os.R_OK | os.W_OK):
-                    figures.append(f"guest randread {guest_iops(path, args.guest_ios):8.0f} IOPS")
-                if shutil.which("fio"):
-                    figures += [f"fio {rw} {fio_iops(path, rw, args.fio_seconds):8.0f} IOPS"
-                                for rw in ("randread", "randwrite")]
-                print(f"  {name:24s} " + "   ".join(figures), flush=True)
+            for r in range(args.io_rounds):
+                for name, path, fmt, vmms in disks:
+                    for op in IO_WORKLOADS:
+                        for vmm in vmms if r % 2 == 0 else tuple(reversed(vmms)):
+                            iops = guest_iops(vmm, kernel, path, fmt, op, args.guest_ios)
+                            results.setdefault((name, op, vmm), []).append(iops)
         finally:
-            if pool is not None:
+            for pool in made:
                 pool.destroy()
+    reference = disks[-2][0] if len(disks) > 1 else None  # the dir-pool raw file under xvm
+    header = f"  {'disk':38s}"
+    for op in IO_WORKLOADS:
+        header += f" {op + ' xvm':>14s} {'qemu':>8s} {'xvm/qemu':>8s}"
+    print(header + f" {'randread vs raw file (xvm; qemu)':>34s}")
+    def med(name, op, vmm):
+        values = results.get((name, op, vmm))
+        return statistics.median(values) if values else None
+    for name, _, _, _ in disks:
+        line = f"  {name:38s}"
+        for op in IO_WORKLOADS:
+            x, q = med(name, op, "xvm"), med(name, op, "qemu")
+            ratio = f"{x / q:8.2f}" if x and q else f"{'-':>8s}"
+            line += f" {x:14.0f}" if x else f" {'n/a (raw only)':>14s}"
+            line += f" {q:8.0f} {ratio}" if q else f" {'-':>8s} {ratio}"
+        if reference is not None:
+            rel = []
+            for vmm in ("xvm", "qemu"):
+                here, base = med(name, "randread", vmm), med(reference, "randread", vmm)
+                rel.append(f"{here / base:.2f}" if here and base else "-")
+            line += f" {'; '.join(rel):>34s}"
+        print(line, flush=True)
+    print("  every run, IOPS (disk, workload, VMM: runs in order):")
+    for (name, op, vmm), values in results.items():
+        print(f"    {name:38s} {op:9s} {vmm:4s}: {' '.join(f'{v:.0f}' for v in values)}")
+    print(f"  (load average now {os.getloadavg()[0]:.1f})")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clones", type=int, default=20)
     parser.add_argument("--golden-mib", type=int, default=1024)
-    parser.add_argument("--guest-ios", type=int, default=20000)
-    parser.add_argument("--fio-seconds", type=int, default=5)
+    parser.add_argument("--guest-ios", type=int, default=10000, help="I/Os per guest run")
+    parser.add_argument("--io-rounds", type=int, default=3)
+    parser.add_argument("--io-golden-mib", type=int, default=256)
     parser.add_argument("--dir", default="/var/tmp", help="where the ext4 copies and overlays go")
     parser.add_argument("--quick", action="store_true", help="64 MiB golden, 5 clones, short I/O")
     parser.add_argument("--no-io", action="store_true")
+    parser.add_argument("--io-only", action="store_true", help="skip the provisioning half")
     args = parser.parse_args()
     if args.quick:
-        args.golden_mib, args.clones, args.guest_ios, args.fio_seconds = 64, 5, 2000, 1
-    zpool = zfsfuse.TestZpool(size=(2 * args.golden_mib + 1024) * MiB, prefix="xvmtest")
+        args.golden_mib, args.clones, args.guest_ios, args.io_rounds = 64, 5, 2000, 1
+        args.io_golden_mib = 64
+    zpool = zfsfuse.TestZpool(size=(2 * max(args.golden_mib, args.io_golden_mib) + 1024) * MiB,
+                              prefix="xvmtest")
     try:
         zpool.__enter__()
     except zfsfuse.ZfsFuseUnavailable as e:
         print(f"zfs-fuse cannot be used here: {e}")
         zpool = None
     try:
-        bench_provisioning(args, zpool)
+        if not args.io_only:
+            bench_provisioning(args, zpool)
         if not args.no_io:
             bench_io(args, zpool)
     finally:

@@ -89,6 +89,20 @@ def format_mib(value):
     return f"{value / 1024:g} GiB" if value >= 1024 and value % 1024 == 0 else f"{value} MiB"
 
 
+def format_bytes(value):
+    """``67108864`` -> ``"64 MiB"``, ``1610612736`` -> ``"1.5 GiB"``; None -> ``"-"``."""
+    if value is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value} {unit}" if unit == "B" else f"{value:.1f}".removesuffix(".0") + f" {unit}"
+        value /= 1024
+
+
+def format_time(value):
+    return "-" if value is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
 # -- text from guests -----------------------------------------------------------------------
 def clean_text(data):
     """Guest output (bytes or str) as printable text: UTF-8 (bad bytes replaced), ANSI
@@ -201,7 +215,7 @@ def render_domain(facts, include=None, exclude=None):
     if info.get("pid"):
         identity += [("VMM pid", info["pid"]), ("boots", info.get("boot_count"))]
     if info.get("started_at"):
-        identity.append(("started", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["started_at"]))))
+        identity.append(("started", format_time(info["started_at"])))
     identity.append(("CPU time", format_seconds(facts.cpu)))
     text = [f"Domain {name!r} {state}" + (f" id={info['id']}" if info.get("id") is not None else "")]
     if info.get("crash_reason"):
@@ -310,6 +324,116 @@ def capabilities_bundle(caps, include=None, exclude=None):
                  f'{fields_table(pairs, "xvm-caps")}{_section("KVM extensions", kvm)}</div>')
     text = "\n".join(["Capabilities"] + [f"  {k}: {v}" for k, v in pairs])
     return bundle(text, html_text, include, exclude)
+
+
+# -- storage pools and volumes ---------------------------------------------------------------
+VOLUME_HEADERS = ("name", "size", "allocation", "snapshots", "origin", "made by", "in use by")
+SNAPSHOT_HEADERS = ("name", "created", "made by")
+
+
+_STORAGE_ERRORS = (XvmError, OSError)  # StorageError is an XvmError; a dir pool's stat an OSError
+
+
+def _why(error):
+    if isinstance(error, OSError) and not isinstance(error, XvmError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return str(error)
+
+
+def _volume_row(volume, errors):
+    """One :data:`VOLUME_HEADERS` row of ``volume``; a field that cannot be read is "unknown",
+    and why is added to ``errors`` (once)."""
+    def read(getter):
+        try:
+            return getter()
+        except _STORAGE_ERRORS as e:
+            if _why(e) not in errors:
+                errors.append(_why(e))
+            return "unknown"
+
+    snapshots = read(lambda: ", ".join(s.name for s in volume.snapshots()) or "none")
+    return (volume.name, read(lambda: format_bytes(volume.size)),
+            read(lambda: format_bytes(volume.allocation)), snapshots, read(lambda: volume.origin),
+            read(lambda: volume.method or "created"), read(volume.user) or "-")
+
+
+def pool_facts(pool):
+    """``(fields, volume rows, error)`` of a StoragePool, read once."""
+    config = pool.config
+    fields = [("name", pool.name), ("type", pool.type),
+              ("location", config.path if pool.type == "dir" else config.dataset),
+              ("backend", pool.backend.description)]
+    rows, errors = [], []
+    try:
+        fields.append(("available", format_bytes(pool.available)))
+    except _STORAGE_ERRORS as e:
+        fields.append(("available", "unknown"))
+        errors.append(_why(e))
+    try:
+        rows = [_volume_row(volume, errors) for volume in pool.volumes()]
+    except _STORAGE_ERRORS as e:
+        errors.append(_why(e))
+    return fields, rows, "; ".join(errors) or None
+
+
+def render_pool(fields, rows, error=None, include=None, exclude=None):
+    facts = dict(fields)
+    title = f"StoragePool {facts['name']} ({facts['type']}, {facts['location']})"
+    parts = [f'<div class="xvm-pool"><h4>{esc(title)}: {len(rows)} volume(s)</h4>',
+             fields_table(fields, "xvm-pool-fields"),
+             table(VOLUME_HEADERS, rows, "xvm-volumes")]
+    text = [f"{title}: {len(rows)} volume(s), {facts.get('available', '-')} available",
+            text_table(VOLUME_HEADERS, rows)]
+    if error:
+        parts.append(f'<p class="xvm-error">{esc(error)}</p>')
+        text.append(f"error: {error}")
+    parts.append("</div>")
+    return bundle("\n".join(text), "".join(parts), include, exclude)
+
+
+def pool_bundle(pool, include=None, exclude=None):
+    return render_pool(*pool_facts(pool), include=include, exclude=exclude)
+
+
+def volume_facts(volume):
+    """``(fields, snapshot rows, clone names, error)`` of a Volume, read once."""
+    fields = [("volume", volume.key)]
+    snapshots, clones, errors = [], [], []
+    try:
+        row = dict(zip(VOLUME_HEADERS, _volume_row(volume, errors)))
+        fields += [("path", volume.path), ("size", row["size"]), ("allocation", row["allocation"]),
+                   ("format", volume.format), ("made by", row["made by"]), ("origin", row["origin"]),
+                   ("created", format_time(volume.created)), ("in use by", row["in use by"])]
+        snapshots = [(s.name, format_time(s.created), s.method) for s in volume.snapshots()]
+        clones = [clone.key for clone in volume.dependents()]
+    except _STORAGE_ERRORS as e:
+        errors.append(_why(e))
+    return fields, snapshots, clones, "; ".join(errors) or None
+
+
+def render_volume(fields, snapshots, clones=(), error=None, include=None, exclude=None):
+    facts = dict(fields)
+    parts = [f'<div class="xvm-volume"><h4>Volume {esc(facts["volume"])}</h4>',
+             fields_table(fields, "xvm-volume-fields"),
+             _section(f"snapshots ({len(snapshots)})", table(SNAPSHOT_HEADERS, snapshots, "xvm-snapshots"))]
+    text = [f"Volume {facts['volume']}" + (f": {facts['size']}, {facts['path']}" if "path" in facts else "")]
+    if snapshots:
+        text.append("  snapshots: " + ", ".join(s[0] for s in snapshots))
+    if clones:
+        parts.append(_section(f"clones ({len(clones)})", table(("volume",), [(c,) for c in clones],
+                                                               "xvm-clones")))
+        text.append("  clones: " + ", ".join(clones))
+    if facts.get("in use by", "-") != "-":
+        text.append(f"  in use by {facts['in use by']}")
+    if error:
+        parts.append(f'<p class="xvm-error">{esc(error)}</p>')
+        text.append(f"  error: {error}")
+    parts.append("</div>")
+    return bundle("\n".join(text), "".join(parts), include, exclude)
+
+
+def volume_bundle(volume, include=None, exclude=None):
+    return render_volume(*volume_facts(volume), include=include, exclude=exclude)
 
 
 # -- the live console widget -----------------------------------------------------------------

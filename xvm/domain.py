@@ -278,16 +278,18 @@ class Domain:
         self._host._undefine(self)
 
     # -- storage ------------------------------------------------------------------------------
-    def snapshot_disks(self, name):
+    def snapshot_disks(self, name, *, progress=None):
         """Snapshot every disk (each a storage pool volume) as ``name``, all or nothing; the
         domain must be shut off (StateError otherwise). Returns the :class:`xvm.storage.Snapshot`
-        list, in the disks' order."""
-        return self._host._snapshot_disks(self, name)
+        list, in the disks' order. A full copy shows a byte bar as ``progress`` says (None: in
+        Jupyter or on a terminal; True, False, or a callable(done, total); see xvm.storage)."""
+        return self._host._snapshot_disks(self, name, progress=progress)
 
-    def rollback_disks(self, name):
+    def rollback_disks(self, name, *, progress=None):
         """Roll every disk back to its snapshot ``name`` (checked on every disk first, so a
-        refusal changes nothing); the domain must be shut off. Returns how each was done."""
-        return self._host._rollback_disks(self, name)
+        refusal changes nothing); the domain must be shut off. Returns how each was done.
+        ``progress`` as for :meth:`snapshot_disks`."""
+        return self._host._rollback_disks(self, name, progress=progress)
 
     # -- scripts ------------------------------------------------------------------------------
     def __enter__(self):

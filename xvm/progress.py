@@ -11,13 +11,15 @@ the same methods otherwise.  ``XVM_PROGRESS=1`` asks for bars anyway (e.g. in a 
 ``XVM_PROGRESS=0`` for none.  Without tqdm installed there are no bars.
 
 :func:`messages` adapts a bar to the ``progress=`` callbacks that take short messages
-(:func:`xvm.images.build_image`); :func:`copy_file` copies a file (sparse-aware) with a
-byte bar.
+(:func:`xvm.images.build_image`); :func:`byte_reporter` to the ``progress(done, total)``
+byte callbacks (volume copies: ``vol.clone(..., progress=...)``); :func:`copy_file` copies a
+file (sparse-aware) with a byte bar.
 """
+import contextlib
 import os
 import sys
 
-from .errors import HostError
+from .errors import ConfigError, HostError
 
 PROGRESS_ENV = "XVM_PROGRESS"
 COPY_CHUNK = 4 << 20
@@ -116,6 +118,46 @@ class messages:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class bytes_bar:
+    """A ``progress(done_bytes, total_bytes)`` callback shown as a byte bar.  The bar is made
+    at the first call, so work that never reports (a reflink, a ZFS clone) shows none."""
+
+    def __init__(self, desc, *, force=None, **options):
+        self.desc, self.force, self.options = desc, force, options
+        self.bar = None
+
+    def __call__(self, done, total):
+        if self.bar is None:
+            self.bar = bar(total=total, desc=self.desc, unit="B", force=self.force, **self.options)
+        elif total != self.bar.total:
+            self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextlib.contextmanager
+def byte_reporter(progress, desc):
+    """The byte callback for an API's ``progress=`` argument, for the time of a ``with``:
+    ``None`` (the default) a bar shown as :func:`wanted` says, ``True`` a bar even when not
+    interactive, ``False`` nothing, or the caller's own ``progress(done, total)`` callable."""
+    if progress is False:
+        yield None
+    elif callable(progress):
+        yield progress
+    elif progress is None or progress is True:
+        reporter = bytes_bar(desc, force=True if progress else None)
+        try:
+            yield reporter
+        finally:
+            reporter.close()
+    else:
+        raise ConfigError(f"progress must be None, True, False or a callable(done, total), "
+                          f"not {progress!r}")
 
 
 def copy_file(src, dst, *, desc=None, chunk=COPY_CHUNK, **options):

@@ -12,7 +12,7 @@
  *   ro                the device offers VIRTIO_BLK_F_RO, a read works, a write
  *                     fails with IOERR and leaves the sector unchanged
  *                                       -> "blk: ro ok capacity=<n> serial=<s>"
- *   bench             op=randread|seqread|seqwrite bs=<bytes> count=<ios>
+ *   bench             op=randread|randwrite|seqread|seqwrite bs=<bytes> count=<ios>
  *                     depth=<chains in flight> (1): "blk: bench start ..." then
  *                     "blk: bench <op> <count> ios in <ns> ns" (TSC, calibrated
  *                     against the LAPIC timer), then spins linger_ms= (300) before
@@ -300,7 +300,8 @@ static void bench(void)
 	u64 bs = cmdline_long("bs", 4096);
 	u64 count = cmdline_long("count", 1000);
 	u64 depth = cmdline_long("depth", 1);
-	int rand = !strcmp(op, "randread"), write = !strcmp(op, "seqwrite");
+	int randwrite = !strcmp(op, "randwrite");
+	int rand = !strcmp(op, "randread") || randwrite, write = !strcmp(op, "seqwrite") || randwrite;
 	if (!rand && !write && strcmp(op, "seqread"))
 		fail("unknown op", 0, 0);
 	if (depth < 1 || depth > MAX_DEPTH || bs < SECTOR || bs % SECTOR || bs * depth > POOL_BYTES)

@@ -29,6 +29,8 @@ def test_tour_notebook_runs(state_dir, monkeypatch):
     host_tables = [h for h in html if 'class="xvm-host"' in h]
     assert host_tables and all(f"tour-busy{i}" in host_tables[-1] for i in range(3))
     assert any('class="xvm-domain"' in h and "echo ready" in h for h in html)
+    assert any('class="xvm-pool"' in h and "web1" in h for h in html)
+    assert any('class="xvm-volume"' in h and "tour/web0" in h for h in html)  # golden's clones
     assert outputs(nb, "image/png"), "the matplotlib plot was not produced"
     text = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
                    for out in cell.get("outputs", ()))

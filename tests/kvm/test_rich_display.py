@@ -82,6 +82,29 @@ def test_host_table_through_xvmd(any_host, guest):
         assert "count" in doc.pres[0]
 
 
+def test_a_pool_and_its_volume_show_the_running_domain_using_it(host, guest, tmp_path):
+    pool = host.create_pool(xvm.Pool("shown", type="dir", path=str(tmp_path / "pool")))
+    volume = pool.create_volume("disk", 8 << 20)
+    volume.snapshot("clean", progress=False)
+    dom = host.define(xvm.DomainConfig(name="user-1", memory_mib=64, kernel=guest("irq"),
+                                       disks=[xvm.Disk(volume="shown/disk")]))
+    text, doc = shown(host.lookup_pool("shown"))
+    (row,) = doc.tables["xvm-volumes"]["rows"]
+    assert row[0] == "disk" and row[3] == "clean" and row[6] == "-"
+    dom.start()
+    dom.console.expect("echo ready")
+    text, doc = shown(host.lookup_pool("shown"))
+    (row,) = doc.tables["xvm-volumes"]["rows"]
+    assert row[6] == "user-1" and "user-1" in text
+    text, doc = shown(host.lookup_pool("shown").lookup_volume("disk"))
+    assert dict(doc.tables["xvm-volume-fields"]["rows"])["in use by"] == "user-1"
+    assert text.endswith("in use by user-1")
+    dom.destroy()
+    assert dict(shown(volume)[1].tables["xvm-volume-fields"]["rows"])["in use by"] == "-"
+    dom.undefine()
+    pool.destroy()
+
+
 def test_capabilities_of_this_host(host):
     text, doc = shown(host.capabilities())
     fields = dict(doc.tables["xvm-caps"]["rows"])

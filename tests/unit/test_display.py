@@ -12,6 +12,8 @@ from xvm import display
 from xvm.errors import XvmError
 from xvm.host.capabilities import Capabilities
 from xvm.net.network import HostNetwork
+from xvm.storage import Pool, Pools
+from xvm.store import Store
 
 _spec = importlib.util.spec_from_file_location(
     "htmlcheck", pathlib.Path(__file__).resolve().parent.parent / "htmlcheck.py")
@@ -107,6 +109,102 @@ def test_capabilities_and_network_display():
     assert fields["state"] == "inactive" and fields["bridge"] == "xvmbr-lab"
     assert fields["address"] == "10.9.0.1/24" and fields["ports"] == "none"
     assert b["text/plain"] == "Network 'lab' inactive: bridge xvmbr-lab, 10.9.0.1/24"
+
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def storage(tmp_path):
+    """Pools on a real store whose in-use callable says clone "c1" is used by domain "web<1>";
+    the pool's directory has HTML in its name."""
+    with Store(tmp_path / "domains.db") as store:
+        yield Pools(store, in_use=lambda path: "web<1>" if path.endswith("/c1") else None), \
+            tmp_path / "<b>pools&amp;"
+
+
+def test_pool_html_lists_its_volumes_with_sizes_snapshots_origins_and_users(storage):
+    pools, root = storage
+    pool = pools.create_pool(Pool("lab", type="dir", path=str(root)))
+    empty = htmlcheck.check(pool._repr_mimebundle_()["text/html"])
+    assert empty.tables["xvm-volumes"]["rows"] == [["none"]]
+    golden = pool.create_volume("golden", 64 * MiB)
+    with open(golden.path, "r+b") as f:
+        f.write(b"x" * MiB)
+    golden.snapshot("base")
+    golden.snapshot("tuned")
+    golden.clone("base", "c1")
+    b = pool._repr_mimebundle_()
+    assert set(b) == {"text/plain", "text/html"}
+    doc = htmlcheck.check(b["text/html"])
+    assert "&lt;b&gt;pools&amp;amp;" in b["text/html"] and "b" not in doc.tags  # the path is text
+    fields = dict(doc.tables["xvm-pool-fields"]["rows"])
+    assert fields["type"] == "dir" and fields["location"] == str(root)
+    assert fields["backend"] == f"directory {root}" and fields["available"].endswith("iB")
+    volumes = doc.tables["xvm-volumes"]
+    assert volumes["header"] == ["name", "size", "allocation", "snapshots", "origin", "made by", "in use by"]
+    rows = {row[0]: row for row in volumes["rows"]}
+    assert rows["golden"] == ["golden", "64 MiB", "1 MiB", "base, tuned", "-", "created", "-"]
+    assert rows["c1"][:2] == ["c1", "64 MiB"] and rows["c1"][3:] == ["none", "lab/golden@base",
+                                                                   "copy", "web<1>"]
+    text = b["text/plain"].splitlines()
+    assert text[0].startswith(f"StoragePool lab (dir, {root}): 2 volume(s), ")
+    assert text[1].split()[:4] == ["name", "size", "allocation", "snapshots"]
+    assert "web<1>" in text[2] + text[3]
+    assert repr(pool) == f"<StoragePool lab directory {root}>"
+
+
+def test_volume_html_shows_its_facts_snapshots_and_clones(storage):
+    pools, root = storage
+    pool = pools.create_pool(Pool("lab", type="dir", path=str(root)))
+    golden = pool.create_volume("golden", 3 * MiB // 2 * 1024)
+    golden.snapshot("base")
+    clone = golden.clone("base", "c1")
+    b = golden._repr_mimebundle_()
+    doc = htmlcheck.check(b["text/html"])
+    fields = dict(doc.tables["xvm-volume-fields"]["rows"])
+    assert fields["volume"] == "lab/golden" and fields["path"] == golden.path
+    assert fields["size"] == "1.5 GiB" and fields["format"] == "raw"
+    assert fields["made by"] == "created" and fields["origin"] == "-" and fields["in use by"] == "-"
+    assert [row[0] for row in doc.tables["xvm-snapshots"]["rows"]] == ["base"]
+    assert doc.tables["xvm-snapshots"]["rows"][0][2] in ("reflink", "copy")
+    assert doc.tables["xvm-clones"]["rows"] == [["lab/c1"]]
+    assert b["text/plain"].splitlines() == [f"Volume lab/golden: 1.5 GiB, {golden.path}",
+                                            "  snapshots: base", "  clones: lab/c1"]
+    b = clone._repr_mimebundle_()
+    fields = dict(htmlcheck.check(b["text/html"]).tables["xvm-volume-fields"]["rows"])
+    assert fields["origin"] == "lab/golden@base" and fields["in use by"] == "web<1>"
+    assert "&lt;1&gt;" in b["text/html"]
+    assert b["text/plain"].endswith("\n  in use by web<1>")
+    assert htmlcheck.check(clone._repr_mimebundle_()["text/html"]).tables["xvm-snapshots"]["rows"] \
+        == [["none"]]
+
+
+def test_a_deleted_volume_and_a_missing_pool_directory_show_the_error(storage):
+    pools, root = storage
+    pool = pools.create_pool(Pool("lab", type="dir", path=str(root)))
+    volume = pool.create_volume("gone", MiB)
+    volume.delete()
+    b = volume._repr_mimebundle_()
+    doc = htmlcheck.check(b["text/html"])
+    assert "xvm-error" in doc.classes and "no volume lab/gone (deleted?)" in b["text/plain"]
+    pool.create_volume("v", MiB)
+    os.rename(root, str(root) + ".moved")
+    b = pool._repr_mimebundle_()
+    doc = htmlcheck.check(b["text/html"])
+    assert "v" in [row[0] for row in doc.tables["xvm-volumes"]["rows"]]
+    row = dict(zip(doc.tables["xvm-volumes"]["header"], doc.tables["xvm-volumes"]["rows"][0]))
+    assert row["size"] == "unknown"  # the file is gone: said, not raised
+    assert dict(doc.tables["xvm-pool-fields"]["rows"])["available"] == "unknown"
+    assert "xvm-error" in doc.classes
+    assert b["text/plain"].splitlines()[-1] == (f"error: {root}: No such file or directory; "
+                                                f"stat volume {root}/v: No such file or directory")
+    os.rename(str(root) + ".moved", root)
+
+
+def test_format_bytes():
+    assert [display.format_bytes(v) for v in (None, 0, 512, 1024, 64 * MiB, 3 << 29, 1000 * MiB, 5 << 40)] \
+        == ["-", "0 B", "512 B", "1 KiB", "64 MiB", "1.5 GiB", "1000 MiB", "5 TiB"]
 
 
 def test_figures_from_proc_and_stats():

@@ -1,14 +1,19 @@
 """xvm.storage directory pools: reflink where the filesystem has it (a real XFS on a loop
-device), the full-copy fallback with progress elsewhere (ext4 or tmpfs here), and copies that fail
-halfway (a full tmpfs, a progress callback that raises) leaving nothing behind."""
+device), the full-copy fallback with progress elsewhere (ext4 or tmpfs here) -- a callback, or a
+tqdm bar when interactive or asked for and nothing otherwise --, and copies that fail halfway (a
+full tmpfs, a progress callback that raises) leaving nothing behind."""
 import errno
+import io
 import logging
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
+from xvm import progress as xvm_progress
+from xvm.errors import ConfigError
 from xvm.storage import Pool, Pools, StorageExistsError, StorageHostError
 from xvm.storage.backend.copy import copy_file
 from xvm.storage.backend.dir import SNAPSHOT_DIR
@@ -69,7 +74,7 @@ def mounted(tmp_path):
         subprocess.run(["umount", str(target)], check=True)
 
 
-def test_reflink_where_the_filesystem_shares_extents(pools, mounted):
+def test_reflink_where_the_filesystem_shares_extents(pools, mounted, capfd):
     root = mounted("xfs", 512 * MiB, "-m", "reflink=1")
     pool = pools.create_pool(Pool("x", type="dir", path=str(root / "pool")))
     golden = pool.create_volume("golden", 128 * MiB)
@@ -81,6 +86,8 @@ def test_reflink_where_the_filesystem_shares_extents(pools, mounted):
     used = free - os.statvfs(root).f_bavail * os.statvfs(root).f_frsize
     assert snapshot.method == "reflink" and [c.method for c in clones] == ["reflink"] * 4
     assert calls == []  # no copy, so no progress
+    assert golden.clone("s", "asked", progress=True).method == "reflink"
+    assert capfd.readouterr().err == ""  # nor a bar, even when asked for one
     assert used < 4 * MiB, f"five reflinks of 64 MiB used {used} bytes"
     for clone in clones:
         with open(clone.path, "rb") as f:
@@ -113,6 +120,56 @@ def test_full_copy_with_progress_where_there_is_no_reflink(pools, tmp_path, capl
         f.seek(100 * MiB)
         assert f.read(9 * MiB) == data
     assert leftovers(pool.config.path) == []
+
+
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.fixture
+def copying_pool(pools, tmp_path, monkeypatch):
+    """A directory pool on ext4 (no reflinks) with a 64 MiB volume "golden" holding 8 MiB of data
+    and its snapshot "s" -- made silently --, XVM_PROGRESS unset."""
+    monkeypatch.delenv(xvm_progress.PROGRESS_ENV, raising=False)
+    pool = pools.create_pool(Pool("d", type="dir", path=str(tmp_path / "pool")))
+    golden = pool.create_volume("golden", 64 * MiB)
+    fill(golden.path, 8 * MiB, offset=4 * MiB)
+    if golden.snapshot("s", progress=False).method == "reflink":
+        pytest.skip(f"{tmp_path} has reflinks: there is no copy to show")
+    return golden
+
+
+def test_a_full_copy_shows_a_byte_bar_on_a_terminal(copying_pool, monkeypatch):
+    terminal = Tty()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    clone = copying_pool.clone("s", "c")
+    assert clone.method == "copy"
+    shown = terminal.getvalue()
+    assert "clone d/golden@s to c: 100%" in shown, shown
+    assert "64.0M/64.0M" in shown, shown
+    assert copying_pool.rollback("s") == "copy"
+    assert "rollback d/golden@s: 100%" in terminal.getvalue()
+
+
+def test_a_full_copy_is_silent_when_not_interactive_unless_asked(copying_pool, capfd, monkeypatch):
+    assert copying_pool.clone("s", "quiet").method == "copy"  # pytest's stderr is no terminal
+    copying_pool.snapshot("t")
+    copying_pool.delete_snapshot("t")
+    assert capfd.readouterr().err == ""
+    assert copying_pool.clone("s", "asked", progress=True).method == "copy"
+    assert "clone d/golden@s to asked: 100%" in capfd.readouterr().err
+    monkeypatch.setenv(xvm_progress.PROGRESS_ENV, "1")  # e.g. for a log
+    copying_pool.clone("s", "logged")
+    assert "clone d/golden@s to logged: 100%" in capfd.readouterr().err
+    copying_pool.clone("s", "none", progress=False)
+    assert capfd.readouterr().err == ""
+
+
+def test_progress_takes_a_bar_choice_or_a_callable(copying_pool):
+    with pytest.raises(ConfigError, match=r"progress must be None, True, False or a callable"):
+        copying_pool.clone("s", "c", progress="yes")
+    assert [v.name for v in copying_pool.pool.volumes()] == ["golden"]
 
 
 def test_a_copy_that_runs_out_of_space_leaves_nothing(pools, mounted):

@@ -596,11 +596,12 @@ class LocalHost(Host):
 
         return [volume_of(self.storage, disk.volume or disk.path) for disk in config.disks]
 
-    def clone_domain(self, source, new_name, snapshot="golden"):
+    def clone_domain(self, source, new_name, snapshot="golden", *, progress=None):
         """A new persistent domain ``new_name`` like ``source`` (a Domain or a name), with a new
         UUID, new MACs (explicit ones are dropped: they derive from the new UUID) and, for each
         disk, a clone of its volume at ``snapshot``, named "NEW_NAME-VOLUME" in the same pool.
-        All or nothing: if the define fails, the clones are deleted again."""
+        All or nothing: if the define fails, the clones are deleted again. A full copy (a
+        directory pool without reflinks) shows a byte bar as ``progress`` says (xvm.storage)."""
         from ..storage import clone_disks
 
         source = source if isinstance(source, Domain) else self.lookup(source)
@@ -611,7 +612,7 @@ class LocalHost(Host):
         probe = config.replace(name=new_name, uuid=new_uuid, disks=(),
                                nics=tuple(dataclasses.replace(nic, mac=None) for nic in config.nics))
         volumes = self._volumes_of(config)
-        clones = clone_disks(self.storage, volumes, snapshot, new_name)
+        clones = clone_disks(self.storage, volumes, snapshot, new_name, progress=progress)
         try:
             disks = tuple(dataclasses.replace(disk, path=None, volume=clone.key)
                           for disk, clone in zip(config.disks, clones))
@@ -645,17 +646,17 @@ class LocalHost(Host):
             finally:
                 lock.close()
 
-    def _snapshot_disks(self, domain, name):
+    def _snapshot_disks(self, domain, name, progress=None):
         from ..storage import snapshot_disks
 
-        return self._offline_disks(domain, "snapshot the disks",
-                                   lambda volumes: snapshot_disks(self.storage, volumes, name))
+        return self._offline_disks(domain, "snapshot the disks", lambda volumes: snapshot_disks(
+            self.storage, volumes, name, progress=progress))
 
-    def _rollback_disks(self, domain, name):
+    def _rollback_disks(self, domain, name, progress=None):
         from ..storage import rollback_disks
 
-        return self._offline_disks(domain, "roll back the disks",
-                                   lambda volumes: rollback_disks(self.storage, volumes, name))
+        return self._offline_disks(domain, "roll back the disks", lambda volumes: rollback_disks(
+            self.storage, volumes, name, progress=progress))
 
     # -- closing ------------------------------------------------------------------------------
     def close(self):

@@ -8,8 +8,12 @@ backend, then records the result; if recording fails the backend change is undon
 
 ``in_use(path) -> domain name or None`` tells which running domain has a volume open; volumes in
 use cannot be deleted, rolled back, resized, or (in a directory pool, where a snapshot is a copy
-that could be torn) snapshotted. One :class:`Pools` serializes its own changes; two processes
-changing the same volume at once are not guarded against beyond what the backend refuses.
+that could be torn) snapshotted. A full copy (no reflink) shows a byte bar: ``progress=None`` a
+tqdm bar in Jupyter or on a terminal and nothing otherwise, ``True`` a bar anyway, ``False`` none,
+or a callable ``progress(copied_bytes, total_bytes)`` (:func:`xvm.progress.byte_reporter`).
+
+One :class:`Pools` serializes its own changes; two processes changing the same volume at once
+are not guarded against beyond what the backend refuses.
 """
 import logging
 import os
@@ -18,6 +22,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..progress import byte_reporter
 from .backend import backend_for
 from .config import VOLUME_FORMATS, Pool, check_name, check_size
 from .errors import StorageBusyError, StorageError, StorageExistsError, StorageNotFoundError
@@ -144,6 +149,12 @@ class StoragePool:
     def __repr__(self):
         return f"<StoragePool {self.name} {self.backend.description}>"
 
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """Jupyter's display: the pool and a table of its volumes (xvm.display)."""
+        from ..display import pool_bundle
+
+        return pool_bundle(self, include, exclude)
+
     def __eq__(self, other):
         return isinstance(other, StoragePool) and other.config == self.config
 
@@ -245,6 +256,12 @@ class Volume:
     def __repr__(self):
         return f"<Volume {self.key}>"
 
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """Jupyter's display: sizes, origin, user, snapshots and clones (xvm.display)."""
+        from ..display import volume_bundle
+
+        return volume_bundle(self, include, exclude)
+
     def __eq__(self, other):
         return isinstance(other, Volume) and other.key == self.key
 
@@ -291,8 +308,12 @@ class Volume:
         """How the volume's data was made: None (created empty), "reflink", "copy", "zfs clone"."""
         return self._data()["method"]
 
+    def user(self):
+        """The name of the running domain that has this volume as a disk, or None."""
+        return self.pool.pools.user(self.pool.backend.volume_path(self.name, mount=False))
+
     def _refuse_in_use(self, operation):
-        user = self.pool.pools.user(self.pool.backend.volume_path(self.name, mount=False))
+        user = self.user()
         if user is not None:
             raise StorageBusyError(f"{operation} {self.key}: in use by running domain {user!r}",
                                    target=self.key, operation=operation, state="in use")
@@ -360,8 +381,8 @@ class Volume:
                                    target=f"{self.key}@{name}", operation="lookup snapshot")
 
     def snapshot(self, name, *, progress=None):
-        """Take snapshot ``name``; a :class:`Snapshot` whose ``method`` says how ("reflink", "copy"
-        -- with ``progress(copied, total)`` calls --, "zfs snapshot")."""
+        """Take snapshot ``name``; a :class:`Snapshot` whose ``method`` says how ("reflink", "copy",
+        "zfs snapshot"). A full copy shows a byte bar (``progress``: see the module docstring)."""
         check_name(name, "snapshot name")
         with self.pool.pools._lock:
             if any(s.name == name for s in self.snapshots()):
@@ -369,7 +390,8 @@ class Volume:
                                          target=f"{self.key}@{name}", operation="snapshot")
             if not self.pool.backend.clones_depend_on_origin:
                 self._refuse_in_use("snapshot")
-            method = self.pool.backend.create_snapshot(self.name, name, progress)
+            with byte_reporter(progress, f"snapshot {self.key}@{name}") as report:
+                method = self.pool.backend.create_snapshot(self.name, name, report)
             if method == "copy":
                 log.info("snapshot %s@%s: the filesystem has no reflinks, made a full copy",
                          self.key, name)
@@ -392,7 +414,7 @@ class Volume:
 
     def rollback(self, name, *, progress=None):
         """Put the volume back to snapshot ``name``, its latest; refused while in use. Returns how
-        ("reflink", "copy", "zfs rollback")."""
+        ("reflink", "copy", "zfs rollback"); a copy shows a bar (``progress``: the module docstring)."""
         with self.pool.pools._lock:
             snapshots = self.snapshots()
             self.lookup_snapshot(name)
@@ -403,11 +425,13 @@ class Volume:
                                        target=f"{self.key}@{name}", operation="rollback",
                                        state="later snapshots")
             self._refuse_in_use("rollback")
-            return self.pool.backend.rollback(self.name, name, progress)
+            with byte_reporter(progress, f"rollback {self.key}@{name}") as report:
+                return self.pool.backend.rollback(self.name, name, report)
 
     def clone(self, snapshot, new_name, *, progress=None):
         """A new volume ``new_name`` in this pool with the data of snapshot ``snapshot``; its
-        ``method`` says how it was made ("reflink", "copy", "zfs clone")."""
+        ``method`` says how it was made ("reflink", "copy", "zfs clone"); a copy shows a bar
+        (``progress``: the module docstring)."""
         check_name(new_name, "volume name")
         with self.pool.pools._lock:
             self.lookup_snapshot(snapshot)
@@ -415,7 +439,8 @@ class Volume:
                 raise StorageExistsError(f"clone {self.key}@{snapshot}: volume {self.pool.name}/"
                                          f"{new_name} exists already",
                                          target=f"{self.pool.name}/{new_name}", operation="clone")
-            method = self.pool.backend.clone(self.name, snapshot, new_name, progress)
+            with byte_reporter(progress, f"clone {self.key}@{snapshot} to {new_name}") as report:
+                method = self.pool.backend.clone(self.name, snapshot, new_name, report)
             if method == "copy":
                 log.info("clone %s@%s to %s: the filesystem has no reflinks, made a full copy",
                          self.key, snapshot, new_name)

@@ -1,6 +1,6 @@
 """Initramfs images built from busybox-static and the cached kernel modules.
 
-* :func:`testhost_initramfs` -- the TCG test host's: loads virtio/9p/overlay/kvm_amd, mounts the
+* :func:`testhost_initramfs` -- the TCG test host's: loads virtio/9p/overlay/kvm_amd/fuse, mounts the
   host's root (9p, read-only) under a tmpfs overlay, starts the KVM keeper and runs the job.
 * :func:`nested_initramfs` -- a tiny one for nested guests: its init runs a shell snippet (by
   default prints a marker) and powers off.
@@ -18,8 +18,9 @@ from .errors import NotPreparedError
 
 BUSYBOX = Path("/bin/busybox")
 
-# What the test host needs; dependencies are resolved from each module's modinfo.
-TESTHOST_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "kvm_amd")
+# What the test host needs; dependencies are resolved from each module's modinfo. fuse is for
+# zfs-fuse (the ZFS pools of tests/hvm/test_storage_linux.py).
+TESTHOST_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "kvm_amd", "fuse")
 
 # Marker lines on the test host's console (see TestHost).
 BEGIN_MARKER = "XVM-TESTHOST-BEGIN"
@@ -178,6 +179,7 @@ mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts $N/dev/pts
 mount -t tmpfs -o mode=1777 shm $N/dev/shm
 mount -t tmpfs -o mode=1777 tmp $N/tmp
 mount -t tmpfs -o mode=0755 run $N/run
+mkdir -p -m 1777 $N/run/lock  # /var/lock, as systemd-tmpfiles makes it (zfs-fuse locks there)
 for m in $MOUNTS; do
     spec="${m#xvm.r?=}"; tag="${spec%%:*}"; path="${spec#*:}"
     mkdir -p "$N$path"
