@@ -18,9 +18,9 @@ pytestmark = [pytest.mark.kvm,
 
 
 @pytest.fixture(autouse=True)
-def confined(monkeypatch):
-    """Confinement is opt-in (XVM_CONFINE=1) until save files are passed as descriptors."""
-    monkeypatch.setenv("XVM_CONFINE", "1")
+def confined_by_default(monkeypatch):
+    """Confinement is the default for a root host: nothing in the environment asks for it."""
+    monkeypatch.delenv("XVM_CONFINE", raising=False)
 
 
 @pytest.fixture
