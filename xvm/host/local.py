@@ -171,7 +171,9 @@ class LocalHost(Host):
         vmm = self._vmms.get(str(domain.uuid)) or self._ended_vmms.get(str(domain.uuid))
         if vmm is None:
             return None
-        machine = vmm.machine or (vmm.last_machine if vmm.state in STOPPED else None)
+        # last_machine also while the guest's own power-off is being handled (the machine
+        # torn down, the state not yet recorded): it is that boot's, as afterwards
+        machine = vmm.machine or (vmm.last_machine if vmm.state in STOPPED or vmm.id is None else None)
         return machine.machine if machine is not None else None
 
     # -- talking to VMMs ----------------------------------------------------------------------

@@ -29,7 +29,7 @@ import threading
 import time
 
 from ..console import Console
-from ..errors import XvmError
+from ..errors import ConfigError, XvmError
 from ..sched import SWEEP_INTERVAL, DomainScheduler
 from . import actions as A
 from . import lifecycle
@@ -376,18 +376,38 @@ class Vmm:
             self._set_state(DomainState.SHUTOFF)
 
 
+CONSOLE_LOG_LIMIT = 4 << 20
+CONSOLE_LOG_LIMIT_ENV = "XVM_CONSOLE_LOG_LIMIT"
+
+
+def console_log_limit():
+    """How large ``log/<name>.log`` grows before it rotates: ``$XVM_CONSOLE_LOG_LIMIT``
+    bytes, else :data:`CONSOLE_LOG_LIMIT`."""
+    value = os.environ.get(CONSOLE_LOG_LIMIT_ENV)
+    if not value:
+        return CONSOLE_LOG_LIMIT
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ConfigError(f"{CONSOLE_LOG_LIMIT_ENV} must be a positive number of bytes, not {value!r}")
+    return limit
+
+
 class ConsoleLog:
     """``<state>/log/<name>.log``: console output appended as it arrives, bounded and
-    rotated (one older file, ``.log.1``).
+    rotated (one older file, ``.log.1``) when it would pass ``limit`` bytes
+    (:func:`console_log_limit`).
 
     Both files are opened once, here, and rotation works on the descriptors alone: the
     full log is copied over ``.log.1`` and truncated (logrotate's copytruncate), so a
     confined VMM (:mod:`xvm.vmm.jail`), which sees no log directory and could not
     rename in it, rotates all the same.  The copy is bounded by ``limit`` and rare."""
 
-    def __init__(self, path, limit=4 << 20):
+    def __init__(self, path, limit=None):
         self.path = path
-        self.limit = limit
+        self.limit = console_log_limit() if limit is None else limit
         self._lock = threading.Lock()
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         self._fd = os.open(path, flags | os.O_APPEND, 0o644)
