@@ -141,7 +141,7 @@ class Domain:
         ``host.restore(path)`` brings it back."""
         import os
 
-        self._host._act(self, A.Snapshot(path=os.path.abspath(path)))
+        self._host._save(self, os.path.abspath(path))
         self._host._stopped(self)
 
     def migrate(self, uri, *, downtime_ms=300, bandwidth=None, timeout_s=None, tls_dir=None,

@@ -2,6 +2,13 @@
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# The profile of the fuzz targets: no per-example deadline (a loaded CI machine is slow; a
+# real hang is caught by pytest-timeout), no health checks, no example database (CI's
+# clones start fresh anyway).  Each target sets its own max_examples through examples().
+settings.register_profile("xvm-fuzz", deadline=None, suppress_health_check=list(HealthCheck), database=None)
+FUZZ = settings.get_profile("xvm-fuzz")
 
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 # XVM_FUZZ_SCALE=10 runs every target ten times longer (local hunting; CI uses 1).

@@ -18,9 +18,9 @@ pytestmark = [pytest.mark.kvm,
 
 
 @pytest.fixture(autouse=True)
-def confined(monkeypatch):
-    """Confinement is opt-in (XVM_CONFINE=1) until save files are passed as descriptors."""
-    monkeypatch.setenv("XVM_CONFINE", "1")
+def confined_by_default(monkeypatch):
+    """Confinement is the default for a root host: nothing in the environment asks for it."""
+    monkeypatch.delenv("XVM_CONFINE", raising=False)
 
 
 @pytest.fixture
@@ -142,4 +142,23 @@ def test_confinement_can_be_turned_off(host, guest, monkeypatch):
     dom = host.create(config(guest, "free"))
     status = status_of(dom.info()["pid"])
     assert status["Uid"].split()[0] == "0" and status["Seccomp"] == "0"
+    dom.destroy()
+
+
+def test_the_console_log_rotates_inside_the_jail(host, guest, monkeypatch):
+    """log/<name>.log passes its limit while the VMM is confined: the full log becomes
+    .log.1 and the log starts again, though the VMM sees no log directory."""
+    monkeypatch.setenv("XVM_CONSOLE_LOG_LIMIT", "4096")
+    dom = host.create(xvm.DomainConfig(name="chatty", memory_mib=64, kernel=guest("busy"), cmdline="shift=12"))
+    assert status_of(dom.info()["pid"])["Seccomp"] == "2"
+    path = host.state_dir.console_log("chatty")
+    deadline = time.monotonic() + 20
+    while not (os.path.exists(path + ".1") and os.path.getsize(path + ".1") > 0):
+        assert time.monotonic() < deadline, "the log never rotated"
+        time.sleep(0.05)
+    with open(path + ".1", "rb") as f:
+        older = f.read()
+    assert 4096 - 64 < len(older) <= 4096 and b"count" in older
+    assert os.path.getsize(path) <= 4096
+    assert dom.state is DomainState.RUNNING
     dom.destroy()

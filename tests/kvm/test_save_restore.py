@@ -125,3 +125,82 @@ def test_bad_files_are_refused_and_nothing_starts(host, guest, tmp_path):
     assert info.value.what == "truncated"
     assert dom.state is DomainState.SHUTOFF  # nothing half-restored
     assert os.path.exists(path)
+
+
+def confined(dom):
+    from xvm.vmm.jail import status_of
+
+    status = status_of(dom.info()["pid"])
+    return status["Seccomp"] == "2" and status["Uid"].split()[0] != "0"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="confinement needs a root host")
+def test_save_and_restore_through_a_confined_vmm(any_host, guest, tmp_path):
+    """A VMM is confined by default: it sees no host directory and runs as another user, yet
+    saves into the caller's private (0700) directory and restores from it, the host (or,
+    through xvmd, the client) opening the file and passing its descriptor."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    dom = busy(any_host, guest, name="jailed-save")
+    dom.start()
+    assert confined(dom)
+    last_count(dom, 2)
+    path = private / "s.xvmsnap"
+    dom.save(path)
+    assert dom.state is DomainState.SHUTOFF
+    assert os.listdir(private) == ["s.xvmsnap"]  # the temporary file was renamed, nothing left
+    st = path.stat()
+    assert st.st_uid == os.getuid() and st.st_mode & 0o777 == 0o600
+    saved_max = max(counts(dom))
+    restored = any_host.restore(path)
+    assert restored.uuid == dom.uuid and restored.state is DomainState.RUNNING
+    assert confined(restored)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not [n for n in counts(restored) if n > saved_max]:
+        time.sleep(0.05)
+    assert min(n for n in counts(restored) if n > saved_max) == saved_max + (1 << 24)
+    restored.destroy()
+    restored.undefine()
+
+
+def _request(sock_path, action, fds=()):
+    import socket
+
+    from xvm.vmm import protocol as P
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(sock_path)
+        P.send_message(s, P.request(1, action), fds=fds)
+        return P.recv_message(s, timeout=30)[0]
+
+
+def test_no_server_opens_a_snapshot_path_for_its_client(xvmd, guest, tmp_path):
+    """xvmd runs as root: a client naming a path would have it written or read with root's
+    permissions.  A Snapshot or Restore without the file's descriptor — or with a number in
+    its JSON, which would name one of the server's own descriptors — is refused by xvmd and
+    by the VMM's socket alike, and nothing is written."""
+    uri, state, sock, _ = xvmd
+    with xvm.connect(uri) as host:
+        dom = busy(host, guest, name="deputy")
+        dom.start()
+        last_count(dom, 1)
+        target = tmp_path / "written-for-the-client"
+        vmm_sock = os.path.join(state, "run", f"{dom.uuid}.sock")
+        for action in ({"type": "Snapshot", "path": str(target)},
+                       {"type": "Snapshot", "path": str(target), "fd": 3}):
+            reply = _request(sock, {"type": "DomainRequest", "domain": str(dom.uuid), "action": action})
+            assert reply["ok"] is False and "descriptor" in reply["error"]["message"], reply
+            reply = _request(vmm_sock, action)
+            assert reply["ok"] is False and "descriptor" in reply["error"]["message"], reply
+        assert not target.exists() and os.listdir(tmp_path) == []
+        assert dom.state is DomainState.RUNNING
+        with open(os.devnull) as f:  # a descriptor for an action that takes none
+            reply = _request(vmm_sock, {"type": "Pause"}, fds=[f.fileno()])
+        assert reply["ok"] is False and "takes no descriptor" in reply["error"]["message"]
+        assert dom.state is DomainState.RUNNING
+        path = tmp_path / "real"
+        dom.save(path)
+        reply = _request(sock, {"type": "RestoreDomain", "path": str(path)})
+        assert reply["ok"] is False and "descriptor" in reply["error"]["message"], reply
+        assert dom.state is DomainState.SHUTOFF
+        dom.undefine()

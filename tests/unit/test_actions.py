@@ -40,7 +40,7 @@ def test_the_action_sets():
         "MigrateStatus", "MigrateAbort"]
     assert [a.__name__ for a in HOST_ACTIONS] == [
         "ListDomains", "LookupDomain", "Define", "Create", "Undefine", "Rename", "DomainRequest",
-        "Capabilities", "SetAutostart", "UpdateConfig"]
+        "Capabilities", "SetAutostart", "UpdateConfig", "RestoreDomain"]
 
 
 EXAMPLES = [
@@ -119,7 +119,7 @@ VALID = {"type": "AllTypes", "count": 1, "ratio": 1.5, "name": "n", "flag": True
      "MigrateStatus, MigrateAbort)"),
     ({"type": "Pause"}, HOST_ACTIONS,
      "action 'Pause' is not accepted here (accepted: ListDomains, LookupDomain, Define, Create, "
-     "Undefine, Rename, DomainRequest, Capabilities, SetAutostart, UpdateConfig)"),
+     "Undefine, Rename, DomainRequest, Capabilities, SetAutostart, UpdateConfig, RestoreDomain)"),
     ({"type": "Boot", "force": True}, None, "Boot: unknown field 'force'"),
     ({"type": "Boot", "b": 1, "a": 2}, None, "Boot: unknown fields 'a', 'b'"),
     ({"type": "Rename"}, None, "Rename: missing fields 'domain', 'new_name'"),

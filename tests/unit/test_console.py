@@ -3,6 +3,7 @@
 The machine side is driven the way Domain drives it: ``_feed`` is the serial sink,
 ``_attach``/``_detach`` bracket each run of the guest.
 """
+import os
 import re
 import threading
 import time
@@ -304,3 +305,44 @@ def test_reattach_after_reboot_keeps_the_log(console):
     console.write(b"y")
     assert second.data == b"y" and console.input.data == b""
     assert console.read() == b"first boot\nsecond boot\n"
+
+
+# --- the console log file (log/<name>.log) ---------------------------------------------
+
+
+def test_console_log_rotates_on_its_descriptors_alone(tmp_path):
+    """Rotation needs no path: the log directory moved away (as good as unreachable, like a
+    confined VMM's, which sees no log directory and may not rename in it) changes nothing."""
+    from xvm.vmm.vmm import ConsoleLog
+
+    logs = tmp_path / "log"
+    logs.mkdir()
+    log = ConsoleLog(str(logs / "web.log"), limit=10)
+    log.write(b"0123456")
+    moved = tmp_path / "elsewhere"
+    os.rename(logs, moved)
+    log.write(b"789")  # exactly the limit: no rotation yet
+    log.write(b"abc")  # would pass it: the full log becomes .log.1
+    log.write(b"de")
+    log.close()
+    assert (moved / "web.log").read_bytes() == b"abcde"
+    assert (moved / "web.log.1").read_bytes() == b"0123456789"
+    log = ConsoleLog(str(moved / "web.log"), limit=10)  # reopened: appends, rotates again
+    log.write(b"fghij")
+    log.write(b"k")
+    log.close()
+    assert (moved / "web.log").read_bytes() == b"k"
+    assert (moved / "web.log.1").read_bytes() == b"abcdefghij"  # the older rotation replaced
+
+
+def test_console_log_limit_from_the_environment(tmp_path, monkeypatch):
+    from xvm.errors import ConfigError
+    from xvm.vmm.vmm import CONSOLE_LOG_LIMIT, ConsoleLog
+
+    assert ConsoleLog(str(tmp_path / "a.log")).limit == CONSOLE_LOG_LIMIT
+    monkeypatch.setenv("XVM_CONSOLE_LOG_LIMIT", "4096")
+    assert ConsoleLog(str(tmp_path / "b.log")).limit == 4096
+    for bad in ("0", "-5", "4k"):
+        monkeypatch.setenv("XVM_CONSOLE_LOG_LIMIT", bad)
+        with pytest.raises(ConfigError, match="XVM_CONSOLE_LOG_LIMIT"):
+            ConsoleLog(str(tmp_path / "c.log"))

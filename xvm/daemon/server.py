@@ -151,25 +151,27 @@ class Daemon:
                 except P.ProtocolError as e:
                     _try_send(conn, P.error_reply(None, e))
                     return
-                for fd in fds:
-                    os.close(fd)
                 request_id = message.get("id")
                 try:
                     if not isinstance(request_id, int) or isinstance(request_id, bool):
                         raise P.BadPayload("a request needs an integer 'id'")
                     action = A.decode_action(message.get("action"), allowed=A.HOST_ACTIONS)
                     if isinstance(action, A.DomainRequest):
-                        inner = A.decode_action(action.action, allowed=DOMAIN_ACTIONS)
+                        # a descriptor (dom.save's file) belongs to the inner action
+                        inner = A.join_fd(A.decode_action(action.action, allowed=DOMAIN_ACTIONS), fds)
                         if isinstance(inner, A.ConsoleAttach):
                             self._stream(conn, request_id, action.domain, inner)
                             return
                         result = self._domain_request(action.domain, inner)
                     else:
+                        action = A.join_fd(action, fds)
                         result = getattr(self, "_do_" + type(action).__name__)(action)
                 except BaseException as e:
                     reply = P.error_reply(request_id if isinstance(request_id, int) else None, e)
                 else:
                     reply = P.reply(request_id, result)
+                finally:
+                    P.close_fds(fds)  # the client's file: the VMM got its own copy
                 P.send_message(conn, reply)
         except OSError:
             return
@@ -209,6 +211,11 @@ class Daemon:
     def _do_SetAutostart(self, action):
         self.host.lookup(action.domain).set_autostart(action.on)
 
+    def _do_RestoreDomain(self, action):
+        """The client's open snapshot file (never a path opened with xvmd's privileges)."""
+        domain = self.host._restore(action.path, action.fd)
+        return _record(self.host.store.domain(str(domain.uuid)) or _transient_gone(domain))
+
     def _do_UpdateConfig(self, action):
         domain = self.host.lookup(action.domain)
         self.host._update_config(domain, DomainConfig.from_dict(action.config))
@@ -220,7 +227,7 @@ class Daemon:
             return domain.info()
         domain.console._ensure()  # keep xvmd's mirror on the current boot
         result = self.host._act(domain, action)
-        if isinstance(action, A.Destroy):
+        if isinstance(action, (A.Destroy, A.Snapshot)):  # both end the VMM
             self.host._stopped(domain)
         return result
 

@@ -78,9 +78,12 @@ class SocketChannel:
         sock.settimeout(None)
         return sock
 
-    def _roundtrip(self, sock, request_id, action, timeout):
+    def _roundtrip(self, sock, request_id, action, timeout, fd=None):
+        wire, attached = A.split_fd(action)  # an open file travels as a descriptor
+        if isinstance(action, A.DomainRequest) and fd is not None:
+            attached = [fd]
         try:
-            P.send_message(sock, P.request(request_id, action.to_json()))
+            P.send_message(sock, P.request(request_id, wire.to_json()), fds=attached)
             reply, fds = P.recv_message(sock, timeout=timeout)
         except (P.ConnectionClosed, BrokenPipeError, ConnectionResetError):
             raise VmmGone(f"{self.peer} ended") from None
@@ -97,16 +100,18 @@ class SocketChannel:
             return reply.get("result")
         raise P.decode_error(reply.get("error") or {})
 
-    def call(self, action, timeout=None, *, wait=None):
+    def call(self, action, timeout=None, *, wait=None, fd=None):
         """Send ``action``; ``wait`` (seconds, or -1 for no limit) marks a call that blocks
-        on purpose (Wait): it gets a connection of its own and that much extra time."""
+        on purpose (Wait): it gets a connection of its own and that much extra time.
+        ``fd``: the descriptor a :class:`~xvm.vmm.actions.DomainRequest` carries for its
+        inner action (a descriptor action's own ``fd`` is attached by itself)."""
         timeout = self.timeout if timeout is None else timeout
         if wait is None and isinstance(action, A.Wait):
             wait = -1 if action.timeout is None else action.timeout
         if wait is not None:
             sock = self._connect()
             try:
-                return self._roundtrip(sock, 1, action, None if wait < 0 else wait + timeout)
+                return self._roundtrip(sock, 1, action, None if wait < 0 else wait + timeout, fd)
             finally:
                 sock.close()
         with self._lock:
@@ -114,7 +119,7 @@ class SocketChannel:
                 self._sock = self._connect()
             request_id, self._next_id = self._next_id, self._next_id + 1
             try:
-                return self._roundtrip(self._sock, request_id, action, timeout)
+                return self._roundtrip(self._sock, request_id, action, timeout, fd)
             except (VmmGone, VmmNotResponding):
                 self._sock.close()
                 self._sock = None

@@ -8,6 +8,7 @@ it, and two hosts can never start one domain twice.
 """
 import fcntl
 import json
+import logging
 import os
 import signal
 import socket
@@ -17,7 +18,10 @@ import threading
 import time
 
 from ..errors import HostError, StateError
+from ..vmm import actions as A
 from ..vmm import protocol as P
+
+log = logging.getLogger(__name__)
 
 BOOT_TIMEOUT = 120.0  # spawning, loading the kernel and starting the vCPUs
 _XVM_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -58,11 +62,29 @@ def vmm_alive(state_dir, uuid):
 
 
 def confine_default():
-    """VMM processes are confined (:mod:`xvm.vmm.jail`) when the host runs as root and
-    ``XVM_CONFINE=1`` is in its environment.  Opt-in for now: a confined VMM cannot yet
-    write a save file (dom.save) or read one (host.restore) outside its jail — the host
-    must hand it the file's descriptor first."""
-    return os.geteuid() == 0 and os.environ.get("XVM_CONFINE", "0") in ("1", "yes", "true")
+    """VMM processes are confined (:mod:`xvm.vmm.jail`) whenever the host runs as root,
+    unless ``XVM_CONFINE=0`` (or ``no``, ``false``) is in its environment.  A host that is
+    not root cannot confine (it has no uid to drop to): its VMMs run as itself."""
+    return os.geteuid() == 0 and os.environ.get("XVM_CONFINE", "1").lower() not in ("0", "no", "false")
+
+
+def remove_leftovers(state_dir, uuid):
+    """What a confined VMM of ``uuid`` cannot remove itself once it has ended (its cgroup),
+    removed while no VMM holds the domain lock; False if one does (a new one may be
+    starting: its cgroup is its own)."""
+    from ..sched import remove_domain_cgroup
+
+    lock = DomainLock(state_dir.vmm_lockfile(uuid))
+    try:
+        if not lock.try_acquire():
+            return False
+        try:
+            remove_domain_cgroup(uuid)
+        except HostError as e:
+            log.warning("domain %s: cannot remove the cgroup its VMM left: %s", uuid, e)
+        return True
+    finally:
+        lock.close()
 
 
 def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=(), before_boot=None,
@@ -98,10 +120,11 @@ def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=
                 pid = reply["result"]["ready"]
                 if before_boot is not None:
                     before_boot(pid)
-                go = {"boot": True}
-                if boot_action is not None:  # e.g. Restore(path): how the VMM boots
-                    go["action"] = boot_action.to_json()
-                P.send_message(conn, go)
+                go, go_fds = {"boot": True}, []
+                if boot_action is not None:  # e.g. Restore(path, fd): how the VMM boots
+                    wire, go_fds = A.split_fd(boot_action)
+                    go["action"] = wire.to_json()
+                P.send_message(conn, go, fds=go_fds)
                 reply, extra = P.recv_message(conn, timeout=BOOT_TIMEOUT)
         except (P.ConnectionClosed, OSError, P.ProtocolError) as e:
             if proc is not None:

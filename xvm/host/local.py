@@ -56,6 +56,16 @@ class Host:
             domain.set_autostart(True)
         return domain
 
+    def _save(self, domain, path):
+        """``dom.save(path)``: the file is made here, with this caller's permissions, and its
+        descriptor handed to the VMM (confined, it sees no directory of the host's); renamed
+        to ``path`` once the VMM has written and synced it, removed if it failed."""
+        from ..migration.snapshot import SaveFile
+
+        with SaveFile(path) as out:
+            self._act(domain, A.Snapshot(path=out.path, fd=out.fd))
+            out.commit()
+
     def __enter__(self):
         return self
 
@@ -92,7 +102,8 @@ class LocalHost(Host):
         self._closed = False
         self._listeners = []  # MigrationListeners (listen_migrations)
         for record in self.store.domains():
-            self._reconcile(record.uuid)
+            if self._reconcile(record.uuid).state not in (DomainState.RUNNING.value, DomainState.PAUSED.value):
+                launcher.remove_leftovers(self.state_dir, record.uuid)  # a confined VMM's cgroup
 
     def __repr__(self):
         return f"<LocalHost {self.uri} state_dir={self.state_dir.root!r}>"
@@ -202,6 +213,9 @@ class LocalHost(Host):
         if channel is not None:
             try:
                 result = channel.call(action)
+                if isinstance(action, A.SetScheduler):
+                    from ..sched import rebalance
+                    rebalance(uuid)  # the parent's weight: root's part of a confined VMM's change
                 if isinstance(action, A.Info) and isinstance(result, dict):
                     record = self.store.domain(uuid)  # renamed since the VMM started?
                     if record is not None:
@@ -296,6 +310,7 @@ class LocalHost(Host):
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        launcher.remove_leftovers(self.state_dir, uuid)  # nor its cgroup
         return True
 
     # -- lifecycle on the host side -----------------------------------------------------------
@@ -309,35 +324,50 @@ class LocalHost(Host):
         """Start the domain saved in the snapshot file ``path`` (:meth:`Domain.save`): the
         same name and UUID, a new id, continuing where it was.  A domain this host does
         not know comes back transient.  The file is checked first (SnapshotError)."""
-        from ..migration.snapshot import load_snapshot
+        return self._restore(os.path.abspath(path))
 
-        path = os.path.abspath(path)
-        snapshot = load_snapshot(path, supported_cpuid=self.kvm.supported_cpuid())
-        config = snapshot.config
-        uuid = str(config.uuid)
-        added = False
-        with self._lock:
-            record = self.store.domain(uuid)
-            if record is None:
-                self.store.add_domain(uuid, config.name, config.to_dict(), persistent=False)
-                added = True
-            else:
-                record = self._reconcile(uuid)
-                lifecycle.check(A.Restore(path=path), DomainState(record.state), record.name)
-                self.store.update_config(uuid, config.to_dict())
-        domain = self._handle(uuid)
-        domain.console._boot_begins()
+    def _restore(self, path, fd=None):
+        """:meth:`restore` from the open snapshot file ``fd`` (xvmd: the client's; ``path``
+        names it), or from ``path`` opened here.  The VMM gets the descriptor."""
+        from ..migration.snapshot import SnapshotError, load_snapshot
+
+        own = fd is None
+        if own:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise SnapshotError(f"cannot read snapshot {path}: {e.strerror}", what="io", path=path) from None
         try:
-            self._start(domain, boot_action=A.Restore(path=path))
-        except BaseException:
-            domain.console._boot_failed()
-            if added:
-                try:
-                    self.store.remove_domain(uuid)
-                except NotFoundError:
-                    pass
-            raise
-        return domain
+            snapshot = load_snapshot(path, fd=fd, supported_cpuid=self.kvm.supported_cpuid())
+            config = snapshot.config
+            uuid = str(config.uuid)
+            added = False
+            action = A.Restore(path=path, fd=fd)
+            with self._lock:
+                record = self.store.domain(uuid)
+                if record is None:
+                    self.store.add_domain(uuid, config.name, config.to_dict(), persistent=False)
+                    added = True
+                else:
+                    record = self._reconcile(uuid)
+                    lifecycle.check(action, DomainState(record.state), record.name)
+                    self.store.update_config(uuid, config.to_dict())
+            domain = self._handle(uuid)
+            domain.console._boot_begins()
+            try:
+                self._start(domain, boot_action=action)
+            except BaseException:
+                domain.console._boot_failed()
+                if added:
+                    try:
+                        self.store.remove_domain(uuid)
+                    except NotFoundError:
+                        pass
+                raise
+            return domain
+        finally:
+            if own:
+                os.close(fd)
 
     # -- live migration (xvm.migration.live) ---------------------------------------------------
     def listen_migrations(self, address, *, tls_dir=None, insecure=False):

@@ -1,5 +1,6 @@
 """A host served by xvmd (``xvm:///system``, ``xvm+unix:///path``): every call is a
 request on xvmd's socket; the :class:`~xvm.domain.Domain` handles are the same."""
+import os
 import uuid as uuid_module
 from dataclasses import dataclass
 
@@ -76,11 +77,30 @@ class RemoteHost(Host):
         return None
 
     def _act(self, domain, action):
-        request = A.DomainRequest(domain=str(domain.uuid), action=action.to_json())
+        wire, fds = A.split_fd(action)  # dom.save's file goes to xvmd as a descriptor
+        request = A.DomainRequest(domain=str(domain.uuid), action=wire.to_json())
         wait = None
         if isinstance(action, A.Wait):
             wait = -1 if action.timeout is None else action.timeout
-        return self._channel.call(request, wait=wait)
+        return self._channel.call(request, wait=wait, fd=fds[0] if fds else None)
+
+    def restore(self, path):
+        """:meth:`LocalHost.restore` through xvmd: this process opens the file, with its own
+        permissions, and xvmd gets the descriptor (never the path to open as root)."""
+        from ..migration.snapshot import SnapshotError
+
+        path = os.path.abspath(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SnapshotError(f"cannot read snapshot {path}: {e.strerror}", what="io", path=path) from None
+        try:
+            record = self._channel.call(A.RestoreDomain(path=path, fd=fd))
+        finally:
+            os.close(fd)
+        handle = self._handle(record["uuid"])
+        handle.console._ensure()
+        return handle
 
     def _migrate(self, domain, uri, **options):
         """The control connection runs from this process; the data goes VMM to VMM (the

@@ -85,9 +85,11 @@ class Snapshot:
     saved_at: float
     data_bytes: int  # RAM bytes actually stored (non-zero pages)
 
-    def map_memory(self):
-        """The guest's RAM, each region mapped ``MAP_PRIVATE`` from the file: nothing
-        is read now; the guest's writes stay in this process."""
+    def map_memory(self, fd=None):
+        """The guest's RAM, each region mapped ``MAP_PRIVATE`` from the file (``fd``, or
+        opened by path): nothing is read now; the guest's writes stay in this process."""
+        if fd is not None:
+            return GuestMemory.map_file(fd, self.regions)
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
@@ -101,10 +103,66 @@ class Snapshot:
 
 # --- writing ------------------------------------------------------------------------------------
 
-def write_snapshot(path, config, machine):
+def write_snapshot(path, config, machine, *, fd=None):
     """Write ``machine`` (paused; see :meth:`~xvm.machine.Machine.save_state`) and its
-    ``config`` to ``path``, atomically: a temporary file renamed over ``path`` once
-    complete and synced.  Returns the number of RAM bytes stored."""
+    ``config`` to ``path``, atomically (a :class:`SaveFile` renamed over ``path`` once
+    complete and synced); or, with ``fd``, into that open file, from its start (whoever
+    opened it renames it: a confined VMM writes a file the host made, :meth:`SaveFile`).
+    Returns the number of RAM bytes stored."""
+    if fd is not None:
+        return _write_into(fd, path, config, machine)
+    with SaveFile(path) as out:
+        stored = _write_into(out.fd, path, config, machine)
+        out.commit()
+    return stored
+
+
+class SaveFile:
+    """A snapshot file being written: a fresh temporary file beside ``path`` (0600,
+    ``O_EXCL``: made by whoever calls this, with its own permissions), renamed over
+    ``path`` by :meth:`commit`, removed if the ``with`` block ends without it.  The host
+    makes one for ``dom.save(path)`` and hands :attr:`fd` to the VMM, which needs no
+    access to the directory."""
+
+    def __init__(self, path):
+        import tempfile
+
+        self.path = os.path.abspath(path)
+        directory, base = os.path.split(self.path)
+        try:
+            self.fd, self.tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+        except OSError as e:
+            raise SnapshotError(f"cannot create a snapshot file in {directory}: {e.strerror}", what="io",
+                                path=self.path) from None
+
+    def commit(self):
+        try:
+            os.fsync(self.fd)
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            raise SnapshotError(f"cannot write snapshot {self.path}: {e.strerror}", what="io",
+                                path=self.path) from None
+        self.tmp = None
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.tmp is not None:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
+            self.tmp = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _write_into(fd, path, config, machine):
     state = machine.save_state()
     cpuid = machine.vm.vcpus[0].cpuid_entries() if machine.vm.vcpus else []
     regions = []
@@ -117,13 +175,8 @@ def write_snapshot(path, config, machine):
     for region, gpa, size in plan:
         regions.append((gpa, size, offset))
         offset += _align(size)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise SnapshotError(f"cannot create {tmp}: {e.strerror}", what="io", path=path) from None
-    try:
+        os.ftruncate(fd, 0)  # whatever the file held: its RAM pages must read as holes
         os.ftruncate(fd, offset)
         stored = 0
         for (region, _, _), (_, _, file_offset) in zip(plan, regions):
@@ -135,16 +188,8 @@ def write_snapshot(path, config, machine):
         os.pwrite(fd, header, 0)
         os.pwrite(fd, body, HEADER_SIZE)
         os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
     except OSError as e:
         raise SnapshotError(f"cannot write snapshot {path}: {e.strerror}", what="io", path=path) from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return stored
 
 
@@ -229,25 +274,32 @@ def _nonzero_runs(mapping, start, end, level):
 
 # --- reading ------------------------------------------------------------------------------------
 
-def load_snapshot(path, *, supported_cpuid=None):
+def load_snapshot(path, *, supported_cpuid=None, fd=None):
     """The checked :class:`Snapshot` in ``path``; :class:`SnapshotError` if any check fails.
 
-    ``supported_cpuid``: this host's CPUID entries (``cpuid_entries`` tuples, or a
-    ``struct kvm_cpuid2 *`` from ``Kvm.supported_cpuid()``); every feature bit
-    the guest saw must be among them.  None skips that check.
+    ``fd``: the file, already open (the host opened it; ``path`` only names it in
+    messages); read with ``pread``, its offset untouched.  ``supported_cpuid``: this
+    host's CPUID entries (``cpuid_entries`` tuples, or a ``struct kvm_cpuid2 *`` from
+    ``Kvm.supported_cpuid()``); every feature bit the guest saw must be among them.
+    None skips that check.
     """
     try:
-        with open(path, "rb") as f:
-            head = f.read(HEADER_SIZE)
-            size = os.fstat(f.fileno()).st_size
+        own = fd is None
+        if own:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            head = os.pread(fd, HEADER_SIZE, 0)
+            size = os.fstat(fd).st_size
             snapshot_head = _parse_header(head, path)
             state_offset, state_length, memory_offset, memory_length, digest = snapshot_head
             if state_offset + state_length > size:
                 raise SnapshotError(f"snapshot {path} is truncated: the state ends at byte "
                                     f"{state_offset + state_length}, the file at {size}",
                                     what="truncated", path=path)
-            f.seek(state_offset)
-            body = f.read(state_length)
+            body = _pread_all(fd, state_length, state_offset)
+        finally:
+            if own:
+                os.close(fd)
     except OSError as e:
         raise SnapshotError(f"cannot read snapshot {path}: {e.strerror}", what="io", path=path) from None
     if _digest(head, body) != digest:
@@ -262,6 +314,18 @@ def load_snapshot(path, *, supported_cpuid=None):
     if supported_cpuid is not None:
         _check_cpu(snapshot.cpuid, supported_cpuid, path)
     return snapshot
+
+
+def _pread_all(fd, length, offset):
+    parts = []
+    while length > 0:
+        chunk = os.pread(fd, min(length, 16 << 20), offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        length -= len(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
 
 
 def _parse_header(head, path):

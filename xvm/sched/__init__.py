@@ -37,12 +37,20 @@ from .config import (
     validate_cpuset,
     validate_pins,
 )
-from .domain import CGROUP_ROOT_ENV, SWEEP_INTERVAL, DomainScheduler, domain_cgroup, remove_domain_cgroup
+from .domain import (
+    CGROUP_ROOT_ENV,
+    SWEEP_INTERVAL,
+    DomainScheduler,
+    delegate,
+    domain_cgroup,
+    rebalance,
+    remove_domain_cgroup,
+)
 from .format import format_schedinfo, format_vcpuinfo, sched_params
 
 __all__ = [
-    "CAP_PERIOD_US", "CGROUP_ROOT_ENV", "DomainScheduler", "SWEEP_INTERVAL", "domain_cgroup",
-    "remove_domain_cgroup", "DEFAULT_PERIOD_US", "DEFAULT_WEIGHT", "DomainCgroup", "MAX_CAP", "MAX_WEIGHT",
+    "CAP_PERIOD_US", "CGROUP_ROOT_ENV", "DomainScheduler", "SWEEP_INTERVAL", "delegate", "domain_cgroup",
+    "rebalance", "remove_domain_cgroup", "DEFAULT_PERIOD_US", "DEFAULT_WEIGHT", "DomainCgroup", "MAX_CAP", "MAX_WEIGHT",
     "MIN_WEIGHT", "Sched", "VcpuInfo", "cfs_bandwidth", "cpu_max_value", "cpu_time_ns",
     "cpu_weight_for_weight", "cpus_allowed_list", "detect", "format_cpuset", "format_schedinfo",
     "format_vcpuinfo", "host_cpus", "parse_cpuset", "pin_thread", "sched_params", "shares_for_weight",

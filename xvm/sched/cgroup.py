@@ -196,6 +196,30 @@ class DomainCgroup:
             self.version, self.mount = (1 if mount[1] == "cgroup" else 2), mount[0]
         self.root = root
         self.path = os.path.join(root, self.name)
+        self.delegated = False
+
+    @classmethod
+    def delegated_to_this_process(cls, name_or_uuid, path, version):
+        """The domain cgroup ``path``, made by root and handed (chowned) to this unprivileged
+        process, which sees no other cgroup (a confined VMM, :func:`~xvm.sched.delegate`).
+        It creates and removes the children, moves its threads and writes the settings;
+        balancing the parent and removing ``path`` itself are root's (the host's) work."""
+        self = cls.__new__(cls)
+        self.name = _domain_dir_name(name_or_uuid)
+        self.version = version
+        self.root = os.path.dirname(path)
+        self.mount = self.path = path
+        self.delegated = True
+        return self
+
+    def chown(self, uid, gid):
+        """Hand the domain cgroup, its files and its children to ``uid``/``gid`` (delegation)."""
+        for dirpath, _, filenames in os.walk(self.path):
+            for path in [dirpath] + [os.path.join(dirpath, name) for name in filenames]:
+                try:
+                    os.chown(path, uid, gid)
+                except OSError as exc:
+                    raise _oserror(exc, "delegate", path) from None
 
     def __repr__(self):
         return f"DomainCgroup({self.path!r}, v{self.version})"
@@ -322,7 +346,7 @@ class DomainCgroup:
         """Give ``<root>`` the sum of its domains' weights (see the module docstring)."""
         name, low, high, default = (("cpu.shares", 2, 262144, 1024) if self.version == 1
                                     else ("cpu.weight", 1, 10000, 100))
-        if self.root == self.mount or not os.path.isdir(self.root):
+        if self.delegated or self.root == self.mount or not os.path.isdir(self.root):
             return
         total = 0
         for entry in os.scandir(self.root):
@@ -356,7 +380,9 @@ class DomainCgroup:
 
     def _evacuate_target(self):
         # v1: where the xvm tree hangs from.  v2: the mount root, the one cgroup that may hold
-        # processes whatever its subtree_control says.
+        # processes whatever its subtree_control says.  Delegated: the domain cgroup itself.
+        if self.delegated:
+            return self.path
         if self.version == 2 or self.root == self.mount:
             return self.mount
         return os.path.dirname(self.root)
@@ -399,6 +425,8 @@ class DomainCgroup:
                     # the threaded children refuse to list any): moving those empties it all.
                     self._evacuate(self.path, target)
                 for dirpath, dirnames, _ in os.walk(self.path, topdown=False):
+                    if self.delegated and dirpath == self.path:
+                        break  # emptied of children; the host removes it once this process ends
                     if self.version == 1:
                         self._evacuate(dirpath, target)
                     try:

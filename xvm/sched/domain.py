@@ -39,10 +39,47 @@ CGROUP_ROOT_ENV = "XVM_CGROUP_ROOT"
 SWEEP_INTERVAL = 0.5  # seconds between looks for threads started since the last
 
 
+_delegated = {}  # name -> (path, version): this process's own cgroup, given by root (delegate)
+
+
 def domain_cgroup(name):
     """The :class:`DomainCgroup` of domain ``name`` (xvm uses its UUID) under
     ``$XVM_CGROUP_ROOT`` or ``<cpu controller>/xvm``; HostError if the host has no cpu controller."""
+    if name in _delegated:
+        return DomainCgroup.delegated_to_this_process(name, *_delegated[name])
     return DomainCgroup(name, root=os.environ.get(CGROUP_ROOT_ENV) or None)
+
+
+def delegate(name, vcpus, sched, uid, gid):
+    """Before a VMM drops root (:mod:`xvm.vmm.jail`): make domain ``name``'s cgroup with its
+    settings (the parent balanced), hand it to ``uid``/``gid``, and have this process use
+    it from now on without seeing the rest of the hierarchy.  Returns its path (for the
+    jail to keep visible), or None when the host offers no usable cpu controller (the
+    domain then runs without cgroups, as :class:`DomainScheduler` decides).  The cgroup
+    outlives the process: :func:`remove_domain_cgroup` (the host, the fork server) removes
+    it once the VMM has ended."""
+    try:
+        cgroup = domain_cgroup(name)
+        if cgroup.version != 1:
+            return None  # v2 delegation (cgroup.procs of a common ancestor) is not done yet
+        cgroup.create(vcpus)
+        cgroup.apply(sched or Sched(), max(vcpus, 1))
+        cgroup.chown(uid, gid)
+    except HostError as e:
+        log.info("domain %s: no cgroup to delegate to its confined VMM: %s", name, e)
+        return None
+    _delegated[name] = (cgroup.path, cgroup.version)
+    return cgroup.path
+
+
+def rebalance(name):
+    """Root's share of a delegated cgroup's live change: the parent's weight again."""
+    try:
+        cgroup = domain_cgroup(name)
+    except HostError:
+        return
+    if cgroup.exists():
+        cgroup._balance_parent()
 
 
 def remove_domain_cgroup(name):

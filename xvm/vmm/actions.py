@@ -325,17 +325,25 @@ class DebugOpen(Action):
 
 @action
 class Snapshot(Action):
-    """Save the domain (paused, disks flushed) to the snapshot file ``path``; it ends shut off."""
+    """Save the domain (paused, disks flushed) to the snapshot file ``path``; it ends shut off.
+
+    ``fd``: the file to write, opened by the host (:class:`~xvm.migration.snapshot.SaveFile`,
+    renamed to ``path`` by the host once the VMM is done), so that a confined VMM needs no
+    access to its directory.  On a socket it travels as the request's descriptor
+    (:func:`split_fd`, :func:`join_fd`) and never as a number."""
 
     path: str
+    fd: int | None = None
 
 
 @action
 class Restore(Action):
     """Start the guest from the snapshot file ``path`` instead of its kernel: it continues
-    where it was saved."""
+    where it was saved.  ``fd``: the file, opened (read-only) by the host; as for
+    :class:`Snapshot`, a descriptor on the wire."""
 
     path: str
+    fd: int | None = None
 
 
 @action
@@ -532,5 +540,47 @@ class UpdateConfig(Action):
     config: dict
 
 
+@action
+class RestoreDomain(Action):
+    """``host.restore(path)`` through xvmd: the client opens the snapshot file with its own
+    permissions and sends the descriptor with the request (xvmd opens no path for a
+    client); ``path`` names it in messages."""
+
+    path: str
+    fd: int | None = None
+
+
 HOST_ACTIONS = (ListDomains, LookupDomain, Define, Create, Undefine, Rename, DomainRequest,
-                Capabilities, SetAutostart, UpdateConfig)
+                Capabilities, SetAutostart, UpdateConfig, RestoreDomain)
+
+# --- descriptors -------------------------------------------------------------------------------
+# Actions that carry one open file.  In this process ``fd`` is the descriptor itself; on a
+# socket the request carries it (SCM_RIGHTS) and its JSON has no ``fd``: a number in JSON
+# would name one of the *receiver's* descriptors (its /dev/kvm, its store), so it is refused.
+FD_ACTIONS = (Snapshot, Restore, RestoreDomain)
+
+
+def split_fd(action):
+    """``(action as sent, fds)``: a descriptor action without its ``fd`` number, and the
+    descriptor to attach; any other action as it is, with none."""
+    fd = action.fd if isinstance(action, FD_ACTIONS) else None
+    if fd is None:
+        return action, []
+    return dataclasses.replace(action, fd=None), [fd]
+
+
+def join_fd(action, fds):
+    """The received ``action`` with the descriptors ``fds`` that came with it: a descriptor
+    action takes exactly one (its ``fd``); any other action takes none.  BadPayload
+    otherwise (the caller still owns, and closes, ``fds``)."""
+    name = type(action).__name__
+    if isinstance(action, FD_ACTIONS):
+        if action.fd is not None:
+            raise BadPayload(f"{name}: 'fd' is never sent as a number; attach the file's descriptor")
+        if len(fds) != 1:
+            raise BadPayload(f"{name} needs the file's descriptor attached to the request "
+                             f"(SCM_RIGHTS), not {len(fds)}")
+        return dataclasses.replace(action, fd=fds[0])
+    if fds:
+        raise BadPayload(f"{name} takes no descriptor; {len(fds)} came with the request")
+    return action

@@ -8,11 +8,18 @@ its pid file, and before it starts a thread or boots.  From then on it:
 * runs in a **private mount namespace** whose root is a fresh tmpfs holding only
   what it still reads by path: ``/usr`` and the Python installation read-only, the
   xvm sources and the C walker's cache read-only, a copy of this domain's kernel and
-  initrd at their paths (read-only, readable by the VMM user; a reboot loads them again), ``/dev/{null,zero,full,
-  random,urandom}``, a fresh ``/proc`` and a small private ``/tmp``.  No ``/etc``
+  initrd at their paths (read-only, readable by the VMM user; a reboot loads them
+  again), ``/sys/devices/system/cpu`` read-only (the online CPUs), ``/dev/{null,zero,
+  full,random,urandom}``, a fresh ``/proc`` and a small private ``/tmp``.  No ``/etc``
   (so no ``/etc/shadow``), no state directory, no other domain's image: they are
-  not in its world.  Everything it writes — the store, the console log, the
-  control socket, the crash file — is a descriptor it opened before;
+  not in its world.  Everything it writes — the store, the console log and its
+  rotation file, the control socket, the crash file, a save file (``dom.save``:
+  made by the host, passed with the Snapshot action) — is a descriptor it opened
+  before or was given; a restore file comes the same way.  The one directory it
+  writes is its own cgroup (:func:`xvm.sched.delegate`: made with the domain's
+  weight and cap and chowned to the VMM user before the drop, bound at its path):
+  it places its threads there and applies live changes; the host balances the
+  parent and removes the cgroup once the VMM has ended;
 * has **no_new_privs**, an empty capability bounding and ambient set, and runs as
   an **unprivileged uid/gid** with no supplementary groups (``user``: a name or a
   uid; default the ``xvm`` system user if it exists, else ``nobody``; or
@@ -36,11 +43,12 @@ the connection's life (a WAL connection holds a shared lock on the database, so
 no other connection deletes the WAL meanwhile); it needs no path afterwards.  What
 no longer works inside the jail: removing the socket and pid file at exit (the
 host ignores stale ones — liveness is the domain lock — and removes them when it
-reconciles) and rotating the console log by renaming it.
+reconciles).  The console log rotates by copy and truncate, on descriptors
+(:class:`~xvm.vmm.vmm.ConsoleLog`).
 
 Confinement needs root (the host passes ``confine`` in the init message, true by
-default when the host runs as root); in-process VMMs and non-root hosts run
-unconfined.  It is process-wide: it runs while the process has one thread, and the
+default when the host runs as root, ``XVM_CONFINE=0`` to opt out); in-process VMMs
+and non-root hosts run unconfined.  It is process-wide: it runs while the process has one thread, and the
 seccomp filter is one for all threads (a narrower vCPU-thread filter would save
 little: a vCPU thread runs Python, which needs nearly the whole list).
 """
@@ -64,6 +72,7 @@ DEFAULT_NOFILE = 1024
 DEFAULT_OVERHEAD = 3 << 30  # measured VmPeak of a 1-vCPU VMM without guest RAM: ~1.1 GiB
 JAIL_MOUNTPOINT = "/run/xvm-jail"  # each VMM mounts its own tmpfs here, in its own namespace
 TMP_SIZE = 16 << 20
+SYS_CPU = "/sys/devices/system/cpu"  # read-only: which CPUs are online (pins, os.cpu_count)
 DEVICES = ("null", "zero", "full", "random", "urandom")
 UID_RANGE = (0x10000, 0x10000)  # domain_uid's default: 65536 uids from 65536
 
@@ -88,7 +97,8 @@ ALLOWED = {
     "openat": "imports after confine (the namespace limits what exists)", "readlink": "os.path.realpath",
     "getdents64": "listing the module cache", "access": "os.access", "faccessat2": "os.access",
     "getcwd": "os.getcwd", "unlink": "removing the socket at exit (fails harmlessly in the jail)",
-    "rename": "console log rotation (fails harmlessly in the jail)",
+    "mkdir": "the vCPU cgroups inside the domain's delegated cgroup (xvm.sched)",
+    "rmdir": "removing them again (reboot, stop)",
     "eventfd2": "virtqueue notifications, irqfds, wake-ups",
     # waiting
     "epoll_create1": "device workers' event loops", "epoll_ctl": "event loops", "epoll_wait": "event loops",
@@ -157,6 +167,7 @@ SCMP_ACT_TRAP = 0x00030000
 SCMP_ACT_ALLOW = 0x7FFF0000
 SCMP_FLTATR_ACT_BADARCH = 2
 SCMP_FLTATR_CTL_TSYNC = 4
+SCMP_FLTATR_CTL_OPTIMIZE = 8
 _SCMP_OPS = {"ne": 1, "eq": 4, "masked_eq": 7}
 
 _HANDLER_CDEF = """
@@ -334,6 +345,9 @@ class Filter:
             raise HostError("seccomp: seccomp_init failed")
         self._check(lib.seccomp_attr_set(self._ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS), "badarch")
         self._check(lib.seccomp_attr_set(self._ctx, SCMP_FLTATR_CTL_TSYNC, 1), "tsync")
+        # A binary tree over the syscall numbers instead of a linear list (libseccomp >= 2.5):
+        # every call the VMM makes is looked up in O(log n) rules.  Older libseccomp: linear.
+        lib.seccomp_attr_set(self._ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)
         pid = os.getpid()
         for name in [*ALLOWED, *extra]:
             self._rule(SCMP_ACT_ALLOW, name, [])
@@ -440,12 +454,13 @@ class Jail:
         return {"uid": self.uid, "gid": self.gid, "paths": self.root_paths, "limits": self.limits}
 
 
-def confine(state_dir, uuid, *, memory_bytes, read_paths=(), user=None, nofile=DEFAULT_NOFILE,
+def confine(state_dir, uuid, *, memory_bytes, read_paths=(), write_dirs=(), user=None, nofile=DEFAULT_NOFILE,
             overhead=DEFAULT_OVERHEAD, seccomp=True):
     """Confine this (single-threaded) VMM process for the domain ``uuid`` of ``state_dir``
     (see the module docstring); returns a :class:`Jail`.  ``read_paths``: files the VMM
-    still reads by path (the kernel, the initrd).  Raises HostError (and leaves the process
-    to exit) when any step fails: a VMM is never left half confined and running."""
+    still reads by path (the kernel, the initrd).  ``write_dirs``: directories it keeps,
+    writable, at their paths (its delegated cgroup).  Raises HostError (and leaves the
+    process to exit) when any step fails: a VMM is never left half confined and running."""
     if os.geteuid() != 0:
         raise HostError("confinement needs root (run the host as root, or start it unconfined)")
     if threading.active_count() != 1:
@@ -465,7 +480,7 @@ def confine(state_dir, uuid, *, memory_bytes, read_paths=(), user=None, nofile=D
                 handler.lib.xvm_jail_set_name(nr, name.encode())
         crash_fd = os.open(crash_path(state_dir, uuid), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
                            0o600)
-        paths = _root_paths(read_paths)
+        paths = _root_paths(read_paths, write_dirs)
         _enter_mount_namespace(ffi, libc, paths, uid, gid)
         limits = _set_limits(memory_bytes + overhead, nofile)
         _drop_privileges(ffi, libc, uid, gid)
@@ -487,15 +502,20 @@ def confine_from_message(message, config):
     settings = message.get("confine")
     if not settings:
         return None
+    from .. import sched
+
     options = dict(settings) if isinstance(settings, dict) else {}
     read_paths = [config.kernel] + ([config.initrd] if config.initrd else [])
+    uid, gid = resolve_user(options.pop("user", None))
+    cgroup = sched.delegate(str(config.uuid), config.vcpus, config.sched, uid, gid)
     return confine(StateDir(message["state_dir"]), str(config.uuid), memory_bytes=config.memory_mib << 20,
-                   read_paths=read_paths, **options)
+                   read_paths=read_paths, write_dirs=[cgroup] if cgroup else [], user=(uid, gid), **options)
 
 
-def _root_paths(read_paths):
+def _root_paths(read_paths, write_dirs=()):
     """``(host path, kind)`` for everything the jail's root holds: "dir" and "file" bound
-    read-only, "link" recreated as the same symlink."""
+    read-only, "rw" bound writable (no exec, no devices, no setuid), "link" recreated as
+    the same symlink."""
     from ..devices.virtio import native
 
     entries = {}
@@ -508,6 +528,7 @@ def _root_paths(read_paths):
     dirs = ["/usr", sys.prefix, sys.base_prefix, sys.exec_prefix, native.cache_dir(),
             os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
     dirs += [p for p in sys.path if p and os.path.isabs(p)]
+    dirs.append(SYS_CPU)
     for path in sorted({os.path.realpath(p) for p in dirs}):
         if path == "/" or not os.path.isdir(path):
             continue
@@ -517,6 +538,9 @@ def _root_paths(read_paths):
     for path in read_paths:
         if os.path.isfile(path):
             entries[os.path.abspath(path)] = "file"
+    for path in write_dirs:
+        if os.path.isdir(path):
+            entries[os.path.abspath(path)] = "rw"
     return sorted(entries.items())
 
 
@@ -561,12 +585,13 @@ def _enter_mount_namespace(ffi, libc, paths, uid, gid):
             path = copy
         if not os.path.exists(target):
             os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
-            if kind == "dir":
+            if kind in ("dir", "rw"):
                 os.makedirs(target, mode=0o755)
             else:
                 open(target, "a").close()
         _mount(ffi, libc, path, target, None, MS_BIND | MS_REC)
-        _mount(ffi, libc, None, target, None, ro)
+        _mount(ffi, libc, None, target, None,
+               MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC if kind == "rw" else ro)
     os.makedirs(root + "/dev", mode=0o755)
     for name in DEVICES:
         target = f"{root}/dev/{name}"

@@ -66,16 +66,17 @@ def machine_factory(kvm, *, disk_fds=None, nics=()):
     from ..machine import build_machine
 
     def build(config, console_sink, on_exit, restore=None, received=None):
-        """``restore``: the path of a snapshot file to continue from instead of booting;
-        ``received``: an incoming migration (:class:`~xvm.migration.precopy.Incoming`) whose
-        state and memory have arrived."""
+        """``restore``: the :class:`~xvm.vmm.actions.Restore` to continue from instead of
+        booting (its snapshot file by descriptor, or by path); ``received``: an incoming
+        migration (:class:`~xvm.migration.precopy.Incoming`) whose state and memory have
+        arrived."""
         holder = []
         snapshot = memory = None
         if received is not None:
             received.check_cpu(kvm.supported_cpuid())
         if restore is not None:
             from ..migration.snapshot import load_snapshot
-            snapshot = load_snapshot(restore, supported_cpuid=kvm.supported_cpuid())
+            snapshot = load_snapshot(restore.path, fd=restore.fd, supported_cpuid=kvm.supported_cpuid())
 
         def exited(exit_):
             on_exit(holder[0] if holder else None, exit_)
@@ -95,7 +96,7 @@ def machine_factory(kvm, *, disk_fds=None, nics=()):
             raise
         if snapshot is not None:
             try:
-                memory = snapshot.map_memory()
+                memory = snapshot.map_memory(restore.fd)
             except BaseException:
                 for thing in (disks or []) + devices:
                     thing.close()
@@ -242,11 +243,15 @@ def run_domain(init, message, fds):
         # Serving, not booted: the host attaches its console reader now, so that not a
         # byte of the boot is missed, then says "boot".
         P.send_message(init, P.reply(0, {"ready": os.getpid()}))
-        go, _ = P.recv_message(init, timeout=60)
-        if go.get("boot") is not True:
-            raise P.BadPayload("the host did not ask for the boot")
-        boot = A.decode_action(go["action"], allowed=(A.Boot, A.Restore, A.MigrateReceive)) if "action" in go else A.Boot()
-        info = vmm.handle(boot)
+        go, go_fds = P.recv_message(init, timeout=60)
+        try:
+            if go.get("boot") is not True:
+                raise P.BadPayload("the host did not ask for the boot")
+            boot = A.join_fd(A.decode_action(go["action"], allowed=(A.Boot, A.Restore, A.MigrateReceive))
+                             if "action" in go else A.Boot(), go_fds)
+            info = vmm.handle(boot)
+        finally:
+            P.close_fds(go_fds)  # a Restore's file: its RAM is mapped, the state read
     except BaseException as e:
         _send_quietly(init, P.error_reply(0, e))
         _cleanup(server, vmm, store, kvm, console_log, state_dir, message)

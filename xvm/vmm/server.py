@@ -111,14 +111,13 @@ class VmmServer:
                 except P.ProtocolError as e:
                     _try_send(conn, P.error_reply(None, e))
                     return  # the framing is broken: nothing after it can be trusted
-                for fd in fds:  # no VMM action takes descriptors (yet)
-                    os.close(fd)
                 with self._idle:
                     self._busy += 1
                 try:
-                    if not self._request(conn, message):
+                    if not self._request(conn, message, fds):
                         return
                 finally:
+                    P.close_fds(fds)  # a descriptor action's file: the VMM is done with it
                     with self._idle:
                         self._busy -= 1
                         self._idle.notify_all()
@@ -130,13 +129,14 @@ class VmmServer:
                 self._threads.discard(threading.current_thread())
             conn.close()
 
-    def _request(self, conn, message):
-        """Serve one request; False when the connection is done (a console stream ended)."""
+    def _request(self, conn, message, fds):
+        """Serve one request (``fds``: the descriptors that came with it, closed by the
+        caller); False when the connection is done (a console stream ended)."""
         request_id = message.get("id")
         try:
             if not isinstance(request_id, int) or isinstance(request_id, bool):
                 raise P.BadPayload("a request needs an integer 'id'")
-            action = A.decode_action(message.get("action"), allowed=ACCEPTED)
+            action = A.join_fd(A.decode_action(message.get("action"), allowed=ACCEPTED), fds)
         except XvmError as e:
             P.send_message(conn, P.error_reply(request_id if isinstance(request_id, int) else None, e))
             return True

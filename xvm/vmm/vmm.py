@@ -29,7 +29,7 @@ import threading
 import time
 
 from ..console import Console
-from ..errors import XvmError
+from ..errors import ConfigError, XvmError
 from ..sched import SWEEP_INTERVAL, DomainScheduler
 from . import actions as A
 from . import lifecycle
@@ -211,19 +211,21 @@ class Vmm:
         self.crash_reason = None
 
     def _do_Restore(self, action):
-        self._boot(restore=action.path)
+        self._boot(restore=action)
         self.crash_reason = None
 
     def _do_Snapshot(self, action):
-        """Pause (draining in-flight I/O), flush disks, write the file, then tear down.
-        If writing fails the domain is left as it was (running or paused)."""
+        """Pause (draining in-flight I/O), flush disks, write the file (``action.fd``, the
+        host's; or by path), then tear down.  If writing fails the domain is left as it
+        was (running or paused)."""
         from ..migration.snapshot import write_snapshot
 
         was_running = self.state is DomainState.RUNNING
         if was_running:
             self.machine.pause()
         try:
-            write_snapshot(action.path, self.config, getattr(self.machine, "machine", self.machine))
+            write_snapshot(action.path, self.config, getattr(self.machine, "machine", self.machine),
+                           fd=action.fd)
         except BaseException:
             if was_running:
                 self.machine.resume()
@@ -457,31 +459,80 @@ class Vmm:
             self._set_state(DomainState.SHUTOFF)
 
 
+CONSOLE_LOG_LIMIT = 4 << 20
+CONSOLE_LOG_LIMIT_ENV = "XVM_CONSOLE_LOG_LIMIT"
+
+
+def console_log_limit():
+    """How large ``log/<name>.log`` grows before it rotates: ``$XVM_CONSOLE_LOG_LIMIT``
+    bytes, else :data:`CONSOLE_LOG_LIMIT`."""
+    value = os.environ.get(CONSOLE_LOG_LIMIT_ENV)
+    if not value:
+        return CONSOLE_LOG_LIMIT
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ConfigError(f"{CONSOLE_LOG_LIMIT_ENV} must be a positive number of bytes, not {value!r}")
+    return limit
+
+
 class ConsoleLog:
     """``<state>/log/<name>.log``: console output appended as it arrives, bounded and
-    rotated (one older file, ``.log.1``)."""
+    rotated (one older file, ``.log.1``) when it would pass ``limit`` bytes
+    (:func:`console_log_limit`).
 
-    def __init__(self, path, limit=4 << 20):
+    Both files are opened once, here, and rotation works on the descriptors alone: the
+    full log is copied over ``.log.1`` and truncated (logrotate's copytruncate), so a
+    confined VMM (:mod:`xvm.vmm.jail`), which sees no log directory and could not
+    rename in it, rotates all the same.  The copy is bounded by ``limit`` and rare."""
+
+    def __init__(self, path, limit=None):
         self.path = path
-        self.limit = limit
+        self.limit = console_log_limit() if limit is None else limit
         self._lock = threading.Lock()
-        self._file = open(path, "ab", buffering=0)
-        self._size = self._file.tell()
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        self._fd = os.open(path, flags | os.O_APPEND, 0o644)
+        try:
+            self._old_fd = os.open(path + ".1", flags, 0o644)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._size = os.fstat(self._fd).st_size
 
     def write(self, data):
         with self._lock:
-            if self._file is None:
+            if self._fd < 0:
                 return
             if self._size + len(data) > self.limit:
-                self._file.close()
-                os.replace(self.path, self.path + ".1")
-                self._file = open(self.path, "ab", buffering=0)
-                self._size = 0
-            self._file.write(data)
+                self._rotate()
+            _write_all(self._fd, data)
             self._size += len(data)
+
+    def _rotate(self):
+        os.ftruncate(self._old_fd, 0)
+        offset = 0
+        while True:
+            chunk = os.pread(self._fd, 1 << 20, offset)
+            if not chunk:
+                break
+            while chunk:
+                done = os.pwrite(self._old_fd, chunk, offset)
+                chunk = chunk[done:]
+                offset += done
+        os.ftruncate(self._fd, 0)  # O_APPEND: the next write lands at 0
+        self._size = 0
 
     def close(self):
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            for fd in (self._fd, self._old_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self._fd = self._old_fd = -1
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -101,7 +101,7 @@ def serve(state_dir):
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup fd fires
     signal.signal(signal.SIGTERM, lambda *_: None)
-    children = set()
+    children = {}  # pid -> domain uuid
     idle_since = time.monotonic()
     stopping = False
 
@@ -113,7 +113,7 @@ def serve(state_dir):
                 return
             if pid == 0:
                 return
-            children.discard(pid)
+            uuid = children.pop(pid, None)
             record = {"pid": pid, "status": status,
                       "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
                       "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None}
@@ -121,6 +121,12 @@ def serve(state_dir):
             with open(tmp, "w") as f:
                 json.dump(record, f)
             os.replace(tmp, exit_path(run_dir, pid))
+            if uuid is not None:
+                from ..host.launcher import remove_leftovers
+                try:
+                    remove_leftovers(state, uuid)  # a confined VMM's cgroup
+                except Exception as e:  # noqa: BLE001 — the server keeps serving
+                    print(f"xvm-zygote: cleaning up after {uuid}: {e!r}", file=sys.stderr)
 
     try:
         while True:
@@ -154,7 +160,7 @@ def serve(state_dir):
                     if pid == 0:
                         os._exit(_child(conn, message, fds,
                                         [listener.fileno(), lock_fd, wake_r, wake_w, *warm_fds], state))
-                    children.add(pid)
+                    children[pid] = _uuid_of(message)
                     conn.close()
                     for fd in fds:
                         os.close(fd)
@@ -169,6 +175,16 @@ def serve(state_dir):
         except OSError:
             pass
         listener.close()
+
+
+def _uuid_of(message):
+    import uuid
+
+    config = message.get("config") if isinstance(message, dict) else None
+    try:
+        return str(uuid.UUID(str(config["uuid"])))
+    except (TypeError, KeyError, ValueError):
+        return None
 
 
 def _child(conn, message, fds, inherited, state):
