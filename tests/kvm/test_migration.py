@@ -184,7 +184,7 @@ def _assert_source_runs_and_destination_clean(pair, dom):
     a, b = pair.hosts
     assert dom.state is DomainState.RUNNING
     before = log(dom).count("dirty: pass")
-    wait_for(lambda: log(dom).count("dirty: pass") > before + 4, what="the source to go on")
+    wait_for(lambda: log(dom).count("dirty: pass") > before + 4, timeout=60, what="the source to go on")
     assert "FAIL" not in log(dom)
     wait_for(lambda: not b.domains(), timeout=15, what="the destination to forget the domain")
     assert not [f for f in os.listdir(b.state_dir.run_dir) if f.endswith(".pid")]  # no VMM left

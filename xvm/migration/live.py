@@ -5,9 +5,12 @@ The destination host listens (:class:`MigrationListener`, made by
 source host (:func:`migrate`, behind ``dom.migrate(uri)``) connects to it — the
 *control* connection, TLS 1.3 with both sides' certificates by default — and asks it
 to prepare: the destination records the domain (transient, unless it already knows
-it), starts a VMM for it that boots by receiving (``MigrateReceive``) on a port of its
-own, and answers that port and a one-time token.  The source host then tells its VMM
-to send (``MigrateSend``): the data goes VMM to VMM, on a second TLS connection.  The
+it), starts a VMM for it that boots by receiving (``MigrateReceive``) on a listening socket
+the host made, and answers its port and a one-time token.  The source host connects to
+that port and tells its VMM to send (``MigrateSend``) on the connection: the data goes
+VMM to VMM, on a second TLS connection.  The hosts make the sockets and read the
+certificates (passed as PEM texts in the actions), so a confined VMM needs neither
+network sockets of its own nor access to the TLS directory.  The
 source host follows the progress (``MigrateStatus``) and, at the end, tells the
 destination host how it went (``finish``).
 
@@ -25,6 +28,7 @@ import time
 from ..errors import ConfigError, NotFoundError, StateError, XvmError
 from . import stream as S
 from .stream import MigrationError, MigrationStats
+from .tls import read_material
 
 log = logging.getLogger(__name__)
 
@@ -167,17 +171,21 @@ class MigrationListener:
             host.store.update_config(uuid, config.to_dict())
         domain = host._handle(uuid)
         token = secrets.token_hex(32)
+        tls = None if self.insecure else read_material(self.tls_dir, "server")
+        listener = S.listening_socket(self.address[0])  # the VMM accepts on it, confined or not
         try:
             domain.console._boot_begins()
-            result = host._start(domain, boot_action=MigrateReceive(
-                host=self.address[0], token=token, tls_dir=self.tls_dir, insecure=self.insecure,
-                after_id=after_id))
+            host._start(domain, boot_action=MigrateReceive(token=token, tls=tls, after_id=after_id,
+                                                           fd=listener.fileno()))
         except BaseException:
             domain.console._boot_failed()
             if added:
                 _forget(host, uuid)
             raise
-        return domain, added, int(result["port"]), token
+        finally:
+            port = listener.getsockname()[1]
+            listener.close()
+        return domain, added, port, token
 
     def _await_finish(self, channel, domain):
         """The source's ``finish``, while watching the receiving VMM: if it dies (killed),
@@ -267,10 +275,15 @@ def migrate(host, domain, uri, *, downtime_ms=300, bandwidth=None, timeout_s=Non
         answer = channel.recv_json(S.CONTROL)
         if not answer.get("ok"):
             raise decode_error(answer.get("error") or {})
-        host._act(domain, A.MigrateSend(host=dest, port=int(answer["port"]), token=str(answer["token"]),
-                                        tls_dir=tls_dir if tls else None, insecure=not tls,
-                                        downtime_ms=float(downtime_ms), bandwidth=bandwidth,
-                                        timeout_s=timeout_s))
+        data_port = int(answer["port"])
+        data = S.open_connection(dest, data_port, timeout=CONTROL_TIMEOUT, what="the destination VMM")
+        try:  # the host connects, the VMM (confined: no network sockets of its own) speaks TLS on it
+            host._act(domain, A.MigrateSend(host=dest, port=data_port, token=str(answer["token"]),
+                                            tls=read_material(tls_dir, "client") if tls else None,
+                                            downtime_ms=float(downtime_ms), bandwidth=bandwidth,
+                                            timeout_s=timeout_s, fd=data.fileno()))
+        finally:
+            data.close()
         status, interrupted, last = _follow(host, domain, progress, A, VmmGone)
         if status is None and last is not None and last["state"] == "switchover":
             # the source ended in its last pass and its end could not be read (through xvmd, the

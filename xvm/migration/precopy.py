@@ -19,6 +19,7 @@ writes guest memory during the passes may leave a stale page behind.
 """
 import logging
 import mmap
+import os
 import socket
 import threading
 import time
@@ -66,6 +67,9 @@ class Outgoing:
                        self.machine.memory.size, "rate_bytes_per_s": 0.0, "throttle_pct": 0,
                        "downtime_ms": None, "started_at": time.time(), "error": None}
         self._aborted = None  # the reason, once abort() was called
+        if action.fd is None:
+            raise MigrationError("MigrateSend needs the connection the host made", what="connect")
+        self._sock = socket.socket(fileno=os.dup(action.fd))  # the host closes its own
         self._channel = None
         self._thread = None
         self._deadline = None if action.timeout_s is None else time.monotonic() + action.timeout_s
@@ -109,11 +113,12 @@ class Outgoing:
         a = self.action
         try:
             context = None
-            if not a.insecure:
-                from .tls import client_context
-                context = client_context(a.tls_dir)
-            self._channel = S.Channel.connect(a.host, a.port, context, timeout=HANDSHAKE_TIMEOUT,
-                                              what="the destination VMM")
+            if a.tls is not None:
+                from .tls import context_from_material
+                context = context_from_material(a.tls, "client")
+            self._channel = S.Channel.over(self._sock, (a.host, a.port), context, timeout=HANDSHAKE_TIMEOUT,
+                                           what="the destination VMM")
+            self._sock = None  # the channel's now
             if self._aborted:
                 self._channel.shutdown()
             self._channel.send_hello(bytes.fromhex(a.token))
@@ -141,6 +146,10 @@ class Outgoing:
         except Exception as e:  # a bug: still leave the source running
             log.exception("migration failed")
             self._fail(MigrationError(f"the migration failed: {type(e).__name__}: {e}", what="state"))
+        finally:
+            if self._sock is not None:  # never wrapped in a channel
+                self._sock.close()
+                self._sock = None
 
     def _first_pass(self):
         from .snapshot import _data_extents, _nonzero_runs
@@ -361,14 +370,9 @@ class Incoming:
         self.running = True
         self.channel = None
         self._aborted = None
-        family = socket.AF_INET6 if ":" in action.host else socket.AF_INET
-        self._listener = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            self._listener.bind((action.host, 0))
-            self._listener.listen(1)
-        except OSError as e:
-            self._listener.close()
-            raise MigrationError(f"cannot listen on {action.host}: {e.strerror}", what="destination") from None
+        if action.fd is None:
+            raise MigrationError("MigrateReceive needs the listening socket the host made", what="destination")
+        self._listener = socket.socket(fileno=os.dup(action.fd))  # the host closes its own
         self.port = self._listener.getsockname()[1]
         self.rounds = 0
 
@@ -426,9 +430,9 @@ class Incoming:
             raise MigrationError(self._aborted or f"accepting the source VMM failed: {e.strerror}",
                                  what="aborted" if self._aborted else "peer") from None
         context = None
-        if not a.insecure:
-            from .tls import server_context
-            context = server_context(a.tls_dir)
+        if a.tls is not None:
+            from .tls import context_from_material
+            context = context_from_material(a.tls, "server")
         self.channel = S.Channel.accept(raw, address, context, timeout=HANDSHAKE_TIMEOUT,
                                         what="the source VMM")
         self.channel.recv_hello(bytes.fromhex(a.token))

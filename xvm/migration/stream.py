@@ -128,6 +128,27 @@ def parse_listen(text):
 
 # --- a framed connection ------------------------------------------------------------------------
 
+def open_connection(host, port, *, timeout=10.0, what="the destination"):
+    """A TCP connection to ``host:port`` (MigrationError naming ``what`` if there is none)."""
+    try:
+        return socket.create_connection((host, port), timeout=timeout)
+    except OSError as e:
+        raise MigrationError(f"cannot connect to {what} {host}:{port}: {e.strerror or e}", what="connect") from None
+
+
+def listening_socket(host):
+    """A TCP socket listening on an ephemeral port of ``host`` (for one connection)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind((host, 0))
+        sock.listen(1)
+    except OSError as e:
+        sock.close()
+        raise MigrationError(f"cannot listen on {host}: {e.strerror}", what="destination") from None
+    return sock
+
+
 class Channel:
     """One end of a migration connection (a socket, TLS or not), framed."""
 
@@ -140,11 +161,16 @@ class Channel:
     @classmethod
     def connect(cls, host, port, context, *, timeout=10.0, what="the destination"):
         """Connect (TLS with ``context`` unless it is None) to ``host:port``."""
+        return cls.over(open_connection(host, port, timeout=timeout, what=what), (host, port), context,
+                        timeout=timeout, what=what)
+
+    @classmethod
+    def over(cls, raw, address, context, *, timeout=10.0, what="the destination"):
+        """The client end over ``raw``, a TCP connection made by someone else (the host, for
+        a confined VMM): TLS with ``context`` (checking the name ``address[0]``) unless None."""
+        host, port = address
         peer = f"{what} {host}:{port}"
-        try:
-            raw = socket.create_connection((host, port), timeout=timeout)
-        except OSError as e:
-            raise MigrationError(f"cannot connect to {peer}: {e.strerror or e}", what="connect") from None
+        raw.settimeout(timeout)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if context is None:
             return cls(raw, peer)

@@ -28,34 +28,58 @@ def tls_dir_of(tls_dir):
     return os.path.abspath(tls_dir or os.environ.get("XVM_TLS_DIR") or DEFAULT_TLS_DIR)
 
 
-def _context(purpose, tls_dir, cert, key):
+def read_material(tls_dir, role):
+    """The PEM texts a VMM needs for its end of a migration (``role`` "server" or "client"):
+    ``{"ca": ..., "cert": ..., "key": ...}``, read here by the host -- a confined VMM cannot
+    read ``tls_dir`` (it sees no /etc, and the key is root's) -- and passed in its action."""
     tls_dir = tls_dir_of(tls_dir)
+    cert, key = (SERVER_CERT, SERVER_KEY) if role == "server" else (CLIENT_CERT, CLIENT_KEY)
     paths = [os.path.join(tls_dir, name) for name in (CA_CERT, cert, key)]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise MigrationError(f"TLS directory {tls_dir} lacks {', '.join(os.path.basename(p) for p in missing)} "
                              f"(make a test CA with: python3 -m xvm.migration.tls {tls_dir})", what="tls")
-    context = ssl.SSLContext(purpose)
+    texts = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                texts.append(f.read())
+        except (OSError, UnicodeDecodeError) as e:
+            raise MigrationError(f"cannot read {path}: {e}", what="tls") from None
+    return {"ca": texts[0], "cert": texts[1], "key": texts[2], "dir": tls_dir}
+
+
+def context_from_material(material, role):
+    """The TLS 1.3 context of ``role`` ("server": client certificates required; "client": the
+    server's certificate must name the address) from :func:`read_material`'s texts.  The
+    certificate and key go through a memfd of this process's own (``load_cert_chain`` takes
+    only a path), so this works inside a VMM's jail."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if role == "server" else ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.verify_mode = ssl.CERT_REQUIRED
+    where = material.get("dir", "the TLS directory")
+    fd = os.memfd_create("xvm-tls", os.MFD_CLOEXEC)
     try:
-        context.load_verify_locations(paths[0])
-        context.load_cert_chain(paths[1], paths[2])
-    except (ssl.SSLError, OSError) as e:
-        raise MigrationError(f"cannot load the TLS certificates of {tls_dir}: {e}", what="tls") from None
+        os.write(fd, (material["cert"].rstrip("\n") + "\n" + material["key"]).encode())
+        context.load_verify_locations(cadata=material["ca"])
+        context.load_cert_chain(f"/proc/self/fd/{fd}")
+    except (ssl.SSLError, OSError, ValueError, KeyError) as e:
+        raise MigrationError(f"cannot load the TLS certificates of {where}: {e}", what="tls") from None
+    finally:
+        os.close(fd)
+    if role == "client":
+        context.check_hostname = True
     return context
 
 
 def server_context(tls_dir=None):
     """The destination's context: its server pair, and client certificates required."""
-    return _context(ssl.PROTOCOL_TLS_SERVER, tls_dir, SERVER_CERT, SERVER_KEY)
+    return context_from_material(read_material(tls_dir, "server"), "server")
 
 
 def client_context(tls_dir=None):
     """The source's context: its client pair; the server's certificate must name the address."""
-    context = _context(ssl.PROTOCOL_TLS_CLIENT, tls_dir, CLIENT_CERT, CLIENT_KEY)
-    context.check_hostname = True
-    return context
+    return context_from_material(read_material(tls_dir, "client"), "client")
 
 
 def make_test_ca(directory, hosts=("localhost", "127.0.0.1", "::1"), *, days=30):

@@ -351,30 +351,31 @@ class MigrateSend(Action):
     """Live-migrate the running domain to the destination VMM at ``host:port`` (prepared by
     the destination host, which gave ``token``, hex): the passes run on a thread of their
     own; MigrateStatus follows them, MigrateAbort stops them (:mod:`xvm.migration.precopy`).
-    ``bandwidth`` in MiB/s (None: no limit)."""
+    ``bandwidth`` in MiB/s (None: no limit).  ``fd``: the TCP connection to it, made by the
+    host (a confined VMM opens no network sockets); ``tls``: the client's certificates as
+    PEM texts (:func:`xvm.migration.tls.read_material`), None for plain TCP."""
 
     host: str
     port: int
     token: str
-    tls_dir: str | None = None
-    insecure: bool = False
+    tls: dict | None = None
     downtime_ms: float = 300.0
     bandwidth: float | None = None
     timeout_s: float | None = None
+    fd: int | None = None
 
 
 @action
 class MigrateReceive(Action):
-    """Boot by receiving a live migration: listen on an ephemeral port of ``host`` for the
-    source VMM showing ``token`` (hex); the reply is ``{"port": N}``.  The domain stays
-    shut off until the machine state has arrived and the source commits; the id it then
-    gets is above ``after_id``."""
+    """Boot by receiving a live migration: accept, on the listening socket ``fd`` the host
+    made, the source VMM showing ``token`` (hex).  The domain stays shut off until the
+    machine state has arrived and the source commits; the id it then gets is above
+    ``after_id``.  ``tls``: the server's certificates as PEM texts, None for plain TCP."""
 
-    host: str
     token: str
-    tls_dir: str | None = None
-    insecure: bool = False
+    tls: dict | None = None
     after_id: int | None = None
+    fd: int | None = None
 
 
 @action
@@ -557,7 +558,7 @@ HOST_ACTIONS = (ListDomains, LookupDomain, Define, Create, Undefine, Rename, Dom
 # Actions that carry one open file.  In this process ``fd`` is the descriptor itself; on a
 # socket the request carries it (SCM_RIGHTS) and its JSON has no ``fd``: a number in JSON
 # would name one of the *receiver's* descriptors (its /dev/kvm, its store), so it is refused.
-FD_ACTIONS = (Snapshot, Restore, RestoreDomain)
+FD_ACTIONS = (Snapshot, Restore, RestoreDomain, MigrateSend, MigrateReceive)
 
 
 def split_fd(action):
