@@ -86,12 +86,13 @@ class LocalHost(Host):
         self._vmms = {}  # uuid -> Vmm, in-process only
         self._vmm_locks = {}  # uuid -> DomainLock held for an in-process Vmm
         self._ended_vmms = {}  # uuid -> the last in-process Vmm that ended (dom.machine afterwards)
-        self._networks = NetworkTable(self)
+        self._networks = NetworkTable(self, self.store)
         self._pools = None  # xvm.storage.Pools over this store, made on first use
         self._starting = set()  # uuids this host is starting: their disks count as in use
         self._closed = False
         for record in self.store.domains():
             self._reconcile(record.uuid)
+        self._networks.reconcile()
 
     def __repr__(self):
         return f"<LocalHost {self.uri} state_dir={self.state_dir.root!r}>"
@@ -483,7 +484,8 @@ class LocalHost(Host):
 
     # -- networks -----------------------------------------------------------------------------
     def define_network(self, network):
-        """Make an :class:`xvm.Network` known to the host (inactive); returns a HostNetwork."""
+        """Store an :class:`xvm.Network` (inactive); returns a HostNetwork.  Like a domain,
+        it is known to every process on this state directory until undefined."""
         return self._networks.define(network)
 
     def create_network(self, network):
@@ -659,10 +661,7 @@ class LocalHost(Host):
             lock.close()
         self._vmm_locks.clear()
         launcher.reap()
-        for net in self._networks.list():  # bridges xvm made, unless a running domain uses one
-            if net.active and net.created and not self._network_users(net):
-                net.destroy()
-        self.store.close()
+        self.store.close()  # active networks keep their bridges: they are stored, like domains
         self.kvm.close()
 
 
