@@ -102,8 +102,14 @@ class LocalHost(Host):
 
     # -- domains ------------------------------------------------------------------------------
     def define(self, config):
-        """Store a domain (it starts shut off and survives every process)."""
-        return self._add(config, persistent=True)
+        """Store a domain (it starts shut off and survives every process).  Defining again
+        a domain's UUID with its name replaces its stored configuration, as virsh define
+        does: a running domain gets it at its next start, a running transient one becomes
+        persistent.  A UUID or name taken by another domain is a ConfigError."""
+        if not isinstance(config, DomainConfig):
+            raise ConfigError(f"define wants an xvm.DomainConfig, not {type(config).__name__}")
+        record, _ = self.store.define_domain(str(config.uuid), config.name, config.to_dict())
+        return self._handle(record.uuid)
 
     def create(self, config):
         """Start a *transient* domain: forgotten once it shuts off.
@@ -408,7 +414,7 @@ class LocalHost(Host):
         console_log = ConsoleLog(self.state_dir.console_log(config.name))
         vmm = Vmm(config, factory=machine_factory(self.kvm, nics=local_nics(plans)),
                   next_id=self.store.next_domain_id,
-                  on_state=store_hook(self.store, uuid, record.persistent), console_log=console_log,
+                  on_state=store_hook(self.store, uuid), console_log=console_log,
                   own_process=False)
         vmm.start()
         self._vmms[uuid] = vmm
