@@ -352,6 +352,98 @@ def test_network_verbs(cleanup, tmp_path):
     assert run("net-undefine", "clinet")[0] == "Network clinet has been undefined\n"
 
 
+# --- save and restore ----------------------------------------------------------------------------
+
+
+def test_save_and_restore_verbs(cleanup, guest, xml, tmp_path):
+    run("define", xml("sav", guest("busy"), cmdline="shift=20"))
+    run("start", "sav")
+    expect_console("sav", "busy: printing")
+    image = tmp_path / "sav.xvmsave"
+    assert run("save", "sav", image)[0] == f"Domain 'sav' saved to {image}\n"
+    assert run("domstate", "sav")[0] == "shut off\n" and image.stat().st_size > 0
+    assert run("restore", image)[0] == f"Domain restored from {image}\n"
+    assert run("domstate", "sav")[0] == "running\n"
+    run("destroy", "sav")
+    assert "no such file" in run("restore", tmp_path / "nonesuch", status=1)[1].lower()
+    assert "nosuch" in run("save", "nosuch", image, status=1)[1]
+
+
+# --- storage pools and volumes ------------------------------------------------------------------------
+
+
+def pool_verbs(tmp_path, uri=None):
+    """A dir pool's whole life through the verbs, with virsh's messages and layouts."""
+    target = tmp_path / "pool"
+    assert run("pool-define-as", "cli", "dir", "--target", target, uri=uri)[0] == "Pool cli defined\n"
+    assert target.is_dir()
+    out = run("pool-list", uri=uri)[0]
+    assert out.splitlines()[0].split() == ["Name", "State", "Autostart"] and " cli    active   yes" in out
+    assert "Type:           dir" in run("pool-info", "cli", uri=uri)[0]
+    assert run("vol-create-as", "cli", "gold", "16M", uri=uri)[0] == "Vol gold created\n"
+    assert (target / "gold").stat().st_size == 16 << 20 and (target / "gold").stat().st_blocks == 0
+    out = run("vol-list", "cli", uri=uri)[0]
+    assert out.splitlines()[0].split() == ["Name", "Path"] and f" gold   {target / 'gold'}" in out
+    assert "16.00 MiB" in run("vol-list", "cli", "--details", uri=uri)[0]
+    assert "exists" in run("vol-create-as", "cli", "gold", "1M", status=1, uri=uri)[1]
+    assert "not a size" in run("vol-create-as", "cli", "x", "12Q", status=1, uri=uri)[1]
+    assert "no storage pool named 'nope'" in run("vol-create-as", "nope", "x", "1M", status=1, uri=uri)[1]
+    (target / "gold").write_bytes(b"golden" * 100)
+    assert run("vol-snapshot", "cli/gold", "golden", uri=uri)[0] == "Vol gold snapshot golden created\n"
+    assert run("vol-clone", "gold", "copy", "--pool", "cli", "--snapshot", "golden", uri=uri)[0] == \
+        "Vol copy cloned from gold\n"
+    assert (target / "copy").read_bytes() == b"golden" * 100
+    assert json.loads(run("vol-snapshot-list", "cli/gold", "--json", uri=uri)[0])[0]["name"] == "golden"
+    assert run("vol-delete", target / "copy", uri=uri)[0] == "Vol copy deleted\n"
+    assert not (target / "copy").exists()
+    return target
+
+
+def test_pool_and_volume_verbs(cleanup, tmp_path):
+    target = pool_verbs(tmp_path)
+    assert run("pool-delete", "cli")[0] == "Pool cli deleted\n"
+    assert run("pool-list")[0].count("\n") == 3 and not target.exists()
+
+
+def test_a_volume_in_use_is_not_deleted(cleanup, guest, tmp_path):
+    target = tmp_path / "pool"
+    run("pool-create-as", "use", "dir", "--target", target)
+    run("vol-create-as", "use", "disk", "1M")
+    path = tmp_path / "d.xml"
+    path.write_text(domain_xml("user", guest("busy"), cmdline="shift=20",
+                               devices=f"<disk type='file' device='disk'><source file='{target / 'disk'}'/>"
+                                       "<target dev='vda' bus='virtio'/></disk>"))
+    run("define", path)
+    run("start", "user")
+    assert "in use by running domain 'user'" in run("vol-delete", "use/disk", status=1)[1]
+    assert "in use" in run("pool-delete", "use", status=1)[1]
+    run("destroy", "user")
+    run("vol-delete", "use/disk")
+
+
+def test_clone_verb(cleanup, guest, tmp_path):
+    target = tmp_path / "pool"
+    run("pool-create-as", "gp", "dir", "--target", target)
+    run("vol-create-as", "gp", "root", "1M")
+    with open(target / "root", "r+b") as f:
+        f.write(b"golden data")
+    run("vol-snapshot", "gp/root", "golden")
+    path = tmp_path / "src.xml"
+    path.write_text(domain_xml("src", guest("busy"), cmdline="shift=20",
+                               devices=f"<disk type='file' device='disk'><source file='{target / 'root'}'/>"
+                                       "<target dev='vda' bus='virtio'/></disk>"))
+    run("define", path)
+    out, _ = run("clone", "src", "copy1")
+    assert out == "Domain 'copy1' cloned from 'src' (disks gp/copy1-root)\n"
+    assert (target / "copy1-root").read_bytes()[:11] == b"golden data"
+    assert run("domuuid", "copy1")[0] != run("domuuid", "src")[0]
+    run("start", "copy1")
+    assert run("domstate", "copy1")[0] == "running\n"
+    assert "exists" in run("clone", "src", "copy1", status=1)[1]
+    assert "no snapshot 'nope'" in run("clone", "src", "copy2", "--snapshot", "nope", status=1)[1]
+    assert ("-", "copy2", "shut off") not in listing("--all")
+
+
 # --- the same verbs through xvmd ----------------------------------------------------------------------
 
 
