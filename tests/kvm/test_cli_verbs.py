@@ -2,6 +2,7 @@
 in this test's state directory, with the test guests: a domain's whole life from the shell,
 ``console`` on pipes and on a real pty (type into the guest, ``^]`` detaches, the guest keeps
 running), errors as one ``xvm: error:`` line, install, and the same verbs through xvmd."""
+import functools
 import json
 import os
 import select
@@ -19,6 +20,10 @@ XVM = [sys.executable, "-m", "xvm"]
 
 
 def run(*args, input=None, status=0, timeout=60, uri=None):
+    return _run(*args, input=input, status=status, timeout=timeout, uri=uri)
+
+
+def _run(*args, input=None, status=0, timeout=60, uri=None):
     """Run ``xvm ARGS``; returns (stdout, stderr) after checking the exit status."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("XVM_DEBUG", None)
@@ -340,7 +345,22 @@ def test_a_failed_install_defines_nothing(cleanup, guest, tmp_path):
 # --- networks ---------------------------------------------------------------------------------------
 
 
-def test_network_verbs(cleanup, tmp_path):
+@pytest.mark.parametrize("through", ["session", "xvmd"])
+def test_network_verbs(cleanup, tmp_path, through, request):
+    uri = request.getfixturevalue("xvmd")[0] if through == "xvmd" else None
+    try:
+        network_verbs(tmp_path, uri)
+    finally:
+        with xvm.connect(uri) as host:
+            for net in host.networks():
+                if net.active:
+                    net.destroy()
+                net.undefine()
+
+
+def network_verbs(tmp_path, uri):
+    """Each verb in its own process: the network lives in the host's store in between."""
+    run = functools.partial(_run, uri=uri)
     path = tmp_path / "net.xml"
     path.write_text("<network><name>clinet</name><bridge name='xvmbr-clinet'/>"
                     "<ip address='10.77.0.1' prefix='24'/></network>")
@@ -469,6 +489,17 @@ def test_verbs_through_xvmd(xvmd, guest, xml):
         for verb in ("destroy", "undefine"):  # whatever the test left behind
             subprocess.run(XVM + ["-c", uri, verb, "viad"], capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT))
     assert ("-", "viad", "shut off") not in listing("--all", uri=uri)
+
+
+def test_pool_and_volume_verbs_through_xvmd(xvmd, tmp_path):
+    uri = xvmd[0]
+    try:
+        target = pool_verbs(tmp_path, uri=uri)
+        assert run("pool-delete", "cli", uri=uri)[0] == "Pool cli deleted\n"
+        assert not target.exists()
+    finally:
+        subprocess.run(XVM + ["-c", uri, "pool-delete", "cli"], capture_output=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
 
 
 def test_console_through_xvmd(xvmd, guest, xml):
