@@ -510,9 +510,6 @@ class LocalHost(Host):
         """The HostNetwork called ``name``; raises NotFoundError."""
         return self._networks.lookup(name)
 
-    def _forget_network(self, net):
-        self._networks.forget(net)
-
     def _network_users(self, net):
         return {cfg.name for cfg in self._running_configs(None)
                 if any(n.network == net.name or n.bridge == net.bridge for n in cfg.nics)}
