@@ -7,6 +7,10 @@
     xvm dominfo vm / domstate --reason / domid / domname / domuuid / dumpxml
     xvm domrename vm new / autostart [--disable] vm / capabilities
     xvm net-list / net-define net.xml / net-start / net-destroy / net-undefine / net-dumpxml
+    xvm save vm FILE / restore FILE           a running domain to a file and back
+    xvm pool-list / pool-define-as NAME dir --target DIR / pool-info / pool-undefine / pool-delete
+    xvm vol-list POOL / vol-create-as POOL NAME 10G / vol-delete / vol-clone / vol-snapshot
+    xvm clone vm NEWNAME --snapshot golden  a new domain on clones of vm's disks
     xvm install --name vm --image default --disk /p/vm.img,size=2 --network network=lan
     xvm image build                         build (or find cached) a bootable Linux guest image
 
@@ -843,6 +847,294 @@ def _cmd_net_dumpxml(args):
     return 0
 
 
+# --- save and restore --------------------------------------------------------------------------
+
+
+def _configure_save(parser):
+    _add_domain_arg(parser)
+    parser.add_argument("file", metavar="FILE", help="the snapshot file to write")
+
+
+def _cmd_save(args):
+    with _host(args) as host:
+        domain = lookup_domain(host, args.domain)
+        name = domain.name
+        domain.save(args.file)
+    print(f"Domain '{name}' saved to {args.file}")
+    return 0
+
+
+def _configure_restore(parser):
+    parser.add_argument("file", metavar="FILE", help="a snapshot file written by save")
+
+
+def _cmd_restore(args):
+    with _host(args) as host:
+        host.restore(args.file)
+    print(f"Domain restored from {args.file}")
+    return 0
+
+
+# --- storage pools and volumes -----------------------------------------------------------------
+
+SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 10 ** 3, "m": 1 << 20, "mib": 1 << 20,
+              "mb": 10 ** 6, "g": 1 << 30, "gib": 1 << 30, "gb": 10 ** 9, "t": 1 << 40, "tib": 1 << 40,
+              "tb": 10 ** 12}  # virsh's scaled integers: bytes by default, k/M/G/T binary, KB/MB... decimal
+
+
+def parse_scaled(text, what="size"):
+    """A virsh scaled integer ("10G", "512M", "1048576") in bytes."""
+    number = text.rstrip("bBkKmMgGtTiI")
+    unit = text[len(number):]
+    scale = SIZE_UNITS.get(unit.lower())
+    if not number.isdigit() or scale is None:
+        raise ConfigError(f"{what} {text!r} is not a size (bytes, or a number with k, M, G or T)")
+    return int(number) * scale
+
+
+def _human(size):
+    """virsh's sizes in pool-info and vol-info: two decimals, the largest binary unit under 1024."""
+    value, unit = float(size), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{value:.2f} {unit}"
+
+
+def _target(pool):
+    return pool.config.path or pool.config.dataset
+
+
+def _configure_pool_list(parser):
+    parser.add_argument("--all", action="store_true", help="accepted for virsh's sake: every pool is active")
+    parser.add_argument("--details", action="store_true", help="add the Type and Target columns")
+    _add_json(parser)
+
+
+def _cmd_pool_list(args):
+    with _host(args) as host:
+        pools = sorted(host.pools(), key=lambda p: p.name)
+        rows = [{"name": p.name, "state": "active", "autostart": True, "type": p.type,
+                 "target": _target(p)} for p in pools]
+    if args.json:
+        _print_json(rows)
+    elif args.details:
+        sys.stdout.write(table(("Name", "State", "Autostart", "Type", "Target"),
+                               [(r["name"], r["state"], "yes", r["type"], r["target"]) for r in rows]))
+    else:
+        sys.stdout.write(table(("Name", "State", "Autostart"), [(r["name"], r["state"], "yes") for r in rows]))
+    return 0
+
+
+def _configure_pool_as(parser):
+    parser.add_argument("name", metavar="NAME", help="the pool's name")
+    parser.add_argument("type", metavar="TYPE", choices=("dir", "zfs"), help="dir or zfs")
+    parser.add_argument("--target", metavar="DIR", help="a dir pool's directory (made if missing)")
+    parser.add_argument("--source-name", metavar="DATASET",
+                        help="a zfs pool's dataset, ZPOOL/NAME (made if missing)")
+
+
+def _pool_as(message):
+    def run(args):
+        import xvm
+
+        if args.type == "dir" and (args.target is None or args.source_name is not None):
+            raise ConfigError("a dir pool needs --target DIR (and no --source-name)")
+        if args.type == "zfs" and (args.source_name is None or args.target is not None):
+            raise ConfigError("a zfs pool needs --source-name ZPOOL/DATASET (and no --target)")
+        pool = (xvm.Pool(args.name, type="dir", path=os.path.abspath(args.target)) if args.type == "dir"
+                else xvm.Pool(args.name, type="zfs", dataset=args.source_name))
+        with _host(args) as host:
+            host.create_pool(pool)
+        print(message.format(name=args.name))
+        return 0
+
+    return run
+
+
+def _configure_pool_name(parser):
+    parser.add_argument("pool", metavar="POOL", help="pool name")
+
+
+def _configure_pool_info(parser):
+    _configure_pool_name(parser)
+    _add_json(parser)
+
+
+def _cmd_pool_info(args):
+    with _host(args) as host:
+        pool = host.lookup_pool(args.pool)
+        volumes = pool.volumes()
+        info = {"name": pool.name, "type": pool.type, "target": _target(pool), "state": "running",
+                "persistent": True, "autostart": True, "volumes": len(volumes),
+                "allocation": sum(v.allocation for v in volumes), "available": pool.available}
+    if args.json:
+        _print_json(info)
+        return 0
+    for label, value in (("Name", info["name"]), ("Type", info["type"]), ("Target", info["target"]),
+                         ("State", "running"), ("Persistent", "yes"), ("Autostart", "yes"),
+                         ("Volumes", info["volumes"]), ("Allocation", _human(info["allocation"])),
+                         ("Available", _human(info["available"]))):
+        print(f"{label + ':':<15} {value}")
+    print()
+    return 0
+
+
+def _pool_removal(delete_volumes, message):
+    def run(args):
+        with _host(args) as host:
+            host.lookup_pool(args.pool).destroy(delete_volumes=delete_volumes)
+        print(message.format(name=args.pool))
+        return 0
+
+    return run
+
+
+def _add_volume_arg(parser, name="vol", help="the volume: VOLUME with --pool, POOL/VOLUME, or its path"):
+    parser.add_argument(name, metavar=name.upper(), help=help)
+    parser.add_argument("--pool", metavar="POOL", help="the pool the volume is in")
+
+
+def lookup_volume(host, key, pool=None):
+    """The volume ``key`` names: "VOL" with ``pool``, "POOL/VOL", or a volume's path."""
+    if pool is not None:
+        return host.lookup_pool(pool).lookup_volume(key)
+    if os.path.isabs(key):
+        for each in host.pools():
+            for volume in each.volumes():
+                if os.path.realpath(volume.path) == os.path.realpath(key):
+                    return volume
+        raise NotFoundError(f"no storage volume with path {key}")
+    if key.count("/") != 1:
+        raise ConfigError(f"volume {key!r}: give POOL/VOLUME, a path, or --pool POOL")
+    pool, name = key.split("/")
+    return host.lookup_pool(pool).lookup_volume(name)
+
+
+def _configure_vol_list(parser):
+    _configure_pool_name(parser)
+    parser.add_argument("--details", action="store_true", help="add the Capacity and Allocation columns")
+    _add_json(parser)
+
+
+def _cmd_vol_list(args):
+    with _host(args) as host:
+        volumes = sorted(host.lookup_pool(args.pool).volumes(), key=lambda v: v.name)
+        rows = [{"name": v.name, "path": v.path, "capacity": v.size, "allocation": v.allocation,
+                 "origin": v.origin} for v in volumes]
+    if args.json:
+        _print_json(rows)
+    elif args.details:
+        sys.stdout.write(table(("Name", "Path", "Type", "Capacity", "Allocation"),
+                               [(r["name"], r["path"], "file", _human(r["capacity"]), _human(r["allocation"]))
+                                for r in rows]))
+    else:
+        sys.stdout.write(table(("Name", "Path"), [(r["name"], r["path"]) for r in rows]))
+    return 0
+
+
+def _configure_vol_create_as(parser):
+    _configure_pool_name(parser)
+    parser.add_argument("name", metavar="NAME", help="the new volume's name")
+    parser.add_argument("capacity", metavar="CAPACITY", help="its size: bytes, or with k, M, G, T (10G)")
+    parser.add_argument("--format", default="raw", help="raw (the only format)")
+
+
+def _cmd_vol_create_as(args):
+    size = parse_scaled(args.capacity, "capacity")
+    with _host(args) as host:
+        host.lookup_pool(args.pool).create_volume(args.name, size, format=args.format)
+    print(f"Vol {args.name} created")
+    return 0
+
+
+def _cmd_vol_delete(args):
+    with _host(args) as host:
+        volume = lookup_volume(host, args.vol, args.pool)
+        name = volume.name
+        volume.delete()
+    print(f"Vol {name} deleted")
+    return 0
+
+
+def _configure_vol_clone(parser):
+    _add_volume_arg(parser)
+    parser.add_argument("newname", metavar="NEWNAME", help="the clone's name (in the same pool)")
+    parser.add_argument("--snapshot", metavar="SNAPSHOT",
+                        help="clone this snapshot of the volume (default: a snapshot made now, named "
+                             "after the clone, which the clone depends on)")
+
+
+def _cmd_vol_clone(args):
+    with _host(args) as host:
+        volume = lookup_volume(host, args.vol, args.pool)
+        snapshot = args.snapshot
+        if snapshot is None:
+            snapshot = f"for-{args.newname}"
+            volume.snapshot(snapshot)
+        volume.clone(snapshot, args.newname)
+        name = volume.name
+    print(f"Vol {args.newname} cloned from {name}")
+    return 0
+
+
+def _configure_vol_snapshot(parser):
+    _add_volume_arg(parser)
+    parser.add_argument("snapshot", metavar="SNAPSHOT", help="the snapshot's name")
+
+
+def _cmd_vol_snapshot(args):
+    with _host(args) as host:
+        volume = lookup_volume(host, args.vol, args.pool)
+        volume.snapshot(args.snapshot)
+    print(f"Vol {volume.name} snapshot {args.snapshot} created")
+    return 0
+
+
+def _cmd_vol_rollback(args):
+    with _host(args) as host:
+        volume = lookup_volume(host, args.vol, args.pool)
+        volume.rollback(args.snapshot)
+    print(f"Vol {volume.name} rolled back to snapshot {args.snapshot}")
+    return 0
+
+
+def _configure_vol_snapshot_list(parser):
+    _add_volume_arg(parser)
+    _add_json(parser)
+
+
+def _cmd_vol_snapshot_list(args):
+    with _host(args) as host:
+        snapshots = lookup_volume(host, args.vol, args.pool).snapshots()
+    rows = [{"name": s.name, "created": s.created, "method": s.method} for s in snapshots]
+    if args.json:
+        _print_json(rows)
+    else:
+        sys.stdout.write(table(("Name", "Creation Time", "Method"),
+                               [(r["name"], time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(r["created"])),
+                                 r["method"]) for r in rows]))
+    return 0
+
+
+def _configure_clone(parser):
+    parser.add_argument("domain", metavar="DOMAIN", help="the source domain (shut off, its disks in pools)")
+    parser.add_argument("name", metavar="NEWNAME", help="the new domain's name")
+    parser.add_argument("--snapshot", default="golden", metavar="SNAPSHOT",
+                        help="the disks' snapshot to clone (default: golden)")
+
+
+def _cmd_clone(args):
+    with _host(args) as host:
+        source = lookup_domain(host, args.domain)
+        source_name = source.name
+        clone = host.clone_domain(source, args.name, snapshot=args.snapshot)
+        disks = [d.volume for d in clone.config.disks]
+    print(f"Domain '{args.name}' cloned from '{source_name}'" + (f" (disks {', '.join(disks)})" if disks else ""))
+    return 0
+
+
 # --- images ------------------------------------------------------------------------------------
 
 
@@ -1002,6 +1294,28 @@ VERBS = (
     Verb("net-undefine", "forget an inactive network", _net_verb("undefine", "Network {name} has been undefined"),
          _configure_net_name),
     Verb("net-dumpxml", "print a network's libvirt XML", _cmd_net_dumpxml, _configure_net_name),
+    _domain_verb("save", "save a running domain's state to a file (it ends shut off)", _cmd_save,
+                 _configure_save),
+    Verb("restore", "start a domain from a file written by save", _cmd_restore, _configure_restore),
+    _domain_verb("clone", "a new domain whose disks are clones of a domain's disks at a snapshot",
+                 _cmd_clone, _configure_clone),
+    Verb("pool-list", "list storage pools", _cmd_pool_list, _configure_pool_list),
+    Verb("pool-define-as", "define a storage pool (dir --target DIR, zfs --source-name DATASET)",
+         _pool_as("Pool {name} defined"), _configure_pool_as),
+    Verb("pool-create-as", "create a storage pool (the same as pool-define-as: pools are always active)",
+         _pool_as("Pool {name} created"), _configure_pool_as),
+    Verb("pool-info", "show a storage pool's information", _cmd_pool_info, _configure_pool_info),
+    Verb("pool-undefine", "forget a storage pool, leaving its volumes' data in place",
+         _pool_removal(False, "Pool {name} has been undefined"), _configure_pool_name),
+    Verb("pool-delete", "forget a storage pool and delete its volumes (and what xvm made for it)",
+         _pool_removal(True, "Pool {name} deleted"), _configure_pool_name),
+    Verb("vol-list", "list a pool's volumes", _cmd_vol_list, _configure_vol_list),
+    Verb("vol-create-as", "create a sparse raw volume", _cmd_vol_create_as, _configure_vol_create_as),
+    Verb("vol-delete", "delete a volume", _cmd_vol_delete, _add_volume_arg),
+    Verb("vol-clone", "clone a volume (from a snapshot)", _cmd_vol_clone, _configure_vol_clone),
+    Verb("vol-snapshot", "snapshot a volume", _cmd_vol_snapshot, _configure_vol_snapshot),
+    Verb("vol-snapshot-list", "list a volume's snapshots", _cmd_vol_snapshot_list, _configure_vol_snapshot_list),
+    Verb("vol-rollback", "roll a volume back to a snapshot", _cmd_vol_rollback, _configure_vol_snapshot),
     Group("image", "guest images", (
         Verb("build", "build a bootable Linux guest image (Debian kernel + busybox initramfs)",
              _cmd_image_build, _configure_image_build),

@@ -308,6 +308,28 @@ class Store:
                          "NULL, ?, ?)", (uuid, name, text, int(_bool(persistent, "persistent")), now, now))
             return self._record(self._get(conn, uuid))
 
+    def define_domain(self, uuid, name, config):
+        """Store a persistent domain, or redefine one, with libvirt's rules: a domain that has
+        this uuid and name gets the new configuration (and becomes persistent if it was
+        transient); the uuid of a domain with another name, or the name of a domain with
+        another uuid, is a ConfigError naming the other domain.  Returns (record, is_new)."""
+        uuid, name, text = _uuid(uuid), _name(name), _dumps(config, "domain config")
+        with self._write() as conn:
+            other = conn.execute("SELECT name FROM domains WHERE uuid = ?", (uuid,)).fetchone()
+            if other is not None and other[0] != name:
+                raise ConfigError(f"domain {other[0]!r} is already defined with uuid {uuid}")
+            if other is None:
+                other = conn.execute("SELECT uuid FROM domains WHERE name = ?", (name,)).fetchone()
+                if other is not None:
+                    raise ConfigError(f"domain {name!r} already exists with uuid {other[0]}")
+                now = time.time()
+                conn.execute(f"INSERT INTO domains ({_DOMAIN_COLUMNS}) VALUES (?, ?, ?, 1, 0, 'shutoff', "
+                             "NULL, ?, ?)", (uuid, name, text, now, now))
+                return self._record(self._get(conn, uuid)), True
+            conn.execute("UPDATE domains SET config = ?, persistent = 1, updated_at = ? WHERE uuid = ?",
+                         (text, time.time(), uuid))
+            return self._record(self._get(conn, uuid)), False
+
     def domain(self, key):
         """The record of the domain named ``key``, or whose uuid is ``key``; None if none."""
         if isinstance(key, uuid_module.UUID):

@@ -2,6 +2,7 @@
 in this test's state directory, with the test guests: a domain's whole life from the shell,
 ``console`` on pipes and on a real pty (type into the guest, ``^]`` detaches, the guest keeps
 running), errors as one ``xvm: error:`` line, install, and the same verbs through xvmd."""
+import functools
 import json
 import os
 import select
@@ -19,6 +20,10 @@ XVM = [sys.executable, "-m", "xvm"]
 
 
 def run(*args, input=None, status=0, timeout=60, uri=None):
+    return _run(*args, input=input, status=status, timeout=timeout, uri=uri)
+
+
+def _run(*args, input=None, status=0, timeout=60, uri=None):
     """Run ``xvm ARGS``; returns (stdout, stderr) after checking the exit status."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("XVM_DEBUG", None)
@@ -85,6 +90,9 @@ def cleanup(state_dir):
                     dom.destroy()
             except xvm.XvmError:
                 pass
+        for net in host.networks():  # a network's bridge outlives the process that started it
+            if net.active:
+                net.destroy()
 
 
 # --- a domain's whole life ------------------------------------------------------------------------
@@ -337,9 +345,22 @@ def test_a_failed_install_defines_nothing(cleanup, guest, tmp_path):
 # --- networks ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the embedded host keeps networks in memory: a network defined by one "
-                                       "xvm process is unknown to the next (needs networks in the store)")
-def test_network_verbs(cleanup, tmp_path):
+@pytest.mark.parametrize("through", ["session", "xvmd"])
+def test_network_verbs(cleanup, tmp_path, through, request):
+    uri = request.getfixturevalue("xvmd")[0] if through == "xvmd" else None
+    try:
+        network_verbs(tmp_path, uri)
+    finally:
+        with xvm.connect(uri) as host:
+            for net in host.networks():
+                if net.active:
+                    net.destroy()
+                net.undefine()
+
+
+def network_verbs(tmp_path, uri):
+    """Each verb in its own process: the network lives in the host's store in between."""
+    run = functools.partial(_run, uri=uri)
     path = tmp_path / "net.xml"
     path.write_text("<network><name>clinet</name><bridge name='xvmbr-clinet'/>"
                     "<ip address='10.77.0.1' prefix='24'/></network>")
@@ -349,6 +370,98 @@ def test_network_verbs(cleanup, tmp_path):
     assert " clinet   active" in run("net-list")[0]
     assert run("net-destroy", "clinet")[0] == "Network clinet destroyed\n"
     assert run("net-undefine", "clinet")[0] == "Network clinet has been undefined\n"
+
+
+# --- save and restore ----------------------------------------------------------------------------
+
+
+def test_save_and_restore_verbs(cleanup, guest, xml, tmp_path):
+    run("define", xml("sav", guest("busy"), cmdline="shift=20"))
+    run("start", "sav")
+    expect_console("sav", "busy: printing")
+    image = tmp_path / "sav.xvmsave"
+    assert run("save", "sav", image)[0] == f"Domain 'sav' saved to {image}\n"
+    assert run("domstate", "sav")[0] == "shut off\n" and image.stat().st_size > 0
+    assert run("restore", image)[0] == f"Domain restored from {image}\n"
+    assert run("domstate", "sav")[0] == "running\n"
+    run("destroy", "sav")
+    assert "no such file" in run("restore", tmp_path / "nonesuch", status=1)[1].lower()
+    assert "nosuch" in run("save", "nosuch", image, status=1)[1]
+
+
+# --- storage pools and volumes ------------------------------------------------------------------------
+
+
+def pool_verbs(tmp_path, uri=None):
+    """A dir pool's whole life through the verbs, with virsh's messages and layouts."""
+    target = tmp_path / "pool"
+    assert run("pool-define-as", "cli", "dir", "--target", target, uri=uri)[0] == "Pool cli defined\n"
+    assert target.is_dir()
+    out = run("pool-list", uri=uri)[0]
+    assert out.splitlines()[0].split() == ["Name", "State", "Autostart"] and " cli    active   yes" in out
+    assert "Type:           dir" in run("pool-info", "cli", uri=uri)[0]
+    assert run("vol-create-as", "cli", "gold", "16M", uri=uri)[0] == "Vol gold created\n"
+    assert (target / "gold").stat().st_size == 16 << 20 and (target / "gold").stat().st_blocks == 0
+    out = run("vol-list", "cli", uri=uri)[0]
+    assert out.splitlines()[0].split() == ["Name", "Path"] and f" gold   {target / 'gold'}" in out
+    assert "16.00 MiB" in run("vol-list", "cli", "--details", uri=uri)[0]
+    assert "exists" in run("vol-create-as", "cli", "gold", "1M", status=1, uri=uri)[1]
+    assert "not a size" in run("vol-create-as", "cli", "x", "12Q", status=1, uri=uri)[1]
+    assert "no storage pool named 'nope'" in run("vol-create-as", "nope", "x", "1M", status=1, uri=uri)[1]
+    (target / "gold").write_bytes(b"golden" * 100)
+    assert run("vol-snapshot", "cli/gold", "golden", uri=uri)[0] == "Vol gold snapshot golden created\n"
+    assert run("vol-clone", "gold", "copy", "--pool", "cli", "--snapshot", "golden", uri=uri)[0] == \
+        "Vol copy cloned from gold\n"
+    assert (target / "copy").read_bytes() == b"golden" * 100
+    assert json.loads(run("vol-snapshot-list", "cli/gold", "--json", uri=uri)[0])[0]["name"] == "golden"
+    assert run("vol-delete", target / "copy", uri=uri)[0] == "Vol copy deleted\n"
+    assert not (target / "copy").exists()
+    return target
+
+
+def test_pool_and_volume_verbs(cleanup, tmp_path):
+    target = pool_verbs(tmp_path)
+    assert run("pool-delete", "cli")[0] == "Pool cli deleted\n"
+    assert run("pool-list")[0].count("\n") == 3 and not target.exists()
+
+
+def test_a_volume_in_use_is_not_deleted(cleanup, guest, tmp_path):
+    target = tmp_path / "pool"
+    run("pool-create-as", "use", "dir", "--target", target)
+    run("vol-create-as", "use", "disk", "1M")
+    path = tmp_path / "d.xml"
+    path.write_text(domain_xml("user", guest("busy"), cmdline="shift=20",
+                               devices=f"<disk type='file' device='disk'><source file='{target / 'disk'}'/>"
+                                       "<target dev='vda' bus='virtio'/></disk>"))
+    run("define", path)
+    run("start", "user")
+    assert "in use by running domain 'user'" in run("vol-delete", "use/disk", status=1)[1]
+    assert "in use" in run("pool-delete", "use", status=1)[1]
+    run("destroy", "user")
+    run("vol-delete", "use/disk")
+
+
+def test_clone_verb(cleanup, guest, tmp_path):
+    target = tmp_path / "pool"
+    run("pool-create-as", "gp", "dir", "--target", target)
+    run("vol-create-as", "gp", "root", "1M")
+    with open(target / "root", "r+b") as f:
+        f.write(b"golden data")
+    run("vol-snapshot", "gp/root", "golden")
+    path = tmp_path / "src.xml"
+    path.write_text(domain_xml("src", guest("busy"), cmdline="shift=20",
+                               devices=f"<disk type='file' device='disk'><source file='{target / 'root'}'/>"
+                                       "<target dev='vda' bus='virtio'/></disk>"))
+    run("define", path)
+    out, _ = run("clone", "src", "copy1")
+    assert out == "Domain 'copy1' cloned from 'src' (disks gp/copy1-root)\n"
+    assert (target / "copy1-root").read_bytes()[:11] == b"golden data"
+    assert run("domuuid", "copy1")[0] != run("domuuid", "src")[0]
+    run("start", "copy1")
+    assert run("domstate", "copy1")[0] == "running\n"
+    assert "exists" in run("clone", "src", "copy1", status=1)[1]
+    assert "no snapshot 'nope'" in run("clone", "src", "copy2", "--snapshot", "nope", status=1)[1]
+    assert ("-", "copy2", "shut off") not in listing("--all")
 
 
 # --- the same verbs through xvmd ----------------------------------------------------------------------
@@ -376,6 +489,17 @@ def test_verbs_through_xvmd(xvmd, guest, xml):
         for verb in ("destroy", "undefine"):  # whatever the test left behind
             subprocess.run(XVM + ["-c", uri, verb, "viad"], capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT))
     assert ("-", "viad", "shut off") not in listing("--all", uri=uri)
+
+
+def test_pool_and_volume_verbs_through_xvmd(xvmd, tmp_path):
+    uri = xvmd[0]
+    try:
+        target = pool_verbs(tmp_path, uri=uri)
+        assert run("pool-delete", "cli", uri=uri)[0] == "Pool cli deleted\n"
+        assert not target.exists()
+    finally:
+        subprocess.run(XVM + ["-c", uri, "pool-delete", "cli"], capture_output=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
 
 
 def test_console_through_xvmd(xvmd, guest, xml):

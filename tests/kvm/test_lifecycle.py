@@ -2,6 +2,7 @@
 import re
 import threading
 import time
+import uuid as uuid_module
 
 import pytest
 
@@ -175,3 +176,33 @@ def test_two_domains_run_side_by_side(no_leaks, host, guest):
     assert a.id != b.id
     a.destroy()
     b.destroy()
+
+
+def test_define_again_replaces_the_stored_config(no_leaks, host, guest):
+    """virsh define semantics: the same UUID and name is a new configuration for the next
+    start (the running boot keeps its own); another domain's name or UUID is refused."""
+    dom = define(host, guest, image="busy", name="redef", cmdline="shift=20")
+    dom.start()
+    dom.console.expect(r"every 2\^20 ", timeout=15)
+    assert host.define(dom.config.replace(cmdline="shift=21")) is dom
+    assert dom.state is DomainState.RUNNING and dom.config.cmdline == "shift=21"
+    dom.destroy()
+    dom.start()
+    dom.console.expect(r"every 2\^21 ", timeout=15)
+    dom.destroy()
+    with pytest.raises(xvm.ConfigError, match=f"domain 'redef' already exists with uuid {dom.uuid}"):
+        host.define(dom.config.replace(uuid=uuid_module.uuid4()))
+    with pytest.raises(xvm.ConfigError, match=f"domain 'redef' is already defined with uuid {dom.uuid}"):
+        host.define(dom.config.replace(name="other"))
+    assert [d.name for d in host.domains()] == ["redef"] and dom.config.cmdline == "shift=21"
+
+
+def test_define_makes_a_running_transient_domain_persistent(no_leaks, host, guest):
+    config = xvm.DomainConfig(name="trans", memory_mib=64, kernel=guest("busy"), cmdline="shift=20")
+    dom = host.create(config)
+    assert not dom.persistent
+    assert host.define(config) is dom
+    assert dom.persistent and dom.state is DomainState.RUNNING
+    dom.destroy()
+    assert host.lookup("trans").state is DomainState.SHUTOFF  # kept once it stopped
+    dom.undefine()

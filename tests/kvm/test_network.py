@@ -230,12 +230,35 @@ def test_missing_bridge_and_inactive_network(no_leaks, host, guest, clean_links)
     assert host.networks() == []
 
 
-def test_host_close_removes_its_bridges(clean_links):
+def test_network_outlives_its_host_and_is_reconciled(clean_links, state_dir):
+    """Networks are stored like domains: another process on the state directory sees one
+    active with its bridge up; a bridge deleted behind xvm's back is re-created when a host
+    opens the store; destroy removes it for good."""
     h = xvm.connect()
-    net = h.create_network(xvm.Network(f"cls{SUFFIX}"))
-    assert net.bridge in links()
+    net = h.create_network(xvm.Network(f"cls{SUFFIX}", address="10.219.0.1/24"))
     h.close()
-    assert net.bridge not in links()
+    try:
+        _outlives_and_reconciled(net)
+    finally:
+        xvm.net.bridge.delete_link(net.bridge)
+
+
+def _outlives_and_reconciled(net):
+    assert net.bridge in links()
+    out = subprocess.run([sys.executable, "-c", "import xvm; h = xvm.connect(); "
+                          f"n = h.lookup_network('cls{SUFFIX}'); print(n.state.value, n.created)"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out == "active True\n"
+    xvm.net.bridge.delete_link(net.bridge)
+    with xvm.connect() as h:
+        net = h.lookup_network(f"cls{SUFFIX}")
+        assert net.active and xvm.net.bridge.is_bridge(net.bridge)
+        assert "10.219.0.1/24" in [str(a) for a in xvm.net.bridge.addresses(net.bridge)]
+        net.destroy()
+        assert net.bridge not in links()
+        net.undefine()
+    with xvm.connect() as h:
+        assert h.networks() == []
 
 
 def test_round_trip_latency(no_leaks, host, guest, lan):

@@ -7,7 +7,8 @@ The first tests use a standalone :class:`~xvm.storage.Pools` whose in-use callab
 host's running domains, and disks given by the path :func:`~xvm.storage.resolve_volume` returns.
 The others use the host's own pools -- ``host.create_pool(Pool)``,
 ``xvm.Disk(volume="POOL/VOLUME")`` resolved at start, ``host.clone_domain(source, new_name,
-snapshot=...)``, ``dom.snapshot_disks(name)``, ``dom.rollback_disks(name)``.
+snapshot=...)``, ``dom.snapshot_disks(name)``, ``dom.rollback_disks(name)`` -- each against the
+embedded host and against xvmd (fixture ``any_host``), with the same results and errors.
 """
 import os
 
@@ -134,6 +135,17 @@ def test_a_running_guest_keeps_its_volume_from_rollback_and_delete(standalone_po
     volume.rollback("clean")  # shut off: allowed again
 
 
+@pytest.fixture
+def host(any_host):
+    """Every test here runs against the embedded host and against xvmd."""
+    return any_host
+
+
+def volume_by_key(host, key):
+    pool, name = key.split("/")
+    return host.lookup_pool(pool).lookup_volume(name)
+
+
 @pytest.fixture(params=["dir", "zfs"])
 def pool(request, host, tmp_path):
     if request.param == "dir":
@@ -224,6 +236,7 @@ def lan(host):
     yield net
     if net.active:
         net.destroy()
+    net.undefine()  # networks are stored: the next test may use the same host (xvmd)
 
 
 def test_clone_domain_twenty_times_from_one_golden_snapshot(pool, host, guest, lan):
@@ -237,7 +250,7 @@ def test_clone_domain_twenty_times_from_one_golden_snapshot(pool, host, guest, l
     volumes = []
     for clone in clones:
         (disk,) = clone.config.disks
-        volume = pool.pools.lookup_volume(disk.volume)
+        volume = volume_by_key(host, disk.volume)
         assert volume.origin == f"{golden_volume.key}@golden"
         assert sectors(volume.path) == MARKED  # the golden data
         volumes.append(volume)

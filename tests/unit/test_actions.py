@@ -40,7 +40,8 @@ def test_the_action_sets():
         "MigrateStatus", "MigrateAbort"]
     assert [a.__name__ for a in HOST_ACTIONS] == [
         "ListDomains", "LookupDomain", "Define", "Create", "Undefine", "Rename", "DomainRequest",
-        "Capabilities", "SetAutostart", "UpdateConfig", "RestoreDomain"]
+        "Capabilities", "SetAutostart", "UpdateConfig", "RestoreDomain", "ListNetworks", "DefineNetwork",
+        "NetworkRequest", "ListPools", "CreatePool", "PoolRequest", "VolumeRequest", "CloneDomain", "DomainDisks"]
 
 
 EXAMPLES = [
@@ -119,7 +120,19 @@ VALID = {"type": "AllTypes", "count": 1, "ratio": 1.5, "name": "n", "flag": True
      "MigrateStatus, MigrateAbort)"),
     ({"type": "Pause"}, HOST_ACTIONS,
      "action 'Pause' is not accepted here (accepted: ListDomains, LookupDomain, Define, Create, "
-     "Undefine, Rename, DomainRequest, Capabilities, SetAutostart, UpdateConfig, RestoreDomain)"),
+     "Undefine, Rename, DomainRequest, Capabilities, SetAutostart, UpdateConfig, RestoreDomain, ListNetworks, "
+     "DefineNetwork, NetworkRequest, ListPools, CreatePool, PoolRequest, VolumeRequest, CloneDomain, "
+     "DomainDisks)"),
+    ({"type": "PoolRequest", "pool": "p", "op": "rm"}, HOST_ACTIONS,
+     "PoolRequest.op: 'rm' is not one of lookup, available, volumes, create_volume, destroy"),
+    ({"type": "PoolRequest", "pool": "p", "op": "destroy", "args": {}}, HOST_ACTIONS,
+     "PoolRequest destroy: arguments are delete_volumes, not []"),
+    ({"type": "VolumeRequest", "volume": "p/v", "op": "clone", "args": {"snapshot": "s", "x": 1}}, HOST_ACTIONS,
+     "VolumeRequest clone: arguments are snapshot, new_name, not ['snapshot', 'x']"),
+    ({"type": "NetworkRequest", "network": "n", "op": "__class__"}, HOST_ACTIONS,
+     "NetworkRequest.op: '__class__' is not one of lookup, start, destroy, undefine, ports"),
+    ({"type": "DomainDisks", "domain": "d", "op": "delete", "name": "s"}, HOST_ACTIONS,
+     "DomainDisks.op: 'delete' is not snapshot or rollback"),
     ({"type": "Boot", "force": True}, None, "Boot: unknown field 'force'"),
     ({"type": "Boot", "b": 1, "a": 2}, None, "Boot: unknown fields 'a', 'b'"),
     ({"type": "Rename"}, None, "Rename: missing fields 'domain', 'new_name'"),

@@ -756,3 +756,22 @@ def test_unwritable_cache_is_status_1(kernel_cache, tmp_path, monkeypatch, capsy
     assert cli.main(["image", "build", "--quiet", "--no-vmlinux"]) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(f"xvm: error: cannot write the image into {root / 'images'}")
+
+
+def test_sizes_are_virshs_scaled_integers():
+    assert cli.parse_scaled("1048576") == 1 << 20
+    assert cli.parse_scaled("10G") == 10 << 30 and cli.parse_scaled("10GiB") == 10 << 30
+    assert cli.parse_scaled("512k") == 512 << 10 and cli.parse_scaled("2MB") == 2 * 10 ** 6
+    for bad in ("", "G", "1.5G", "-1M", "10Q", "1 G"):
+        with pytest.raises(ConfigError, match="is not a size"):
+            cli.parse_scaled(bad)
+
+
+def test_pool_as_needs_the_right_source(capsys):
+    assert cli.main(["pool-define-as", "p", "dir"]) == 1
+    assert capsys.readouterr().err == "xvm: error: a dir pool needs --target DIR (and no --source-name)\n"
+    assert cli.main(["pool-create-as", "p", "zfs", "--target", "/x"]) == 1
+    assert "a zfs pool needs --source-name ZPOOL/DATASET" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["pool-define-as", "p", "lvm", "--target", "/x"])
+    assert e.value.code == 2

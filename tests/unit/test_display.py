@@ -11,7 +11,7 @@ import xvm
 from xvm import display
 from xvm.errors import XvmError
 from xvm.host.capabilities import Capabilities
-from xvm.net.network import HostNetwork
+from xvm.net.network import HostNetwork, NetworkTable
 from xvm.storage import Pool, Pools
 from xvm.store import Store
 
@@ -93,7 +93,7 @@ def test_host_table_html_and_text():
     assert "xvmd went away" in empty["text/plain"]
 
 
-def test_capabilities_and_network_display():
+def test_capabilities_and_network_display(tmp_path):
     caps = Capabilities(kvm_api_version=12, virtualization="pvm", hvm=False, pv=True, max_vcpus=8,
                         recommended_vcpus=2, memory_slots=32, kvm_capabilities={"KVM_CAP_IRQFD": 1},
                         missing_capabilities=("KVM_CAP_X",))
@@ -103,7 +103,7 @@ def test_capabilities_and_network_display():
     assert fields["virtualization"] == "pvm" and fields["unmodified guests (hvm)"] == "no"
     assert fields["missing capabilities"] == "KVM_CAP_X"
     assert doc.tables["xvm-kvm-caps"]["rows"] == [["KVM_CAP_IRQFD", "1"]]
-    net = HostNetwork(None, xvm.Network("lab", address="10.9.0.1/24"))
+    net = NetworkTable(None, Store(tmp_path / "store.sqlite")).define(xvm.Network("lab", address="10.9.0.1/24"))
     b = net._repr_mimebundle_()
     fields = dict(htmlcheck.check(b["text/html"]).tables["xvm-network-fields"]["rows"])
     assert fields["state"] == "inactive" and fields["bridge"] == "xvmbr-lab"

@@ -42,14 +42,19 @@ def links():
 
 
 class FakeHost:
+    """Just what a NetworkTable asks of its host: the running domains on a network."""
+
     def __init__(self):
         self.users = set()
 
     def _network_users(self, net):
         return self.users
 
-    def _forget_network(self, net):
-        pass
+
+def table_of(host, tmp_path):
+    """A NetworkTable over a store of its own (networks are kept in a host's store)."""
+    from xvm.store import Store
+    return NetworkTable(host, Store(tmp_path / "store.sqlite"))
 
 
 @pytest.fixture
@@ -112,8 +117,8 @@ def test_missing_cap_net_admin_is_clear():
     assert "xvmnocap0" not in links()
 
 
-def test_network_lifecycle_removes_created_bridge(no_leaks):
-    table = NetworkTable(FakeHost())
+def test_network_lifecycle_removes_created_bridge(no_leaks, tmp_path):
+    table = table_of(FakeHost(), tmp_path)
     net = table.define(xvm.Network(f"t{SUFFIX}", address="10.213.0.1/24"))
     assert not net.active and net.bridge not in links()
     net.start()
@@ -131,11 +136,11 @@ def test_network_lifecycle_removes_created_bridge(no_leaks):
     assert net.bridge not in links()
 
 
-def test_network_adopts_existing_bridge_and_keeps_it(no_leaks):
+def test_network_adopts_existing_bridge_and_keeps_it(no_leaks, tmp_path):
     name = f"xvmadopt{SUFFIX}"[:15]
     bridge.create_bridge(name)
     try:
-        net = NetworkTable(FakeHost()).define(xvm.Network("adopt", bridge=name)).start()
+        net = table_of(FakeHost(), tmp_path).define(xvm.Network("adopt", bridge=name)).start()
         assert not net.created
         net.destroy()
         assert bridge.is_bridge(name)
@@ -143,16 +148,16 @@ def test_network_adopts_existing_bridge_and_keeps_it(no_leaks):
         bridge.delete_link(name)
 
 
-def test_network_on_a_non_bridge_refused(no_leaks):
+def test_network_on_a_non_bridge_refused(no_leaks, tmp_path):
     with Tap.open() as tap:
-        net = NetworkTable(FakeHost()).define(xvm.Network("x", bridge=tap.name))
+        net = table_of(FakeHost(), tmp_path).define(xvm.Network("x", bridge=tap.name))
         with pytest.raises(xvm.ConfigError, match="not a bridge"):
             net.start()
 
 
-def test_network_in_use_not_destroyed(no_leaks):
+def test_network_in_use_not_destroyed(no_leaks, tmp_path):
     host = FakeHost()
-    net = NetworkTable(host).define(xvm.Network(f"u{SUFFIX}")).start()
+    net = table_of(host, tmp_path).define(xvm.Network(f"u{SUFFIX}")).start()
     host.users = {"web"}
     with pytest.raises(xvm.StateError, match="web"):
         net.destroy()
@@ -167,13 +172,13 @@ def test_nic_plan_missing_bridge(tmp_path):
     cfg = xvm.DomainConfig(name="d", memory_mib=32, kernel=kernel,
                            nics=[xvm.Nic(bridge="xvmnosuchbr")])
     with pytest.raises(xvm.ConfigError, match="does not exist"):
-        plan_nics(cfg, NetworkTable(FakeHost()), {})
+        plan_nics(cfg, table_of(FakeHost(), tmp_path), {})
     cfg = cfg.replace(nics=[xvm.Nic(network="nosuch")])
     with pytest.raises(xvm.NotFoundError, match="no network named"):
-        plan_nics(cfg, NetworkTable(FakeHost()), {})
+        plan_nics(cfg, table_of(FakeHost(), tmp_path), {})
     cfg = cfg.replace(nics=[xvm.Nic(bridge="lo")])
     with pytest.raises(xvm.ConfigError, match="not a bridge"):
-        plan_nics(cfg, NetworkTable(FakeHost()), {})
+        plan_nics(cfg, table_of(FakeHost(), tmp_path), {})
 
 
 def test_duplicate_mac_among_running_domains(tmp_path):
@@ -183,13 +188,13 @@ def test_duplicate_mac_among_running_domains(tmp_path):
     cfg = xvm.DomainConfig(name="d", memory_mib=32, kernel=kernel,
                            nics=[xvm.Nic(bridge="lo", mac="52:54:00:00:00:07")])
     with pytest.raises(xvm.ConfigError, match="already used by running domain 'other'"):
-        plan_nics(cfg, NetworkTable(FakeHost()), {"52:54:00:00:00:07": "other"})
+        plan_nics(cfg, table_of(FakeHost(), tmp_path), {"52:54:00:00:00:07": "other"})
 
 
-def test_device_frame_reaches_host_through_bridge(no_leaks):
+def test_device_frame_reaches_host_through_bridge(no_leaks, tmp_path):
     """The simulated guest ARPs for the bridge's address; the host kernel answers
     through the bridge and the TAP into the guest's rx buffer."""
-    table = NetworkTable(FakeHost())
+    table = table_of(FakeHost(), tmp_path)
     net = table.define(xvm.Network(f"a{SUFFIX}", address="10.214.0.1/24")).start()
     plan = xvm.net.NicPlan("52:54:00:12:34:99", net.bridge, 1500)
     dev = plan.open_device()

@@ -220,6 +220,81 @@ class Daemon:
         domain = self.host.lookup(action.domain)
         self.host._update_config(domain, DomainConfig.from_dict(action.config))
 
+    # -- networks -----------------------------------------------------------------------------
+    def _do_ListNetworks(self, action):
+        return [_network(net) for net in self.host.networks()]
+
+    def _do_DefineNetwork(self, action):
+        from ..net import Network
+
+        if not isinstance(action.config, dict) or set(action.config) - {"name", "bridge", "address", "mtu"}:
+            raise ConfigError(f"a network config has the keys name, bridge, address, mtu: {sorted(action.config)}")
+        config = Network(**action.config)
+        net = self.host.create_network(config) if action.start else self.host.define_network(config)
+        return _network(net)
+
+    def _do_NetworkRequest(self, action):
+        net = self.host.lookup_network(action.network)
+        if action.op == "lookup":
+            return _network(net)
+        if action.op == "ports":
+            return net.ports()
+        getattr(net, action.op)()
+        return None
+
+    # -- storage ------------------------------------------------------------------------------
+    def _do_ListPools(self, action):
+        return [pool.config.to_dict() for pool in self.host.pools()]
+
+    def _do_CreatePool(self, action):
+        from ..storage import Pool
+
+        return self.host.create_pool(Pool.from_dict(action.config)).config.to_dict()
+
+    def _do_PoolRequest(self, action):
+        pool = self.host.lookup_pool(action.pool)
+        args = action.args
+        if action.op == "lookup":
+            return pool.config.to_dict()
+        if action.op == "available":
+            return pool.available
+        if action.op == "volumes":
+            return [volume.name for volume in pool.volumes()]
+        if action.op == "create_volume":
+            return pool.create_volume(args["name"], args["size_bytes"], format=args["format"]).name
+        pool.destroy(delete_volumes=_flag(args["delete_volumes"], "delete_volumes"))
+        return None
+
+    def _do_VolumeRequest(self, action):
+        volume = self.host.storage.lookup_volume(action.volume)
+        args = action.args
+        if action.op == "info":
+            return {"path": volume.path, "size": volume.size, "allocation": volume.allocation,
+                    "format": volume.format, "created": volume.created, "origin": volume.origin,
+                    "method": volume.method}
+        if action.op == "resize":
+            return volume.resize(args["size"], shrink=_flag(args["shrink"], "shrink"))
+        if action.op == "dependents":
+            return [v.key for v in volume.dependents()]
+        if action.op == "snapshots":
+            return [_snapshot(s) for s in volume.snapshots()]
+        if action.op == "snapshot":
+            return _snapshot(volume.snapshot(args["name"]))
+        if action.op == "clone":
+            return volume.clone(args["snapshot"], args["new_name"]).name
+        if action.op == "delete":
+            return volume.delete()
+        return getattr(volume, action.op)(args["name"])  # delete_snapshot, rollback
+
+    def _do_CloneDomain(self, action):
+        domain = self.host.clone_domain(action.source, action.new_name, snapshot=action.snapshot)
+        return _record(self.host.store.domain(str(domain.uuid)))
+
+    def _do_DomainDisks(self, action):
+        domain = self.host.lookup(action.domain)
+        result = (domain.snapshot_disks if action.op == "snapshot" else domain.rollback_disks)(action.name)
+        return [_snapshot(s) for s in result] if action.op == "snapshot" else result
+
     def _domain_request(self, key, action):
         domain = self.host.lookup(key)
         if isinstance(action, A.Boot):
@@ -249,6 +324,23 @@ def _record(record):
     return {"uuid": record.uuid, "name": record.name, "config": record.config,
             "persistent": record.persistent, "autostart": record.autostart,
             "state": record.state, "reason": record.reason}
+
+
+def _network(net):
+    config = net.config
+    return {"config": {"name": config.name, "bridge": config.bridge, "address": config.address, "mtu": config.mtu},
+            "active": net.active, "created": net.created}
+
+
+def _snapshot(snapshot):
+    return {"volume": snapshot.volume, "name": snapshot.name, "created": snapshot.created,
+            "method": snapshot.method}
+
+
+def _flag(value, what):
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be true or false, not {value!r}")
+    return value
 
 
 def _transient_gone(domain):

@@ -96,7 +96,7 @@ class LocalHost(Host):
         self._vmms = {}  # uuid -> Vmm, in-process only
         self._vmm_locks = {}  # uuid -> DomainLock held for an in-process Vmm
         self._ended_vmms = {}  # uuid -> the last in-process Vmm that ended (dom.machine afterwards)
-        self._networks = NetworkTable(self)
+        self._networks = NetworkTable(self, self.store)
         self._pools = None  # xvm.storage.Pools over this store, made on first use
         self._starting = set()  # uuids this host is starting: their disks count as in use
         self._closed = False
@@ -104,6 +104,7 @@ class LocalHost(Host):
         for record in self.store.domains():
             if self._reconcile(record.uuid).state not in (DomainState.RUNNING.value, DomainState.PAUSED.value):
                 launcher.remove_leftovers(self.state_dir, record.uuid)  # a confined VMM's cgroup
+        self._networks.reconcile()
 
     def __repr__(self):
         return f"<LocalHost {self.uri} state_dir={self.state_dir.root!r}>"
@@ -113,8 +114,14 @@ class LocalHost(Host):
 
     # -- domains ------------------------------------------------------------------------------
     def define(self, config):
-        """Store a domain (it starts shut off and survives every process)."""
-        return self._add(config, persistent=True)
+        """Store a domain (it starts shut off and survives every process).  Defining again
+        a domain's UUID with its name replaces its stored configuration, as virsh define
+        does: a running domain gets it at its next start, a running transient one becomes
+        persistent.  A UUID or name taken by another domain is a ConfigError."""
+        if not isinstance(config, DomainConfig):
+            raise ConfigError(f"define wants an xvm.DomainConfig, not {type(config).__name__}")
+        record, _ = self.store.define_domain(str(config.uuid), config.name, config.to_dict())
+        return self._handle(record.uuid)
 
     def create(self, config):
         """Start a *transient* domain: forgotten once it shuts off.
@@ -460,7 +467,7 @@ class LocalHost(Host):
         console_log = ConsoleLog(self.state_dir.console_log(config.name))
         vmm = Vmm(config, factory=machine_factory(self.kvm, nics=local_nics(plans)),
                   next_id=self.store.next_domain_id,
-                  on_state=store_hook(self.store, uuid, record.persistent), console_log=console_log,
+                  on_state=store_hook(self.store, uuid), console_log=console_log,
                   own_process=False)
         vmm.start()
         self._vmms[uuid] = vmm
@@ -536,7 +543,8 @@ class LocalHost(Host):
 
     # -- networks -----------------------------------------------------------------------------
     def define_network(self, network):
-        """Make an :class:`xvm.Network` known to the host (inactive); returns a HostNetwork."""
+        """Store an :class:`xvm.Network` (inactive); returns a HostNetwork.  Like a domain,
+        it is known to every process on this state directory until undefined."""
         return self._networks.define(network)
 
     def create_network(self, network):
@@ -554,9 +562,6 @@ class LocalHost(Host):
     def lookup_network(self, name):
         """The HostNetwork called ``name``; raises NotFoundError."""
         return self._networks.lookup(name)
-
-    def _forget_network(self, net):
-        self._networks.forget(net)
 
     def _network_users(self, net):
         return {cfg.name for cfg in self._running_configs(None)
@@ -715,10 +720,7 @@ class LocalHost(Host):
             lock.close()
         self._vmm_locks.clear()
         launcher.reap()
-        for net in self._networks.list():  # bridges xvm made, unless a running domain uses one
-            if net.active and net.created and not self._network_users(net):
-                net.destroy()
-        self.store.close()
+        self.store.close()  # active networks keep their bridges: they are stored, like domains
         self.kvm.close()
 
 

@@ -143,22 +143,238 @@ class RemoteHost(Host):
             handle.console._reset_attachment()
         self._channel.close()
 
-    # networks are managed by the embedded host for now
-    def _no_networks(self, *args, **kwargs):
-        raise XvmError(f"networks are not served by xvmd yet; manage them with {__name__.split('.')[0]}"
-                       ".connect('xvm:///session')")
+    # -- networks (xvmd keeps them in its store, makes the bridges) ----------------------------
+    def define_network(self, network):
+        """Store an :class:`xvm.Network` on xvmd's host (inactive); a :class:`RemoteNetwork`."""
+        return RemoteNetwork(self, self._channel.call(A.DefineNetwork(config=_network_dict(network))))
 
-    define_network = create_network = networks = lookup_network = _no_networks
+    def create_network(self, network):
+        return RemoteNetwork(self, self._channel.call(A.DefineNetwork(config=_network_dict(network), start=True)))
 
-    # so are storage pools (a pool's volumes are files or datasets on xvmd's machine)
-    def _no_storage(self, *args, **kwargs):
-        raise XvmError("storage pools are not served by xvmd yet; manage pools, volumes, "
-                       "clone_domain and disk snapshots with "
-                       f"{__name__.split('.')[0]}.connect('xvm:///session') on the same state "
-                       "directory")
+    def networks(self):
+        return [RemoteNetwork(self, data) for data in self._channel.call(A.ListNetworks())]
 
-    create_pool = pools = lookup_pool = clone_domain = _no_storage
-    _snapshot_disks = _rollback_disks = _no_storage
+    def lookup_network(self, name):
+        return RemoteNetwork(self, self._channel.call(A.NetworkRequest(network=str(getattr(name, "name", name)),
+                                                                       op="lookup")))
+
+    # -- storage pools (the volumes are files or datasets on xvmd's machine) ------------------
+    def create_pool(self, pool):
+        from ..storage import Pool
+
+        if not isinstance(pool, Pool):
+            raise ConfigError(f"create_pool takes an xvm.Pool, not {type(pool).__name__}")
+        return RemotePool(self, self._channel.call(A.CreatePool(config=pool.to_dict())))
+
+    def pools(self):
+        return [RemotePool(self, data) for data in self._channel.call(A.ListPools())]
+
+    def lookup_pool(self, name):
+        return RemotePool(self, self._channel.call(A.PoolRequest(pool=_text(name, "pool name"), op="lookup")))
+
+    def clone_domain(self, source, new_name, snapshot="golden"):
+        """As :meth:`LocalHost.clone_domain`, done by xvmd."""
+        from ..domain import Domain
+
+        source = str(source.uuid) if isinstance(source, Domain) else _text(source, "domain")
+        record = self._channel.call(A.CloneDomain(source=source, new_name=_text(new_name, "domain name"),
+                                                  snapshot=_text(snapshot, "snapshot name")))
+        return self._handle(record["uuid"])
+
+    def _snapshot_disks(self, domain, name):
+        from ..storage.pools import Snapshot
+
+        return [Snapshot(**s) for s in self._channel.call(
+            A.DomainDisks(domain=str(domain.uuid), op="snapshot", name=_text(name, "snapshot name")))]
+
+    def _rollback_disks(self, domain, name):
+        return self._channel.call(A.DomainDisks(domain=str(domain.uuid), op="rollback",
+                                                name=_text(name, "snapshot name")))
+
+
+class RemoteNetwork:
+    """A network of xvmd's host: the same attributes and verbs as :class:`xvm.HostNetwork`."""
+
+    def __init__(self, host, data):
+        from ..net import Network
+
+        self._host = host
+        self.config = Network(**data["config"])
+
+    def __repr__(self):
+        return f"<RemoteNetwork {self.name!r} bridge={self.bridge!r} {self.state.value}>"
+
+    def __eq__(self, other):
+        return isinstance(other, RemoteNetwork) and other._host is self._host and other.config == self.config
+
+    __hash__ = object.__hash__
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        from ..display import network_bundle
+        return network_bundle(self, include, exclude)
+
+    name = property(lambda self: self.config.name)
+    bridge = property(lambda self: self.config.bridge)
+    address = property(lambda self: self.config.address)
+
+    def _call(self, op):
+        return self._host._channel.call(A.NetworkRequest(network=self.name, op=op))
+
+    @property
+    def state(self):
+        from ..net import NetworkState
+        return NetworkState.ACTIVE if self._call("lookup")["active"] else NetworkState.INACTIVE
+
+    @property
+    def active(self):
+        return self._call("lookup")["active"]
+
+    @property
+    def created(self):
+        return self._call("lookup")["created"]
+
+    def start(self):
+        self._call("start")
+        return self
+
+    def destroy(self):
+        self._call("destroy")
+
+    def undefine(self):
+        self._call("undefine")
+
+    def ports(self):
+        return self._call("ports")
+
+
+class RemotePool:
+    """A storage pool of xvmd's host: the attributes and verbs of :class:`xvm.storage.StoragePool`."""
+
+    def __init__(self, host, data):
+        from ..storage import Pool
+
+        self._host = host
+        self.config = Pool.from_dict(data)
+
+    name = property(lambda self: self.config.name)
+    type = property(lambda self: self.config.type)
+
+    def __repr__(self):
+        return f"<RemotePool {self.name} {self.config.path or self.config.dataset}>"
+
+    def __eq__(self, other):
+        return isinstance(other, RemotePool) and other.config == self.config
+
+    def __hash__(self):
+        return hash(self.config)
+
+    def _call(self, op, **args):
+        return self._host._channel.call(A.PoolRequest(pool=self.name, op=op, args=args))
+
+    @property
+    def available(self):
+        return self._call("available")
+
+    def create_volume(self, name, size_bytes, format="raw"):
+        return RemoteVolume(self, self._call("create_volume", name=name, size_bytes=size_bytes, format=format))
+
+    def volumes(self):
+        return [RemoteVolume(self, name) for name in self._call("volumes")]
+
+    def lookup_volume(self, name):
+        volume = RemoteVolume(self, _text(name, "volume name"))
+        volume._info()  # StorageNotFoundError now if there is none
+        return volume
+
+    def destroy(self, delete_volumes=True):
+        self._call("destroy", delete_volumes=delete_volumes)
+
+
+class RemoteVolume:
+    """A volume of a pool of xvmd's host: the attributes and verbs of :class:`xvm.storage.Volume`."""
+
+    def __init__(self, pool, name):
+        self.pool = pool
+        self.name = name
+
+    def __repr__(self):
+        return f"<RemoteVolume {self.key}>"
+
+    def __eq__(self, other):
+        return isinstance(other, RemoteVolume) and other.key == self.key
+
+    def __hash__(self):
+        return hash(self.key)
+
+    @property
+    def key(self):
+        return f"{self.pool.name}/{self.name}"
+
+    def _call(self, op, **args):
+        return self.pool._host._channel.call(A.VolumeRequest(volume=self.key, op=op, args=args))
+
+    def _info(self):
+        return self._call("info")
+
+    path = property(lambda self: self._info()["path"])
+    size = property(lambda self: self._info()["size"])
+    allocation = property(lambda self: self._info()["allocation"])
+    format = property(lambda self: self._info()["format"])
+    created = property(lambda self: self._info()["created"])
+    origin = property(lambda self: self._info()["origin"])
+    method = property(lambda self: self._info()["method"])
+
+    def resize(self, size, *, shrink=False):
+        self._call("resize", size=size, shrink=shrink)
+
+    def dependents(self):
+        host = self.pool._host
+        return [host.lookup_pool(key.split("/")[0]).lookup_volume(key.split("/")[1])
+                for key in self._call("dependents")]
+
+    def delete(self):
+        self._call("delete")
+
+    def snapshots(self):
+        from ..storage.pools import Snapshot
+        return [Snapshot(**s) for s in self._call("snapshots")]
+
+    def lookup_snapshot(self, name):
+        from ..storage.errors import StorageNotFoundError
+
+        for snapshot in self.snapshots():
+            if snapshot.name == name:
+                return snapshot
+        raise StorageNotFoundError(f"volume {self.key} has no snapshot {name!r}",
+                                   target=f"{self.key}@{name}", operation="lookup snapshot")
+
+    def snapshot(self, name, *, progress=None):
+        from ..storage.pools import Snapshot
+        return Snapshot(**self._call("snapshot", name=name))
+
+    def delete_snapshot(self, name):
+        self._call("delete_snapshot", name=name)
+
+    def rollback(self, name, *, progress=None):
+        return self._call("rollback", name=name)
+
+    def clone(self, snapshot, new_name, *, progress=None):
+        return RemoteVolume(self.pool, self._call("clone", snapshot=snapshot, new_name=new_name))
+
+
+def _text(value, what):
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _network_dict(network):
+    from ..net import Network
+    from ..net.errors import NetworkConfigError
+
+    if not isinstance(network, Network):
+        raise NetworkConfigError(f"define_network wants an xvm.Network, not {type(network).__name__}")
+    return {"name": network.name, "bridge": network.bridge, "address": network.address, "mtu": network.mtu}
 
 
 def _config_dict(config):

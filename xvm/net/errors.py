@@ -8,3 +8,13 @@ class NetworkConfigError(ConfigError):
 
 class NetworkHostError(HostError):
     """A netlink request on the host failed; ``errno`` says why."""
+
+
+def _register():
+    from ..vmm.protocol import register_error  # xvmd's replies recreate these classes
+
+    register_error(NetworkConfigError)
+    register_error(NetworkHostError)
+
+
+_register()

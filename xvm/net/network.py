@@ -3,18 +3,23 @@
 ``Network(name, bridge=None, address=None, mtu=1500)`` is the validated
 configuration; ``host.define_network(net)`` makes it a :class:`HostNetwork`
 (inactive), ``.start()`` creates its bridge (or adopts an existing one),
-``.destroy()`` removes a bridge xvm created (an adopted one stays).
+``.destroy()`` removes a bridge xvm created (an adopted one stays).  Networks are
+kept in the host's store: a bridge stays up across host processes until destroyed,
+and a host that opens the store re-creates the bridge of an active network that is
+gone (:meth:`NetworkTable.reconcile`).
 """
 import enum
 import ipaddress
+import logging
 import re
 import threading
 from dataclasses import dataclass
 
-from ..errors import StateError
+from ..errors import StateError, XvmError
 from . import bridge as _bridge
 from .errors import NetworkConfigError
 
+log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 BRIDGE_PREFIX = "xvmbr-"
 MIN_MTU = 68
@@ -64,19 +69,25 @@ class NetworkState(enum.Enum):
     ACTIVE = "active"
 
 
-class HostNetwork:
-    """A network known to a host.  ``created`` says whether xvm made the bridge
-    (and so removes it on destroy)."""
+STORE_KIND = "network"  # the store's object kind for networks
 
-    def __init__(self, host, config):
-        self._host = host
+
+class HostNetwork:
+    """A network known to a host.  Its configuration and state live in the host's store
+    (so every process on the state directory sees the same networks); ``created`` says
+    whether xvm made the bridge (and so removes it on destroy)."""
+
+    def __init__(self, table, config):
+        self._table = table
         self.config = config
-        self.state = NetworkState.INACTIVE
-        self.created = False
-        self._lock = threading.RLock()
 
     def __repr__(self):
         return f"<HostNetwork {self.name!r} bridge={self.bridge!r} {self.state.value}>"
+
+    def __eq__(self, other):
+        return isinstance(other, HostNetwork) and other._table is self._table and other.config == self.config
+
+    __hash__ = object.__hash__
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         from ..display import network_bundle
@@ -87,25 +98,34 @@ class HostNetwork:
     address = property(lambda self: self.config.address)
 
     @property
+    def state(self):
+        return NetworkState.ACTIVE if self._table._record(self.name)["active"] else NetworkState.INACTIVE
+
+    @property
+    def created(self):
+        return self._table._record(self.name)["created"]
+
+    @property
     def active(self):
         return self.state is NetworkState.ACTIVE
 
     def start(self):
-        """Create the bridge (adopting it if it already exists); returns self."""
-        with self._lock:
+        """Create the bridge (adopting it if it already exists); returns self.  The bridge
+        stays up after this host closes, until :meth:`destroy`."""
+        with self._table._lock:
             if self.active:
                 raise StateError(f"network {self.name!r} is already active",
                                  state=self.state, operation="start")
             kind = _bridge.link_kind(self.bridge)
             if kind is None:
                 _bridge.create_bridge(self.bridge, self.config.interface, self.config.mtu)
-                self.created = True
+                created = True
             elif kind != "bridge":
                 raise NetworkConfigError(f"network {self.name!r}: interface {self.bridge!r} "
                                          f"exists and is a {kind}, not a bridge")
             else:
-                self.created = False
-            self.state = NetworkState.ACTIVE
+                created = False
+            self._table._save(self.config, active=True, created=created)
             return self
 
     def ports(self):
@@ -115,75 +135,105 @@ class HostNetwork:
     def destroy(self):
         """Stop the network: remove the bridge if xvm created it.  Refused while
         a running domain has a NIC on it."""
-        with self._lock:
+        with self._table._lock:
             if not self.active:
                 raise StateError(f"network {self.name!r} is not active",
                                  state=self.state, operation="destroy")
-            users = self._host._network_users(self)
+            users = self._table._host._network_users(self)
             if users:
                 raise StateError(f"network {self.name!r} is in use by running domain(s) "
                                  f"{', '.join(sorted(users))}", state=self.state,
                                  operation="destroy")
             if self.created:
                 _bridge.delete_link(self.bridge)
-            self.created = False
-            self.state = NetworkState.INACTIVE
+            self._table._save(self.config, active=False, created=False)
 
     def undefine(self):
-        with self._lock:
+        with self._table._lock:
             if self.active:
                 raise StateError(f"network {self.name!r} is active; destroy it first",
                                  state=self.state, operation="undefine")
-            self._host._forget_network(self)
+            self._table.forget(self)
 
 
 class NetworkTable:
-    """The networks of one host, by name (the Host delegates to this)."""
+    """The networks of one host, by name, kept in its store (objects of kind "network":
+    ``{"config", "active", "created"}``); the Host delegates to this."""
 
-    def __init__(self, host):
+    def __init__(self, host, store):
         self._host = host
-        self._networks = {}
+        self._store = store
         self._lock = threading.RLock()
+
+    def _record(self, name):
+        from .errors import NotFoundError
+        data = self._store.object(STORE_KIND, name)
+        if data is None:
+            raise NotFoundError(f"network {name!r} no longer exists")
+        return data
+
+    def _save(self, config, *, active, created):
+        self._store.put_object(STORE_KIND, config.name, {
+            "config": {"name": config.name, "bridge": config.bridge, "address": config.address,
+                       "mtu": config.mtu},
+            "active": active, "created": created})
+
+    def _network(self, data):
+        return HostNetwork(self, Network(**data["config"]))
 
     def define(self, config):
         if not isinstance(config, Network):
             raise NetworkConfigError(f"define_network wants an xvm.Network, not "
                                      f"{type(config).__name__}")
         with self._lock:
-            if config.name in self._networks:
+            known = self._store.objects(STORE_KIND)
+            if config.name in known:
                 raise NetworkConfigError(f"a network named {config.name!r} already exists")
-            for other in self._networks.values():
-                if other.bridge == config.bridge:
-                    raise NetworkConfigError(f"network {other.name!r} already uses bridge "
+            for name, data in known.items():
+                if data["config"]["bridge"] == config.bridge:
+                    raise NetworkConfigError(f"network {name!r} already uses bridge "
                                              f"{config.bridge!r}")
-            net = HostNetwork(self._host, config)
-            self._networks[config.name] = net
-            return net
+            self._save(config, active=False, created=False)
+            return HostNetwork(self, config)
 
     def list(self):
-        with self._lock:
-            return list(self._networks.values())
+        return [self._network(data) for data in self._store.objects(STORE_KIND).values()]
 
     def lookup(self, name):
         from .errors import NotFoundError
         name = getattr(name, "name", name)
-        with self._lock:
-            try:
-                return self._networks[name]
-            except KeyError:
-                raise NotFoundError(f"no network named {name!r}") from None
+        if not isinstance(name, str) or not name:
+            raise NotFoundError(f"no network named {name!r}")
+        data = self._store.object(STORE_KIND, name)
+        if data is None:
+            raise NotFoundError(f"no network named {name!r}")
+        return self._network(data)
 
     def forget(self, net):
+        from .errors import NotFoundError
         with self._lock:
-            self._networks.pop(net.name, None)
+            try:
+                self._store.remove_object(STORE_KIND, net.name)
+            except NotFoundError:
+                pass
 
-    def close(self):
-        """Destroy every active network (the host is going away)."""
-        for net in self.list():
-            if net.active:
+    def reconcile(self):
+        """Bring back the bridge of every active network whose bridge is gone (deleted by
+        hand, or the machine rebooted); returns the names of the networks re-created.  A
+        bridge that cannot be re-created (no CAP_NET_ADMIN in this process) is logged and
+        left to a process that can."""
+        restored = []
+        with self._lock:
+            for net in self.list():
+                if not net.active or _bridge.link_kind(net.bridge) is not None:
+                    continue
                 try:
-                    if net.created:
-                        _bridge.delete_link(net.bridge)
-                finally:
-                    net.created = False
-                    net.state = NetworkState.INACTIVE
+                    _bridge.create_bridge(net.bridge, net.config.interface, net.config.mtu)
+                except XvmError as e:
+                    log.warning("network %r is active but its bridge %r is gone and could not "
+                                "be re-created: %s", net.name, net.bridge, e)
+                    continue
+                log.warning("network %r: its bridge %r was gone; re-created", net.name, net.bridge)
+                self._save(net.config, active=True, created=True)
+                restored.append(net.name)
+        return restored

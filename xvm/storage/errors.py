@@ -65,3 +65,14 @@ class StorageHostError(StorageError, HostError):
 
 class ZfsDaemonError(StorageHostError):
     """ZFS cannot be reached: the zfs-fuse daemon is not running, or the host has no /dev/zfs."""
+
+
+def _register():
+    from ..vmm.protocol import register_error  # xvmd's replies recreate these classes
+
+    for cls in (StorageError, StorageNotFoundError, StorageExistsError, StorageBusyError, StorageHostError,
+                ZfsDaemonError):
+        register_error(cls)
+
+
+_register()

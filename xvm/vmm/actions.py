@@ -551,8 +551,119 @@ class RestoreDomain(Action):
     fd: int | None = None
 
 
+# Networks and storage through xvmd: one action per object kind to list, look up or make one,
+# and one "request" carrying an operation on a named object (the names below are the whole set).
+
+@action
+class ListNetworks(Action):
+    """Every network of the host: ``{"config", "active", "created"}`` each."""
+
+
+@action
+class DefineNetwork(Action):
+    """Store a network (an :class:`xvm.Network` as a dict); ``start``: and start it."""
+
+    config: dict
+    start: bool = False
+
+
+NETWORK_OPS = ("lookup", "start", "destroy", "undefine", "ports")
+
+
+@action
+class NetworkRequest(Action):
+    """One operation (:data:`NETWORK_OPS`) on the network ``network``."""
+
+    network: str
+    op: str
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.op not in NETWORK_OPS:
+            raise BadAction(f"NetworkRequest.op: {_short(self.op)} is not one of {', '.join(NETWORK_OPS)}")
+
+
+@action
+class ListPools(Action):
+    """Every storage pool's configuration."""
+
+
+@action
+class CreatePool(Action):
+    """Define a storage pool (an :class:`xvm.Pool` as a dict) and make its directory or dataset."""
+
+    config: dict
+
+
+# op -> the names of its arguments (all given, nothing else)
+POOL_OPS = {"lookup": (), "available": (), "volumes": (), "create_volume": ("name", "size_bytes", "format"),
+            "destroy": ("delete_volumes",)}
+VOLUME_OPS = {"info": (), "resize": ("size", "shrink"), "delete": (), "dependents": (), "snapshots": (),
+              "snapshot": ("name",), "delete_snapshot": ("name",), "rollback": ("name",),
+              "clone": ("snapshot", "new_name")}
+
+
+def _check_op(what, op, args, ops):
+    if op not in ops:
+        raise BadAction(f"{what}.op: {_short(op)} is not one of {', '.join(ops)}")
+    if set(args) != set(ops[op]):
+        raise BadAction(f"{what} {op}: arguments are {', '.join(ops[op]) or 'none'}, not "
+                        f"{_short(sorted(args))}")
+
+
+@action
+class PoolRequest(Action):
+    """One operation (:data:`POOL_OPS`) on the pool ``pool``, with its arguments."""
+
+    pool: str
+    op: str
+    args: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_op("PoolRequest", self.op, self.args, POOL_OPS)
+
+
+@action
+class VolumeRequest(Action):
+    """One operation (:data:`VOLUME_OPS`) on the volume ``volume`` ("POOL/VOLUME")."""
+
+    volume: str
+    op: str
+    args: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_op("VolumeRequest", self.op, self.args, VOLUME_OPS)
+
+
+@action
+class CloneDomain(Action):
+    """``host.clone_domain(source, new_name, snapshot)``: a new domain on clones of the disks."""
+
+    source: str
+    new_name: str
+    snapshot: str = "golden"
+
+
+@action
+class DomainDisks(Action):
+    """Snapshot (``op="snapshot"``) or roll back (``op="rollback"``) every disk of a shut-off domain."""
+
+    domain: str
+    op: str
+    name: str
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.op not in ("snapshot", "rollback"):
+            raise BadAction(f"DomainDisks.op: {_short(self.op)} is not snapshot or rollback")
+
+
 HOST_ACTIONS = (ListDomains, LookupDomain, Define, Create, Undefine, Rename, DomainRequest,
-                Capabilities, SetAutostart, UpdateConfig, RestoreDomain)
+                Capabilities, SetAutostart, UpdateConfig, RestoreDomain, ListNetworks, DefineNetwork,
+                NetworkRequest, ListPools, CreatePool, PoolRequest, VolumeRequest, CloneDomain, DomainDisks)
+
 
 # --- descriptors -------------------------------------------------------------------------------
 # Actions that carry one open file.  In this process ``fd`` is the descriptor itself; on a

@@ -181,16 +181,17 @@ def local_nics(plans):
     return list(plans)
 
 
-def store_hook(store, uuid, persistent, finished=None):
+def store_hook(store, uuid, finished=None):
     """``on_state`` for a Vmm: the store follows the domain's state; a transient
-    domain is forgotten when it stops; ``finished`` is set when the domain has
+    domain is forgotten when it stops (transient *then*: a running domain may be
+    defined or undefined meanwhile); ``finished`` is set when the domain has
     stopped for good."""
 
     def on_state(vmm, state):
         try:
             if state not in STOPPED:
                 store.set_state(uuid, state.value)
-            elif persistent:
+            elif getattr(store.domain(uuid), "persistent", False):
                 store.set_state(uuid, state.value, vmm.crash_reason)
             else:
                 store.remove_domain(uuid)
@@ -230,7 +231,7 @@ def run_domain(init, message, fds):
         console_log = ConsoleLog(state_dir.console_log(config.name))
         vmm = Vmm(config, factory=machine_factory(kvm, disk_fds=disk_fds, nics=nics),
                   next_id=store.next_domain_id,
-                  on_state=store_hook(store, uuid, message["persistent"], finished),
+                  on_state=store_hook(store, uuid, finished),
                   console_log=console_log)
         server = VmmServer(vmm, state_dir.vmm_socket(uuid))  # bound, not serving yet
         with open(state_dir.vmm_pidfile(uuid), "w") as f:
