@@ -168,29 +168,22 @@ class Channel:
     def over(cls, raw, address, context, *, timeout=10.0, what="the destination"):
         """The client end over ``raw``, a TCP connection made by someone else (the host, for
         a confined VMM): TLS with ``context`` (checking the name ``address[0]``) unless None."""
-        host, port = address
-        peer = f"{what} {host}:{port}"
-        raw.settimeout(timeout)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if context is None:
-            return cls(raw, peer)
-        try:
-            sock = context.wrap_socket(raw, server_hostname=host)
-        except (ssl.SSLError, OSError) as e:
-            raw.close()
-            raise MigrationError(f"TLS handshake with {peer} failed: {_ssl_reason(e)}", what="tls") from None
-        return cls(sock, peer)
+        return cls._wrap(raw, address, context, timeout, what, server_hostname=address[0])
 
     @classmethod
     def accept(cls, raw, address, context, *, timeout=10.0, what="the source"):
         """The server end of an accepted socket (TLS handshake done here)."""
+        return cls._wrap(raw, address, context, timeout, what, server_side=True)
+
+    @classmethod
+    def _wrap(cls, raw, address, context, timeout, what, **tls):
         peer = f"{what} {address[0]}:{address[1]}"
         raw.settimeout(timeout)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if context is None:
             return cls(raw, peer)
         try:
-            sock = context.wrap_socket(raw, server_side=True)
+            sock = context.wrap_socket(raw, **tls)
         except (ssl.SSLError, OSError) as e:
             raw.close()
             raise MigrationError(f"TLS handshake with {peer} failed: {_ssl_reason(e)}", what="tls") from None
