@@ -135,13 +135,15 @@ class Domain:
         self._host._act(self, A.Destroy())
         self._host._stopped(self)
 
-    def save(self, path):
+    def save(self, path, *, progress=None):
         """Save the running (or paused) domain to the snapshot file ``path``: it is paused,
         its disks flushed, its state and RAM written; it ends shut off.
-        ``host.restore(path)`` brings it back."""
+        ``host.restore(path)`` brings it back (with nothing to show a bar for: it maps the
+        file's RAM and faults it in lazily).  ``progress``: None (a byte bar in Jupyter or on
+        a terminal), True, False, or a callable ``progress(written, total)``."""
         import os
 
-        self._host._save(self, os.path.abspath(path))
+        self._host._save(self, os.path.abspath(path), progress=progress)
         self._host._stopped(self)
 
     def migrate(self, uri, *, downtime_ms=300, bandwidth=None, timeout_s=None, tls_dir=None,

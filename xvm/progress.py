@@ -219,3 +219,34 @@ def _has_seek_data(fd):
         return True
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def file_growth(fd, total, report, interval=0.2):
+    """While the ``with`` block runs (another process writing the file ``fd``), call
+    ``report(written, total)`` every ``interval`` seconds, ``written`` being the bytes the
+    file holds (allocated: a sparse file's holes do not count); ``report(total, total)``
+    when the block ends without an error.  ``report`` None: nothing is watched."""
+    if report is None:
+        yield
+        return
+    import threading
+
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(interval):
+            try:
+                written = os.fstat(fd).st_blocks * 512
+            except OSError:
+                return
+            report(min(written, total), total)
+
+    thread = threading.Thread(target=watch, name="xvm-progress-file", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+    report(total, total)

@@ -204,3 +204,18 @@ def test_no_server_opens_a_snapshot_path_for_its_client(xvmd, guest, tmp_path):
         assert reply["ok"] is False and "descriptor" in reply["error"]["message"], reply
         assert dom.state is DomainState.SHUTOFF
         dom.undefine()
+
+
+def test_save_reports_its_progress_in_bytes(any_host, guest, tmp_path):
+    dom = busy(any_host, guest, memory_mib=64)
+    dom.start()
+    last_count(dom)
+    calls = []
+    with pytest.raises(xvm.ConfigError, match="progress must be"):
+        dom.save(str(tmp_path / "never.save"), progress="yes")
+    assert dom.state is DomainState.RUNNING and not os.path.exists(tmp_path / "never.save")
+    dom.save(str(tmp_path / "busy.save"), progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1] == (64 << 20, 64 << 20)
+    assert all(total == 64 << 20 and 0 <= done <= total for done, total in calls)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    assert dom.state is DomainState.SHUTOFF

@@ -56,14 +56,17 @@ class Host:
             domain.set_autostart(True)
         return domain
 
-    def _save(self, domain, path):
+    def _save(self, domain, path, progress=None):
         """``dom.save(path)``: the file is made here, with this caller's permissions, and its
         descriptor handed to the VMM (confined, it sees no directory of the host's); renamed
-        to ``path`` once the VMM has written and synced it, removed if it failed."""
+        to ``path`` once the VMM has written and synced it, removed if it failed.  The bar
+        (``progress``: :func:`xvm.progress.byte_reporter`) follows the file as it fills."""
         from ..migration.snapshot import SaveFile
+        from ..progress import byte_reporter, file_growth
 
-        with SaveFile(path) as out:
-            self._act(domain, A.Snapshot(path=out.path, fd=out.fd))
+        with SaveFile(path) as out, byte_reporter(progress, f"save {domain.name}") as report:
+            with file_growth(out.fd, domain.config.memory_mib << 20, report):
+                self._act(domain, A.Snapshot(path=out.path, fd=out.fd))
             out.commit()
 
     def __enter__(self):
