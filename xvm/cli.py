@@ -1237,8 +1237,9 @@ def _cmd_migrate(args):
                 progress_bar.total = max(status["memory_bytes"], status["bytes_sent"] + status["remaining_bytes"])
                 progress_bar.update(status["bytes_sent"] - progress_bar.n)
                 throttle = f", throttled {status['throttle_pct']}%" if status["throttle_pct"] else ""
-                progress_bar.set_postfix_str(f"{status['state']}, pass {status['iterations'] + 1}{throttle}",
-                                             refresh=False)
+                dirty = status["remaining_bytes"] // 4096
+                progress_bar.set_postfix_str(f"{status['state']}, pass {status['iterations'] + 1}, "
+                                             f"{dirty} dirty pages{throttle}", refresh=False)
 
             stats = domain.migrate(args.uri, downtime_ms=args.downtime, bandwidth=args.bandwidth,
                                    timeout_s=args.timeout, tls_dir=args.tls_dir, insecure=args.insecure,
