@@ -144,13 +144,10 @@ class Daemon:
     def _serve(self, conn):
         try:
             while True:
-                try:
-                    message, fds = P.recv_message(conn)
-                except P.ConnectionClosed:
+                request = P.next_request(conn)
+                if request is None:
                     return
-                except P.ProtocolError as e:
-                    _try_send(conn, P.error_reply(None, e))
-                    return
+                message, fds = request
                 request_id = message.get("id")
                 try:
                     if not isinstance(request_id, int) or isinstance(request_id, bool):
@@ -315,7 +312,7 @@ class Daemon:
             stream_console(conn, request_id, lambda listener: domain.console.subscribe(listener, action.history),
                            domain.name)
         except XvmError as e:
-            _try_send(conn, P.error_reply(request_id, e))
+            P.try_send(conn, P.error_reply(request_id, e))
 
 
 def _record(record):
@@ -385,8 +382,3 @@ def _listen(path, gid):
     return sock
 
 
-def _try_send(conn, message):
-    try:
-        P.send_message(conn, message)
-    except OSError:
-        pass

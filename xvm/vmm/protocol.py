@@ -404,6 +404,27 @@ def recv_message(sock, timeout=None):
         raise
 
 
+def next_request(conn):
+    """The next ``(message, fds)`` a server reads from ``conn``, or None when the connection is
+    done: the peer closed it, or broke the framing (answered with the error, since nothing
+    after it can be trusted)."""
+    try:
+        return recv_message(conn)
+    except ConnectionClosed:
+        return None
+    except ProtocolError as e:
+        try_send(conn, error_reply(None, e))
+        return None
+
+
+def try_send(conn, message):
+    """Send ``message`` unless the peer has gone (then nothing)."""
+    try:
+        send_message(conn, message)
+    except OSError:
+        pass
+
+
 def close_fds(fds):
     """Close every fd in *fds*, ignoring ones already closed."""
     for fd in fds:

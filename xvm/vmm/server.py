@@ -104,13 +104,10 @@ class VmmServer:
     def _serve(self, conn):
         try:
             while True:
-                try:
-                    message, fds = P.recv_message(conn)
-                except P.ConnectionClosed:
+                request = P.next_request(conn)
+                if request is None:
                     return
-                except P.ProtocolError as e:
-                    _try_send(conn, P.error_reply(None, e))
-                    return  # the framing is broken: nothing after it can be trusted
+                message, fds = request
                 with self._idle:
                     self._busy += 1
                 try:
@@ -174,8 +171,3 @@ class VmmServer:
                        self.vmm.config.name)
 
 
-def _try_send(conn, message):
-    try:
-        P.send_message(conn, message)
-    except OSError:
-        pass
