@@ -9,7 +9,7 @@ import os
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from xvm.devices.block import Disk, VirtioBlock
@@ -144,6 +144,7 @@ _DESC = st.tuples(_ADDR,
                                   st.sampled_from([0, 1, 8, 2040, 2047, 2048, 2**64 - 1])),
                         min_size=3, max_size=3),
        heads=st.lists(st.integers(0, QUEUE_SIZE), min_size=1, max_size=QUEUE_SIZE))
+@example(descs=[(HDR, 0, 0, 0)] * QUEUE_SIZE, headers=[(0, 0)] * 3, heads=[QUEUE_SIZE, 0])
 def test_c_and_python_paths_agree(tmp_path, descs, headers, heads):
     """Hostile or valid, every request ends the same on both paths."""
     def setup(memory, ring):
