@@ -50,35 +50,41 @@ def _run(tmp_path, name, native_path, setup, heads, readonly=False, tune=None):
     ``tune(device)`` may set the C path's I/O pool knobs first."""
     path = _image(tmp_path / f"{name}.img")
     with GuestMemory.create([(0, MEMORY)]) as memory:
-        memory.fill(0, MEMORY, 0xA5)
-        dev = VirtioBlock(Disk(path, readonly=readonly), queue_size=QUEUE_SIZE)
-        if tune is not None:
-            tune(dev)
-        try:
-            ring = DriverRing(memory, RING, QUEUE_SIZE)
-            setup(memory, ring)
-            queue = Queue(memory, QUEUE_SIZE, ring.desc_table, ring.avail_ring, ring.used_ring,
-                          indirect=True, event_idx=True, native=native_path)
-            assert queue.native is native_path
-            dev.ack_features(dev.device_features)
-            dev.activate(memory, [queue], _Irq())
-            for head in heads:
-                ring.publish(head)
-            serve_queue(dev, 0)
-            used = ring.take_used()
-            # Requests in flight together may complete in any order (§2.7.8): the used
-            # elements are compared as a set, the rest of guest RAM byte for byte.
-            elems = ring.used_ring + 4
-            ram = bytearray(memory.read(0, MEMORY))
-            ram[elems:elems + 8 * QUEUE_SIZE] = bytes(8 * QUEUE_SIZE)
-            ram = hashlib.sha256(ram).hexdigest()
-            counters = dev.metrics.snapshot()
-            broken = dev.broken
-        finally:
-            dev.close()
+        used, ram, counters, broken = _serve(memory, path, native_path, setup, heads, readonly,
+                                             tune)
     with open(path, "rb") as f:
         disk = hashlib.sha256(f.read()).hexdigest()
     return used, ram, disk, counters, broken
+
+
+# A function of its own: the device and queue (which hold views of guest RAM) are gone when
+# _run closes the memory, so close needs no garbage collection.
+def _serve(memory, path, native_path, setup, heads, readonly, tune):
+    memory.fill(0, MEMORY, 0xA5)
+    dev = VirtioBlock(Disk(path, readonly=readonly), queue_size=QUEUE_SIZE)
+    if tune is not None:
+        tune(dev)
+    try:
+        ring = DriverRing(memory, RING, QUEUE_SIZE)
+        setup(memory, ring)
+        queue = Queue(memory, QUEUE_SIZE, ring.desc_table, ring.avail_ring, ring.used_ring,
+                      indirect=True, event_idx=True, native=native_path)
+        assert queue.native is native_path
+        dev.ack_features(dev.device_features)
+        dev.activate(memory, [queue], _Irq())
+        for head in heads:
+            ring.publish(head)
+        serve_queue(dev, 0)
+        used = ring.take_used()
+        # Requests in flight together may complete in any order (§2.7.8): the used
+        # elements are compared as a set, the rest of guest RAM byte for byte.
+        elems = ring.used_ring + 4
+        ram = bytearray(memory.read(0, MEMORY))
+        ram[elems:elems + 8 * QUEUE_SIZE] = bytes(8 * QUEUE_SIZE)
+        ram = hashlib.sha256(ram).hexdigest()
+        return used, ram, dev.metrics.snapshot(), dev.broken
+    finally:
+        dev.close()
 
 
 def _both(tmp_path, setup, heads, tune=None, **kw):
