@@ -9,7 +9,7 @@ import os
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from xvm.devices.block import Disk, VirtioBlock
@@ -19,7 +19,9 @@ from xvm.devices.block.request import (
 )
 from xvm.devices.virtio import native
 from xvm.devices.virtio.batch import serve_queue
-from xvm.devices.virtio.queue import VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, Queue
+from xvm.devices.virtio.queue import (
+    VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, Queue,
+)
 from xvm.devices.virtio.testing import DriverRing
 from xvm.kvm.memory import GuestMemory
 
@@ -50,35 +52,41 @@ def _run(tmp_path, name, native_path, setup, heads, readonly=False, tune=None):
     ``tune(device)`` may set the C path's I/O pool knobs first."""
     path = _image(tmp_path / f"{name}.img")
     with GuestMemory.create([(0, MEMORY)]) as memory:
-        memory.fill(0, MEMORY, 0xA5)
-        dev = VirtioBlock(Disk(path, readonly=readonly), queue_size=QUEUE_SIZE)
-        if tune is not None:
-            tune(dev)
-        try:
-            ring = DriverRing(memory, RING, QUEUE_SIZE)
-            setup(memory, ring)
-            queue = Queue(memory, QUEUE_SIZE, ring.desc_table, ring.avail_ring, ring.used_ring,
-                          indirect=True, event_idx=True, native=native_path)
-            assert queue.native is native_path
-            dev.ack_features(dev.device_features)
-            dev.activate(memory, [queue], _Irq())
-            for head in heads:
-                ring.publish(head)
-            serve_queue(dev, 0)
-            used = ring.take_used()
-            # Requests in flight together may complete in any order (§2.7.8): the used
-            # elements are compared as a set, the rest of guest RAM byte for byte.
-            elems = ring.used_ring + 4
-            ram = bytearray(memory.read(0, MEMORY))
-            ram[elems:elems + 8 * QUEUE_SIZE] = bytes(8 * QUEUE_SIZE)
-            ram = hashlib.sha256(ram).hexdigest()
-            counters = dev.metrics.snapshot()
-            broken = dev.broken
-        finally:
-            dev.close()
+        used, ram, counters, broken = _serve(memory, path, native_path, setup, heads, readonly,
+                                             tune)
     with open(path, "rb") as f:
         disk = hashlib.sha256(f.read()).hexdigest()
     return used, ram, disk, counters, broken
+
+
+# A function of its own: the device and queue (which hold views of guest RAM) are gone when
+# _run closes the memory, so close needs no garbage collection.
+def _serve(memory, path, native_path, setup, heads, readonly, tune):
+    memory.fill(0, MEMORY, 0xA5)
+    dev = VirtioBlock(Disk(path, readonly=readonly), queue_size=QUEUE_SIZE)
+    if tune is not None:
+        tune(dev)
+    try:
+        ring = DriverRing(memory, RING, QUEUE_SIZE)
+        setup(memory, ring)
+        queue = Queue(memory, QUEUE_SIZE, ring.desc_table, ring.avail_ring, ring.used_ring,
+                      indirect=True, event_idx=True, native=native_path)
+        assert queue.native is native_path
+        dev.ack_features(dev.device_features)
+        dev.activate(memory, [queue], _Irq())
+        for head in heads:
+            ring.publish(head)
+        serve_queue(dev, 0)
+        used = ring.take_used()
+        # Requests in flight together may complete in any order (§2.7.8): the used
+        # elements are compared as a set, the rest of guest RAM byte for byte.
+        elems = ring.used_ring + 4
+        ram = bytearray(memory.read(0, MEMORY))
+        ram[elems:elems + 8 * QUEUE_SIZE] = bytes(8 * QUEUE_SIZE)
+        ram = hashlib.sha256(ram).hexdigest()
+        return used, ram, dev.metrics.snapshot(), dev.broken
+    finally:
+        dev.close()
 
 
 def _both(tmp_path, setup, heads, tune=None, **kw):
@@ -144,6 +152,7 @@ _DESC = st.tuples(_ADDR,
                                   st.sampled_from([0, 1, 8, 2040, 2047, 2048, 2**64 - 1])),
                         min_size=3, max_size=3),
        heads=st.lists(st.integers(0, QUEUE_SIZE), min_size=1, max_size=QUEUE_SIZE))
+@example(descs=[(HDR, 0, 0, 0)] * QUEUE_SIZE, headers=[(0, 0)] * 3, heads=[QUEUE_SIZE, 0])
 def test_c_and_python_paths_agree(tmp_path, descs, headers, heads):
     """Hostile or valid, every request ends the same on both paths."""
     def setup(memory, ring):
@@ -255,3 +264,20 @@ def test_side_by_side_ends_as_one_after_another(tmp_path, ios, threads, nowait):
         dev.io_threads = threads
         dev.nowait = nowait
     _both(tmp_path, setup, heads, tune=tune)
+
+
+def test_guest_faults_leave_nothing_holding_guest_ram(tmp_path, monkeypatch):
+    """A malformed chain and a corrupt ring, on both paths: once the device is closed
+    nothing (no exception's traceback in a reference cycle) holds views of guest RAM, so
+    closing the memory unmaps it at once, without a garbage collection."""
+    import xvm.kvm.memory
+
+    def collect(*args):
+        raise AssertionError("GuestMemory.close needed a garbage collection")
+    monkeypatch.setattr(xvm.kvm.memory.gc, "collect", collect)
+
+    def setup(memory, ring):
+        ring.write_desc(0, HDR, 8, VIRTQ_DESC_F_INDIRECT, 0)  # §2.7.5.3: not a table
+    for native_path in (True, False):
+        used, *_, broken = _run(tmp_path, "x", native_path, setup, [0, QUEUE_SIZE])
+        assert used == [(0, 0)] and broken

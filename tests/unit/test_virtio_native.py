@@ -3,6 +3,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -40,3 +41,15 @@ def test_disabled_by_environment(tmp_path):
     result = _probe(tmp_path, XVM_NATIVE="0")
     assert result.stdout.strip() == "none", result.stderr
     assert not (tmp_path / "native").exists()
+
+
+def test_a_module_built_from_another_source_is_stale():
+    """Same functions, another body (``pip install -e`` then a ``git pull`` that changed
+    one): not current, so :func:`native.load` rebuilds instead of running the old code."""
+    module = native.load()
+    if module is None:
+        pytest.skip("no C compiler here: the Python walker is used")
+    assert native._current(module)
+    lib = types.SimpleNamespace(**{name: getattr(module.lib, name) for name in dir(module.lib)})
+    lib.xvm_native_digest = lambda: module.ffi.new("char[]", b"0" * 64)
+    assert not native._current(types.SimpleNamespace(ffi=module.ffi, lib=lib))

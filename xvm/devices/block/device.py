@@ -367,8 +367,10 @@ class _InFlight:
                 for i in range(n)]
 
     def reference(self, head):
-        """The Python path for ``head``: used length, or the ChainError."""
+        """The Python path for ``head``: used length, or the ChainError (without its
+        traceback: held by the caller's frame, it would make a reference cycle through
+        this frame keeping the device and its views of guest RAM until a collection)."""
         try:
             return self._device.handle(self._queue.walk(head))
         except ChainError as e:
-            return e
+            return e.with_traceback(None)

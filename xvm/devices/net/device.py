@@ -394,7 +394,10 @@ class VirtioNet(VirtioDevice):
             chains.append(chain)
             room += chain.writable_len
         # §5.1.6.4 num_buffers: how many descriptor chains the packet spans
-        # (1 without VIRTIO_NET_F_MRG_RXBUF).
+        # (1 without VIRTIO_NET_F_MRG_RXBUF), set in the frame's header, then the
+        # frame copied in order, buffer after buffer: a guest that publishes one buffer
+        # twice (aliased; the spec does not say what it gets) finds the later pieces
+        # over the earlier ones, num_buffers included.  xvm_net_rx writes in this order.
         _U16.pack_into(self._rxbuf, 10, len(chains))
         data = self._rxview
         offset = 0

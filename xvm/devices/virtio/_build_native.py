@@ -7,6 +7,8 @@ the same tests.  Built by setuptools through ``cffi_modules`` when the
 package is installed, or on first use into a cache directory
 (:mod:`xvm.devices.virtio.native`).
 """
+import hashlib
+
 import cffi
 
 CDEF = """
@@ -34,7 +36,7 @@ int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
                uintptr_t desc_table, uint32_t queue_size, int indirect_ok,
                uintptr_t avail_ring, uintptr_t used_ring, uint32_t next_avail,
                uint32_t next_used, int event_idx, int mergeable,
-               const unsigned char *frame, uint32_t length,
+               unsigned char *frame, uint32_t length,
                struct xvm_piece *scratch, uint32_t max_scratch, uint32_t *consumed);
 int64_t xvm_net_tx(const struct xvm_region *regions, uint32_t nregions,
                    uintptr_t desc_table, uint32_t queue_size, uint32_t head, int indirect_ok,
@@ -690,7 +692,11 @@ uint32_t xvm_blk_inflight(struct xvm_blk_ctx *ctx)
  * XVM_RX_DONE (*consumed chains used), XVM_RX_STARVED (too few buffers: nothing consumed,
  * bytes written into still-available buffers are the device's to overwrite), or
  * XVM_RX_FALLBACK (a malformed or unusable chain, a corrupt ring: nothing consumed; the
- * Python reference handles it, errors and all). */
+ * Python reference handles it, errors and all).
+ * Write order, as device.py _deliver: num_buffers is set in frame[10:12] first, then the
+ * frame is copied in order, buffer after buffer, each byte once.  The spec does not say
+ * what a guest publishing one buffer twice (aliased) gets; this order says it: the later
+ * pieces of the frame overwrite the earlier ones, the header's num_buffers included. */
 #define XVM_RX_DONE 0
 #define XVM_RX_STARVED 1
 #define XVM_RX_FALLBACK 2
@@ -700,7 +706,7 @@ int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
                uintptr_t desc_table, uint32_t queue_size, int indirect_ok,
                uintptr_t avail_ring, uintptr_t used_ring, uint32_t next_avail,
                uint32_t next_used, int event_idx, int mergeable,
-               const unsigned char *frame, uint32_t length,
+               unsigned char *frame, uint32_t length,
                struct xvm_piece *p, uint32_t max_scratch, uint32_t *consumed)
 {
     volatile uint16_t *avail = (volatile uint16_t *)avail_ring;
@@ -708,7 +714,6 @@ int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
     volatile uint32_t *elems = (volatile uint32_t *)(used_ring + 4);
     uint16_t avail_idx = avail[1];
     uint32_t pending = (uint16_t)(avail_idx - next_avail), n = 0, offset = 0;
-    unsigned char *num_buffers[2] = {0, 0};
 
     __asm__ __volatile__("" ::: "memory");
     if (pending > queue_size || length < VIRTIO_NET_HDR_SIZE)  /* §2.7.6: Python raises */
@@ -735,6 +740,10 @@ int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
             n++;
         }
     }
+    /* §5.1.6.4 num_buffers: the chains the packet spans (1 without MRG_RXBUF), in the
+     * frame's header before it is copied (see above). */
+    frame[10] = n & 0xff;
+    frame[11] = n >> 8;
     /* Pass 2: copy into those chains (walked again: a guest that changed them meanwhile
      * gets the Python path's answer). */
     for (uint32_t k = 0; k < n; k++) {
@@ -748,10 +757,6 @@ int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
             uint32_t take = p[i].len < length - offset ? (uint32_t)p[i].len : length - offset;
             unsigned char *host = (unsigned char *)host_range(regions, nregions, p[i].gpa, p[i].len);
             memcpy(host, frame + offset, take);
-            if (offset <= 10 && 10 < offset + take)
-                num_buffers[0] = host + (10 - offset);
-            if (offset <= 11 && 11 < offset + take)
-                num_buffers[1] = host + (11 - offset);
             offset += take;
             chain_used += take;
         }
@@ -761,11 +766,8 @@ int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
             elems[2 * slot + 1] = chain_used;
         }
     }
-    if (offset < length || !num_buffers[0] || !num_buffers[1])
+    if (offset < length)
         return XVM_RX_FALLBACK;
-    /* §5.1.6.4 num_buffers: the chains the packet spans (1 without MRG_RXBUF). */
-    num_buffers[0][0] = n & 0xff;
-    num_buffers[1][0] = n >> 8;
     __asm__ __volatile__("" ::: "memory");
     used16[1] = (uint16_t)(next_used + n);  /* §2.7.8.2: elements before idx */
     if (event_idx)                            /* §2.7.10 avail_event */
@@ -869,10 +871,18 @@ int64_t xvm_net_tx(const struct xvm_region *regions, uint32_t nregions,
 """
 
 
+def digest():
+    """The source's fingerprint, compiled into the module (``xvm_native_digest()``): a
+    module built from another source is rebuilt (:mod:`xvm.devices.virtio.native`), even
+    when only a function's body or argument types changed."""
+    return hashlib.sha256((CDEF + SOURCE).encode()).hexdigest()
+
+
 def make_builder(module_name="xvm.devices.virtio._native"):
     builder = cffi.FFI()
-    builder.cdef(CDEF)
-    builder.set_source(module_name, SOURCE, extra_compile_args=["-O2", "-std=gnu11"])
+    builder.cdef(CDEF + "const char *xvm_native_digest(void);\n")
+    source = SOURCE + f'\nconst char *xvm_native_digest(void) {{ return "{digest()}"; }}\n'
+    builder.set_source(module_name, source, extra_compile_args=["-O2", "-std=gnu11"])
     return builder
 
 

@@ -229,7 +229,9 @@ def serve_queue(device, index, work=None, *, stop=_never, abandoned=_never, budg
     try:
         (work or device.process_queue)(index, batch)
     except QueueError as e:
-        device.ring_error(index, e)
+        # A guest's fault, no traceback wanted (guestlog.py); kept, it would tie the
+        # frames it passed (the device, views of guest RAM) in a cycle until a collection.
+        device.ring_error(index, e.with_traceback(None))
     finally:
         batch.notify()
     return batch

@@ -4,7 +4,6 @@
 cannot be had (no compiler; ``XVM_NATIVE=0`` in the environment), in which
 case the queue uses its Python walker.  Nothing is built at import time.
 """
-import hashlib
 import importlib.util
 import logging
 import os
@@ -51,14 +50,13 @@ def load():
 
 
 def _current(module):
-    """Whether a compiled module has every function the source declares now (a checkout
-    updated since ``pip install -e`` has a stale one)."""
-    import re
-
+    """Whether a compiled module was built from the source as it is now (a checkout
+    updated since ``pip install -e`` has a stale one, perhaps with the same functions)."""
     from . import _build_native
 
-    names = re.findall(r"\b(xvm_\w+)\s*\(", _build_native.CDEF)
-    return all(hasattr(module.lib, name) for name in names)
+    if not hasattr(module.lib, "xvm_native_digest"):
+        return False
+    return module.ffi.string(module.lib.xvm_native_digest()).decode() == _build_native.digest()
 
 
 def _build_into_cache():
@@ -66,8 +64,7 @@ def _build_into_cache():
 
     from . import _build_native
 
-    digest = hashlib.sha256((_build_native.CDEF + _build_native.SOURCE).encode()).hexdigest()
-    name = f"_xvm_virtio_native_{digest[:16]}"
+    name = f"_xvm_virtio_native_{_build_native.digest()[:16]}"
     directory = cache_dir()
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, ".lock"), "w") as lock:
