@@ -79,6 +79,7 @@ class DeviceManager:
         self.pio_bus = Bus("port I/O")
         self.mmio_bus = Bus("MMIO")
         self.slots = []  # VirtioSlot per virtio device, in the order they were added
+        self._closed = False
 
         self.serial = Serial8250(console_sink, lambda level: vm.irq_line(COM1_IRQ, int(level)))
         self.i8042 = I8042(on_reset)
@@ -177,6 +178,10 @@ class DeviceManager:
         return [slot.stats() for slot in self.slots]
 
     def close(self):
+        # The closed slots stay listed: an in-process caller may read a stopped machine's
+        # device metrics (dom.machine after the guest powered off).
+        if self._closed:
+            return
+        self._closed = True
         for slot in self.slots:
             slot.close()
-        self.slots.clear()
