@@ -54,13 +54,18 @@ def test_vcpu_infos_of_busy_threads():
 
 
 def test_sleeping_stopped_gone_and_missing_threads():
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    sleeper = subprocess.Popen([sys.executable, "-c", "print(flush=True); import time; time.sleep(60)"],
+                               stdout=subprocess.PIPE)
     try:
-        time.sleep(0.3)
+        sleeper.stdout.readline()
+        deadline = time.monotonic() + 10  # it runs on from print() into sleep(), slowly under load
+        while thread_stat(sleeper.pid, sleeper.pid)[0] != "S" and time.monotonic() < deadline:
+            time.sleep(0.01)
         (info,) = vcpu_infos(sleeper.pid, [sleeper.pid])
         assert info.state == "blocked" and info.cpu in host_cpus()
         os.kill(sleeper.pid, 19)  # SIGSTOP
-        time.sleep(0.1)
+        while thread_stat(sleeper.pid, sleeper.pid)[0] != "T" and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert thread_stat(sleeper.pid, sleeper.pid)[0] == "T"
         assert vcpu_infos(sleeper.pid, [sleeper.pid])[0].state == "paused"
     finally:
