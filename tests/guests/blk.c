@@ -23,7 +23,10 @@
  *                     and checks it checks=<k> (4) times
  *                                       -> "blk: soak round <r> ok" each round
  *                     (a live migration that misses the device's writes leaves
- *                     another round's data, or a stale used ring, behind)
+ *                     another round's data, or a stale used ring, behind);
+ *                     ballast_kib=<k> (0) KiB at the pool's end are filled once,
+ *                     so that a migration's first pass has that much to send
+ *                     after the buffer
  *
  * A failure prints "blk: FAIL <what>" and powers off.  No interrupts: the used
  * ring is polled.
@@ -355,10 +358,12 @@ static void bench(void)
 static void soak(void)
 {
 	u64 chunk = cmdline_long("chunk", 256), chunks = cmdline_long("chunks", 8);
-	u64 checks = cmdline_long("checks", 4);
+	u64 checks = cmdline_long("checks", 4), ballast = cmdline_long("ballast_kib", 0) << 10;
 	setup(1UL << VIRTIO_BLK_F_FLUSH | 1UL << VIRTIO_BLK_F_BLK_SIZE | 1UL << VIRTIO_BLK_F_SEG_MAX);
-	if (chunk < 1 || chunk * SECTOR > POOL_BYTES || chunk * chunks > capacity)
-		fail("bad chunk/chunks (chunk, chunks)", chunk, chunks);
+	if (chunk < 1 || chunk * SECTOR + ballast > POOL_BYTES || chunk * chunks > capacity)
+		fail("bad chunk/chunks/ballast (chunk, chunks)", chunk, chunks);
+	for (u64 i = POOL_BYTES - ballast; i < POOL_BYTES; i++)
+		pool[i] = (u8)(i * 7 + 1);
 	u8 *buf = pool;
 	for (u64 c = 0; c < chunks; c++) {
 		fill(buf, c * chunk, chunk);

@@ -433,7 +433,7 @@ def soak_config(guest, image, name="soak"):
     """blk.c soak: reads one disk chunk after another into one buffer that only the device
     writes, checking it each time."""
     return xvm.DomainConfig(name=name, kernel=guest("blk"), memory_mib=64,
-                            cmdline="mode=soak chunk=64 chunks=64 checks=4", disks=[xvm.Disk(image)])
+                            cmdline="mode=soak chunk=256 chunks=64 checks=2 ballast_kib=512", disks=[xvm.Disk(image)])
 
 
 def _disk_image(path, mib=8):
@@ -457,10 +457,14 @@ def _migrate_soak(pair, dom, dst, tls_dir, marks):
     handle's console log came before it left (a handle mirrors every run)."""
     name, since = dom.name, marks.get(id(dom), 0)
     before = max(soak_rounds(dom, since))
-    # 1 MiB/s: the first pass takes a few hundred ms, many rounds (a chunk each) go by
-    # before the switchover, so a buffer page sent early is stale by then
+    # 1 MiB/s: the first pass sends the buffer, then the guest's 512 KiB ballast for half a
+    # second while many rounds (a chunk each) go by, so the buffer sent is stale by then
     stats = dom.migrate(pair.listeners[dst].uri, tls_dir=tls_dir, bandwidth=1)
-    moved = pair.hosts[dst].lookup(name)
+    try:
+        moved = pair.hosts[dst].lookup(name)
+    except NotFoundError:  # it failed and powered off at once: its console says why
+        with open(os.path.join(pair.dirs[dst], "log", f"{name}.log"), errors="replace") as f:
+            raise AssertionError(f"the guest ended on the destination: {f.read()[-300:]}") from None
     wait_for(lambda: dom.console._is_closed(), what="the source's console to close")
     marks[id(dom)] = len(log(dom))
     since = marks.get(id(moved), 0)
