@@ -507,3 +507,75 @@ def test_a_disk_changes_hands_at_the_switchover_back_and_forth(pair, guest, tls_
         src, dst = dst, src
     current.destroy()
     assert not _disk_is_locked(image)  # the last holder let go
+
+
+def _can_admin_net():
+    from xvm.devices.net import Tap, TapError
+    try:
+        Tap.open("xvmprobe%d").close()
+        return True
+    except TapError:
+        return False
+
+
+ETH_P_XVM = 0x88B5  # the net guest's EtherType (tests/guests/net.c)
+GUEST_MAC = "52:54:00:00:13:13"
+SEQ = re.compile(rb"hello from guest 13 seq (\d+)")
+
+
+def _frames_seen(sock, count, timeout=10):
+    """The sequence numbers of ``count`` frames of the guest seen on ``sock``'s bridge."""
+    seqs, deadline = [], time.monotonic() + timeout
+    while len(seqs) < count:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            frame = sock.recv(2048)
+        except socket.timeout:
+            raise AssertionError(f"saw {len(seqs)} of {count} frames of the guest") from None
+        m = SEQ.search(frame)
+        if m and frame[6:12] == bytes.fromhex(GUEST_MAC.replace(":", "")):
+            seqs.append(int(m.group(1)))
+    return seqs
+
+
+@pytest.mark.skipif(not _can_admin_net(), reason="needs CAP_NET_ADMIN")
+def test_a_nic_reattaches_to_the_network_of_the_same_name(pair, guest, tls_dir):
+    """The destination's network of the same name (here its own bridge: one machine, two
+    hosts) gets a new TAP for the guest, which goes on sending and receiving through it."""
+    suffix = os.getpid() % 100000
+    name = f"mig{suffix}"
+    nets = [h.create_network(xvm.Network(name, bridge=f"xvmm{side}{suffix}"))
+            for h, side in zip(pair.hosts, "ab")]
+    socks = []
+    try:
+        for net in nets:
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_XVM))
+            sock.bind((net.bridge, 0))
+            socks.append(sock)
+        dom = pair.hosts[0].create(xvm.DomainConfig(
+            name="nic", memory_mib=64, kernel=guest("net"), cmdline="id=13 count=100000 ms=0",
+            nics=[xvm.Nic(network=name, mac=GUEST_MAC)]))
+        before = _frames_seen(socks[0], 2)
+        dom.migrate(pair.listeners[1].uri, tls_dir=tls_dir)
+        moved = pair.hosts[1].lookup("nic")
+        assert os.listdir(f"/sys/class/net/{nets[1].bridge}/brif"), "no TAP on the destination's bridge"
+        wait_for(lambda: not os.listdir(f"/sys/class/net/{nets[0].bridge}/brif"),
+                 what="the source's TAP to go")
+        after = _frames_seen(socks[1], 2)  # sent through the new TAP, the sequence goes on
+        assert after[0] > before[-1], (before, after)
+        bridge_mac = bytes.fromhex(open(f"/sys/class/net/{nets[1].bridge}/address").read()
+                                   .strip().replace(":", ""))
+        frame = (bytes.fromhex(GUEST_MAC.replace(":", "")) + bridge_mac + ETH_P_XVM.to_bytes(2, "big")
+                 + b"hello from the destination\0").ljust(60, b"\0")
+        socks[1].send(frame)
+        wait_for(lambda: "hello from the destination" in log(moved), what="the guest to receive a frame")
+        moved.destroy()
+    finally:
+        for sock in socks:
+            sock.close()
+        for h in pair.hosts:
+            for d in h.domains():
+                if d.state is not DomainState.SHUTOFF:
+                    d.destroy()
+        for net in nets:
+            net.destroy()
