@@ -21,7 +21,8 @@
  *                     chunk=<sectors> (256), then forever: reads chunk r%n into
  *                     one buffer (no vCPU write to it: only the device writes it)
  *                     and checks it checks=<k> (4) times
- *                                       -> "blk: soak round <r> ok" each round
+ *                                       -> "blk: soak round <r> ok" every=<n>
+ *                     (1) rounds
  *                     (a live migration that misses the device's writes leaves
  *                     another round's data, or a stale used ring, behind);
  *                     ballast_kib=<k> (0) KiB at the pool's end are filled once,
@@ -358,7 +359,7 @@ static void bench(void)
 static void soak(void)
 {
 	u64 chunk = cmdline_long("chunk", 256), chunks = cmdline_long("chunks", 8);
-	u64 checks = cmdline_long("checks", 4), ballast = cmdline_long("ballast_kib", 0) << 10;
+	u64 checks = cmdline_long("checks", 4), every = cmdline_long("every", 1), ballast = cmdline_long("ballast_kib", 0) << 10;
 	setup(1UL << VIRTIO_BLK_F_FLUSH | 1UL << VIRTIO_BLK_F_BLK_SIZE | 1UL << VIRTIO_BLK_F_SEG_MAX);
 	if (chunk < 1 || chunk * SECTOR + ballast > POOL_BYTES || chunk * chunks > capacity)
 		fail("bad chunk/chunks/ballast (chunk, chunks)", chunk, chunks);
@@ -379,7 +380,8 @@ static void soak(void)
 			fail("soak read status (round, status)", r, st);
 		for (u64 k = 0; k < checks; k++)
 			check(buf, sector, chunk);
-		printf("blk: soak round %lu ok\n", r);
+		if (every && r % every == 0)
+			printf("blk: soak round %lu ok\n", r);
 	}
 }
 

@@ -433,7 +433,7 @@ def soak_config(guest, image, name="soak"):
     """blk.c soak: reads one disk chunk after another into one buffer that only the device
     writes, checking it each time."""
     return xvm.DomainConfig(name=name, kernel=guest("blk"), memory_mib=64,
-                            cmdline="mode=soak chunk=256 chunks=64 checks=2 ballast_kib=512", disks=[xvm.Disk(image)])
+                            cmdline="mode=soak chunk=256 chunks=64 checks=2 ballast_kib=512 every=8", disks=[xvm.Disk(image)])
 
 
 def _disk_image(path, mib=8):
@@ -472,7 +472,7 @@ def _migrate_soak(pair, dom, dst, tls_dir, marks):
              what="three rounds on the destination")
     assert "FAIL" not in log(moved)[since:], log(moved)[since:][-400:]
     rounds = soak_rounds(moved, since)
-    assert rounds[0] >= before and rounds == list(range(rounds[0], rounds[0] + len(rounds)))
+    assert rounds[0] >= before and rounds == list(range(rounds[0], rounds[0] + 8 * len(rounds), 8))
     return moved, stats
 
 
@@ -579,3 +579,56 @@ def test_a_nic_reattaches_to_the_network_of_the_same_name(pair, guest, tls_dir):
                     d.destroy()
         for net in nets:
             net.destroy()
+
+
+def test_a_disk_taken_by_another_user_at_the_switchover_stays_with_the_source(pair, guest, tls_dir, tmp_path):
+    """Someone else grabs the image the moment the source lets go of it: the destination
+    cannot lock it and gives up, the source takes it back before it resumes (it waits for
+    the lock), and the guest goes on reading right data on the source."""
+    import fcntl
+
+    a, b = pair.hosts
+    image = _disk_image(tmp_path / "grab.img")
+    dom = a.create(soak_config(guest, image, name="grab"))
+    wait_for(lambda: len(soak_rounds(dom)) >= 2, what="the first rounds")
+    errors, done = [], threading.Event()
+
+    def migrate():
+        try:
+            dom.migrate(pair.listeners[1].uri, tls_dir=tls_dir)
+        except MigrationError as e:
+            errors.append(e)
+        finally:
+            done.set()
+
+    fd = os.open(image, os.O_RDWR)
+    try:
+        thread = threading.Thread(target=migrate)
+        thread.start()
+        while not done.is_set():  # the third user, trying all along
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+        else:
+            raise AssertionError("the migration ended without the disk ever being free")
+        assert not done.wait(0.5)  # the source waits for the disk before it resumes
+        wait_for(lambda: _gone(b, "grab"), timeout=20, what="the destination to give up")
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        thread.join(30)
+    finally:
+        os.close(fd)
+    assert errors and "cannot lock the disks" in str(errors[0]), errors
+    assert dom.state is DomainState.RUNNING and _disk_is_locked(image)
+    since = len(log(dom))
+    wait_for(lambda: len(soak_rounds(dom, since)) >= 3 or "FAIL" in log(dom)[since:], what="more rounds")
+    assert "FAIL" not in log(dom)
+
+
+def _gone(host, name):
+    try:
+        host.lookup(name)
+        return False
+    except NotFoundError:
+        return True

@@ -43,6 +43,7 @@ IDLE_TIMEOUT = 30.0  # a connection silent for this long is dead
 THROTTLE_INITIAL, THROTTLE_STEP, THROTTLE_MAX = 20, 10, 99
 THROTTLE_PERIOD = 0.05  # seconds: the vCPUs are parked throttle_pct % of each
 HANDSHAKE_TIMEOUT = 10.0
+DISK_HANDOVER_WAIT = 2.0  # the destination waits this long for the disks the source let go of
 RELOCK_WAIT = 10.0  # an aborted switchover's source waits this long for the destination to let go of the disks
 
 
@@ -542,7 +543,7 @@ class Incoming:
 
         machine = getattr(machine, "machine", machine)
         try:
-            machine.take_disks(wait=HANDSHAKE_TIMEOUT)
+            machine.take_disks(wait=DISK_HANDOVER_WAIT)
         except XvmError as e:
             raise MigrationError(f"the destination cannot lock the disks: {e}", what="destination") from None
         try:
