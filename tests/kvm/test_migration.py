@@ -197,7 +197,8 @@ def _destination_vmm_pid(pair):
         for f in os.listdir(b.state_dir.run_dir):
             if f.endswith(".pid"):
                 with open(os.path.join(b.state_dir.run_dir, f)) as fh:
-                    return int(fh.read())
+                    text = fh.read().strip()
+                return int(text) if text else None  # made, not yet written
         return None
 
     return wait_for(pid, what="the receiving VMM")
