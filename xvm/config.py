@@ -176,20 +176,21 @@ def _fields_of(cls, data, what):
     return dict(data)
 
 
-def preflight(config):
+def preflight(config, lock=True):
     """Check what ``config`` needs from the host before a domain starts: the
     kernel and initrd exist, are regular files and readable; every disk exists,
     is a regular file or block device, opens (for writing unless read-only), is
     not locked by another user and is a whole number of sectors.  Raises
     ConfigError (DiskConfigError, DiskBusyError for the disks); returns None.
     Volume disks (``Disk(volume=...)``) must have been resolved to paths by the
-    host first (:func:`resolve_disks`)."""
+    host first (:func:`resolve_disks`).  ``lock=False``: a disk may be locked by its
+    user (a live migration's destination: the source holds it until the switchover)."""
     _check_boot_file(config.kernel, "kernel")
     if config.initrd is not None:
         _check_boot_file(config.initrd, "initrd")
     seen = {}
     for disk in config.disks:
-        disk.check()
+        disk.check(lock=lock)
         real = os.path.realpath(disk.path)
         if real in seen:
             raise ConfigError(f"disk {real} is given more than once "

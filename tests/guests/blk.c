@@ -17,6 +17,17 @@
  *                     "blk: bench <op> <count> ios in <ns> ns" (TSC, calibrated
  *                     against the LAPIC timer), then spins linger_ms= (300) before
  *                     powering off, so the host can sample the VMM's threads
+ *   soak              writes the verify pattern to chunks=<n> (8) chunks of
+ *                     chunk=<sectors> (256), then forever: reads chunk r%n into
+ *                     one buffer (no vCPU write to it: only the device writes it)
+ *                     and checks it checks=<k> (4) times
+ *                                       -> "blk: soak round <r> ok" every=<n>
+ *                     (1) rounds
+ *                     (a live migration that misses the device's writes leaves
+ *                     another round's data, or a stale used ring, behind);
+ *                     ballast_kib=<k> (0) KiB at the pool's end are filled once,
+ *                     so that a migration's first pass has that much to send
+ *                     after the buffer
  *
  * A failure prints "blk: FAIL <what>" and powers off.  No interrupts: the used
  * ring is polled.
@@ -344,6 +355,37 @@ static void bench(void)
 	delay_us(cmdline_long("linger_ms", 300) * 1000);
 }
 
+/* ---- soak */
+
+static void soak(void)
+{
+	u64 chunk = cmdline_long("chunk", 256), chunks = cmdline_long("chunks", 8);
+	u64 checks = cmdline_long("checks", 4), every = cmdline_long("every", 1), ballast = cmdline_long("ballast_kib", 0) << 10;
+	setup(1UL << VIRTIO_BLK_F_FLUSH | 1UL << VIRTIO_BLK_F_BLK_SIZE | 1UL << VIRTIO_BLK_F_SEG_MAX);
+	if (chunk < 1 || chunk * SECTOR + ballast > POOL_BYTES || chunk * chunks > capacity)
+		fail("bad chunk/chunks/ballast (chunk, chunks)", chunk, chunks);
+	for (u64 i = POOL_BYTES - ballast; i < POOL_BYTES; i++)
+		pool[i] = (u8)(i * 7 + 1);
+	u8 *buf = pool;
+	for (u64 c = 0; c < chunks; c++) {
+		fill(buf, c * chunk, chunk);
+		int st = request(VIRTIO_BLK_T_OUT, c * chunk, buf, chunk * SECTOR, 0);
+		if (st != VIRTIO_BLK_S_OK)
+			fail("soak write status (chunk, status)", c, st);
+	}
+	printf("blk: soak start chunk=%lu chunks=%lu\n", chunk, chunks);
+	for (u64 r = 0;; r++) {
+		u64 sector = (r % chunks) * chunk;
+		int st = request(VIRTIO_BLK_T_IN, sector, buf, chunk * SECTOR, 0);
+		if (st != VIRTIO_BLK_S_OK)
+			fail("soak read status (round, status)", r, st);
+		for (u64 k = 0; k < checks; k++)
+			check(buf, sector, chunk);
+		if (every && r % every == 0)
+			printf("blk: soak round %lu ok\n", r);
+	}
+}
+
 void guest_main(void)
 {
 	char modebuf[16];
@@ -354,6 +396,8 @@ void guest_main(void)
 		readonly();
 	else if (!strcmp(mode, "bench"))
 		bench();
+	else if (!strcmp(mode, "soak"))
+		soak();
 	else
 		fail("unknown mode", 0, 0);
 }

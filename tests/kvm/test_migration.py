@@ -197,7 +197,8 @@ def _destination_vmm_pid(pair):
         for f in os.listdir(b.state_dir.run_dir):
             if f.endswith(".pid"):
                 with open(os.path.join(b.state_dir.run_dir, f)) as fh:
-                    return int(fh.read())
+                    text = fh.read().strip()
+                return int(text) if text else None  # made, not yet written
         return None
 
     return wait_for(pid, what="the receiving VMM")
@@ -418,3 +419,217 @@ def test_a_corrupted_data_stream_is_refused_and_the_destination_cleaned_up(pair,
         finally:
             ch.close()
         wait_for(lambda: not pair.hosts[1].domains(), what="the destination to forget the domain")
+
+
+# --- disks and NICs ------------------------------------------------------------------------------
+
+SOAK = re.compile(r"blk: soak round (\d+) ok")
+
+
+def soak_rounds(dom, since=0):
+    return [int(n) for n in SOAK.findall(log(dom)[since:])]
+
+
+def soak_config(guest, image, name="soak"):
+    """blk.c soak: reads one disk chunk after another into one buffer that only the device
+    writes, checking it each time."""
+    return xvm.DomainConfig(name=name, kernel=guest("blk"), memory_mib=64,
+                            cmdline="mode=soak chunk=256 chunks=64 checks=2 ballast_kib=512 every=8", disks=[xvm.Disk(image)])
+
+
+def _disk_image(path, mib=8):
+    with open(path, "wb") as f:
+        f.truncate(mib << 20)
+    return str(path)
+
+
+def _disk_is_locked(image):
+    from xvm.devices.block import DiskBusyError
+    try:
+        xvm.Disk(image).check()
+    except DiskBusyError:
+        return True
+    return False
+
+
+def _migrate_soak(pair, dom, dst, tls_dir, marks):
+    """Migrate the soaking guest to host ``dst``: the destination's guest goes on reading
+    rounds and every check of what the device wrote holds.  ``marks``: how much of each
+    handle's console log came before it left (a handle mirrors every run)."""
+    name, since = dom.name, marks.get(id(dom), 0)
+    before = max(soak_rounds(dom, since))
+    # 1 MiB/s: the first pass sends the buffer, then the guest's 512 KiB ballast for half a
+    # second while many rounds (a chunk each) go by, so the buffer sent is stale by then
+    stats = dom.migrate(pair.listeners[dst].uri, tls_dir=tls_dir, bandwidth=1)
+    try:
+        moved = pair.hosts[dst].lookup(name)
+    except NotFoundError:  # it failed and powered off at once: its console says why
+        with open(os.path.join(pair.dirs[dst], "log", f"{name}.log"), errors="replace") as f:
+            raise AssertionError(f"the guest ended on the destination: {f.read()[-300:]}") from None
+    wait_for(lambda: dom.console._is_closed(), what="the source's console to close")
+    marks[id(dom)] = len(log(dom))
+    since = marks.get(id(moved), 0)
+    wait_for(lambda: len(soak_rounds(moved, since)) >= 3 or "FAIL" in log(moved)[since:], timeout=30,
+             what="three rounds on the destination")
+    assert "FAIL" not in log(moved)[since:], log(moved)[since:][-400:]
+    rounds = soak_rounds(moved, since)
+    assert rounds[0] >= before and rounds == list(range(rounds[0], rounds[0] + 8 * len(rounds), 8))
+    return moved, stats
+
+
+def test_device_writes_during_migration_reach_the_destination(pair, guest, tls_dir, tmp_path):
+    """The guest's buffer is written only by virtio-blk reads (preadv into guest RAM, not in
+    KVM's dirty log): without the device's own dirty tracking the destination finds another
+    round's data there (or a stale used ring and the request never completes)."""
+    a, b = pair.hosts
+    image = _disk_image(tmp_path / "soak.img")
+    dom = a.create(soak_config(guest, image))
+    wait_for(lambda: len(soak_rounds(dom)) >= 3, what="the first rounds")
+    marks = {}
+    moved, _ = _migrate_soak(pair, dom, 1, tls_dir, marks)
+    _migrate_soak(pair, moved, 0, tls_dir, marks)
+
+
+def test_a_disk_changes_hands_at_the_switchover_back_and_forth(pair, guest, tls_dir, tmp_path):
+    """A shared disk's lock goes with the guest: the destination takes it at the switchover
+    (the source let go, paused and flushed), never both at once; an aborted migration leaves
+    it with the source."""
+    a, b = pair.hosts
+    image = _disk_image(tmp_path / "shared.img")
+    dom = a.create(soak_config(guest, image, name="shared"))
+    wait_for(lambda: len(soak_rounds(dom)) >= 2, what="the first rounds")
+    current, src, dst, marks = dom, 0, 1, {}
+    for hop in range(4):
+        assert _disk_is_locked(image)
+        current, _ = _migrate_soak(pair, current, dst, tls_dir, marks)
+        assert current.state is DomainState.RUNNING and _disk_is_locked(image)
+        with pytest.raises(NotFoundError):
+            pair.hosts[src].lookup("shared")
+        src, dst = dst, src
+    current.destroy()
+    assert not _disk_is_locked(image)  # the last holder let go
+
+
+def _can_admin_net():
+    from xvm.devices.net import Tap, TapError
+    try:
+        Tap.open("xvmprobe%d").close()
+        return True
+    except TapError:
+        return False
+
+
+ETH_P_XVM = 0x88B5  # the net guest's EtherType (tests/guests/net.c)
+GUEST_MAC = "52:54:00:00:13:13"
+SEQ = re.compile(rb"hello from guest 13 seq (\d+)")
+
+
+def _frames_seen(sock, count, timeout=10):
+    """The sequence numbers of ``count`` frames of the guest seen on ``sock``'s bridge."""
+    seqs, deadline = [], time.monotonic() + timeout
+    while len(seqs) < count:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            frame = sock.recv(2048)
+        except socket.timeout:
+            raise AssertionError(f"saw {len(seqs)} of {count} frames of the guest") from None
+        m = SEQ.search(frame)
+        if m and frame[6:12] == bytes.fromhex(GUEST_MAC.replace(":", "")):
+            seqs.append(int(m.group(1)))
+    return seqs
+
+
+@pytest.mark.skipif(not _can_admin_net(), reason="needs CAP_NET_ADMIN")
+def test_a_nic_reattaches_to_the_network_of_the_same_name(pair, guest, tls_dir):
+    """The destination's network of the same name (here its own bridge: one machine, two
+    hosts) gets a new TAP for the guest, which goes on sending and receiving through it."""
+    suffix = os.getpid() % 100000
+    name = f"mig{suffix}"
+    nets = [h.create_network(xvm.Network(name, bridge=f"xvmm{side}{suffix}"))
+            for h, side in zip(pair.hosts, "ab")]
+    socks = []
+    try:
+        for net in nets:
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_XVM))
+            sock.bind((net.bridge, 0))
+            socks.append(sock)
+        dom = pair.hosts[0].create(xvm.DomainConfig(
+            name="nic", memory_mib=64, kernel=guest("net"), cmdline="id=13 count=100000 ms=0",
+            nics=[xvm.Nic(network=name, mac=GUEST_MAC)]))
+        before = _frames_seen(socks[0], 2)
+        dom.migrate(pair.listeners[1].uri, tls_dir=tls_dir)
+        moved = pair.hosts[1].lookup("nic")
+        assert os.listdir(f"/sys/class/net/{nets[1].bridge}/brif"), "no TAP on the destination's bridge"
+        wait_for(lambda: not os.listdir(f"/sys/class/net/{nets[0].bridge}/brif"),
+                 what="the source's TAP to go")
+        after = _frames_seen(socks[1], 2)  # sent through the new TAP, the sequence goes on
+        assert after[0] > before[-1], (before, after)
+        bridge_mac = bytes.fromhex(open(f"/sys/class/net/{nets[1].bridge}/address").read()
+                                   .strip().replace(":", ""))
+        frame = (bytes.fromhex(GUEST_MAC.replace(":", "")) + bridge_mac + ETH_P_XVM.to_bytes(2, "big")
+                 + b"hello from the destination\0").ljust(60, b"\0")
+        socks[1].send(frame)
+        wait_for(lambda: "hello from the destination" in log(moved), what="the guest to receive a frame")
+        moved.destroy()
+    finally:
+        for sock in socks:
+            sock.close()
+        for h in pair.hosts:
+            for d in h.domains():
+                if d.state is not DomainState.SHUTOFF:
+                    d.destroy()
+        for net in nets:
+            net.destroy()
+
+
+def test_a_disk_taken_by_another_user_at_the_switchover_stays_with_the_source(pair, guest, tls_dir, tmp_path):
+    """Someone else grabs the image the moment the source lets go of it: the destination
+    cannot lock it and gives up, the source takes it back before it resumes (it waits for
+    the lock), and the guest goes on reading right data on the source."""
+    import fcntl
+
+    a, b = pair.hosts
+    image = _disk_image(tmp_path / "grab.img")
+    dom = a.create(soak_config(guest, image, name="grab"))
+    wait_for(lambda: len(soak_rounds(dom)) >= 2, what="the first rounds")
+    errors, done = [], threading.Event()
+
+    def migrate():
+        try:
+            dom.migrate(pair.listeners[1].uri, tls_dir=tls_dir)
+        except MigrationError as e:
+            errors.append(e)
+        finally:
+            done.set()
+
+    fd = os.open(image, os.O_RDWR)
+    try:
+        thread = threading.Thread(target=migrate)
+        thread.start()
+        while not done.is_set():  # the third user, trying all along
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+        else:
+            raise AssertionError("the migration ended without the disk ever being free")
+        assert not done.wait(0.5)  # the source waits for the disk before it resumes
+        wait_for(lambda: _gone(b, "grab"), timeout=20, what="the destination to give up")
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        thread.join(30)
+    finally:
+        os.close(fd)
+    assert errors and "cannot lock the disks" in str(errors[0]), errors
+    assert dom.state is DomainState.RUNNING and _disk_is_locked(image)
+    since = len(log(dom))
+    wait_for(lambda: len(soak_rounds(dom, since)) >= 3 or "FAIL" in log(dom)[since:], what="more rounds")
+    assert "FAIL" not in log(dom)
+
+
+def _gone(host, name):
+    try:
+        host.lookup(name)
+        return False
+    except NotFoundError:
+        return True

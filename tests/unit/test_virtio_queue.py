@@ -71,6 +71,28 @@ def test_simple_chain(memory):
     assert ring.take_used() == [(head, 513)]
 
 
+def test_completed_chains_are_recorded_while_device_writes_are_tracked(memory):
+    """Live migration: completing a chain records its writable buffers (across a region
+    boundary too) and the used ring, not its readable ones; nothing when not tracking."""
+    from xvm.devices.virtio.queue import used_ring_size
+
+    ring, q = make(memory)
+    head = ring.add_chain([(DATA, 16, False), (RAM - 0x100, 0x1200, True)])
+    ring.publish(head)
+    q.pop()
+    memory.track_device_writes(True)
+    q.add_used(head, 0x1200)
+    used = set(range(ring.used_ring // 4096, (ring.used_ring + used_ring_size(16) - 1) // 4096 + 1))
+    assert memory.device_dirty.take() == {RAM // 4096 - 1, RAM // 4096, RAM // 4096 + 1} | used
+    assert memory.device_dirty.take() == set()
+    memory.track_device_writes(False)
+    head = ring.add_chain([(DATA, 16, True)])
+    ring.publish(head)
+    q.pop()
+    q.add_used(head, 16)
+    assert memory.device_dirty is None
+
+
 def test_views_are_guest_memory(memory):
     ring, q = make(memory)
     memory.write(DATA, b"hello")

@@ -416,7 +416,9 @@ class LocalHost(Host):
                 self._check_can_start(config)
                 self._starting.add(uuid)
                 config = resolve_disks(config, self._volume_path)  # the VMM gets paths
-                self._preflight(config, uuid)
+                # an incoming migration's disks are still the source's: locked at the switchover
+                incoming = isinstance(boot_action, A.MigrateReceive)
+                self._preflight(config, uuid, lock=not incoming)
                 plans = self._plan_nics(config) if config.nics else []
                 if self.in_process:
                     result = self._start_in_process(uuid, record, config, plans, boot_action)
@@ -430,7 +432,7 @@ class LocalHost(Host):
         domain.console._ensure()
         return result
 
-    def _preflight(self, config, uuid):
+    def _preflight(self, config, uuid, lock=True):
         """preflight(config), waiting a moment for a disk that no domain uses but that is still
         locked: on a FUSE mount (a zfs-fuse volume) the last user's close, and with it its lock,
         reaches the daemon a little after that user has gone."""
@@ -439,7 +441,7 @@ class LocalHost(Host):
         deadline = time.monotonic() + VOLUME_RELEASE_WAIT
         while True:
             try:
-                return preflight(config)
+                return preflight(config, lock=lock)
             except DiskBusyError as e:
                 if time.monotonic() >= deadline or self._disk_user(e.path, exclude=uuid) is not None:
                     raise
@@ -454,7 +456,8 @@ class LocalHost(Host):
             self._drop_channel(uuid)
             domain.console._ensure()
 
-        with open_host_resources(self.kvm_path, config, plans) as res:
+        with open_host_resources(self.kvm_path, config, plans,
+                                 lock_disks=not isinstance(boot_action, A.MigrateReceive)) as res:
             _, result = launcher.spawn_vmm(self.state_dir, config, persistent=record.persistent, lock=lock,
                                            kvm_fd=res.kvm_fd, disk_fds=res.disk_fds, nics=res.nics,
                                            before_boot=attach_console, boot_action=boot_action)

@@ -11,6 +11,7 @@ import gc
 import mmap
 import os
 import struct
+import threading
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError, GuestMemoryError
@@ -72,14 +73,46 @@ class MemoryRegion:
             self.fd = -1
 
 
+class DevicePages:
+    """Guest page numbers written by device emulation since the last :meth:`take`."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pages = set()
+
+    def add(self, gpa, length):
+        with self._lock:
+            self._pages.update(range(gpa // PAGE_SIZE, (gpa + length - 1) // PAGE_SIZE + 1))
+
+    def take(self):
+        """The page numbers recorded since the last call (and forget them)."""
+        with self._lock:
+            pages, self._pages = self._pages, set()
+        return pages
+
+
 class GuestMemory:
     """Guest-physical RAM made of regions; all accessors are bounds-checked."""
 
     def __init__(self, regions=()):
         self._regions = []
         self._starts = []
+        # Pages the VMM's devices wrote (not in KVM's dirty log), tracked only while a live
+        # migration runs: None otherwise, so that devices pay one attribute read.
+        self.device_dirty = None
         for region in regions:
             self.add(region)
+
+    # -- device writes, for live migration -------------------------------------------
+    def track_device_writes(self, on):
+        """Start (``on``) or stop recording the pages devices write (:meth:`device_wrote`)."""
+        self.device_dirty = DevicePages() if on else None
+
+    def device_wrote(self, gpa, length):
+        """A device wrote ``[gpa, gpa+length)`` (a no-op unless tracking)."""
+        pages = self.device_dirty
+        if pages is not None and length > 0:
+            pages.add(gpa, length)
 
     @classmethod
     def create(cls, layout):

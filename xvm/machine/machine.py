@@ -8,6 +8,8 @@ vCPU thread ends, ``wait()`` returns the reason and ``on_exit`` has been told.
 The devices live in a :class:`~.devices.DeviceManager` (``machine.devices``)
 with one list of virtio slots for both transports (``machine.virtio``).
 """
+import time
+
 from .devices import VIRTIO_MMIO_GSIS, VirtioSlot  # noqa: F401  (re-exported)
 from .vcpus import ExitReason, MachineExit, VcpuSet  # noqa: F401  (re-exported)
 
@@ -86,6 +88,40 @@ class Machine:
             devices=DevicesState(devices.serial.save(), devices.i8042.save(), devices.acpi_pm.save(),
                                  devices.pci.save(), slots),
             memory=tuple((region.gpa, region.size) for region in self.memory.regions))
+
+    # -- disk locks (live migration hands them over) ------------------------
+    def _disk_backends(self):
+        return [slot.device.backend for slot in self.devices.slots
+                if hasattr(getattr(slot.device, "backend", None), "take_lock")]
+
+    def release_disks(self):
+        """Let go of every disk image's lock (paused and flushed: the destination of a
+        live migration takes them before it runs the guest)."""
+        for backend in self._disk_backends():
+            backend.release_lock()
+
+    def take_disks(self, wait=0.0):
+        """Take every disk image's lock, trying for up to ``wait`` seconds while another
+        user still holds one; DiskBusyError (none of them kept) if it does not let go."""
+        from ..devices.block import DiskBusyError
+
+        deadline = time.monotonic() + wait
+        taken = []
+        try:
+            for backend in self._disk_backends():
+                while True:
+                    try:
+                        backend.take_lock()
+                        break
+                    except DiskBusyError:
+                        if time.monotonic() >= deadline:
+                            raise
+                        time.sleep(0.02)
+                taken.append(backend)
+        except BaseException:
+            for backend in taken:
+                backend.release_lock()
+            raise
 
     # -- lifecycle --------------------------------------------------------
     def start(self):

@@ -13,9 +13,17 @@ memory faster than the link is throttled by parking its vCPUs part of every 50 m
 
 Until COMMIT is sent any failure — abort, timeout, a dead or refusing destination —
 resumes the source as it was (dirty logging off, throttle lifted); the destination VMM
-then gives up on its own and exits.  Limitation: pages the VMM's own device emulation
-writes (virtio DMA into guest buffers) are not in KVM's dirty log, so a device that
-writes guest memory during the passes may leave a stale page behind.
+then gives up on its own and exits.  Disks are shared (the same image on both hosts) and
+their locks change hands at the switchover: the source, paused and flushed, lets go of
+them before it sends the state; the destination takes them before READY (and lets go
+again if no COMMIT follows); a source resuming after a failed switchover takes them back
+first — never do two machines run on one disk.
+
+KVM's dirty log sees only the vCPUs' writes; what the VMM's devices write into guest
+RAM (virtio buffers — a block read's preadv, a received frame — and the used rings) is
+recorded while a migration runs where every chain completes (``Queue.add_used``, see
+``GuestMemory.track_device_writes``) and sent with the vCPUs' dirty pages in every pass
+and in the final one (the devices are drained by then).
 """
 import logging
 import mmap
@@ -36,6 +44,8 @@ IDLE_TIMEOUT = 30.0  # a connection silent for this long is dead
 THROTTLE_INITIAL, THROTTLE_STEP, THROTTLE_MAX = 20, 10, 99
 THROTTLE_PERIOD = 0.05  # seconds: the vCPUs are parked throttle_pct % of each
 HANDSHAKE_TIMEOUT = 10.0
+DISK_HANDOVER_WAIT = 2.0  # the destination waits this long for the disks the source let go of
+RELOCK_WAIT = 10.0  # an aborted switchover's source waits this long for the destination to let go of the disks
 
 
 def dirty_runs(bitmap, base_page=0):
@@ -81,6 +91,7 @@ class Outgoing:
         self._throttle_lock = threading.Lock()
         self._unthrottled = threading.Event()
         self._dirty_on = False
+        self._disks_released = False  # at the switchover, until the destination runs the guest
         self._t0 = time.monotonic()
 
     # -- control ---------------------------------------------------------------------------------
@@ -124,6 +135,7 @@ class Outgoing:
             self._channel.send_hello(bytes.fromhex(a.token))
             self._channel.recv_hello()
             self._channel.settimeout(IDLE_TIMEOUT)
+            self.machine.memory.track_device_writes(True)  # what KVM's log does not see
             self.machine.vm.set_dirty_logging(True)
             self._dirty_on = True
             self._collect_dirty()  # start every bitmap empty
@@ -186,12 +198,23 @@ class Outgoing:
             view.release()
 
     def _collect_dirty(self):
-        """``([(region, first page, count)], pages)`` dirtied since the last call."""
+        """``([(region, first page, count)], pages)`` dirtied since the last call: by the
+        vCPUs (KVM's dirty log) or by the devices (``memory.device_dirty``)."""
         vm, runs, total = self.machine.vm, [], 0
-        by_gpa = {region.gpa: region for region in self.machine.memory.regions}
+        memory = self.machine.memory
+        by_gpa = {region.gpa: region for region in memory.regions}
+        device = memory.device_dirty.take() if memory.device_dirty is not None else set()
         for slot, (gpa, size, _) in vm.slots.items():
             region = by_gpa.get(gpa)
-            for page, count in dirty_runs(vm.get_dirty_log(slot)):
+            bitmap = vm.get_dirty_log(slot)
+            first, pages = gpa // PAGE_SIZE, size // PAGE_SIZE
+            mine = [p - first for p in device if first <= p < first + pages]
+            if mine:
+                value = int.from_bytes(bitmap, "little")
+                for p in mine:
+                    value |= 1 << p
+                bitmap = value.to_bytes(len(bitmap), "little")
+            for page, count in dirty_runs(bitmap):
                 runs.append((region, page, count))
                 total += count
         return runs, total
@@ -262,14 +285,16 @@ class Outgoing:
         paused_at = time.monotonic()
         if was_running:
             self.machine.pause()
-        committed = False
+        committed = self._disks_released = False
         try:
             self._check()
             runs, dirty = self._collect_dirty()
             runs = self._merge(self._final_runs, runs)
             self._send_pass(runs)
             self.status["iterations"] -= 1  # the paused pass is not an iteration
-            state = self.machine.save_state()
+            state = self.machine.save_state()  # disks flushed
+            self.machine.release_disks()  # the destination locks them before it runs the guest
+            self._disks_released = True
             cpuid = self.machine.vm.vcpus[0].cpuid_entries() if self.machine.vm.vcpus else []
             self._channel.send_json(S.STATE, {"machine": state.save(), "cpuid": [list(e) for e in cpuid],
                                               "running": was_running})
@@ -318,10 +343,20 @@ class Outgoing:
 
     def _resume(self, was_running):
         self._stop_tracking()
+        if self._disks_released:
+            from ..errors import XvmError
+            try:  # the destination lets go when it sees no COMMIT
+                self.machine.take_disks(wait=RELOCK_WAIT)
+            except XvmError as e:
+                self.status["state"] = "unknown"
+                raise MigrationError(f"the switchover failed and the disks cannot be locked again ({e}); "
+                                     f"the source stays paused", what="unknown") from None
+            self._disks_released = False
         if was_running:
             self.machine.resume()
 
     def _stop_tracking(self):
+        self.machine.memory.track_device_writes(False)
         if self._dirty_on and self.machine.vm is not None:
             try:
                 self.machine.vm.set_dirty_logging(False)
@@ -504,11 +539,23 @@ class Incoming:
             names = ", ".join(n or f"CPUID {leaf:#x} {reg} bit {bit}" for leaf, _, reg, bit, n in missing[:8])
             raise MigrationError(f"this host lacks CPU features the guest saw: {names}", what="state")
 
-    def handshake(self):
+    def handshake(self, machine):
         """Called by the control thread once the machine is built and before it starts:
-        READY, then wait for the source's COMMIT."""
-        self.channel.send(S.READY)
-        self.channel.expect(S.COMMIT)
+        lock the disks (the source let go of them before it sent the state), READY, then
+        wait for the source's COMMIT; without it the disks are let go again for the source."""
+        from ..errors import XvmError
+
+        machine = getattr(machine, "machine", machine)
+        try:
+            machine.take_disks(wait=DISK_HANDOVER_WAIT)
+        except XvmError as e:
+            raise MigrationError(f"the destination cannot lock the disks: {e}", what="destination") from None
+        try:
+            self.channel.send(S.READY)
+            self.channel.expect(S.COMMIT)
+        except BaseException:
+            machine.release_disks()
+            raise
 
     def confirm(self):
         try:

@@ -87,7 +87,8 @@ def machine_factory(kvm, *, disk_fds=None, nics=()):
             if disk_fds is not None:
                 disks = []
                 for disk, fd in zip(config.disks, disk_fds):
-                    disks.append(disk.open(fd=os.dup(fd)))
+                    # an incoming migration's disks are locked at the switchover (Incoming.handshake)
+                    disks.append(disk.open(fd=os.dup(fd), lock=received is None))
             for nic in nics:
                 devices.append(nic.open_device())
         except BaseException:
@@ -141,7 +142,7 @@ class HostResources:
     each TAP on its bridge — so that the VMM itself opens nothing.  Close it once the
     VMM has them (or failed): the VMM's copies keep locks and TAPs alive."""
 
-    def __init__(self, kvm_path, config, plans):
+    def __init__(self, kvm_path, config, plans, lock_disks=True):
         self.kvm_fd = -1
         self.disk_fds = []
         self.nics = []
@@ -152,7 +153,7 @@ class HostResources:
                 from ..errors import KvmUnavailableError
                 raise KvmUnavailableError(f"cannot open {kvm_path}: {e.strerror}", e.errno) from None
             for disk in config.disks:
-                self.disk_fds.append(disk.open_fd())
+                self.disk_fds.append(disk.open_fd(lock=lock_disks))
             for plan in plans:
                 self.nics.append((TapNic.spec(plan), plan.open_tap()))
         except BaseException:
@@ -172,8 +173,8 @@ class HostResources:
         self.close()
 
 
-def open_host_resources(kvm_path, config, plans):
-    return HostResources(kvm_path, config, plans)
+def open_host_resources(kvm_path, config, plans, lock_disks=True):
+    return HostResources(kvm_path, config, plans, lock_disks)
 
 
 def local_nics(plans):

@@ -387,7 +387,7 @@ class Vmm:
             raise
         try:
             if before_start is not None:
-                before_start()
+                before_start(machine)
             machine.start()
             scheduler.attach(machine.vcpu_thread_ids())
         except BaseException:

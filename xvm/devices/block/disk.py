@@ -116,10 +116,10 @@ class Disk:
 
     # -- the host side ---------------------------------------------------------------
 
-    def check(self):
+    def check(self, lock=True):
         """Check the image on the host as opening it would (exists, type, access,
-        lock, size), then let go; raises DiskConfigError / DiskBusyError.
-        A volume disk must be :meth:`resolved` first."""
+        lock unless ``lock=False``, size), then let go; raises DiskConfigError /
+        DiskBusyError.  A volume disk must be :meth:`resolved` first."""
         if self.volume is not None:
             raise DiskConfigError(f"disk volume {self.volume!r} has not been resolved to a path "
                                   "(the host does that when the domain starts)")
@@ -134,7 +134,7 @@ class Disk:
         if stat.S_ISDIR(mode):
             raise DiskConfigError(f"disk image {self.path!r} is a directory", self.path,
                                   errno.EISDIR)
-        self.open().close()
+        self.open(lock=lock).close()
 
     @property
     def is_block_device(self):
@@ -146,29 +146,31 @@ class Disk:
         raw = (self.serial or "").encode("ascii")
         return raw + bytes(VIRTIO_BLK_ID_BYTES - len(raw))
 
-    def open_fd(self):
+    def open_fd(self, lock=True):
         """Open and lock the image as :meth:`open` would and return the bare fd
         (the caller owns it): what a parent passes to a VMM process, which
         builds the backend with ``open(fd=...)``.  The lock is an ``flock``,
         held by the open file description, so it travels with the fd and lasts
-        until every copy of it is closed."""
-        return self.open().detach()
+        until every copy of it is closed.  ``lock=False``: opened but not locked
+        (a live migration's destination locks it at the switchover)."""
+        return self.open(lock=lock).detach()
 
-    def open(self, fd=None):
+    def open(self, fd=None, lock=True):
         """Open the backend; it holds the image's lock until closed.
 
         With ``fd`` (an fd of this image, e.g. from :meth:`open_fd` in another
         process) the backend is built over that open file instead of opening
         the path; it takes ownership of ``fd`` (closes it on failure too).  The
         fd's access mode must suit ``readonly`` and ``cache``; its lock is
-        taken again (a no-op when the opener already holds it).
+        taken again (a no-op when the opener already holds it), unless ``lock=False``
+        (the backend's ``take_lock()`` takes it later).
         """
         if self.volume is not None:
             raise DiskConfigError(f"disk volume {self.volume!r} has not been resolved to a path "
                                   "(the host does that when the domain starts)")
         if fd is None:
             cls = BlockDevice if self.is_block_device else RawFile
-            return cls(self.path, readonly=self.readonly, cache=self.cache)
+            return cls(self.path, readonly=self.readonly, cache=self.cache, lock=lock)
         try:
             mode = os.fstat(fd).st_mode
         except OSError as e:
@@ -176,7 +178,7 @@ class Disk:
             raise DiskConfigError(f"disk {self.path!r}: fd {fd} is not usable: {e.strerror}",
                                   self.path, e.errno) from None
         cls = BlockDevice if stat.S_ISBLK(mode) else RawFile
-        return cls(self.path, readonly=self.readonly, cache=self.cache, fd=fd)
+        return cls(self.path, readonly=self.readonly, cache=self.cache, fd=fd, lock=lock)
 
     @property
     def size(self):

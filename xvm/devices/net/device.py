@@ -317,7 +317,8 @@ class VirtioNet(VirtioDevice):
         """:meth:`_deliver` in C (``xvm_net_rx``) when the queue has the C walker and
         no chain is held; anything unusual (a malformed or too small buffer, a
         corrupt ring) goes the Python way."""
-        if self._held:
+        if self._held or queue.memory.device_dirty is not None:
+            # a live migration tracks device writes where chains complete (Queue.add_used)
             return self._deliver(queue, length)
         if self._c_rx is None or self._c_rx[0] is not queue:
             self._c_rx = (queue, self._c_rx_args(queue))

@@ -416,12 +416,28 @@ class Queue:
         """Return chain ``head`` to the driver with ``length`` bytes written (§2.7.8)."""
         if not 0 <= head < self.size:
             raise ValueError(f"head {head} is not a descriptor index")
+        if self.memory.device_dirty is not None:  # a live migration runs
+            self._device_wrote(head)
         slot = self.next_used % self.size
         self._used_elems[2 * slot] = head
         self._used_elems[2 * slot + 1] = length
         self.next_used = (self.next_used + 1) & 0xFFFF
         # §2.7.8.2: the element is visible before idx (stores are ordered on x86).
         self._used_u16[1] = self.next_used
+
+    def _device_wrote(self, head):
+        """Record for a live migration what completing chain ``head`` wrote: its writable
+        buffers (the one place every device's writes into guest buffers pass — the C block
+        path's preadv too) and the used ring.  The chain is still the device's until the
+        used ring returns it, so its descriptors still say where the writes went."""
+        memory = self.memory
+        memory.device_wrote(self.used_ring, used_ring_size(self.size))
+        try:
+            chain = self.walk(head)
+        except ChainError:
+            return  # a malformed chain returned unused: nothing was written there
+        for gpa, length in chain.writable:
+            memory.device_wrote(gpa, length)
 
     def needs_notification(self):
         """Whether the driver wants a used-buffer notification now (§2.7.7).
@@ -452,6 +468,7 @@ class Queue:
 
     def _write_avail_event(self, value):
         self._used_u16[2 + 4 * self.size] = value
+        self.memory.device_wrote(self.used_ring, used_ring_size(self.size))
 
     # -- state -----------------------------------------------------------------
 

@@ -51,9 +51,9 @@ def fallocate(fd, mode, offset, length):
         raise OSError(err, os.strerror(err))
 
 
-def open_image(path, readonly, cache="none"):
-    """Open and lock ``path``; returns the fd.  Raises DiskConfigError/DiskBusyError
-    naming the path."""
+def open_image(path, readonly, cache="none", lock=True):
+    """Open and lock ``path`` (``lock=False``: open only, see :func:`lock_image`); returns
+    the fd.  Raises DiskConfigError/DiskBusyError naming the path."""
     flags = os.O_CLOEXEC | (os.O_RDONLY if readonly else os.O_RDWR)
     if cache == "writethrough" and not readonly:
         flags |= os.O_DSYNC
@@ -79,14 +79,14 @@ def open_image(path, readonly, cache="none"):
         raise DiskConfigError(f"disk image {path!r} cannot be opened for {how}: "
                               f"{e.strerror}", path, e.errno) from None
     try:
-        lock_image(fd, path, readonly)
+        lock_image(fd, path, readonly, lock=lock)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def lock_image(fd, path, readonly, cache="none"):
+def lock_image(fd, path, readonly, cache="none", lock=True):
     """Check that ``fd`` is an image (regular file or block device) opened as
     ``readonly`` and ``cache`` need, and lock it: ``flock``, shared for a
     read-only disk, exclusive otherwise.
@@ -95,6 +95,8 @@ def lock_image(fd, path, readonly, cache="none"):
     passed to another process (SCM_RIGHTS, or inherited) carries the lock, and
     it is released only when the last fd of that description is closed.
     Locking again through a description that already holds the lock is a no-op.
+    ``lock=False`` checks only: the lock is taken later (:func:`flock_image`), as a
+    live migration's destination does once the source has let go of the image.
     (POSIX ``fcntl`` record locks would be wrong here: they belong to the
     process and vanish when the opener closes any fd of the file.)
     """
@@ -111,6 +113,13 @@ def lock_image(fd, path, readonly, cache="none"):
     if cache == "writethrough" and not readonly and not flags & os.O_DSYNC:
         raise DiskConfigError(f"disk image {path!r}: cache='writethrough' needs an fd "
                               "opened with O_DSYNC", path, errno.EINVAL)
+    if lock:
+        flock_image(fd, path, readonly)
+
+
+def flock_image(fd, path, readonly):
+    """Take the image's ``flock`` on ``fd``'s open file description (shared when
+    ``readonly``), without waiting; DiskBusyError if another user holds it."""
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -137,9 +146,10 @@ class RawFile:
 
     kind = "raw"
 
-    def __init__(self, path, readonly=False, cache="none", *, fd=None):
+    def __init__(self, path, readonly=False, cache="none", *, fd=None, lock=True):
         """Open and lock ``path``; or, with ``fd``, use that already-open file of
-        it (ownership passes to the backend, which closes it on failure too)."""
+        it (ownership passes to the backend, which closes it on failure too).
+        ``lock=False``: the lock is not taken (:meth:`take_lock` does it later)."""
         if cache not in CACHE_MODES:
             if fd is not None:
                 os.close(fd)
@@ -148,10 +158,10 @@ class RawFile:
         self.readonly = readonly
         self.cache = cache
         if fd is None:
-            self.fd = open_image(self.path, readonly, cache)
+            self.fd = open_image(self.path, readonly, cache, lock=lock)
         else:
             try:
-                lock_image(fd, self.path, readonly, cache)
+                lock_image(fd, self.path, readonly, cache, lock=lock)
             except BaseException:
                 os.close(fd)
                 raise
@@ -245,6 +255,15 @@ class RawFile:
             self.writev(offset, [chunk[:n]])
             offset += n
             length -= n
+
+    def release_lock(self):
+        """Let go of the image's lock (for every copy of this open file, in any process):
+        a live migration's source, paused and flushed, hands the image over."""
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def take_lock(self):
+        """Take the image's lock again (DiskBusyError if another user holds it)."""
+        flock_image(self.fd, self.path, self.readonly)
 
     def detach(self):
         """Give up the fd without closing it (the lock goes with it); returns it."""
