@@ -141,6 +141,7 @@ def test_the_test_host_runs_beside_the_other_tests_and_its_items_come_last():
         (project / "tests" / "test_plain.py").write_text(PLAIN_TEST)
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS")}
         env["PYTHONPATH"] = str(project)
+        env["XVM_HVM_BACKGROUND"] = "1"
         run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "tests/hvm", "tests"],
                              cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, timeout=700)
