@@ -9,6 +9,7 @@ the test host, so the quick tier (``-m "not hvm"``) leaves them out.
 import inspect
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,8 +69,9 @@ def test_a_silent_job_is_stopped_by_the_heartbeat_and_retried_once(tmp_path):
     silent = error.duration - error.boot_time
     assert STALL <= silent <= STALL + MARGIN, f"stopped after {silent:.1f} s of silence"
     assert wall < 2 * (host.boot_timeout + STALL + MARGIN)
-    assert f"attempt 1 hung (no console output and no progress for {STALL:g} s while running {name}); " \
-           "retrying" in stream.getvalue()
+    # the first attempt hung too (the same stall, or, on a loaded machine, a soft lockup its kernel reported)
+    assert re.search(r"attempt 1 hung \((no console output and no progress|the test host's kernel reported)"
+                     r".*\); retrying", stream.getvalue()), stream.getvalue()
     ctl = tmp_path / ".xvm-testhost"
     assert (ctl / "console-1.log").exists() and (ctl / "console-2.log").exists()
     assert (ctl / "progress-2.log").read_text() == f"start {name}\n"
