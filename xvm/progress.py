@@ -145,6 +145,7 @@ def byte_reporter(progress, desc):
     """The byte callback for an API's ``progress=`` argument, for the time of a ``with``:
     ``None`` (the default) a bar shown as :func:`wanted` says, ``True`` a bar even when not
     interactive, ``False`` nothing, or the caller's own ``progress(done, total)`` callable."""
+    check_progress(progress)
     if progress is False:
         yield None
     elif callable(progress):
@@ -155,7 +156,11 @@ def byte_reporter(progress, desc):
             yield reporter
         finally:
             reporter.close()
-    else:
+
+
+def check_progress(progress):
+    """ConfigError unless ``progress`` is what :func:`byte_reporter` takes."""
+    if not (progress is None or isinstance(progress, bool) or callable(progress)):
         raise ConfigError(f"progress must be None, True, False or a callable(done, total), "
                           f"not {progress!r}")
 
