@@ -152,6 +152,31 @@ def test_vmm_killed_with_sigkill_leaves_the_domain_crashed(host, guest, state_di
     dom.destroy()
 
 
+def test_a_vmm_that_is_still_dying_is_waited_for_not_reported_running(host, guest):
+    """A VMM killed by seccomp holds the domain lock until its last thread has exited, after
+    its socket has closed: the host waits for it rather than answer "running"."""
+    dom = host.define(config(guest, "dying"))
+    dom.start()
+    dom.console.expect("ready", timeout=10)
+    pid = dom.info()["pid"]
+    # stands for the VMM's last threads: takes the lock as the VMM lets go, keeps it 1 s
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import fcntl, os, sys, time
+        fd = os.open(sys.argv[1], os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        print("held", flush=True)
+        time.sleep(1)
+    """), host.state_dir.vmm_lockfile(str(dom.uuid))], stdout=subprocess.PIPE, text=True)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        assert holder.stdout.readline() == "held\n"
+        assert dom.state is DomainState.CRASHED
+        assert "SIGKILL" in dom.crash_reason
+    finally:
+        holder.wait(timeout=10)
+    dom.undefine()
+
+
 def test_another_process_sees_a_killed_vmm_as_crashed(state_dir, guest):
     with xvm.connect() as host:
         dom = host.define(config(guest, "orphan"))

@@ -32,6 +32,7 @@ from .paths import StateDir, default_state_dir
 log = logging.getLogger(__name__)
 
 WAIT_POLL = 0.05  # a domain with no VMM changes state only when someone starts it
+GONE_SETTLE = 5.0  # seconds a VMM whose socket closed has to release the domain lock
 VMM_EXIT_WAIT = 10.0  # how long a VMM may take to exit once its domain has stopped
 VOLUME_RELEASE_WAIT = 3.0  # how long a disk nobody uses may stay locked (FUSE releases late)
 
@@ -235,11 +236,13 @@ class LocalHost(Host):
                 self._drop_channel(uuid)
                 if isinstance(action, A.Destroy) and self.store.domain(uuid) is None:
                     return None  # a transient domain, gone with its VMM: destroyed all the same
+                return self._act_offline(domain, uuid, action, gone=True)
         return self._act_offline(domain, uuid, action)
 
-    def _act_offline(self, domain, uuid, action):
-        """An action for a domain that has no VMM (it is shut off or crashed)."""
-        record = self._reconcile(uuid)
+    def _act_offline(self, domain, uuid, action, gone=False):
+        """An action for a domain that has no VMM (it is shut off or crashed); ``gone``
+        when its VMM's socket has just closed under a call."""
+        record = self._reconcile(uuid, gone=gone)
         state = DomainState(record.state)
         if isinstance(action, A.Info):
             return _offline_info(record)
@@ -265,13 +268,23 @@ class LocalHost(Host):
                 self.store.remove_domain(uuid)
         return None
 
-    def _reconcile(self, uuid):
-        """The domain's record, after noticing a VMM that died without recording it."""
+    def _reconcile(self, uuid, gone=False):
+        """The domain's record, after noticing a VMM that died without recording it.
+
+        ``gone``: the VMM's socket has just closed under a call.  A VMM that is dying still
+        holds the domain lock until its last thread has exited (a process killed by seccomp
+        takes a moment), so its end is waited for, up to ``GONE_SETTLE`` seconds, rather than
+        reporting a domain still running whose VMM no longer answers."""
         record = self.store.domain(uuid)
         if record is None:
             raise NotFoundError(f"domain {uuid} no longer exists")
-        if record.state in (DomainState.RUNNING.value, DomainState.PAUSED.value) \
-                and not launcher.vmm_alive(self.state_dir, uuid):
+        running = (DomainState.RUNNING.value, DomainState.PAUSED.value)
+        if gone and record.state in running:
+            deadline = time.monotonic() + GONE_SETTLE
+            while launcher.vmm_alive(self.state_dir, uuid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            record = self.store.domain(uuid) or record  # a VMM that stopped may have recorded it
+        if record.state in running and not launcher.vmm_alive(self.state_dir, uuid):
             pid = launcher.read_pid(self.state_dir, uuid)
             how = launcher.describe_exit(pid, self.state_dir, wait=1.0) if pid else None
             reason = f"the VMM process{f' (pid {pid})' if pid else ''} {how or 'ended without stopping the domain'}"
