@@ -22,6 +22,7 @@ from .errors import (
     XvmError,
 )
 from .host import Capabilities, Host, connect
+from .migration.snapshot import SnapshotError, snapshot_config
 from .migration.stream import MigrationError, MigrationStats
 from .net import HostNetwork, Network, Nic
 from .sched import Sched, VcpuInfo
@@ -30,5 +31,6 @@ from .storage.config import Pool
 __all__ = [
     "BootError", "Capabilities", "ConfigError", "Console", "ConsoleTimeout", "Disk", "Domain", "DomainConfig",
     "DomainState", "GuestError", "Host", "HostError", "HostNetwork", "KvmError", "MigrationError", "MigrationStats", "Network", "Nic", "NotFoundError",
-    "Pool", "Sched", "ShutdownTimeout", "StateError", "VcpuInfo", "XvmError", "connect",
+    "Pool", "Sched", "ShutdownTimeout", "SnapshotError", "StateError", "VcpuInfo", "XvmError", "connect",
+    "snapshot_config",
 ]

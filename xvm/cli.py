@@ -866,12 +866,27 @@ def _cmd_save(args):
 
 def _configure_restore(parser):
     parser.add_argument("file", metavar="FILE", help="a snapshot file written by save")
+    parser.add_argument("--xml", metavar="XML", help="domain XML with other host resources (disk "
+                        "sources, networks): save-image-dumpxml's, edited; what the guest saw must not change")
 
 
 def _cmd_restore(args):
+    config = None if args.xml is None else _parsed_xml(args.xml).config
     with _host(args) as host:
-        host.restore(args.file)
+        host.restore(args.file, config=config)
     print(f"Domain restored from {args.file}")
+    return 0
+
+
+def _configure_save_image_dumpxml(parser):
+    parser.add_argument("file", metavar="FILE", help="a snapshot file written by save")
+
+
+def _cmd_save_image_dumpxml(args):
+    from .migration.snapshot import snapshot_config
+    from .xml import config_to_xml
+
+    sys.stdout.write(config_to_xml(snapshot_config(args.file)))
     return 0
 
 
@@ -1298,6 +1313,8 @@ VERBS = (
     _domain_verb("save", "save a running domain's state to a file (it ends shut off)", _cmd_save,
                  _configure_save),
     Verb("restore", "start a domain from a file written by save", _cmd_restore, _configure_restore),
+    Verb("save-image-dumpxml", "print the domain XML saved in a file written by save", _cmd_save_image_dumpxml,
+         _configure_save_image_dumpxml),
     _domain_verb("clone", "a new domain whose disks are clones of a domain's disks at a snapshot",
                  _cmd_clone, _configure_clone),
     Verb("pool-list", "list storage pools", _cmd_pool_list, _configure_pool_list),

@@ -389,6 +389,32 @@ def test_save_and_restore_verbs(cleanup, guest, xml, tmp_path):
     assert "nosuch" in run("save", "nosuch", image, status=1)[1]
 
 
+def test_restore_with_edited_xml(cleanup, guest, xml, tmp_path):
+    """virsh's save-image-dumpxml, then restore --xml with the disk's image moved: the domain
+    continues on the new image; an edit the guest would notice is one clear error."""
+    first, second = tmp_path / "first.img", tmp_path / "second.img"
+    first.write_bytes(bytes(1 << 20))
+    disk = f"<disk type='file' device='disk'><source file='{first}'/><target dev='vda' bus='virtio'/></disk>"
+    run("define", xml("mv", guest("busy"), cmdline="shift=20", devices=disk))
+    run("start", "mv")
+    expect_console("mv", "busy: printing")
+    image = tmp_path / "mv.xvmsave"
+    run("save", "mv", image)
+    saved = run("save-image-dumpxml", image)[0]
+    assert f"<source file=\"{first}\"" in saved or f"<source file='{first}'" in saved, saved
+    os.rename(first, second)
+    edited = tmp_path / "edited.xml"
+    edited.write_text(saved.replace(str(first), str(second)))
+    wrong = tmp_path / "wrong.xml"
+    wrong.write_text(saved.replace(str(first), str(second)).replace(">64<", ">128<").replace(">65536<", ">131072<"))
+    assert "memory_mib" in run("restore", image, "--xml", wrong, status=1)[1]
+    assert run("domstate", "mv")[0] == "shut off\n"
+    assert run("restore", image, "--xml", edited)[0] == f"Domain restored from {image}\n"
+    assert run("domstate", "mv")[0] == "running\n"
+    assert str(second) in run("dumpxml", "mv")[0]
+    run("destroy", "mv")
+
+
 # --- storage pools and volumes ------------------------------------------------------------------------
 
 

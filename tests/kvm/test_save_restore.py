@@ -1,4 +1,5 @@
 """Save and restore of running domains on the real /dev/kvm (issue 13)."""
+import dataclasses
 import os
 import re
 import shutil
@@ -219,3 +220,131 @@ def test_save_reports_its_progress_in_bytes(any_host, guest, tmp_path):
     assert all(total == 64 << 20 and 0 <= done <= total for done, total in calls)
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
     assert dom.state is DomainState.SHUTOFF
+
+
+# --- restoring with other host resources -------------------------------------------------------
+
+SOAK = re.compile(rb"blk: soak round (\d+) ok")
+
+
+def _soak_rounds(dom, since=0):
+    return [int(n) for n in SOAK.findall(log(dom)[since:])]
+
+
+def _image(path, mib=8):
+    with open(path, "wb") as f:
+        f.truncate(mib << 20)
+    return str(path)
+
+
+def _open_images(pid):
+    """The files the VMM process ``pid`` holds open."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return found
+
+
+def _can_admin_net():
+    from xvm.devices.net import Tap, TapError
+    try:
+        Tap.open("xvmprobe%d").close()
+        return True
+    except TapError:
+        return False
+
+
+@pytest.mark.skipif(not _can_admin_net(), reason="needs CAP_NET_ADMIN")
+def test_restore_with_another_disk_image_and_network(any_host, guest, tmp_path):
+    """A saved domain comes back on other host resources -- its disk image copied elsewhere,
+    its NIC on another network -- given as the configuration ``xvm.snapshot_config`` read
+    from the file, edited on its host side; it becomes the stored configuration, and the
+    guest goes on reading right data from the new image."""
+    suffix = os.getpid() % 100000
+    nets = [any_host.create_network(xvm.Network(f"rs{side}{suffix}", bridge=f"xvmr{side}{suffix}"))
+            for side in "ab"]
+    try:
+        first = _image(tmp_path / "first.img")
+        dom = any_host.define(xvm.DomainConfig(
+            name="moved", kernel=guest("blk"), memory_mib=64, disks=[xvm.Disk(first)],
+            cmdline="mode=soak chunk=256 chunks=64 checks=2 every=8",
+            nics=[xvm.Nic(network=nets[0].name)]))
+        dom.start()
+        deadline = time.monotonic() + 20
+        while len(_soak_rounds(dom)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        path = tmp_path / "moved.xvmsnap"
+        dom.save(path)
+        mark, before = len(log(dom)), max(_soak_rounds(dom))
+        second = str(tmp_path / "second.img")
+        shutil.copyfile(first, second)
+        os.unlink(first)  # the old image is gone: the restore must not need it
+        config = xvm.snapshot_config(path)
+        assert config.disks[0].path == first and config.nics[0].network == nets[0].name
+        config = config.replace(disks=[dataclasses.replace(config.disks[0], path=second)],
+                                nics=[dataclasses.replace(config.nics[0], network=nets[1].name)])
+        restored = any_host.restore(path, config=config)
+        assert restored.state is DomainState.RUNNING
+        stored = restored.config
+        assert stored.disks[0].path == second and stored.nics[0].network == nets[1].name
+        assert second in _open_images(restored.info()["pid"])
+        assert os.listdir(f"/sys/class/net/{nets[1].bridge}/brif"), "no TAP on the new network's bridge"
+        assert not os.listdir(f"/sys/class/net/{nets[0].bridge}/brif")
+        deadline = time.monotonic() + 20
+        while len(_soak_rounds(restored, mark)) < 3 and "FAIL" not in log(restored)[mark:].decode(errors="replace") \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b"FAIL" not in log(restored)[mark:], log(restored)[mark:][-300:]
+        rounds = _soak_rounds(restored, mark)
+        assert len(rounds) >= 3 and rounds[0] >= before  # it went on, it did not boot again
+        restored.destroy()
+    finally:
+        for d in any_host.domains():
+            if d.state is not DomainState.SHUTOFF:
+                d.destroy()
+        for net in nets:
+            net.destroy()
+
+
+def test_restore_refuses_a_configuration_the_guest_would_notice(any_host, guest, tmp_path):
+    """Only the host side may change: other vCPUs, memory, MAC, serial, a disk more or less, a
+    disk image of another size, another UUID or name are each refused, naming what, and
+    nothing starts."""
+    image = _image(tmp_path / "disk.img")
+    dom = any_host.define(xvm.DomainConfig(
+        name="strict", kernel=guest("busy"), cmdline="shift=24", memory_mib=64, vcpus=1,
+        disks=[xvm.Disk(image, serial="disk-1")]))
+    dom.start()
+    last_count(dom, 1)
+    path = tmp_path / "strict.xvmsnap"
+    dom.save(path)
+    small = _image(tmp_path / "small.img", mib=4)
+
+    def edited(**changes):
+        return xvm.snapshot_config(path).replace(**changes)
+
+    cases = {
+        "vcpus": edited(vcpus=2),
+        "memory_mib": edited(memory_mib=128),
+        "serial": edited(disks=[xvm.Disk(image, serial="disk-2")]),
+        "2 disks": edited(disks=[xvm.Disk(image), xvm.Disk(small)]),
+        "sectors": edited(disks=[xvm.Disk(small, serial="disk-1")]),
+        "uuid": xvm.DomainConfig(name="strict", kernel=guest("busy"), memory_mib=64, disks=[xvm.Disk(image)]),
+        "name": edited(name="other"),
+    }
+    for what, config in cases.items():
+        with pytest.raises(SnapshotError, match=what) as info:
+            any_host.restore(path, config=config)
+        assert info.value.what == "config"
+        assert dom.state is DomainState.SHUTOFF
+    with pytest.raises(xvm.ConfigError, match="DomainConfig"):
+        any_host.restore(path, config={"name": "strict"})
+    assert [d.name for d in any_host.domains()] == ["strict"]
+    edited_ok = edited(cmdline="shift=24 next-boot", sched=xvm.Sched(weight=512))
+    restored = any_host.restore(path, config=edited_ok)  # the host side may change
+    assert restored.state is DomainState.RUNNING and restored.config.cmdline.endswith("next-boot")
+    restored.destroy()
+    restored.undefine()

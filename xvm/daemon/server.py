@@ -210,7 +210,8 @@ class Daemon:
 
     def _do_RestoreDomain(self, action):
         """The client's open snapshot file (never a path opened with xvmd's privileges)."""
-        domain = self.host._restore(action.path, action.fd)
+        config = None if action.config is None else DomainConfig.from_dict(action.config)
+        domain = self.host._restore(action.path, action.fd, config=config)
         return _record(self.host.store.domain(str(domain.uuid)) or _transient_gone(domain))
 
     def _do_UpdateConfig(self, action):

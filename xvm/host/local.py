@@ -343,16 +343,23 @@ class LocalHost(Host):
         except XvmError:
             return None
 
-    def restore(self, path):
+    def restore(self, path, config=None):
         """Start the domain saved in the snapshot file ``path`` (:meth:`Domain.save`): the
         same name and UUID, a new id, continuing where it was.  A domain this host does
-        not know comes back transient.  The file is checked first (SnapshotError)."""
-        return self._restore(os.path.abspath(path))
+        not know comes back transient.  The file is checked first (SnapshotError).
 
-    def _restore(self, path, fd=None):
+        ``config``: the domain's configuration with other host resources, a
+        :class:`~xvm.DomainConfig`: e.g. ``xvm.snapshot_config(path)`` with
+        other disk image paths, networks or bridges, scheduling or boot settings.  What the
+        guest saw (vCPUs, memory, devices, MACs, serials, disk sizes) must not change
+        (SnapshotError, what="config", naming the difference).  It becomes the stored
+        configuration."""
+        return self._restore(os.path.abspath(path), config=config)
+
+    def _restore(self, path, fd=None, config=None):
         """:meth:`restore` from the open snapshot file ``fd`` (xvmd: the client's; ``path``
         names it), or from ``path`` opened here.  The VMM gets the descriptor."""
-        from ..migration.snapshot import SnapshotError, load_snapshot
+        from ..migration.snapshot import SnapshotError, load_snapshot, restore_config
 
         own = fd is None
         if own:
@@ -362,7 +369,7 @@ class LocalHost(Host):
                 raise SnapshotError(f"cannot read snapshot {path}: {e.strerror}", what="io", path=path) from None
         try:
             snapshot = load_snapshot(path, fd=fd, supported_cpuid=self.kvm.supported_cpuid())
-            config = snapshot.config
+            config = restore_config(snapshot, config)
             uuid = str(config.uuid)
             added = False
             action = A.Restore(path=path, fd=fd)

@@ -84,10 +84,13 @@ class RemoteHost(Host):
             wait = -1 if action.timeout is None else action.timeout
         return self._channel.call(request, wait=wait, fd=fds[0] if fds else None)
 
-    def restore(self, path):
+    def restore(self, path, config=None):
         """:meth:`LocalHost.restore` through xvmd: this process opens the file, with its own
         permissions, and xvmd gets the descriptor (never the path to open as root)."""
-        from ..migration.snapshot import SnapshotError
+        from ..migration.snapshot import SnapshotError, check_restore_config
+
+        if config is not None:
+            check_restore_config(config)
 
         path = os.path.abspath(path)
         try:
@@ -95,7 +98,8 @@ class RemoteHost(Host):
         except OSError as e:
             raise SnapshotError(f"cannot read snapshot {path}: {e.strerror}", what="io", path=path) from None
         try:
-            record = self._channel.call(A.RestoreDomain(path=path, fd=fd))
+            record = self._channel.call(A.RestoreDomain(path=path, fd=fd,
+                                                        config=None if config is None else config.to_dict()))
         finally:
             os.close(fd)
         handle = self._handle(record["uuid"])

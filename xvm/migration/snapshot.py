@@ -424,3 +424,86 @@ def _check_cpu(guest, host, path):
 
 __all__ = ["SnapshotError", "Snapshot", "write_snapshot", "load_snapshot", "missing_cpu_features",
            "MAGIC", "MAJOR", "MINOR", "HEADER_SIZE"]
+
+
+# --- restoring with other host resources ------------------------------------------------------
+# What ``host.restore(path, config=...)`` may change: the host's side of the domain, which the
+# guest never saw -- where each disk's image is, which network or bridge each NIC is on, how
+# the domain is scheduled and pinned, what happens when the host stops, and how it boots the
+# next time it is started cold.  Everything else is what the guest saw and must stay.
+HOST_SIDE = frozenset({"kernel", "initrd", "cmdline", "sched", "vcpu_pins", "emulator_pin",
+                       "on_host_stop", "shutdown_timeout"})
+DISK_HOST_SIDE = frozenset({"path"})
+NIC_HOST_SIDE = frozenset({"network", "bridge"})
+
+
+def restore_misfit(saved, config):
+    """Why the configuration ``config`` cannot take over a domain saved with ``saved`` (both
+    :class:`~xvm.config.DomainConfig`), or None: only its host side may differ
+    (``HOST_SIDE``, ``DISK_HOST_SIDE``, ``NIC_HOST_SIDE``)."""
+    from ..net.nic import effective_macs
+
+    old, new = saved.to_dict(), config.to_dict()
+    old_macs, new_macs = effective_macs(saved.nics, saved.uuid), effective_macs(config.nics, config.uuid)
+    for key in ("uuid", "name"):
+        if old[key] != new[key]:
+            return f"its {key} is {new[key]!r}, the saved domain's {old[key]!r}"
+    for key in sorted(set(old) | set(new)):
+        if key in HOST_SIDE or key in ("uuid", "name", "disks", "nics"):
+            continue
+        if old.get(key) != new.get(key):
+            return f"its {key} is {new.get(key)!r}, the saved domain's {old.get(key)!r} (the guest saw it)"
+    for kind, allowed in (("disks", DISK_HOST_SIDE), ("nics", NIC_HOST_SIDE)):
+        if len(old[kind]) != len(new[kind]):
+            return f"it has {len(new[kind])} {kind}, the saved domain {len(old[kind])}"
+        for index, (a, b) in enumerate(zip(old[kind], new[kind])):
+            if kind == "nics":  # the MAC the guest saw: the configured one, or derived from the UUID
+                a, b = dict(a, mac=old_macs[index]), dict(b, mac=new_macs[index])
+            for key in sorted(set(a) | set(b)):
+                if key not in allowed and a.get(key) != b.get(key):
+                    return (f"its {kind[:-1]} {index} has {key} {b.get(key)!r}, the saved domain's "
+                            f"{a.get(key)!r} (the guest saw it; only {', '.join(sorted(allowed))} may change)")
+    return None
+
+
+def check_restore_config(config):
+    """ConfigError unless ``config``, as given to ``host.restore(path, config=)``, is a DomainConfig."""
+    from ..config import DomainConfig
+
+    if not isinstance(config, DomainConfig):
+        raise ConfigError(f"restore wants an xvm.DomainConfig as config, not {type(config).__name__}")
+
+
+def restore_config(snapshot, config):
+    """The configuration to restore ``snapshot`` (a checked :class:`Snapshot`) with: its own, or
+    ``config`` (a DomainConfig) if only its host side differs (else
+    SnapshotError, what="config").  A disk whose new image is not the saved one's size is
+    refused here too: the guest knows its capacity."""
+    from ..devices.block.persist import BlockState
+
+    if config is None:
+        return snapshot.config
+    check_restore_config(config)
+    misfit = restore_misfit(snapshot.config, config)
+    if misfit is not None:
+        raise SnapshotError(f"cannot restore snapshot {snapshot.path} with that configuration: {misfit}",
+                            what="config", path=snapshot.path)
+    saved_disks = [s.device for s in snapshot.state.devices.slots if isinstance(s.device, BlockState)]
+    for disk, saved in zip(config.disks, saved_disks):
+        try:
+            size = os.stat(disk.path).st_size
+        except OSError as e:
+            raise SnapshotError(f"cannot restore snapshot {snapshot.path}: disk image {disk.path}: "
+                                f"{e.strerror}", what="config", path=snapshot.path) from None
+        if size // 512 != saved.capacity:
+            raise SnapshotError(f"cannot restore snapshot {snapshot.path}: disk image {disk.path} has "
+                                f"{size // 512} sectors, the guest saw {saved.capacity}",
+                                what="config", path=snapshot.path)
+    return config
+
+
+def snapshot_config(path):
+    """The domain configuration saved in the snapshot file ``path`` (checked as
+    :func:`load_snapshot` checks it): to edit its host side and give to
+    ``host.restore(path, config=...)``."""
+    return load_snapshot(path).config

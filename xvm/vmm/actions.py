@@ -549,6 +549,7 @@ class RestoreDomain(Action):
 
     path: str
     fd: int | None = None
+    config: dict | None = None  # a DomainConfig's dict: other host resources (host.restore(config=))
 
 
 # Networks and storage through xvmd: one action per object kind to list, look up or make one,

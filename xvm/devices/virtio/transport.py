@@ -410,6 +410,12 @@ class VirtioTransport:
                             s = next(saved)
                             queue.next_avail, queue.next_used = s.next_avail, s.next_used
                             queue._signalled_used = s.signalled_used
+                    # The saved machine's kicks that were still pending on its eventfds (or
+                    # work a busy queue had left when it paused) are not in the state: each
+                    # queue is looked at once as if notified; one too many is harmless.
+                    for index, queue in enumerate(self.device.queues):
+                        if queue is not None and index < len(self._notify_fds):
+                            os.eventfd_write(self._notify_fds[index], 1)
             with self._irq_lock:
                 self.interrupt_status = state.interrupt_status
             if live:
