@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -325,3 +326,95 @@ def test_device_from_an_fd_that_is_not_a_tap(no_leaks, tmp_path):
         NicPlan("52:54:00:00:09:02", "br0", 1500).device_from_tap(fd)
     with pytest.raises(OSError):
         os.fstat(fd)  # closed: the device owned it
+
+
+MQ_MAC = "52:54:00:00:0f:02"
+REPLY_MAC = bytes.fromhex("525400eeee01")
+
+
+def _udp_reply(frame):
+    """The test guest's mq=1 frame (UDP/IPv4 10.218.0.2:40000+k -> 10.218.0.3:50000+k)
+    -> (flow k, the transmit pair its payload names, the reply frame of that flow), or None."""
+    if len(frame) < 42 or frame[6:12] != bytes.fromhex(MQ_MAC.replace(":", "")) \
+            or frame[12:14] != b"\x08\x00" or frame[23] != 17:
+        return None
+    sport, dport = struct.unpack("!HH", frame[34:38])
+    flow = sport - 40000
+    match = re.match(rb"mq pair (\d+) flow (\d+)", frame[42:])
+    if not 0 <= flow < 8 or dport != 50000 + flow or not match or int(match.group(2)) != flow:
+        return None
+    payload = f"reply flow {flow}\0".encode()
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0, 64, 17, 0,
+                     socket.inet_aton("10.218.0.3"), socket.inet_aton("10.218.0.2"))
+    udp = struct.pack("!HHHH", dport, sport, 8 + len(payload), 0)
+    reply = frame[6:12] + REPLY_MAC + b"\x08\x00" + ip + udp + payload
+    return flow, int(match.group(1)), reply.ljust(60, b"\0")
+
+
+def _serve_mq_guest(dom, sock, timeout=60):
+    """Answer every flow frame the guest sends until it powers off; returns
+    {flow: {transmit pairs it was seen from}}."""
+    seen = {}
+    deadline = time.monotonic() + timeout
+    while dom.state is DomainState.RUNNING and time.monotonic() < deadline:
+        try:
+            frame = sock.recv(4096)
+        except socket.timeout:
+            continue
+        parsed = _udp_reply(frame)
+        if parsed is not None:
+            flow, pair, reply = parsed
+            seen.setdefault(flow, set()).add(pair)
+            sock.send(reply)
+    return seen
+
+
+def _check_mq_console(text):
+    # The commands a device must refuse got VIRTIO_NET_ERR (1), then 2 pairs VIRTIO_NET_OK (0).
+    for what in ("pairs-0", "pairs-over-max", "pairs-truncated", "rx-promisc"):
+        assert f"MQ ctrl {what} ack=1" in text, text
+    assert "MQ pairs=2 ack=0 max=2" in text, text
+    assert "MQ done" in text and "MQ timeout" not in text, text
+    rx = [(int(q), int(flow)) for q, flow in re.findall(r"RX q=(\d) flow=(\d) reply flow \d", text)]
+    # Replies came in on both receive pairs, each on the pair its flow was sent from: the
+    # multi-queue TAP steers a flow to the queue that last transmitted it (§5.1.6.5.5).
+    assert {q for q, _ in rx} == {0, 1}, text
+    assert {flow for _, flow in rx} == {0, 1, 2, 3}, text
+    assert all(q == flow % 2 for q, flow in rx), rx
+
+
+@pytest.mark.parametrize("where", ["in-process", "vmm-process"])
+def test_multiqueue_guest_sends_and_receives_on_both_pairs(no_leaks, host, guest, lan, where,
+                                                           state_dir):
+    """The test guest negotiates VIRTIO_NET_F_MQ, has hostile control commands refused,
+    enables 2 pairs and exchanges UDP flows with the host side on both, through a
+    multi-queue TAP (one fd per pair, opened by the host and, for a VMM process of its
+    own, passed to it)."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    other = None
+    try:
+        sock.bind((lan.bridge, 0))
+        sock.settimeout(0.2)
+        on = host
+        if where == "vmm-process":
+            other = on = xvm.connect()  # the same state directory; VMMs of their own, confined
+        dom = on.define(xvm.DomainConfig(
+            name="mq", memory_mib=64, kernel=guest("net"), cmdline="mq=1 flows=4 ms=500",
+            nics=[xvm.Nic(network=lan.name, mac=MQ_MAC, queues=2)]))
+        dom.start()
+        [tap] = lan.ports()
+        assert int(open(f"/sys/class/net/{tap}/tun_flags").read(), 16) & 0x0100  # MULTI_QUEUE
+        seen = _serve_mq_guest(dom, sock)
+        assert dom.wait(timeout=30) is DomainState.SHUTOFF
+        text = dom.console.text()
+        # Frames from both transmit pairs reached the bridge.
+        assert seen == {0: {0}, 1: {1}, 2: {0}, 3: {1}}, (seen, text)
+        _check_mq_console(text)
+        if where == "in-process":
+            [slot] = dom.machine.virtio
+            metrics = slot.device.metrics
+            assert metrics.queue_pairs_set_count == 1 and metrics.ctrl_error_count == 4
+    finally:
+        sock.close()
+        if other is not None:
+            other.close()
