@@ -418,3 +418,42 @@ def test_multiqueue_guest_sends_and_receives_on_both_pairs(no_leaks, host, guest
         sock.close()
         if other is not None:
             other.close()
+
+
+def test_multiqueue_pairs_survive_save_and_restore(no_leaks, host, guest, lan, tmp_path):
+    """The guest enabled 2 pairs before the save; the restored device (over a new
+    multi-queue TAP) has them enabled too, without the guest asking again: replies
+    still come in on both receive pairs, each on its flow's."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    try:
+        sock.bind((lan.bridge, 0))
+        sock.settimeout(0.2)
+        dom = host.define(xvm.DomainConfig(
+            name="mq", memory_mib=64, kernel=guest("net"),
+            cmdline="mq=1 flows=4 ms=500 timeout=120000",
+            nics=[xvm.Nic(network=lan.name, mac=MQ_MAC, queues=2)]))
+        dom.start()
+        pairs, deadline = set(), time.monotonic() + 30
+        while pairs != {0, 1} and time.monotonic() < deadline:  # both pairs in use, no reply yet
+            try:
+                parsed = _udp_reply(sock.recv(4096))
+            except socket.timeout:
+                continue
+            if parsed is not None:
+                pairs.add(parsed[1])
+        assert pairs == {0, 1}, dom.console.text()
+        path = tmp_path / "mq.xvmsnap"
+        dom.save(path)
+        restored = host.restore(path)
+        [slot] = restored.machine.virtio
+        assert slot.device.active_pairs == 2
+        [tap] = lan.ports()
+        assert sorted(q for q in os.listdir(f"/sys/class/net/{tap}/queues")
+                      if q.startswith("tx-")) == ["tx-0", "tx-1"]
+        seen = _serve_mq_guest(restored, sock)
+        assert restored.wait(timeout=30) is DomainState.SHUTOFF
+        assert set(seen) == {0, 1, 2, 3}
+        _check_mq_console(restored.console.text())
+        assert slot.device.metrics.queue_pairs_set_count == 0  # the guest did not ask again
+    finally:
+        sock.close()
