@@ -457,3 +457,40 @@ def test_multiqueue_pairs_survive_save_and_restore(no_leaks, host, guest, lan, t
         assert slot.device.metrics.queue_pairs_set_count == 0  # the guest did not ask again
     finally:
         sock.close()
+
+
+def test_a_driver_without_multiqueue_loses_no_frame_on_a_multiqueue_nic(no_leaks, host, guest, lan):
+    """The plain test guest does not negotiate VIRTIO_NET_F_MQ: the second TAP queue stays
+    detached, so the host kernel steers every flow to the one the guest reads (§5.1.6.5.5)
+    instead of hashing half of them to a queue nobody serves."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_XVM))
+    # Sent with the protocol of the socket: an ETH_P_IP one, so that the kernel hashes the
+    # frames by their UDP flow (through an ETH_P_XVM socket they would all hash alike).
+    ip_sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    try:
+        sock.bind((lan.bridge, 0))
+        ip_sock.bind((lan.bridge, 0))
+        sock.settimeout(10)
+        mac = bytes.fromhex("525400000f03")
+        dom = net_guest(host, guest, "g", "id=8 count=1 ms=20000",
+                        [xvm.Nic(network=lan.name, mac="52:54:00:00:0f:03", queues=2)])
+        dom.start()
+        frame = sock.recv(2048)
+        assert frame[6:12] == mac and b"hello from guest 8" in frame
+        [slot] = dom.machine.virtio
+        metrics = slot.device.metrics
+        before = metrics.rx_packets
+        flows = 64
+        for port in range(flows):  # as many flows, hashed over the TAP's attached queues
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + 4, 0, 0, 64, 17, 0,
+                             socket.inet_aton("10.218.1.1"), socket.inet_aton("10.218.1.2"))
+            udp = struct.pack("!HHHH", 20000 + port, 30000 + port, 12, 0)
+            ip_sock.send((mac + REPLY_MAC + b"\x08\x00" + ip + udp + b"flow").ljust(60, b"\0"))
+        deadline = time.monotonic() + 5
+        while metrics.rx_packets - before < flows and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert metrics.rx_packets - before >= flows, (metrics.rx_packets - before, flows)
+        dom.destroy()
+    finally:
+        sock.close()
+        ip_sock.close()

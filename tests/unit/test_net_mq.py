@@ -6,6 +6,8 @@ import struct
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xvm.devices.net import NetState, VirtioNet
 from xvm.devices.net.errors import NetConfigError
@@ -47,6 +49,10 @@ class PairBackend:
         self.attach_calls = []
 
     def fileno(self):
+        return self.sock.fileno()
+
+    @property
+    def frame_fd(self):  # one writev, one datagram: one frame (the C transmit path's fd)
         return self.sock.fileno()
 
     def read_into(self, buffer):
@@ -404,3 +410,73 @@ def test_restored_device_enables_the_pairs_its_driver_had(mq, memory):
         mmio2.close()
         dev2.close()
         irq.close()
+
+
+def test_every_pair_keeps_the_c_fast_path(mq, memory, monkeypatch):
+    """rx and tx of the second pair go through xvm_net_rx / xvm_net_tx, not the Python
+    reference path (which stays the fallback for anything unusual)."""
+    from xvm.devices.virtio import native
+    if native.load() is None:
+        pytest.skip("the C chain walker could not be built here")
+    calls = []
+    deliver, send = VirtioNet._deliver, VirtioNet._send
+    monkeypatch.setattr(VirtioNet, "_deliver", lambda *a: calls.append("rx") or deliver(*a))
+    monkeypatch.setattr(VirtioNet, "_send", lambda *a: calls.append("tx") or send(*a))
+    dev, mmio, backends = mq
+    drv = MqDriver(memory, mmio, MQ_FEATURES, ALL_QUEUES)
+    drv.add_rx(2)
+    assert drv.set_pairs(2) == (1, VIRTIO_NET_OK)
+    for n in range(3):
+        backends[1].peer.send(HDR + FRAME + bytes([n]))
+        drv.received(2)
+        drv.send(3, FRAME + bytes([n]))
+        assert backends[1].peer.recv(4096) == HDR + FRAME + bytes([n])
+    assert dev.metrics.rx_packets == 3 and dev.metrics.tx_packets == 3
+    assert calls == []
+
+
+_ONE_PIECE = st.integers(1, 6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cls=st.sampled_from([0, 1, 2, 3, 4, 5, 6, 8, 99, 255]), cmd=st.integers(0, 3),
+       data=st.one_of(st.binary(max_size=12), st.integers(0, 0xFFFF).map(lambda v: struct.pack("<H", v))),
+       cut=st.lists(_ONE_PIECE, max_size=4), ack_len=st.integers(0, 3))
+def test_any_control_command_gets_ok_or_err_and_breaks_nothing(cls, cmd, data, cut, ack_len):
+    """Whatever a driver puts on controlq, split however: the answer is VIRTIO_NET_OK
+    only for a valid VQ_PAIRS_SET, VIRTIO_NET_ERR otherwise (nothing without an ack
+    byte), and the device is never broken."""
+    from xvm.devices.virtio.queue import DescriptorChain, Queue
+    with GuestMemory.create([(0, 0x100000)]) as memory:
+        backends = [PairBackend() for _ in range(PAIRS)]
+        dev = VirtioNet(MAC, backends=backends, queue_size=8)
+        try:
+            queues = [Queue(memory, 8, 0x1000 * (i + 1), 0x1000 * (i + 1) + 0x100,
+                            0x1000 * (i + 1) + 0x400) for i in range(2 * PAIRS + 1)]
+            dev.ack_features(dev.device_features)
+            dev.activate(memory, queues, None)
+            raw = bytes([cls, cmd]) + data
+            memory.write(0x20000, raw)
+            readable, offset = [], 0
+            for piece in cut + [len(raw)]:
+                if offset >= len(raw):
+                    break
+                take = min(piece, len(raw) - offset)
+                readable.append((0x20000 + offset, take))
+                offset += take
+            writable = [(0x30000, ack_len)] if ack_len else []
+            memory.write(0x30000, b"\xaa")
+            chain = DescriptorChain(0, tuple(readable), tuple(writable), memory)
+            used = dev.process_chain(2 * PAIRS, chain)
+            valid = (cls, cmd, len(data)) == (4, 0, 2) and 1 <= struct.unpack("<H", data)[0] <= PAIRS
+            if not ack_len:
+                assert used == 0 and memory.read(0x30000, 1) == b"\xaa"
+            else:
+                assert used == 1
+                assert memory.read(0x30000, 1)[0] == (VIRTIO_NET_OK if valid else VIRTIO_NET_ERR)
+            expected_pairs = struct.unpack("<H", data)[0] if valid and ack_len else 1
+            assert dev.active_pairs == expected_pairs and not dev.broken
+            assert [b.attached for b in backends] == [i < expected_pairs for i in range(PAIRS)]
+        finally:
+            dev.queues = ()
+            dev.close()
