@@ -440,7 +440,8 @@ _ONE_PIECE = st.integers(1, 6)
 
 @settings(max_examples=200, deadline=None)
 @given(cls=st.sampled_from([0, 1, 2, 3, 4, 5, 6, 8, 99, 255]), cmd=st.integers(0, 3),
-       data=st.one_of(st.binary(max_size=12), st.integers(0, 0xFFFF).map(lambda v: struct.pack("<H", v))),
+       data=st.one_of(st.binary(max_size=12),
+                      st.integers(0, 0xFFFF).map(lambda v: struct.pack("<H", v))),
        cut=st.lists(_ONE_PIECE, max_size=4), ack_len=st.integers(0, 3))
 def test_any_control_command_gets_ok_or_err_and_breaks_nothing(cls, cmd, data, cut, ack_len):
     """Whatever a driver puts on controlq, split however: the answer is VIRTIO_NET_OK
@@ -468,7 +469,8 @@ def test_any_control_command_gets_ok_or_err_and_breaks_nothing(cls, cmd, data, c
             memory.write(0x30000, b"\xaa")
             chain = DescriptorChain(0, tuple(readable), tuple(writable), memory)
             used = dev.process_chain(2 * PAIRS, chain)
-            valid = (cls, cmd, len(data)) == (4, 0, 2) and 1 <= struct.unpack("<H", data)[0] <= PAIRS
+            valid = ((cls, cmd, len(data)) == (4, 0, 2)
+                     and 1 <= struct.unpack("<H", data)[0] <= PAIRS)
             if not ack_len:
                 assert used == 0 and memory.read(0x30000, 1) == b"\xaa"
             else:
