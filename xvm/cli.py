@@ -608,7 +608,7 @@ def _configure_install(parser):
     parser.add_argument("--disk", action="append", default=[], metavar="PATH[,size=GiB][,serial=S][,readonly=on]",
                         help="a raw disk image (created sparse when missing and size= is given; repeatable)")
     parser.add_argument("--network", action="append", default=[],
-                        metavar="network=NAME|bridge=BR[,mac=MAC][,mtu=N]", help="a virtio NIC (repeatable)")
+                        metavar="network=NAME|bridge=BR[,mac=MAC][,mtu=N][,queues=N]", help="a virtio NIC (repeatable)")
     parser.add_argument("--transport", choices=("mmio", "pci"), default="mmio", help="virtio transport")
     parser.add_argument("--autostart", action="store_true", help="start the domain with the host service")
     parser.add_argument("--print-xml", action="store_true", help="print the domain XML; define nothing")
@@ -682,7 +682,7 @@ def parse_network(text):
     from .net import Nic
 
     opts = parse_options(text, None, "--network")
-    unknown = set(opts) - {"network", "bridge", "mac", "mtu", "model"}
+    unknown = set(opts) - {"network", "bridge", "mac", "mtu", "model", "queues"}
     if unknown:
         raise ConfigError(f"--network {text!r}: unknown option(s) {', '.join(sorted(unknown))}")
     if opts.pop("model", "virtio") != "virtio":
@@ -692,6 +692,11 @@ def parse_network(text):
             opts["mtu"] = int(opts["mtu"])
         except ValueError:
             raise ConfigError(f"--network {text!r}: mtu={opts['mtu']!r} is not an integer") from None
+    if "queues" in opts:
+        try:
+            opts["queues"] = int(opts["queues"])
+        except ValueError:
+            raise ConfigError(f"--network {text!r}: queues={opts['queues']!r} is not an integer") from None
     return Nic(**opts)
 
 

@@ -58,8 +58,7 @@ _HARMLESS = {
     "os": {"boot", "bootmenu", "bios", "smbios"},
     "devices": {"emulator", "memballoon", "input", "controller", "audio"},
     "disk": {"alias", "address", "boot", "iotune", "blockio"},
-    "interface": {"alias", "address", "boot", "target", "driver", "link", "bandwidth",
-                  "virtualport"},
+    "interface": {"alias", "address", "boot", "target", "link", "bandwidth", "virtualport"},
     "serial": {"alias", "log", "source"},
     "console": {"alias", "log", "source"},
 }
@@ -169,6 +168,8 @@ def _write_nic(devices, nic):
     ET.SubElement(el, "model", type="virtio")
     if nic.mtu is not None:
         ET.SubElement(el, "mtu", size=str(nic.mtu))
+    if nic.queues != 1:
+        ET.SubElement(el, "driver", queues=str(nic.queues))
 
 
 def _disk_name(index):
@@ -556,7 +557,7 @@ class _Reader:
 
         self.attrs(el, ("type",))
         kind = self.fixed(el, "type", ("bridge", "network"))
-        found = self.children(el, {"source", "mac", "model", "mtu"}, "interface")
+        found = self.children(el, {"source", "mac", "model", "mtu", "driver"}, "interface")
         source = self.one(found, "source", el, required=True)
         self.attrs(source, (kind,) + (("portgroup",) if kind == "network" else ()))
         name = source.get(kind)
@@ -574,9 +575,18 @@ class _Reader:
         mtu = self.one(found, "mtu")
         if mtu is not None:
             self.attrs(mtu, ("size",))
+        driver = self.one(found, "driver")
+        queues = 1
+        if driver is not None:
+            # name= (vhost, qemu), txmode=, ioeventfd=... choose how QEMU serves the queues;
+            # the guest sees none of them.  queues= is the number of queue pairs.
+            self.attrs(driver, ("queues",))
+            if driver.get("queues") is not None:
+                queues = self.integer(driver, driver.get("queues"))
         kwargs = {kind: name,
                   "mac": None if mac is None else mac.get("address"),
-                  "mtu": None if mtu is None else self.integer(mtu, mtu.get("size", ""))}
+                  "mtu": None if mtu is None else self.integer(mtu, mtu.get("size", "")),
+                  "queues": queues}
         return self.wrap(el, lambda: Nic(**kwargs))
 
     def serial(self, el):

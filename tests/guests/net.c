@@ -11,6 +11,16 @@
  * it too -- then prints a summary and powers off.  `pingpong=N` (with id=0 sending, id=1 echoing) measures
  * round trips instead; `flood=1` sends the `count=` frames back to back.  No interrupts:
  * the used rings are polled.
+ *
+ * `mq=1` is multiqueue (§5.1.6.5.5): the driver negotiates VIRTIO_NET_F_MQ and
+ * VIRTIO_NET_F_CTRL_VQ, sets up rx0, tx0, rx1, tx1 and the control queue, sends
+ * control commands a device must refuse (0 pairs, max_virtqueue_pairs + 1, an RX-mode
+ * command it did not negotiate, a truncated command) and prints each ack ("MQ ctrl
+ * <what> ack=<n>"), enables 2 pairs, then sends UDP/IPv4 frames of `flows=` flows
+ * (default 4; flow k from port 40000+k to 50000+k, on transmit pair k % 2) every
+ * 100 ms and prints every UDP reply it receives with the receive pair it came on
+ * ("RX q=<pair> flow=<k> <payload>").  It ends `ms=` after every flow has had a
+ * reply, or after `timeout=` ms (default 20000), with a summary line.
  */
 #include "rt.h"
 
@@ -50,6 +60,8 @@ const char guest_name[] = "net";
 #define S_FEATURES_OK 8
 
 #define F_MAC 5
+#define F_CTRL_VQ 17
+#define F_MQ 22
 #define F_VERSION_1 32	/* bit 0 of the high word */
 
 #define QSZ 16
@@ -71,10 +83,22 @@ struct vq {
 	int index;
 };
 
-static struct vq rxq __attribute__((aligned(4096)));
-static struct vq txq __attribute__((aligned(4096)));
-static u8 rxbufs[QSZ][BUFSZ] __attribute__((aligned(4096)));
-static u8 txbufs[QSZ][BUFSZ] __attribute__((aligned(4096)));
+#define PAIRS 2
+
+/* One receiveq/transmitq pair and its buffers (§5.1.2: rx is 2(N-1), tx 2(N-1)+1). */
+struct pair {
+	struct vq rxv __attribute__((aligned(4096)));
+	struct vq txv __attribute__((aligned(4096)));
+	u8 rxb[QSZ][BUFSZ] __attribute__((aligned(4096)));
+	u8 txb[QSZ][BUFSZ] __attribute__((aligned(4096)));
+	u64 nsent, ndone, nrecv;
+};
+
+/* Pair 0 under the names the single-queue driver below uses. */
+static struct pair pairs[PAIRS];
+#define rxq (pairs[0].rxv)
+#define txq (pairs[0].txv)
+#define rxbufs (pairs[0].rxb)
 static volatile u8 *dev;
 static u8 mac[6];
 
@@ -116,15 +140,19 @@ static void publish(struct vq *q, u16 head)
 	barrier();
 }
 
-static void post_rx(u16 i)
+static void post_rx_on(struct pair *p, u16 i)
 {
-	rxq.desc[i].addr = (u64)rxbufs[i];
-	rxq.desc[i].len = BUFSZ;
-	rxq.desc[i].flags = 2;	/* VIRTQ_DESC_F_WRITE */
-	publish(&rxq, i);
+	p->rxv.desc[i].addr = (u64)p->rxb[i];
+	p->rxv.desc[i].len = BUFSZ;
+	p->rxv.desc[i].flags = 2;	/* VIRTQ_DESC_F_WRITE */
+	publish(&p->rxv, i);
 }
 
-static u64 sent, received, tx_done;
+static void post_rx(u16 i) { post_rx_on(&pairs[0], i); }
+
+#define sent (pairs[0].nsent)
+#define tx_done (pairs[0].ndone)
+#define received (pairs[0].nrecv)
 
 /*
  * How many new used elements the device has published since `last`.  A value
@@ -148,41 +176,54 @@ static u16 used_pending(struct vq *q)
 	return 0;
 }
 
-static void reclaim_tx(void)
+static void reclaim_tx_on(struct pair *p)
 {
-	u16 n = used_pending(&txq);
-	txq.last_used += n;
-	tx_done += n;
+	u16 n = used_pending(&p->txv);
+	p->txv.last_used += n;
+	p->ndone += n;
+}
+
+static void reclaim_tx(void) { reclaim_tx_on(&pairs[0]); }
+
+/* A free tx buffer of pair p (waiting for one while QSZ are in flight). */
+static u8 *tx_buffer(struct pair *p)
+{
+	reclaim_tx_on(p);
+	while (p->nsent - p->ndone >= QSZ) {
+		cpu_relax();
+		reclaim_tx_on(p);
+	}
+	u8 *b = p->txb[p->nsent % QSZ];
+	memset(b, 0, HDRSZ);	/* struct virtio_net_hdr: no offloads */
+	return b;
+}
+
+/* Hand the frame in tx_buffer(p) (len bytes after the header) to the device. */
+static void tx_publish(struct pair *p, u64 len)
+{
+	u16 i = p->nsent % QSZ;
+	if (len < 60) {
+		memset(p->txb[i] + HDRSZ + len, 0, 60 - len);
+		len = 60;
+	}
+	p->txv.desc[i].addr = (u64)p->txb[i];
+	p->txv.desc[i].len = HDRSZ + len;
+	p->txv.desc[i].flags = 0;
+	publish(&p->txv, i);
+	w32(R_QUEUE_NOTIFY, p->txv.index);
+	p->nsent++;
 }
 
 static void send_frame(const u8 *dst, const char *payload, u64 plen)
 {
-	/* Reclaim finished tx buffers; with QSZ slots in flight at most. */
-	reclaim_tx();
-	while (sent - tx_done >= QSZ) {
-		cpu_relax();
-		reclaim_tx();
-	}
-	u16 i = sent % QSZ;
-	u8 *b = txbufs[i];
-	memset(b, 0, HDRSZ);	/* struct virtio_net_hdr: no offloads */
-	u8 *f = b + HDRSZ;
+	struct pair *p = &pairs[0];
+	u8 *f = tx_buffer(p) + HDRSZ;
 	memcpy(f, dst, 6);
 	memcpy(f + 6, mac, 6);
 	f[12] = ETHERTYPE >> 8;
 	f[13] = ETHERTYPE & 0xff;
 	memcpy(f + 14, payload, plen);
-	u64 len = 14 + plen;
-	if (len < 60) {
-		memset(f + len, 0, 60 - len);
-		len = 60;
-	}
-	txq.desc[i].addr = (u64)b;
-	txq.desc[i].len = HDRSZ + len;
-	txq.desc[i].flags = 0;
-	publish(&txq, i);
-	w32(R_QUEUE_NOTIFY, 1);
-	sent++;
+	tx_publish(p, 14 + plen);
 }
 
 /* One received frame, or 0; copies its payload into out (NUL-terminated). */
@@ -216,6 +257,10 @@ static u64 now_us(void)
 }
 
 static const u8 broadcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+
+static void multiqueue(long flows, long ms, long timeout_ms);
+static u16 max_pairs = 1;
+static struct vq ctrlq __attribute__((aligned(4096)));
 
 static void pingpong(long id, long rounds)
 {
@@ -264,6 +309,7 @@ void guest_main(void)
 	long expect = cmdline_long("expect", -1);
 	long rounds = cmdline_long("pingpong", 0);
 	long flood = cmdline_long("flood", 0);
+	long mq = cmdline_long("mq", 0);
 
 	int slot = find_device();
 	if (slot < 0) {
@@ -281,10 +327,19 @@ void guest_main(void)
 		printf("NET device lacks VERSION_1 or MAC: %x %x\n", hi, lo);
 		return;
 	}
+	u32 want = 1u << F_MAC;
+	if (mq) {
+		u32 mqf = (1u << F_CTRL_VQ) | (1u << F_MQ);
+		if ((lo & mqf) != mqf) {
+			printf("MQ device lacks VIRTIO_NET_F_MQ or CTRL_VQ: %x\n", lo);
+			return;
+		}
+		want |= mqf;
+	}
 	w32(R_DRV_FEAT_SEL, 1);
 	w32(R_DRV_FEAT, 1);	/* VIRTIO_F_VERSION_1 */
 	w32(R_DRV_FEAT_SEL, 0);
-	w32(R_DRV_FEAT, 1u << F_MAC);
+	w32(R_DRV_FEAT, want);
 	w32(R_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
 	if (!(r32(R_STATUS) & S_FEATURES_OK)) {
 		printf("NET FEATURES_OK refused\n");
@@ -292,17 +347,36 @@ void guest_main(void)
 	}
 	setup_queue(&rxq, 0);
 	setup_queue(&txq, 1);
+	if (mq) {
+		/* §5.1.4 max_virtqueue_pairs; §5.1.2 controlq comes after all the pairs. */
+		max_pairs = *(volatile u16 *)(dev + R_CONFIG + 8);
+		if (max_pairs < PAIRS) {
+			printf("MQ max_virtqueue_pairs=%u < %d\n", max_pairs, PAIRS);
+			return;
+		}
+		for (int p = 1; p < PAIRS; p++) {
+			setup_queue(&pairs[p].rxv, 2 * p);
+			setup_queue(&pairs[p].txv, 2 * p + 1);
+		}
+		setup_queue(&ctrlq, 2 * max_pairs);
+	}
 	for (int i = 0; i < 6; i++)
 		mac[i] = *(volatile u8 *)(dev + R_CONFIG + i);
 	w32(R_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
-	for (u16 i = 0; i < QSZ; i++)
-		post_rx(i);
-	w32(R_QUEUE_NOTIFY, 0);
+	for (int p = 0; p < (mq ? PAIRS : 1); p++) {
+		for (u16 i = 0; i < QSZ; i++)
+			post_rx_on(&pairs[p], i);
+		w32(R_QUEUE_NOTIFY, pairs[p].rxv.index);
+	}
 	printf("NET up slot=%d mac=%02x:%02x:%02x:%02x:%02x:%02x id=%ld\n", slot,
 	       mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], id);
 
 	if (rounds) {
 		pingpong(id, rounds);
+		return;
+	}
+	if (mq) {
+		multiqueue(cmdline_long("flows", 4), ms, cmdline_long("timeout", 20000));
 		return;
 	}
 	char payload[64], buf[128];
@@ -335,4 +409,176 @@ void guest_main(void)
 		printf("NET torn used.idx reads=%lu first: last_used=%#x read=%#x\n", torn_reads,
 		       torn_last, torn_seen);
 	printf("NET done sent=%lu received=%lu\n", sent, received);
+}
+
+/* ---- multiqueue (mq=1) ------------------------------------------------------------ */
+
+/* §5.1.6.5 struct virtio_net_ctrl: class, command, data (device-readable), ack (writable). */
+static struct { u8 cls, cmd; u8 data[14]; } ctrl_cmd __attribute__((aligned(16)));
+static volatile u8 ctrl_ack;
+
+/* Send one control command with `len` bytes of data; its ack, or -1 if the device used
+ * the buffer without writing one, or -2 if it did not answer within a second. */
+static int ctrl(u8 cls, u8 cmd, const void *data, u32 len)
+{
+	ctrl_cmd.cls = cls;
+	ctrl_cmd.cmd = cmd;
+	memcpy(ctrl_cmd.data, data, len);
+	ctrl_ack = 0xee;
+	u16 d = ctrlq.free_head;
+	ctrlq.free_head = (d + 2) % QSZ;
+	ctrlq.desc[d].addr = (u64)&ctrl_cmd;
+	ctrlq.desc[d].len = 2 + len;
+	ctrlq.desc[d].flags = 1;	/* VIRTQ_DESC_F_NEXT */
+	ctrlq.desc[d].next = (d + 1) % QSZ;
+	ctrlq.desc[(d + 1) % QSZ].addr = (u64)&ctrl_ack;
+	ctrlq.desc[(d + 1) % QSZ].len = 1;
+	ctrlq.desc[(d + 1) % QSZ].flags = 2;	/* VIRTQ_DESC_F_WRITE */
+	publish(&ctrlq, d);
+	w32(R_QUEUE_NOTIFY, ctrlq.index);
+	u64 deadline = now_us() + 1000000;
+	while (!used_pending(&ctrlq)) {
+		if (now_us() > deadline)
+			return -2;
+		cpu_relax();
+	}
+	barrier();
+	struct used_elem e = ctrlq.used.ring[ctrlq.last_used % QSZ];
+	ctrlq.last_used++;
+	return e.len >= 1 ? ctrl_ack : -1;
+}
+
+#define CTRL_RX 0
+#define CTRL_MQ 4
+#define FLOWS_MAX 8
+
+static u16 csum16(const u8 *p, u64 n)
+{
+	u32 sum = 0;
+	for (u64 i = 0; i + 1 < n; i += 2)
+		sum += (p[i] << 8) | p[i + 1];
+	while (sum >> 16)
+		sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+static void put16(u8 *p, u16 v) { p[0] = v >> 8; p[1] = v; }
+static u16 get16(const u8 *p) { return (p[0] << 8) | p[1]; }
+
+/* UDP/IPv4 from 10.218.0.2:40000+flow to 10.218.0.3:50000+flow, broadcast, on pair p. */
+static void send_udp(int p, long flow, const char *payload, u64 plen)
+{
+	u8 *f = tx_buffer(&pairs[p]) + HDRSZ;
+	memcpy(f, broadcast, 6);
+	memcpy(f + 6, mac, 6);
+	put16(f + 12, 0x0800);
+	u8 *ip = f + 14, *udp = ip + 20;
+	memset(ip, 0, 20);
+	ip[0] = 0x45;
+	put16(ip + 2, 20 + 8 + plen);
+	ip[8] = 64;
+	ip[9] = 17;
+	const u8 src[4] = {10, 218, 0, 2}, dst[4] = {10, 218, 0, 3};
+	memcpy(ip + 12, src, 4);
+	memcpy(ip + 16, dst, 4);
+	put16(ip + 10, csum16(ip, 20));
+	put16(udp, 40000 + flow);
+	put16(udp + 2, 50000 + flow);
+	put16(udp + 4, 8 + plen);
+	put16(udp + 6, 0);	/* no UDP checksum (IPv4) */
+	memcpy(udp + 8, payload, plen);
+	tx_publish(&pairs[p], 14 + 20 + 8 + plen);
+}
+
+/* A UDP reply to one of our flows on pair p: its flow (payload copied), or -1. */
+static long poll_udp(int p, char *out, u64 outsz)
+{
+	struct pair *q = &pairs[p];
+	while (used_pending(&q->rxv)) {
+		barrier();
+		struct used_elem e = q->rxv.used.ring[q->rxv.last_used % QSZ];
+		q->rxv.last_used++;
+		u8 *f = q->rxb[e.id] + HDRSZ;
+		long flow = -1;
+		if (e.len >= HDRSZ + 14 + 28 && get16(f + 12) == 0x0800 && f[14 + 9] == 17) {
+			u8 *udp = f + 14 + 20;
+			long k = (long)get16(udp + 2) - 40000;
+			if (k >= 0 && k < FLOWS_MAX && get16(udp) == 50000 + k) {
+				u64 n = e.len - HDRSZ - 14 - 28;
+				if (n >= outsz)
+					n = outsz - 1;
+				memcpy(out, udp + 8, n);
+				out[n] = 0;
+				flow = k;
+			}
+		}
+		post_rx_on(q, e.id);
+		w32(R_QUEUE_NOTIFY, q->rxv.index);
+		if (flow >= 0)
+			return flow;
+	}
+	return -1;
+}
+
+static void multiqueue(long flows, long ms, long timeout_ms)
+{
+	if (flows < 1 || flows > FLOWS_MAX)
+		flows = 4;
+	u16 v;
+	/* What a device must refuse (§5.1.6.5.5, §5.1.6.5.1), each answered VIRTIO_NET_ERR. */
+	v = 0;
+	printf("MQ ctrl pairs-0 ack=%d\n", ctrl(CTRL_MQ, 0, &v, 2));
+	v = max_pairs + 1;
+	printf("MQ ctrl pairs-over-max ack=%d\n", ctrl(CTRL_MQ, 0, &v, 2));
+	v = 2;
+	printf("MQ ctrl pairs-truncated ack=%d\n", ctrl(CTRL_MQ, 0, &v, 1));
+	u8 on = 1;
+	printf("MQ ctrl rx-promisc ack=%d\n", ctrl(CTRL_RX, 0, &on, 1));
+	v = PAIRS;
+	int ack = ctrl(CTRL_MQ, 0, &v, 2);
+	printf("MQ pairs=%d ack=%d max=%u\n", PAIRS, ack, max_pairs);
+	if (ack != 0)
+		return;
+
+	char payload[64], buf[128];
+	u64 got[PAIRS][FLOWS_MAX] = {{0}};
+	long answered = 0;
+	u64 start = now_us(), next_send = start, end = 0, seq = 0;
+	for (;;) {
+		u64 t = now_us();
+		if (t >= next_send) {
+			for (long k = 0; k < flows; k++) {
+				int n = snprintf(payload, sizeof payload, "mq pair %ld flow %ld seq %lu",
+						 k % PAIRS, k, seq);
+				send_udp(k % PAIRS, k, payload, n + 1);
+			}
+			seq++;
+			next_send = t + 100000;
+		}
+		for (int p = 0; p < PAIRS; p++) {
+			long k = poll_udp(p, buf, sizeof buf);
+			if (k < 0)
+				continue;
+			if (!got[0][k] && !got[1][k])
+				answered++;
+			got[p][k]++;
+			pairs[p].nrecv++;
+			printf("RX q=%d flow=%ld %s\n", p, k, buf);
+		}
+		if (!end && answered >= flows)
+			end = t + ms * 1000;
+		if (end && t >= end)
+			break;
+		if (t - start > (u64)timeout_ms * 1000) {
+			printf("MQ timeout: %ld of %ld flows answered\n", answered, flows);
+			break;
+		}
+	}
+	for (int p = 0; p < PAIRS; p++)
+		while (pairs[p].ndone < pairs[p].nsent) {
+			reclaim_tx_on(&pairs[p]);
+			cpu_relax();
+		}
+	printf("MQ done sent0=%lu sent1=%lu received0=%lu received1=%lu\n", pairs[0].nsent,
+	       pairs[1].nsent, pairs[0].nrecv, pairs[1].nrecv);
 }

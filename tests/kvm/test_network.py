@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -325,3 +326,171 @@ def test_device_from_an_fd_that_is_not_a_tap(no_leaks, tmp_path):
         NicPlan("52:54:00:00:09:02", "br0", 1500).device_from_tap(fd)
     with pytest.raises(OSError):
         os.fstat(fd)  # closed: the device owned it
+
+
+MQ_MAC = "52:54:00:00:0f:02"
+REPLY_MAC = bytes.fromhex("525400eeee01")
+
+
+def _udp_reply(frame):
+    """The test guest's mq=1 frame (UDP/IPv4 10.218.0.2:40000+k -> 10.218.0.3:50000+k)
+    -> (flow k, the transmit pair its payload names, the reply frame of that flow), or None."""
+    if len(frame) < 42 or frame[6:12] != bytes.fromhex(MQ_MAC.replace(":", "")) \
+            or frame[12:14] != b"\x08\x00" or frame[23] != 17:
+        return None
+    sport, dport = struct.unpack("!HH", frame[34:38])
+    flow = sport - 40000
+    match = re.match(rb"mq pair (\d+) flow (\d+)", frame[42:])
+    if not 0 <= flow < 8 or dport != 50000 + flow or not match or int(match.group(2)) != flow:
+        return None
+    payload = f"reply flow {flow}\0".encode()
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0, 64, 17, 0,
+                     socket.inet_aton("10.218.0.3"), socket.inet_aton("10.218.0.2"))
+    udp = struct.pack("!HHHH", dport, sport, 8 + len(payload), 0)
+    reply = frame[6:12] + REPLY_MAC + b"\x08\x00" + ip + udp + payload
+    return flow, int(match.group(1)), reply.ljust(60, b"\0")
+
+
+def _serve_mq_guest(dom, sock, timeout=60):
+    """Answer every flow frame the guest sends until it powers off; returns
+    {flow: {transmit pairs it was seen from}}."""
+    seen = {}
+    deadline = time.monotonic() + timeout
+    while dom.state is DomainState.RUNNING and time.monotonic() < deadline:
+        try:
+            frame = sock.recv(4096)
+        except socket.timeout:
+            continue
+        parsed = _udp_reply(frame)
+        if parsed is not None:
+            flow, pair, reply = parsed
+            seen.setdefault(flow, set()).add(pair)
+            sock.send(reply)
+    return seen
+
+
+def _check_mq_console(text):
+    # The commands a device must refuse got VIRTIO_NET_ERR (1), then 2 pairs VIRTIO_NET_OK (0).
+    for what in ("pairs-0", "pairs-over-max", "pairs-truncated", "rx-promisc"):
+        assert f"MQ ctrl {what} ack=1" in text, text
+    assert "MQ pairs=2 ack=0 max=2" in text, text
+    assert "MQ done" in text and "MQ timeout" not in text, text
+    rx = [(int(q), int(flow)) for q, flow in re.findall(r"RX q=(\d) flow=(\d) reply flow \d", text)]
+    # Replies came in on both receive pairs, each on the pair its flow was sent from: the
+    # multi-queue TAP steers a flow to the queue that last transmitted it (§5.1.6.5.5).
+    assert {q for q, _ in rx} == {0, 1}, text
+    assert {flow for _, flow in rx} == {0, 1, 2, 3}, text
+    assert all(q == flow % 2 for q, flow in rx), rx
+
+
+@pytest.mark.parametrize("where", ["in-process", "vmm-process"])
+def test_multiqueue_guest_sends_and_receives_on_both_pairs(no_leaks, host, guest, lan, where,
+                                                           state_dir):
+    """The test guest negotiates VIRTIO_NET_F_MQ, has hostile control commands refused,
+    enables 2 pairs and exchanges UDP flows with the host side on both, through a
+    multi-queue TAP (one fd per pair, opened by the host and, for a VMM process of its
+    own, passed to it)."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    other = None
+    try:
+        sock.bind((lan.bridge, 0))
+        sock.settimeout(0.2)
+        on = host
+        if where == "vmm-process":
+            other = on = xvm.connect()  # the same state directory; VMMs of their own, confined
+        dom = on.define(xvm.DomainConfig(
+            name="mq", memory_mib=64, kernel=guest("net"), cmdline="mq=1 flows=4 ms=500",
+            nics=[xvm.Nic(network=lan.name, mac=MQ_MAC, queues=2)]))
+        dom.start()
+        [tap] = lan.ports()
+        assert int(open(f"/sys/class/net/{tap}/tun_flags").read(), 16) & 0x0100  # MULTI_QUEUE
+        seen = _serve_mq_guest(dom, sock)
+        assert dom.wait(timeout=30) is DomainState.SHUTOFF
+        text = dom.console.text()
+        # Frames from both transmit pairs reached the bridge.
+        assert seen == {0: {0}, 1: {1}, 2: {0}, 3: {1}}, (seen, text)
+        _check_mq_console(text)
+        if where == "in-process":
+            [slot] = dom.machine.virtio
+            metrics = slot.device.metrics
+            assert metrics.queue_pairs_set_count == 1 and metrics.ctrl_error_count == 4
+    finally:
+        sock.close()
+        if other is not None:
+            other.close()
+
+
+def test_multiqueue_pairs_survive_save_and_restore(no_leaks, host, guest, lan, tmp_path):
+    """The guest enabled 2 pairs before the save; the restored device (over a new
+    multi-queue TAP) has them enabled too, without the guest asking again: replies
+    still come in on both receive pairs, each on its flow's."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    try:
+        sock.bind((lan.bridge, 0))
+        sock.settimeout(0.2)
+        dom = host.define(xvm.DomainConfig(
+            name="mq", memory_mib=64, kernel=guest("net"),
+            cmdline="mq=1 flows=4 ms=500 timeout=120000",
+            nics=[xvm.Nic(network=lan.name, mac=MQ_MAC, queues=2)]))
+        dom.start()
+        pairs, deadline = set(), time.monotonic() + 30
+        while pairs != {0, 1} and time.monotonic() < deadline:  # both pairs in use, no reply yet
+            try:
+                parsed = _udp_reply(sock.recv(4096))
+            except socket.timeout:
+                continue
+            if parsed is not None:
+                pairs.add(parsed[1])
+        assert pairs == {0, 1}, dom.console.text()
+        path = tmp_path / "mq.xvmsnap"
+        dom.save(path)
+        restored = host.restore(path)
+        [slot] = restored.machine.virtio
+        assert slot.device.active_pairs == 2
+        [tap] = lan.ports()
+        assert sorted(q for q in os.listdir(f"/sys/class/net/{tap}/queues")
+                      if q.startswith("tx-")) == ["tx-0", "tx-1"]
+        seen = _serve_mq_guest(restored, sock)
+        assert restored.wait(timeout=30) is DomainState.SHUTOFF
+        assert set(seen) == {0, 1, 2, 3}
+        _check_mq_console(restored.console.text())
+        assert slot.device.metrics.queue_pairs_set_count == 0  # the guest did not ask again
+    finally:
+        sock.close()
+
+
+def test_a_driver_without_multiqueue_loses_no_frame_on_a_multiqueue_nic(no_leaks, host, guest, lan):
+    """The plain test guest does not negotiate VIRTIO_NET_F_MQ: the second TAP queue stays
+    detached, so the host kernel steers every flow to the one the guest reads (§5.1.6.5.5)
+    instead of hashing half of them to a queue nobody serves."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_XVM))
+    # Sent with the protocol of the socket: an ETH_P_IP one, so that the kernel hashes the
+    # frames by their UDP flow (through an ETH_P_XVM socket they would all hash alike).
+    ip_sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    try:
+        sock.bind((lan.bridge, 0))
+        ip_sock.bind((lan.bridge, 0))
+        sock.settimeout(10)
+        mac = bytes.fromhex("525400000f03")
+        dom = net_guest(host, guest, "g", "id=8 count=1 ms=20000",
+                        [xvm.Nic(network=lan.name, mac="52:54:00:00:0f:03", queues=2)])
+        dom.start()
+        frame = sock.recv(2048)
+        assert frame[6:12] == mac and b"hello from guest 8" in frame
+        [slot] = dom.machine.virtio
+        metrics = slot.device.metrics
+        before = metrics.rx_packets
+        flows = 64
+        for port in range(flows):  # as many flows, hashed over the TAP's attached queues
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + 4, 0, 0, 64, 17, 0,
+                             socket.inet_aton("10.218.1.1"), socket.inet_aton("10.218.1.2"))
+            udp = struct.pack("!HHHH", 20000 + port, 30000 + port, 12, 0)
+            ip_sock.send((mac + REPLY_MAC + b"\x08\x00" + ip + udp + b"flow").ljust(60, b"\0"))
+        deadline = time.monotonic() + 5
+        while metrics.rx_packets - before < flows and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert metrics.rx_packets - before >= flows, (metrics.rx_packets - before, flows)
+        dom.destroy()
+    finally:
+        sock.close()
+        ip_sock.close()

@@ -516,7 +516,9 @@ def test_disk_and_network_options():
             cli.parse_disk(bad)
     assert cli.parse_network("network=lan,mac=52:54:00:00:00:01") == xvm.Nic(network="lan", mac="52:54:00:00:00:01")
     assert cli.parse_network("bridge=br0,mtu=9000,model=virtio") == xvm.Nic(bridge="br0", mtu=9000)
-    for bad in ("lan", "network=lan,model=e1000", "bridge=br0,mtu=big", "network=a,bridge=b"):
+    assert cli.parse_network("network=lan,queues=4") == xvm.Nic(network="lan", queues=4)
+    for bad in ("lan", "network=lan,model=e1000", "bridge=br0,mtu=big", "network=a,bridge=b",
+                "network=lan,queues=many", "network=lan,queues=0"):
         with pytest.raises(ConfigError):
             cli.parse_network(bad)
 

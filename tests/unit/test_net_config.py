@@ -76,3 +76,13 @@ def test_domain_config_duplicate_mac(kernel):
                                xvm.Nic(bridge="br0", mac="52:54:00:00:00:01")])
     with pytest.raises(xvm.ConfigError, match="xvm.Nic"):
         xvm.DomainConfig(name="d", memory_mib=32, kernel=kernel, nics=["lan"])
+
+
+def test_nic_queues():
+    assert xvm.Nic(network="lan").queues == 1
+    nic = xvm.Nic(network="lan", queues=4)
+    assert nic.to_dict()["queues"] == 4 and xvm.Nic.from_dict(nic.to_dict()) == nic
+    assert "queues" not in xvm.Nic(network="lan").to_dict()  # one pair: the dict as before
+    for bad in (0, 17, -1, 2.0, True, "2", None):
+        with pytest.raises(xvm.net.NetworkConfigError, match="queues"):
+            xvm.Nic(network="lan", queues=bad)

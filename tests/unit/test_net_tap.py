@@ -231,3 +231,62 @@ def test_device_frame_reaches_host_through_bridge(no_leaks, tmp_path):
         dev.close()
         line.close()
         net.destroy()
+
+
+def _tx_queues(name):
+    return sorted(q for q in os.listdir(f"/sys/class/net/{name}/queues") if q.startswith("tx-"))
+
+
+def test_multiqueue_tap_queues_detach_and_vanish_with_the_last_fd(no_leaks):
+    taps = Tap.open_queues(queues=3)
+    try:
+        name = taps[0].name
+        assert [t.name for t in taps] == [name] * 3
+        flags = int(open(f"/sys/class/net/{name}/tun_flags").read(), 16)
+        assert flags & 0x0100  # IFF_MULTI_QUEUE
+        assert _tx_queues(name) == ["tx-0", "tx-1", "tx-2"]
+        taps[2].set_queue_attached(False)  # out of the kernel's steering
+        assert _tx_queues(name) == ["tx-0", "tx-1"]
+        with pytest.raises(TapError, match="TUNSETQUEUE") as info:
+            taps[2].set_queue_attached(False)
+        assert info.value.errno == 22  # EINVAL: already detached
+        taps[2].set_queue_attached(True)
+        assert _tx_queues(name) == ["tx-0", "tx-1", "tx-2"]
+        taps[1].set_queue_attached(False)
+        # A detached queue's fd handed on (a VMM's next boot): tap_from_fd attaches it again.
+        from xvm.net.nic import tap_from_fd
+        again = tap_from_fd(os.dup(taps[1].fd))
+        assert again.name == name and _tx_queues(name) == ["tx-0", "tx-1", "tx-2"]
+        again.close()
+        taps.pop().close()
+        taps.pop().close()
+        assert name in links()  # one queue left holds the interface
+    finally:
+        for tap in taps:
+            tap.close()
+    wait_for(lambda: name not in links())
+
+
+def test_multiqueue_nic_plan_builds_one_pair_per_tap_queue(no_leaks, tmp_path):
+    table = table_of(FakeHost(), tmp_path)
+    net = table.define(xvm.Network(f"q{SUFFIX}", address="10.215.0.1/24")).start()
+    try:
+        plan = xvm.net.NicPlan("52:54:00:12:34:98", net.bridge, 1500, queues=2)
+        with pytest.raises(xvm.ConfigError, match="open_taps"):
+            plan.open_tap()
+        fds = plan.open_taps()
+        assert len(fds) == 2
+        dev = plan.device_from_taps(fds)
+        try:
+            name = dev.backend.name
+            assert dev.max_pairs == 2 and [b.name for b in dev.backends] == [name, name]
+            assert bridge.ports(net.bridge) == [name]
+            # Until the guest enables the second pair, the kernel steers nothing to it.
+            assert _tx_queues(name) == ["tx-0"]
+        finally:
+            dev.close()
+        wait_for(lambda: name not in links())
+        with pytest.raises(xvm.ConfigError, match="2 queue pairs but 1 TAP fds"):
+            plan.device_from_taps([os.open("/dev/null", os.O_RDONLY)])
+    finally:
+        net.destroy()

@@ -115,7 +115,8 @@ def test_golden_documents_are_valid_libvirt_xml(files, tmp_path):
 def full_config(files, **kw):
     kw.setdefault("disks", (xvm.Disk(str(files / "a.img"), serial="s0", readonly=True, cache="unsafe"),
                             xvm.Disk(str(files / "b.img"))))
-    kw.setdefault("nics", (xvm.Nic(bridge="br0", mac="52:54:00:12:34:56", mtu=9000), xvm.Nic(network="lan")))
+    kw.setdefault("nics", (xvm.Nic(bridge="br0", mac="52:54:00:12:34:56", mtu=9000),
+                           xvm.Nic(network="lan", queues=4)))
     return xvm.DomainConfig(name="full", memory_mib=300, vcpus=3, kernel=str(files / "vmlinuz"),
                             initrd=str(files / "initrd.img"), cmdline="console=ttyS0 a<b & c>d 'q' \"dq\"",
                             disable_cpu_features=("x2apic", "pcid"), virtio_transport="pci", **kw)
@@ -135,6 +136,21 @@ def test_written_xml_validates(files, tmp_path):
     validate(X.config_to_xml(full_config(files), settings={"autostart": True}), tmp_path)
     minimal = xvm.DomainConfig(name="m", memory_mib=16, kernel=str(files / "vmlinuz"))
     validate(X.config_to_xml(minimal), tmp_path)
+
+
+def test_interface_driver_queues_both_ways(files):
+    text = X.config_to_xml(full_config(files))
+    assert text.count("<driver queues=\"4\" />") == 1  # only the NIC with 4 queue pairs
+    nic = ("<interface type='network'><source network='lan'/><model type='virtio'/>"
+           "<driver name='vhost' txmode='iothread' queues='{}'/></interface>")
+    cfg, warnings = X.config_from_xml(domain(files, devices=nic.format(8)))
+    assert cfg.nics == (xvm.Nic(network="lan", queues=8),)
+    assert any("name='vhost'" in w for w in warnings) and any("txmode" in w for w in warnings)
+    no_queues = nic.replace(" queues='{}'", "")
+    assert X.config_from_xml(domain(files, devices=no_queues))[0].nics[0].queues == 1
+    for bad, match in (("0", "queues 0"), ("17", "queues 17"), ("two", "'two' is not an integer")):
+        with pytest.raises(ConfigError, match=match):
+            X.config_from_xml(domain(files, devices=nic.format(bad)))
 
 
 def test_settings_beyond_domain_config_travel_in_the_metadata(files):

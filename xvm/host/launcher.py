@@ -92,7 +92,7 @@ def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=
     """Start ``python3 -m xvm.vmm`` for ``config`` and wait until it has booted.
 
     ``lock`` is the domain's acquired :class:`DomainLock`; ``nics`` are
-    ``(spec dict, tap fd or None)`` pairs.  Every descriptor is passed to the VMM and
+    ``(spec dict, tap fd, list of tap fds or None)`` pairs.  Every descriptor is passed to the VMM and
     stays the caller's to close.  ``before_boot(pid)`` runs once the VMM serves its
     socket and before it boots (to attach a console reader).  Returns ``(pid, boot
     info)``; raises the error the VMM raised if the boot failed (the same class), and
@@ -103,7 +103,10 @@ def spawn_vmm(state_dir, config, *, persistent, lock, kvm_fd, disk_fds=(), nics=
     fds = [kvm_fd, lock.fd, *disk_fds]
     nic_specs = []
     for spec, fd in nics:
-        if fd is not None:
+        if isinstance(fd, (list, tuple)):  # a multi-queue TAP: one fd per queue pair
+            spec = dict(spec, fds=list(range(len(fds), len(fds) + len(fd))))
+            fds.extend(fd)
+        elif fd is not None:
             spec = dict(spec, fd=len(fds))
             fds.append(fd)
         nic_specs.append(spec)

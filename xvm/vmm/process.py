@@ -116,25 +116,33 @@ def machine_factory(kvm, *, disk_fds=None, nics=()):
 
 class TapNic:
     """A NIC whose TAP the host created and attached to its bridge, handed to the VMM
-    as a descriptor; each boot's virtio-net device gets a duplicate of it.  The TAP
-    disappears when the last descriptor closes, i.e. with the VMM process."""
+    as descriptors (one per queue pair, a multi-queue TAP's queues); each boot's
+    virtio-net device gets duplicates of them.  The TAP disappears when the last
+    descriptor closes, i.e. with the VMM process."""
 
-    def __init__(self, plan, fd):
+    def __init__(self, plan, fds):
         self.plan = plan
-        self.fd = fd
+        self.fds = [fds] if isinstance(fds, int) else list(fds)
+        self.fd = self.fds[0]
         self.mac = plan.mac
 
     def open_device(self):
-        return self.plan.device_from_tap(os.dup(self.fd))
+        return self.plan.device_from_taps([os.dup(fd) for fd in self.fds])
 
     @staticmethod
     def spec(plan):
-        return {"mac": plan.mac, "bridge": plan.bridge, "mtu": plan.mtu}
+        spec = {"mac": plan.mac, "bridge": plan.bridge, "mtu": plan.mtu}
+        if plan.queues != 1:
+            spec["queues"] = plan.queues
+        return spec
 
     @classmethod
     def from_message(cls, spec, fds):
         from ..net.nic import NicPlan
-        return cls(NicPlan(spec["mac"], spec["bridge"], spec["mtu"]), fds[spec["fd"]])
+        plan = NicPlan(spec["mac"], spec["bridge"], spec["mtu"], queues=spec.get("queues", 1))
+        if "fds" in spec:
+            return cls(plan, [fds[i] for i in spec["fds"]])
+        return cls(plan, fds[spec["fd"]])
 
 
 class HostResources:
@@ -155,13 +163,16 @@ class HostResources:
             for disk in config.disks:
                 self.disk_fds.append(disk.open_fd(lock=lock_disks))
             for plan in plans:
-                self.nics.append((TapNic.spec(plan), plan.open_tap()))
+                # one fd, or (multiqueue) a list of them: launcher.spawn_vmm passes either
+                fds = plan.open_taps()
+                self.nics.append((TapNic.spec(plan), fds[0] if plan.queues == 1 else fds))
         except BaseException:
             self.close()
             raise
 
     def close(self):
-        for fd in [self.kvm_fd, *self.disk_fds, *(fd for _, fd in self.nics)]:
+        nic_fds = [fd for _, fds in self.nics for fd in ([fds] if isinstance(fds, int) else fds)]
+        for fd in [self.kvm_fd, *self.disk_fds, *nic_fds]:
             if fd >= 0:
                 os.close(fd)
         self.kvm_fd, self.disk_fds, self.nics = -1, [], []

@@ -24,3 +24,7 @@ class NetMetrics(VirtioMetrics):
     tx_bytes: int = 0
     tx_dropped_count: int = 0  # a malformed tx request, dropped alone
     tap_write_error_count: int = 0
+    ctrl_notify_count: int = 0
+    ctrl_command_count: int = 0
+    ctrl_error_count: int = 0  # answered VIRTIO_NET_ERR (or, without an ack byte, not at all)
+    queue_pairs_set_count: int = 0  # VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET carried out

@@ -31,7 +31,28 @@ VIRTIO_NET_F_HOST_UFO = 14
 VIRTIO_NET_F_MRG_RXBUF = 15
 VIRTIO_NET_F_STATUS = 16
 VIRTIO_NET_F_CTRL_VQ = 17
+VIRTIO_NET_F_CTRL_RX = 18
+VIRTIO_NET_F_CTRL_VLAN = 19
+VIRTIO_NET_F_GUEST_ANNOUNCE = 21
 VIRTIO_NET_F_MQ = 22
+VIRTIO_NET_F_CTRL_MAC_ADDR = 23
+VIRTIO_NET_F_RSS = 60
+
+# §5.1.6.5 Control Virtqueue: classes and commands, and the ack values.
+VIRTIO_NET_OK = 0
+VIRTIO_NET_ERR = 1
+VIRTIO_NET_CTRL_RX = 0
+VIRTIO_NET_CTRL_MAC = 1
+VIRTIO_NET_CTRL_VLAN = 2
+VIRTIO_NET_CTRL_ANNOUNCE = 3
+VIRTIO_NET_CTRL_ANNOUNCE_ACK = 0
+VIRTIO_NET_CTRL_MQ = 4
+VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET = 0
+VIRTIO_NET_CTRL_MQ_RSS_CONFIG = 1
+VIRTIO_NET_CTRL_MQ_HASH_CONFIG = 2
+VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN = 1
+VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MAX = 0x8000
+VIRTIO_NET_CTRL_GUEST_OFFLOADS = 5
 
 # §5.1.6 struct virtio_net_hdr
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
@@ -60,6 +81,11 @@ _GSO_FEATURE = {
     VIRTIO_NET_HDR_GSO_TCPV6: VIRTIO_NET_F_HOST_TSO6,
     VIRTIO_NET_HDR_GSO_UDP: VIRTIO_NET_F_HOST_UFO,
 }
+
+
+# The most command-specific data read from a control chain: the largest command this
+# device carries out (VQ_PAIRS_SET) has 2 bytes; more is read only to be refused.
+MAX_CTRL_DATA = 64
 
 
 class TxError(Exception):
@@ -146,6 +172,50 @@ def parse_tx(chain, features):
     elif gso_type & VIRTIO_NET_HDR_GSO_ECN:
         raise TxError("GSO_ECN on a packet without GSO (§5.1.6.2.1)")
     return frame_len
+
+
+class CtrlError(Exception):
+    """This control command is malformed: answered VIRTIO_NET_ERR if it has an ack byte."""
+
+    def __init__(self, reason, ack_gpa):
+        super().__init__(reason)
+        self.reason = reason
+        self.ack_gpa = ack_gpa
+
+
+@dataclass(frozen=True)
+class CtrlCommand:
+    """One control virtqueue request (§5.1.6.5 struct virtio_net_ctrl): ``cls`` and
+    ``command``, the command-specific ``data`` (up to :data:`MAX_CTRL_DATA` bytes;
+    ``data_len`` is its whole length) and where the device writes its ack."""
+
+    cls: int
+    command: int
+    data: bytes
+    data_len: int
+    ack_gpa: int
+
+
+def parse_ctrl(chain):
+    """Check a control chain (§5.1.6.5): the device-readable class, command and
+    command-specific data, then at least one device-writable byte for the ack.
+    Returns a :class:`CtrlCommand`; raises :class:`CtrlError` (``ack_gpa`` on it
+    when there is somewhere to write VIRTIO_NET_ERR, else None)."""
+    writable = chain.writable
+    ack_gpa = writable[0][0] if writable else None
+    if ack_gpa is None:
+        # §5.1.6.5: "u8 ack" is device-writable; without it nothing can be answered.
+        raise CtrlError("control command without a device-writable ack byte (§5.1.6.5)", None)
+    readable = chain.readable
+    total = sum(length for _, length in readable)
+    if total < 2:
+        # §5.1.6.5: "u8 class; u8 command;" come first, device-readable.
+        raise CtrlError(f"control command of {total} bytes has no class and command "
+                        "(§5.1.6.5)", ack_gpa)
+    take = min(total, 2 + MAX_CTRL_DATA)
+    raw = b"".join(chain.memory.read(gpa, length)
+                   for gpa, length in split_ranges(readable, 0, take))
+    return CtrlCommand(raw[0], raw[1], raw[2:], total - 2, ack_gpa)
 
 
 def tun_offloads(features, supported):

@@ -6,6 +6,12 @@ carries a 12-byte ``struct virtio_net_hdr_v1`` in front (TUNSETVNETHDRSZ), so
 checksum and segmentation offloads pass between guest and host untouched.
 The kernel removes the interface when its last fd is closed: closing the
 Tap, or the VMM dying, leaves nothing behind (TUNSETPERSIST is never used).
+
+``Tap.open_queues(name, n)`` creates a multi-queue TAP (IFF_MULTI_QUEUE): n
+fds on one interface, one per virtio-net queue pair; the kernel steers each
+flow's frames to the queue that last sent that flow.  A queue is taken out of
+the steering and put back with TUNSETQUEUE (:meth:`Tap.set_queue_attached`),
+which needs no privilege.
 """
 import errno as _errno
 import fcntl
@@ -23,8 +29,12 @@ TUNGETFEATURES = 0x800454CF
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 TUNSETVNETLE = 0x400454DC
+TUNSETQUEUE = 0x400454D9
 IFF_TUN = 0x0001
 IFF_TAP = 0x0002
+IFF_MULTI_QUEUE = 0x0100
+IFF_ATTACH_QUEUE = 0x0200
+IFF_DETACH_QUEUE = 0x0400
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 # TUNSETOFFLOAD flags: what the reader of the TAP (the guest) can take.
@@ -58,6 +68,27 @@ class Tap:
         Raises :class:`TapError`: EPERM without CAP_NET_ADMIN, ENOENT without
         /dev/net/tun, EBUSY when ``name`` is in use by another TAP.
         """
+        return cls._open(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+
+    @classmethod
+    def open_queues(cls, name=DEFAULT_NAME, queues=2):
+        """Create a multi-queue TAP named ``name`` with ``queues`` queues: a list of
+        Taps, one per queue, all of one interface (it goes when the last closes)."""
+        if not isinstance(queues, int) or queues < 1:
+            raise TapError(f"a TAP needs at least one queue, not {queues!r}", _errno.EINVAL)
+        flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE
+        taps = [cls._open(name, flags)]
+        try:
+            while len(taps) < queues:
+                taps.append(cls._open(taps[0].name, flags))
+        except BaseException:
+            for tap in taps:
+                tap.close()
+            raise
+        return taps
+
+    @classmethod
+    def _open(cls, name, flags):
         if len(name.encode()) >= IFNAMSIZ:
             raise TapError(f"TAP name {name!r} is longer than {IFNAMSIZ - 1} bytes",
                            _errno.EINVAL)
@@ -66,7 +97,7 @@ class Tap:
         except OSError as e:
             raise TapError(f"cannot open {TUN_PATH}: {e.strerror}", e.errno) from None
         try:
-            req = _IFREQ.pack(name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+            req = _IFREQ.pack(name.encode(), flags)
             try:
                 out = fcntl.ioctl(fd, TUNSETIFF, req)
             except OSError as e:
@@ -104,6 +135,17 @@ class Tap:
         except OSError:
             pass
         return accepted
+
+    def set_queue_attached(self, attached):
+        """Put this queue of a multi-queue TAP into the kernel's steering, or take
+        it out (TUNSETQUEUE): a detached queue gets no frames and sends none."""
+        flag = IFF_ATTACH_QUEUE if attached else IFF_DETACH_QUEUE
+        try:
+            fcntl.ioctl(self.fd, TUNSETQUEUE, _IFREQ.pack(b"", flag))
+        except OSError as e:
+            what = "attach" if attached else "detach"
+            raise TapError(f"TUNSETQUEUE ({what}) on TAP {self.name!r} failed: {e.strerror}",
+                           e.errno) from None
 
     def set_offload(self, flags):
         """Tell the kernel which offloaded frames the guest can receive."""
