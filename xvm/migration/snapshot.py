@@ -458,7 +458,8 @@ def restore_misfit(saved, config):
             return f"it has {len(new[kind])} {kind}, the saved domain {len(old[kind])}"
         for index, (a, b) in enumerate(zip(old[kind], new[kind])):
             if kind == "nics":  # the MAC the guest saw: the configured one, or derived from the UUID
-                a, b = dict(a, mac=old_macs[index]), dict(b, mac=new_macs[index])
+                a = dict(a, mac=old_macs[index], queues=a.get("queues", 1))  # to_dict leaves out 1
+                b = dict(b, mac=new_macs[index], queues=b.get("queues", 1))
             for key in sorted(set(a) | set(b)):
                 if key not in allowed and a.get(key) != b.get(key):
                     return (f"its {kind[:-1]} {index} has {key} {b.get(key)!r}, the saved domain's "
