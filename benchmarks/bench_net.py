@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Network throughput and packet rate: xvm's virtio-net against QEMU's, same guest, same TAP path.
 
-    python3 benchmarks/bench_net.py [--seconds S] [--rounds N] [--native]
+    python3 benchmarks/bench_net.py [--seconds S] [--rounds N] [--queues Q] [--native]
 
 An unmodified Debian cloud kernel with iperf3 in its initramfs runs as a guest whose NIC is a
 TAP on a bridge; iperf3's server runs on the host side of that bridge (the host network
 namespace, on the bridge's address).  The guest measures TCP guest->host, TCP host->guest
-(-R), both again with 4 parallel streams (-P 4, one queue: no multiqueue yet), UDP with
-64-byte datagrams (packets per second) and UDP with 1400-byte datagrams.  xvm
+(-R), both again with 4 parallel streams (-P 4), UDP with 64-byte datagrams (packets per
+second) and UDP with 1400-byte datagrams.  --queues Q (default 1) gives the guest Q vCPUs and a
+Q-pair multiqueue NIC under both VMMs (xvm ``Nic(queues=Q)``; QEMU ``-netdev tap,queues=Q`` and
+``virtio-net-device,mq=on``): Linux's driver enables one pair per vCPU.  xvm
 (virtio-mmio, Python data plane) and `qemu-system-x86_64 -accel kvm -M microvm` with
 `virtio-net-device` on a TAP (virtio-mmio too, vhost off: there is no vhost-net here) run the
 same guest in turn.  Unmodified kernels need hardware-assisted KVM, so on a PVM host the
@@ -127,11 +129,11 @@ def parse(text):
 
 # --- the two VMMs ----------------------------------------------------------------------------
 
-def run_xvm(host, net, kernel, initrd, timeout):
+def run_xvm(host, net, kernel, initrd, timeout, queues=1):
     dom = host.define(xvm.DomainConfig(
-        name="bench-net", memory_mib=512, kernel=kernel, initrd=initrd, cmdline=CMDLINE,
+        name="bench-net", memory_mib=512, vcpus=queues, kernel=kernel, initrd=initrd, cmdline=CMDLINE,
         disable_cpu_features=("xsave",) if NESTED_TCG else (),
-        nics=[xvm.Nic(network=net.name, mac="52:54:00:be:0c:02")]))
+        nics=[xvm.Nic(network=net.name, mac="52:54:00:be:0c:02", queues=queues)]))
     try:
         dom.start()
         dom.console.expect("XVM-BENCH-DONE", timeout=timeout)
@@ -144,14 +146,15 @@ def run_xvm(host, net, kernel, initrd, timeout):
         dom.undefine()
 
 
-def run_qemu(net, kernel, initrd, timeout):
+def run_qemu(net, kernel, initrd, timeout, queues=1):
     tap = "xvmqtap0"
     cpu = "host,-xsave" if NESTED_TCG else "host"
+    mq = f",queues={queues}" if queues > 1 else ""
     cmd = ["qemu-system-x86_64", "-accel", "kvm", "-M", "microvm", "-cpu", cpu, "-m", "512M",
-           "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
+           "-smp", str(queues), "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
            "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd), "-append", CMDLINE,
-           "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off",
-           "-device", "virtio-net-device,netdev=n0,mac=52:54:00:be:0c:02"]
+           "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off{mq}",
+           "-device", "virtio-net-device,netdev=n0,mac=52:54:00:be:0c:02" + (",mq=on" if queues > 1 else "")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
@@ -173,7 +176,7 @@ def run_qemu(net, kernel, initrd, timeout):
     return b"".join(lines).decode(errors="replace")
 
 
-def run_here(seconds, rounds):
+def run_here(seconds, rounds, queues=1):
     from xvm.testhost import cloud_kernel
     from xvm.testhost.initramfs import load_testhost_modules
     load_testhost_modules(HOST_MODULES)
@@ -189,11 +192,11 @@ def run_here(seconds, rounds):
                 server = subprocess.Popen(["iperf3", "-s", "-B", HOST_IP],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 for _ in range(rounds):
-                    text, metrics = run_xvm(host, net, kernel, initrd, timeout)
+                    text, metrics = run_xvm(host, net, kernel, initrd, timeout, queues)
                     results["xvm"].append(parse(text))
                     print("xvm  :", _lines(text), "| metrics:",
                           {k: v for k, v in metrics.items() if v}, flush=True)
-                    text = run_qemu(net, kernel, initrd, timeout)
+                    text = run_qemu(net, kernel, initrd, timeout, queues)
                     results["qemu"].append(parse(text))
                     print("qemu :", _lines(text), flush=True)
             finally:
@@ -205,7 +208,7 @@ def run_here(seconds, rounds):
         os.unlink(initrd)
     where = "nested under TCG" if NESTED_TCG else "hardware KVM"
     print(f"\nvirtio-net guest <-> host over a TAP + bridge, iperf3 {seconds} s per test, "
-          f"{rounds} round(s), {where}")
+          f"{rounds} round(s), {queues} queue pair(s) and vCPU(s), {where}")
     for name, _, unit in TESTS:
         row = []
         for vmm in ("xvm", "qemu"):
@@ -271,17 +274,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--queues", type=int, default=1, help="NIC queue pairs and guest vCPUs")
     ap.add_argument("--native", action="store_true")
     args = ap.parse_args()
     if args.native:
         run_native(args.rounds)
         return 0
     if hardware_virtualization():
-        run_here(args.seconds, args.rounds)
+        run_here(args.seconds, args.rounds, args.queues)
         return 0
     result = TestHost(stream=sys.stdout).run(
         [sys.executable, os.path.abspath(__file__), "--seconds", str(args.seconds),
-         "--rounds", str(args.rounds)],
+         "--rounds", str(args.rounds), "--queues", str(args.queues)],
         timeout=900 + 600 * args.rounds)
     return result.exit_status
 
