@@ -19,14 +19,15 @@ def examples(n):
     return max(1, int(n * SCALE))
 
 
-def seeds(target):
+def seeds(target, names=False):
+    """The seeds of ``corpus/<target>/``, in name order: bytes, or ``(name, bytes)``."""
     directory = os.path.join(CORPUS, target)
     if not os.path.isdir(directory):
         return []
     out = []
     for name in sorted(os.listdir(directory)):
         with open(os.path.join(directory, name), "rb") as f:
-            out.append(f.read())
+            out.append((name, f.read()) if names else f.read())
     return out
 
 

@@ -493,7 +493,7 @@ class Incoming:
                 gpa, size = S.RANGE.unpack(ch.recv_exact(length))
                 self._zero(gpa, size)
             elif kind == S.ROUND:
-                ch.recv_exact(length)
+                ch.recv_small(S.ROUND, length, least=S.ROUND_NUMBER.size)
                 self.rounds += 1
             else:
                 data = ch.recv_json(S.STATE, length)
@@ -511,6 +511,9 @@ class Incoming:
                                  f"guest's RAM", what="protocol") from None
 
     def _zero(self, gpa, size):
+        if size <= 0 or size % PAGE_SIZE:  # madvise would round a partial page up: zero more than sent
+            raise MigrationError(f"{self.channel.peer} sent a zero range of {size:#x} bytes at {gpa:#x}, "
+                                 f"not whole pages", what="protocol")
         view = self._guest_view(gpa, size)
         view.release()
         region = self.memory.region_of(gpa, size)
@@ -523,9 +526,9 @@ class Incoming:
             self.state = MachineState.restore(data["machine"])
             cpuid = [tuple(int(x) for x in e) for e in data["cpuid"]]
             self.running = bool(data.get("running", True))
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+            misfit = self.state.misfit(self.vmm.config)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError) as e:
             raise MigrationError(f"{self.channel.peer} sent a malformed machine state: {e}", what="state") from None
-        misfit = self.state.misfit(self.vmm.config)
         if misfit is not None:
             raise MigrationError(f"the machine state does not fit the domain: {misfit}", what="state")
         self.cpuid = cpuid

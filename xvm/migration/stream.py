@@ -50,6 +50,7 @@ RANGE = struct.Struct("<QQ")
 ROUND_NUMBER = struct.Struct("<I")
 NO_TOKEN = bytes(32)
 MAX_CONTROL = 16 << 20  # a JSON frame (state, config) larger than this is refused
+MAX_SMALL = 4096  # the most a ROUND or an empty frame may carry (room for a newer minor version)
 PAGES, ZERO, ROUND, STATE, READY, COMMIT, RUNNING, CONTROL, ERROR = range(1, 10)
 NAMES = {PAGES: "PAGES", ZERO: "ZERO", ROUND: "ROUND", STATE: "STATE", READY: "READY",
          COMMIT: "COMMIT", RUNNING: "RUNNING", CONTROL: "CONTROL", ERROR: "ERROR"}
@@ -305,14 +306,22 @@ class Channel:
             raise MigrationError(f"{self.peer} sent a {NAMES[kind]} of {length} bytes", what="protocol")
         try:
             return json.loads(self.recv_exact(length))
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than Python goes
             raise MigrationError(f"{self.peer} sent a malformed {NAMES[kind]}: {e}", what="protocol") from None
 
+    def recv_small(self, kind, length, least=0):
+        """The payload of a ``kind`` frame whose header said ``length``: at least ``least``
+        bytes, at most MAX_SMALL (never a buffer as large as a hostile length)."""
+        if not least <= length <= MAX_SMALL:
+            raise MigrationError(f"{self.peer} sent a {NAMES[kind]} frame of {length} bytes", what="protocol")
+        return self.recv_exact(length)
+
     def expect(self, kind):
-        """Receive an empty frame of type ``kind``."""
+        """Receive an empty frame of type ``kind`` (a payload of up to MAX_SMALL bytes, from
+        a newer minor version, is skipped)."""
         _, length = self.recv_header((kind,))
         if length:
-            self.recv_exact(length)
+            self.recv_small(kind, length)
 
 
 def _ssl_reason(e):

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Regenerate the seeds of tests/fuzz/corpus that come from a real machine (they need
+/dev/kvm and gcc; run from the repository root as root):
+
+    PYTHONPATH=$PWD python3 tests/fuzz/make_corpus.py
+
+- ``corpus/snapshot/valid-16mib.bin``: the header and state of a real snapshot file of an
+  unstarted 16 MiB, one-vCPU machine with one virtio-blk disk (its RAM, all zero, is a hole
+  in the real file; the fuzz target extends the file to its declared size).
+- ``corpus/migration/valid.bin``: a whole migration stream as the destination VMM receives it
+  for that machine (HELLO with the fuzz target's token, a page, a zero range, a ROUND and the
+  STATE a source VMM sends), and the hostile streams derived from it (``edge_streams``).
+
+The other seeds are small hand-made files, written directly (see conftest.py).
+"""
+import json
+import os
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+
+import xvm  # noqa: E402
+sys.path.insert(0, os.path.join(HERE, "..", "guests"))
+import build as guest_build  # noqa: E402
+from xvm.kvm.system import Kvm  # noqa: E402
+from xvm.machine import build_machine  # noqa: E402
+from xvm.migration import write_snapshot  # noqa: E402
+from xvm.migration.snapshot import HEADER, HEADER_SIZE  # noqa: E402
+
+DISK = "/nonexistent/xvm-fuzz-seed.img"  # the paths the seeds name (never opened by the targets)
+KERNEL = "/nonexistent/xvm-fuzz-seed.elf"
+
+
+def seed_config():
+    return xvm.DomainConfig(name="seed", uuid="00000000-0000-4000-8000-000000000001", kernel=KERNEL,
+                            memory_mib=16, disks=[xvm.Disk(path=DISK)])
+
+
+def main():
+    kernel = str(guest_build.build("busy"))
+    with tempfile.TemporaryDirectory(prefix="xvm-corpus-") as tmp:
+        image = os.path.join(tmp, "disk.img")
+        with open(image, "wb") as f:
+            f.truncate(1 << 20)
+        config = seed_config()
+        real = xvm.DomainConfig.from_dict({**config.to_dict(), "kernel": kernel, "disks": [{"path": image}]})
+        with Kvm() as kvm:
+            machine = build_machine(kvm, real, console_sink=None)
+            try:
+                state = machine.save_state()
+                cpuid = machine.vm.vcpus[0].cpuid_entries()
+                path = os.path.join(tmp, "snap")
+                write_snapshot(path, real, machine)
+            finally:
+                machine.close()
+        machine_state = state.save()
+        for slot in machine_state["devices"]["slots"]:  # name the seed path, not the temporary one
+            slot["device"]["path"] = DISK
+        payload = {"machine": machine_state, "cpuid": [list(e) for e in cpuid], "running": True}
+        write_streams(json.dumps(payload, separators=(",", ":")).encode())
+        snapshot = rewrite_snapshot(path, config, machine_state)
+        os.makedirs(os.path.join(HERE, "corpus", "snapshot"), exist_ok=True)
+        with open(os.path.join(HERE, "corpus", "snapshot", "valid-16mib.bin"), "wb") as f:
+            f.write(snapshot)
+
+
+TOKEN = bytes(range(32))  # the fuzz target's receiver expects this token
+
+
+def frame(kind, payload=b"", length=None):
+    from xvm.migration import stream as S
+    return S.FRAME.pack(kind, len(payload) if length is None else length) + payload
+
+
+def hello(major=None, token=TOKEN, magic=None):
+    from xvm.migration import stream as S
+    return S.HELLO.pack(magic or S.MAGIC, S.MAJOR if major is None else major, S.MINOR, token)
+
+
+def write_streams(state):
+    """corpus/migration/*.bin: the valid stream, and hostile ones that once mattered."""
+    from xvm.migration import stream as S
+
+    page = bytes(range(256)) * 16
+    ram = 16 << 20
+    body = (frame(S.PAGES, S.ADDRESS.pack(0x100000) + page) + frame(S.ZERO, S.RANGE.pack(0x200000, 0x10000))
+            + frame(S.ROUND, S.ROUND_NUMBER.pack(1)))
+    deep = b"[" * 5000 + b"]" * 5000
+    doc = json.loads(state)
+    doc["machine"]["memory"] = [[0, float("inf")]]
+    infinite = json.dumps(doc).encode()
+    streams = {
+        "valid": hello() + body + frame(S.STATE, state),
+        # a ROUND declaring 4 GiB: the receiver allocated it all before reading
+        "round-4gib-length": hello() + frame(S.ROUND, S.ROUND_NUMBER.pack(1), length=0xFFFF_FFFF),
+        # a zero range of one byte: madvise zeroed the whole page
+        "zero-unaligned-size": hello() + frame(S.PAGES, S.ADDRESS.pack(0) + page) + frame(S.ZERO, S.RANGE.pack(0, 1)),
+        # an empty zero range at the end of RAM: mmap.madvise raised ValueError
+        "zero-empty-at-end": hello() + frame(S.ZERO, S.RANGE.pack(ram, 0)),
+        "zero-past-end": hello() + frame(S.ZERO, S.RANGE.pack(ram - 0x1000, 0x2000)),
+        "zero-wrapping": hello() + frame(S.ZERO, S.RANGE.pack(0x1000, (1 << 64) - 0x1000)),
+        "pages-past-end": hello() + frame(S.PAGES, S.ADDRESS.pack(ram - 0x1000) + page * 2),
+        "pages-unaligned": hello() + frame(S.PAGES, S.ADDRESS.pack(0x800) + page),
+        "pages-truncated": hello() + frame(S.PAGES, S.ADDRESS.pack(0x3000) + page * 2)[:-5000],
+        # a STATE nested deeper than Python's recursion limit: RecursionError from json
+        "state-deep-nesting": hello() + frame(S.STATE, deep),
+        # Infinity where an integer is due: OverflowError from int()
+        "state-infinity": hello() + frame(S.STATE, infinite),
+        "state-not-utf8": hello() + frame(S.STATE, b"\xff\xfe{}"),
+        "state-over-limit": hello() + frame(S.STATE, b"{}", length=S.MAX_CONTROL + 1),
+        "wrong-major": hello(major=S.MAJOR + 1) + body,
+        "wrong-token": hello(token=bytes(32)) + body,
+        "wrong-magic": hello(magic=b"XVMSNAP\0") + body,
+        "error-instead-of-hello": frame(S.ERROR, b"no thanks"),
+        "ready-out-of-turn": hello() + frame(S.READY),
+        "unknown-type": hello() + frame(0xEE, b"?" * 16),
+    }
+    directory = os.path.join(HERE, "corpus", "migration")
+    os.makedirs(directory, exist_ok=True)
+    for name, data in streams.items():
+        with open(os.path.join(directory, name + ".bin"), "wb") as f:
+            f.write(data)
+
+
+def rewrite_snapshot(path, config, machine_state):
+    """The snapshot's header and state, its disk renamed to DISK (digest recomputed)."""
+    from xvm.migration.snapshot import _header
+
+    with open(path, "rb") as f:
+        data = f.read(1 << 20)
+    fields = HEADER.unpack_from(data)
+    body = json.loads(data[HEADER_SIZE:HEADER_SIZE + fields[5]])
+    body["config"] = config.to_dict()
+    body["machine"] = machine_state
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    assert HEADER_SIZE + len(raw) <= fields[6]
+    return _header(len(raw), fields[6], fields[7], raw) + raw
+
+
+if __name__ == "__main__":
+    main()

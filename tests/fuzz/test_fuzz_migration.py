@@ -1,0 +1,319 @@
+"""Fuzz target: the live-migration data stream as a hostile source VMM sends it to the
+destination VMM's receiver (:class:`xvm.migration.precopy.Incoming`), over a real TCP
+connection on the loopback.
+
+Each example is a whole byte stream: a HELLO (right, or another magic, major version or
+token), then frames with valid framing and hostile contents (pages and zero ranges
+outside guest RAM, unaligned, overlapping, huge or wrapping; truncated payloads; lengths
+past the end; unknown or out-of-turn types; ROUNDs and STATEs of any length; STATE
+blobs of garbage, non-UTF-8, nested past the recursion limit, or the real state with
+hostile values in it), cut anywhere.  The stream is replayed after the checked-in seeds
+of ``corpus/migration/``.
+
+The oracle is :func:`reference`, the rules of ``xvm/migration/stream.py`` written out
+independently: the receiver must stop with a :class:`MigrationError` exactly where they
+say the stream is bad (or, at a STATE, build the state or refuse it with a
+MigrationError), never with another exception, never waiting (the sender closes its end),
+and guest RAM must then hold exactly what the frames before that point wrote: no byte
+more, none outside the frame's range.
+"""
+import copy
+import json
+import socket
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import FUZZ, examples, seeds
+from xvm.config import DomainConfig
+from xvm.kvm.memory import PAGE_SIZE
+from xvm.migration import stream as S
+from xvm.migration.precopy import Incoming
+from xvm.migration.stream import MigrationError
+from xvm.vmm.actions import MigrateReceive
+
+TOKEN = bytes(range(32))  # as corpus/make_corpus.py writes the seeds
+CONFIG = DomainConfig.from_dict({  # the machine the seeds' STATE describes
+    "name": "seed", "uuid": "00000000-0000-4000-8000-000000000001", "memory_mib": 16,
+    "kernel": "/nonexistent/xvm-fuzz-seed.elf", "disks": [{"path": "/nonexistent/xvm-fuzz-seed.img"}]})
+RAM = CONFIG.memory_bytes
+SEEDS = seeds("migration")
+MAX_SMALL = 4096  # the most a ROUND (or an empty frame) may carry: room for a newer minor version
+
+
+class Vmm:
+    """What Incoming reads of its VMM before it hands the received machine over."""
+
+    config = CONFIG
+
+
+# --- the rules -----------------------------------------------------------------------------------
+
+def reference(stream, ram=RAM, token=TOKEN):
+    """``(outcome, memory, state payload)`` the receiver must reach on ``stream``.  Outcome:
+    the ``what``s a MigrationError may have ("protocol": a frame breaks the rules; "peer":
+    the stream ends early, or an ERROR frame; "version": another major version), or
+    "state": a whole STATE frame arrived (the receiver builds it, or refuses it with
+    "state" or "protocol").  ``memory``: guest RAM as the frames before that point left it."""
+    memory = bytearray(ram)
+    at = 0
+    PROTOCOL, PEER = {"protocol"}, {"peer"}
+
+    def take(n):
+        nonlocal at
+        chunk = stream[at:at + n]
+        at += len(chunk)
+        return chunk
+
+    if len(stream) < len(S.MAGIC):
+        return PEER, memory, None
+    if stream[:len(S.MAGIC)] != S.MAGIC and stream[0] == S.ERROR:  # refused before its HELLO
+        return {"peer", "version"}, memory, None  # "version" if its text says so
+    hello = take(S.HELLO.size)
+    if len(hello) < S.HELLO.size:
+        return PEER, memory, None
+    magic, major, _, their_token = S.HELLO.unpack(hello)
+    if magic != S.MAGIC:
+        return PROTOCOL, memory, None
+    if major != S.MAJOR:
+        return {"version"}, memory, None
+    if their_token != token:
+        return PROTOCOL, memory, None
+    while True:
+        head = take(S.FRAME.size)
+        if len(head) < S.FRAME.size:
+            return PEER, memory, None
+        kind, length = S.FRAME.unpack(head)
+        if kind == S.PAGES:  # u64 address, whole pages, all inside RAM
+            size = length - S.ADDRESS.size
+            if size <= 0 or size % PAGE_SIZE:
+                return PROTOCOL, memory, None
+            address = take(S.ADDRESS.size)
+            if len(address) < S.ADDRESS.size:
+                return PEER, memory, None
+            (gpa,) = S.ADDRESS.unpack(address)
+            if gpa % PAGE_SIZE or gpa + size > ram:
+                return PROTOCOL, memory, None
+            data = take(size)
+            memory[gpa:gpa + len(data)] = data  # a cut payload: what arrived is in RAM
+            if len(data) < size:
+                return PEER, memory, None
+        elif kind == S.ZERO:  # u64 address, u64 length: whole pages inside RAM
+            if length != S.RANGE.size:
+                return PROTOCOL, memory, None
+            data = take(S.RANGE.size)
+            if len(data) < S.RANGE.size:
+                return PEER, memory, None
+            gpa, size = S.RANGE.unpack(data)
+            if gpa % PAGE_SIZE or size % PAGE_SIZE or size == 0 or gpa + size > ram:
+                return PROTOCOL, memory, None
+            memory[gpa:gpa + size] = bytes(size)
+        elif kind == S.ROUND:  # u32 iteration (a newer minor may add a little)
+            if not S.ROUND_NUMBER.size <= length <= MAX_SMALL:
+                return PROTOCOL, memory, None
+            if len(take(length)) < length:
+                return PEER, memory, None
+        elif kind == S.STATE:
+            if length > S.MAX_CONTROL:
+                return PROTOCOL, memory, None
+            payload = take(length)
+            if len(payload) < length:
+                return PEER, memory, None
+            return "state", memory, payload
+        elif kind == S.ERROR:
+            return PEER, memory, None
+        else:  # unknown, or a type the source never sends here
+            return PROTOCOL, memory, None
+
+
+def receive(stream):
+    """Feed ``stream`` to a real receiver over TCP: ``(outcome, RAM bytes or None, state)``."""
+    listener = S.listening_socket("127.0.0.1")
+    try:
+        incoming = Incoming(Vmm(), MigrateReceive(token=TOKEN.hex(), fd=listener.fileno()))
+        port = listener.getsockname()[1]
+    finally:
+        listener.close()
+    sender = threading.Thread(target=send, args=(port, stream), daemon=True)
+    sender.start()
+    try:
+        try:
+            incoming._receive()
+            outcome = "state"
+        except MigrationError as e:
+            outcome = e
+        memory = bytes(incoming.memory.regions[0].mapping) if incoming.memory is not None else None
+        return outcome, memory, incoming.state
+    finally:
+        if incoming.channel is not None:
+            incoming.channel.close()
+        incoming._listener.close()
+        incoming.release()
+        sender.join(10)
+        assert not sender.is_alive(), "the sender is stuck"
+
+
+def send(port, stream):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            sock.sendall(stream)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(65536):  # the receiver's HELLO and ERROR
+                pass
+        except OSError:  # the receiver gave up and closed
+            pass
+
+
+def check(stream):
+    want, want_memory, payload = reference(stream)
+    outcome, memory, state = receive(stream)
+    if want == "state":
+        if payload == VALID_STATE:
+            assert outcome == "state", f"the receiver refused the real machine state: {outcome}"
+        elif outcome == "state":
+            assert state is not None
+        else:
+            assert outcome.what in ("state", "protocol"), outcome
+    else:
+        assert outcome != "state", "the receiver accepted a stream the rules refuse"
+        assert outcome.what in want, f"{outcome.what}: {outcome} (the rules: {want})"
+    if memory is not None:  # None: refused before any RAM was made
+        assert memory == want_memory, "guest RAM differs from what the frames wrote"
+    else:
+        assert want_memory == bytes(RAM)
+
+
+# --- generated streams ---------------------------------------------------------------------------
+
+def _valid_state():
+    stream = dict(seeds("migration", names=True)).get("valid.bin")
+    assert stream, "corpus/migration/valid.bin is missing (see tests/fuzz/make_corpus.py)"
+    outcome, _, payload = reference(stream)
+    assert outcome == "state"
+    return payload
+
+
+VALID_STATE = _valid_state()
+
+
+def frame(kind, payload=b"", length=None):
+    return S.FRAME.pack(kind, len(payload) if length is None else length) + payload
+
+
+def mostly(good, bad):
+    """``good`` three times in four (a stream must get past its first frames to reach the
+    later ones), else ``bad``."""
+    return st.integers(0, 3).flatmap(lambda i: bad if i == 0 else good)
+
+
+U32 = st.integers(0, 0xFFFF_FFFF)
+U64 = st.integers(0, (1 << 64) - 1)
+LAST_PAGE = RAM // PAGE_SIZE - 1
+# Pages drawn from a few, so that frames overlap (a zero range over pages sent before).
+GOOD_PAGE = st.one_of(st.integers(0, 7), st.integers(LAST_PAGE - 3, LAST_PAGE), st.integers(0, LAST_PAGE))
+PAGE_ADDRESS = mostly(GOOD_PAGE.map(lambda p: p * PAGE_SIZE), st.one_of(
+    st.sampled_from([RAM, RAM + PAGE_SIZE, 1 << 32, (1 << 64) - PAGE_SIZE, 1, 0x800, 0xFFF]), U64))
+
+
+@st.composite
+def pages(draw):
+    gpa, count = draw(PAGE_ADDRESS), draw(mostly(st.integers(1, 3), st.just(0)))
+    data = bytes([draw(st.integers(1, 255))]) * (count * PAGE_SIZE)
+    length = draw(mostly(st.just(S.ADDRESS.size + len(data)), st.one_of(U32, st.sampled_from(
+        [0, S.ADDRESS.size, S.ADDRESS.size + 1, S.ADDRESS.size + len(data) + PAGE_SIZE, 0xFFFF_FFFF,
+         S.ADDRESS.size + 0xFFFF_F000]))))
+    return frame(S.PAGES, S.ADDRESS.pack(gpa) + data, length)
+
+
+@st.composite
+def zero(draw):
+    gpa = draw(PAGE_ADDRESS)
+    size = draw(mostly(st.integers(1, 8).map(lambda n: n * PAGE_SIZE), st.one_of(
+        st.integers(0, 2 * PAGE_SIZE), st.sampled_from([RAM, RAM - gpa % (1 << 64) + PAGE_SIZE, 1 << 63]), U64)))
+    length = draw(mostly(st.just(S.RANGE.size), st.integers(0, 32)))
+    return frame(S.ZERO, S.RANGE.pack(gpa, size % (1 << 64)), length)
+
+
+@st.composite
+def round_(draw):
+    return frame(S.ROUND, S.ROUND_NUMBER.pack(draw(U32)),
+                 draw(mostly(st.just(S.ROUND_NUMBER.size), st.one_of(st.sampled_from([0, 3, 5, 0xFFFF_FFFF]), U32))))
+
+
+HOSTILE_VALUES = st.one_of(
+    st.sampled_from([float("inf"), float("-inf"), float("nan"), -1, 1 << 64, 10 ** 400, 1.5, "", "zz", "0" * 7,
+                     [], {}, None, True, [[1, 2]], [[0, 1 << 70]], {"a": 1}]),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+                 lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+                 max_leaves=6))
+
+
+@st.composite
+def hostile_state(draw):
+    """The real state with one to three values replaced anywhere in its tree."""
+    doc = json.loads(VALID_STATE)
+    for _ in range(draw(st.integers(1, 3))):
+        parent, key, node = None, None, doc
+        while isinstance(node, (dict, list)) and node and (parent is None or draw(st.integers(0, 3))):
+            key = draw(st.sampled_from(sorted(node) if isinstance(node, dict) else range(len(node))))
+            parent, node = node, node[key]
+        if parent is None:
+            doc = copy.deepcopy(draw(HOSTILE_VALUES))
+            break
+        if draw(st.integers(0, 4)) == 0 and isinstance(parent, dict):
+            del parent[key]
+        else:
+            parent[key] = copy.deepcopy(draw(HOSTILE_VALUES))  # sampled values are shared: never mutate them
+    return json.dumps(doc).encode()
+
+
+STATE_PAYLOADS = st.one_of(
+    st.just(VALID_STATE), hostile_state(), st.binary(max_size=64),
+    st.sampled_from([b"[" * 3000, b"{\"machine\":" * 3000, b"\xff\xfe", b"null", b"{}", b"[]", b"1e999"]))
+
+
+@st.composite
+def state(draw):
+    payload = draw(STATE_PAYLOADS)
+    length = draw(mostly(st.just(len(payload)), st.one_of(st.sampled_from([S.MAX_CONTROL + 1, 0xFFFF_FFFF]), U32)))
+    return frame(S.STATE, payload, length)
+
+
+OTHER = st.one_of(
+    st.builds(frame, st.sampled_from([S.READY, S.COMMIT, S.RUNNING, S.CONTROL, S.ERROR]), st.binary(max_size=16)),
+    st.builds(frame, st.integers(0, 255).filter(lambda k: k not in S.NAMES), st.binary(max_size=16)),
+    st.binary(min_size=1, max_size=24))
+
+FRAMES = st.one_of(pages(), pages(), zero(), zero(), round_(), round_(), state(), OTHER)
+
+
+@st.composite
+def hellos(draw):
+    return S.HELLO.pack(draw(st.sampled_from([S.MAGIC] * 8 + [b"XVMSNAP\0", bytes([S.ERROR]) + bytes(7)])),
+                        draw(st.sampled_from([S.MAJOR] * 8 + [0, S.MAJOR + 1, 0xFFFF])), draw(st.integers(0, 0xFFFF)),
+                        draw(st.sampled_from([TOKEN] * 8 + [bytes(32), TOKEN[::-1]])))
+
+
+@st.composite
+def streams(draw):
+    data = draw(hellos()) + b"".join(draw(st.lists(FRAMES, max_size=8)))
+    if draw(st.integers(0, 3)) == 0:
+        data = data[:draw(st.integers(0, len(data)))]
+    return data
+
+
+# --- the targets ---------------------------------------------------------------------------------
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("stream", SEEDS, ids=[name for name, _ in seeds("migration", names=True)])
+def test_migration_stream_seeds(stream):
+    check(stream)
+
+
+@pytest.mark.timeout(60)
+@settings(FUZZ, max_examples=examples(150))
+@given(streams())
+def test_migration_stream(stream):
+    check(stream)
