@@ -1,8 +1,10 @@
 """The fuzz targets: bounded hypothesis runs (``-m fuzz``), seeds from ``corpus/``."""
+import copy
 import os
 
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 # The profile of the fuzz targets: no per-example deadline (a loaded CI machine is slow; a
 # real hang is caught by pytest-timeout), no health checks, no example database (CI's
@@ -36,3 +38,50 @@ def pytest_collection_modifyitems(items):
         if "/tests/fuzz/" in str(item.fspath):
             item.add_marker(pytest.mark.fuzz)
             item.add_marker(pytest.mark.timeout(60))  # a hang fails
+
+
+def mutated(target, max_size=8192):
+    """Seeds of ``target`` with bytes flipped, cut and appended, or fresh bytes."""
+    base = seeds(target)
+
+    @st.composite
+    def mutate(draw):
+        data = bytearray(draw(st.sampled_from(base)))
+        for _ in range(draw(st.integers(0, 8))):
+            if data:
+                i = draw(st.integers(0, len(data) - 1))
+                data[i] = draw(st.integers(0, 255))
+        if draw(st.booleans()):
+            data = data[:draw(st.integers(0, len(data)))]
+        data += draw(st.binary(max_size=64))
+        return bytes(data[:max_size])
+
+    return st.one_of(mutate(), st.binary(max_size=max_size)) if base else st.binary(max_size=max_size)
+
+
+# Values a hostile writer puts where a number, a string or a record is due.
+HOSTILE_VALUES = st.one_of(
+    st.sampled_from([float("inf"), float("-inf"), float("nan"), -1, 1 << 64, 10 ** 400, 1.5, "", "zz", "0" * 7,
+                     [], {}, None, True, [[1, 2]], [[0, 1 << 70]], {"a": 1}]),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+                 lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+                 max_leaves=6))
+
+
+@st.composite
+def hostile_tree(draw, doc):
+    """A deep copy of the JSON tree ``doc`` with one to three values replaced (or keys
+    removed) anywhere in it."""
+    doc = copy.deepcopy(doc)
+    for _ in range(draw(st.integers(1, 3))):
+        parent, key, node = None, None, doc
+        while isinstance(node, (dict, list)) and node and (parent is None or draw(st.integers(0, 3))):
+            key = draw(st.sampled_from(sorted(node) if isinstance(node, dict) else range(len(node))))
+            parent, node = node, node[key]
+        if parent is None:
+            return copy.deepcopy(draw(HOSTILE_VALUES))
+        if draw(st.integers(0, 4)) == 0 and isinstance(parent, dict):
+            del parent[key]
+        else:
+            parent[key] = copy.deepcopy(draw(HOSTILE_VALUES))  # sampled values are shared: never mutate them
+    return doc

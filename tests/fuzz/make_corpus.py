@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Regenerate the seeds of tests/fuzz/corpus that come from a real machine (they need
-/dev/kvm and gcc; run from the repository root as root):
+"""Regenerate the seeds of tests/fuzz/corpus/migration and corpus/snapshot.  The valid
+ones come from a real machine (they need /dev/kvm and gcc; run from the repository root
+as root); the hostile ones are derived from them (``--edges``: only those, no KVM):
 
-    PYTHONPATH=$PWD python3 tests/fuzz/make_corpus.py
+    PYTHONPATH=$PWD python3 tests/fuzz/make_corpus.py [--edges]
 
 - ``corpus/snapshot/valid-16mib.bin``: the header and state of a real snapshot file of an
   unstarted 16 MiB, one-vCPU machine with one virtio-blk disk (its RAM, all zero, is a hole
@@ -11,7 +12,9 @@
   for that machine (HELLO with the fuzz target's token, a page, a zero range, a ROUND and the
   STATE a source VMM sends), and the hostile streams derived from it (``edge_streams``).
 
-The other seeds are small hand-made files, written directly (see conftest.py).
+- ``corpus/snapshot/*.bin`` besides it: hostile heads that once mattered (``snapshot_edges``).
+
+The other targets' seeds are small hand-made files (see conftest.py).
 """
 import json
 import os
@@ -39,6 +42,17 @@ def seed_config():
 
 
 def main():
+    if "--edges" not in sys.argv:
+        from_machine()
+    with open(os.path.join(HERE, "corpus", "snapshot", "valid-16mib.bin"), "rb") as f:
+        valid = f.read()
+    body = json.loads(valid[HEADER_SIZE:HEADER_SIZE + HEADER.unpack_from(valid)[5]])
+    write_streams(json.dumps({"machine": body["machine"], "cpuid": body["cpuid"], "running": True},
+                             separators=(",", ":")).encode())
+    write_snapshot_edges(valid, body)
+
+
+def from_machine():
     kernel = str(guest_build.build("busy"))
     with tempfile.TemporaryDirectory(prefix="xvm-corpus-") as tmp:
         image = os.path.join(tmp, "disk.img")
@@ -58,8 +72,6 @@ def main():
         machine_state = state.save()
         for slot in machine_state["devices"]["slots"]:  # name the seed path, not the temporary one
             slot["device"]["path"] = DISK
-        payload = {"machine": machine_state, "cpuid": [list(e) for e in cpuid], "running": True}
-        write_streams(json.dumps(payload, separators=(",", ":")).encode())
         snapshot = rewrite_snapshot(path, config, machine_state)
         os.makedirs(os.path.join(HERE, "corpus", "snapshot"), exist_ok=True)
         with open(os.path.join(HERE, "corpus", "snapshot", "valid-16mib.bin"), "wb") as f:
@@ -120,6 +132,44 @@ def write_streams(state):
     directory = os.path.join(HERE, "corpus", "migration")
     os.makedirs(directory, exist_ok=True)
     for name, data in streams.items():
+        with open(os.path.join(directory, name + ".bin"), "wb") as f:
+            f.write(data)
+
+
+def write_snapshot_edges(valid, body):
+    """corpus/snapshot/*.bin: heads with hostile contents, signed (a correct checksum)."""
+    from xvm.migration.snapshot import _header
+
+    fields = HEADER.unpack_from(valid)
+
+    def signed(doc, memory_offset=fields[6], memory_length=fields[7], raw=None):
+        raw = json.dumps(doc).encode() if raw is None else raw
+        return _header(len(raw), memory_offset, memory_length, raw) + raw
+
+    def changed(change):
+        doc = json.loads(json.dumps(body))
+        change(doc)
+        return doc
+
+    edges = {
+        # Infinity where an integer is due: OverflowError from int()
+        "state-infinity": signed(changed(lambda d: d.update(data_bytes=float("inf")))),
+        "msr-infinity": signed(changed(lambda d: d["machine"]["vcpus"][0].update(msrs=[[16, float("inf")]]))),
+        # nested past Python's recursion limit: RecursionError from json
+        "state-deep-nesting": signed(None, raw=b"[" * 5000 + b"]" * 5000),
+        "region-outside-file": signed(changed(lambda d: d["memory"][0].update(offset=1 << 40))),
+        "region-unaligned": signed(changed(lambda d: d["memory"][0].update(offset=fields[6] + 1))),
+        "memory-offset-unaligned": signed(body, memory_offset=fields[6] + 1),
+        "memory-huge": signed(body, memory_length=(1 << 64) - 1),
+        "config-bad-memory": signed(changed(lambda d: d["config"].update(memory_mib=-1))),
+        "state-vcpus-missing": signed(changed(lambda d: d["machine"].update(vcpus=[]))),
+        "header-only": valid[:HEADER_SIZE],
+        "header-cut": valid[:40],
+        "version-99": valid[:8] + (99).to_bytes(2, "little") + valid[10:],
+        "checksum-flipped": valid[:HEADER.size - 1] + bytes([valid[HEADER.size - 1] ^ 1]) + valid[HEADER.size:],
+    }
+    directory = os.path.join(HERE, "corpus", "snapshot")
+    for name, data in edges.items():
         with open(os.path.join(directory, name + ".bin"), "wb") as f:
             f.write(data)
 

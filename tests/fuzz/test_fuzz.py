@@ -16,31 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import examples, seeds
+from conftest import examples, mutated
 from xvm.errors import XvmError
 
 FAST = dict(deadline=None, suppress_health_check=list(HealthCheck))
 
 ACCESS = st.tuples(st.integers(0, 7), st.sampled_from([1, 2, 4]), st.booleans(), st.integers(0, 0xFFFF_FFFF))
-
-
-def mutated(target, max_size=8192):
-    """Seeds of ``target`` with bytes flipped, cut and appended, or fresh bytes."""
-    base = seeds(target)
-
-    @st.composite
-    def mutate(draw):
-        data = bytearray(draw(st.sampled_from(base)))
-        for _ in range(draw(st.integers(0, 8))):
-            if data:
-                i = draw(st.integers(0, len(data) - 1))
-                data[i] = draw(st.integers(0, 255))
-        if draw(st.booleans()):
-            data = data[:draw(st.integers(0, len(data)))]
-        data += draw(st.binary(max_size=64))
-        return bytes(data[:max_size])
-
-    return st.one_of(mutate(), st.binary(max_size=max_size)) if base else st.binary(max_size=max_size)
 
 
 def drive(bus, base, accesses, span):

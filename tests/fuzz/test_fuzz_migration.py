@@ -17,7 +17,6 @@ MigrationError), never with another exception, never waiting (the sender closes 
 and guest RAM must then hold exactly what the frames before that point wrote: no byte
 more, none outside the frame's range.
 """
-import copy
 import json
 import socket
 import threading
@@ -26,7 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import FUZZ, examples, seeds
+from conftest import FUZZ, examples, hostile_tree, seeds
 from xvm.config import DomainConfig
 from xvm.kvm.memory import PAGE_SIZE
 from xvm.migration import stream as S
@@ -242,35 +241,9 @@ def round_(draw):
                  draw(mostly(st.just(S.ROUND_NUMBER.size), st.one_of(st.sampled_from([0, 3, 5, 0xFFFF_FFFF]), U32))))
 
 
-HOSTILE_VALUES = st.one_of(
-    st.sampled_from([float("inf"), float("-inf"), float("nan"), -1, 1 << 64, 10 ** 400, 1.5, "", "zz", "0" * 7,
-                     [], {}, None, True, [[1, 2]], [[0, 1 << 70]], {"a": 1}]),
-    st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=6),
-                 lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
-                 max_leaves=6))
-
-
-@st.composite
-def hostile_state(draw):
-    """The real state with one to three values replaced anywhere in its tree."""
-    doc = json.loads(VALID_STATE)
-    for _ in range(draw(st.integers(1, 3))):
-        parent, key, node = None, None, doc
-        while isinstance(node, (dict, list)) and node and (parent is None or draw(st.integers(0, 3))):
-            key = draw(st.sampled_from(sorted(node) if isinstance(node, dict) else range(len(node))))
-            parent, node = node, node[key]
-        if parent is None:
-            doc = copy.deepcopy(draw(HOSTILE_VALUES))
-            break
-        if draw(st.integers(0, 4)) == 0 and isinstance(parent, dict):
-            del parent[key]
-        else:
-            parent[key] = copy.deepcopy(draw(HOSTILE_VALUES))  # sampled values are shared: never mutate them
-    return json.dumps(doc).encode()
-
-
-STATE_PAYLOADS = st.one_of(
-    st.just(VALID_STATE), hostile_state(), st.binary(max_size=64),
+STATE_PAYLOADS = st.one_of(  # the real state, with hostile values in it, or garbage
+    st.just(VALID_STATE), hostile_tree(json.loads(VALID_STATE)).map(lambda doc: json.dumps(doc).encode()),
+    st.binary(max_size=64),
     st.sampled_from([b"[" * 3000, b"{\"machine\":" * 3000, b"\xff\xfe", b"null", b"{}", b"[]", b"1e999"]))
 
 

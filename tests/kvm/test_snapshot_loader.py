@@ -1,17 +1,17 @@
-"""The snapshot loader refuses every damaged file with a SnapshotError (hypothesis)."""
+"""The snapshot loader on a file a real machine wrote: it loads; a newer major version or a
+host lacking a CPU feature is refused.  Damaged files (truncated, flipped, hostile states) are
+the fuzz targets of tests/fuzz/test_fuzz_snapshot.py."""
 import os
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import xvm
 from xvm.kvm.system import Kvm
 from xvm.kvm.vcpu import install_kick_handler
 from xvm.machine import build_machine
 from xvm.migration import SnapshotError, load_snapshot, write_snapshot
-from xvm.migration.snapshot import HEADER_SIZE, missing_cpu_features
+from xvm.migration.snapshot import missing_cpu_features
 
 
 @pytest.fixture(scope="module")
@@ -33,42 +33,10 @@ def snapshot_file(guest):
     os.rmdir(directory)
 
 
-def _state_end(data):
-    import struct
-    return HEADER_SIZE + struct.unpack_from("<Q", data, 8 + 2 + 2 + 16 + 8)[0]
-
-
 def test_a_good_file_loads(snapshot_file):
     path, data, config = snapshot_file
     snap = load_snapshot(path)
     assert snap.config == config and len(snap.state.vcpus) == 1
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cut=st.integers(min_value=0, max_value=1 << 30))
-def test_truncated_files_are_refused(snapshot_file, cut):
-    path, data, _ = snapshot_file
-    cut = cut % len(data)
-    with tempfile.NamedTemporaryFile(dir=os.path.dirname(path)) as f:
-        f.write(data[:cut])
-        f.flush()
-        with pytest.raises(SnapshotError) as info:
-            load_snapshot(f.name)
-    assert info.value.what in ("truncated", "magic", "checksum", "state")
-
-
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(position=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7))
-def test_bit_flips_in_header_or_state_are_refused(snapshot_file, position, bit):
-    path, data, _ = snapshot_file
-    position %= _state_end(data)
-    damaged = bytearray(data)
-    damaged[position] ^= 1 << bit
-    with tempfile.NamedTemporaryFile(dir=os.path.dirname(path)) as f:
-        f.write(damaged)
-        f.flush()
-        with pytest.raises(SnapshotError):
-            load_snapshot(f.name)
 
 
 def test_newer_major_version_is_refused(snapshot_file):

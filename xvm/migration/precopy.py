@@ -526,9 +526,9 @@ class Incoming:
             self.state = MachineState.restore(data["machine"])
             cpuid = [tuple(int(x) for x in e) for e in data["cpuid"]]
             self.running = bool(data.get("running", True))
-            misfit = self.state.misfit(self.vmm.config)
         except (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError) as e:
             raise MigrationError(f"{self.channel.peer} sent a malformed machine state: {e}", what="state") from None
+        misfit = self.state.misfit(self.vmm.config)
         if misfit is not None:
             raise MigrationError(f"the machine state does not fit the domain: {misfit}", what="state")
         self.cpuid = cpuid

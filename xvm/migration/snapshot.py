@@ -363,7 +363,8 @@ def _parse_state(body, path, memory_offset, memory_length):
         regions = tuple((int(r["gpa"]), int(r["size"]), int(r["offset"])) for r in data["memory"])
         cpuid = tuple(tuple(int(x) for x in e) for e in data["cpuid"])
         saved_at, stored = float(data["saved_at"]), int(data["data_bytes"])
-    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError, RecursionError) as e:
+        # OverflowError: Infinity where an integer is due; RecursionError: nested too deep
         raise SnapshotError(f"snapshot {path} has a malformed state: {e}", what="state",
                             path=path) from None
     if state.version > STATE_VERSION:
