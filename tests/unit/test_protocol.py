@@ -1,4 +1,5 @@
-"""The control protocol on real socketpairs: framing, fd passing, every error, errors on the wire."""
+"""The control protocol on real socketpairs: framing, fd passing, every error, errors on the wire.
+The decoder on arbitrary and mutated bytes is a fuzz target: tests/fuzz/test_fuzz_protocol.py."""
 import array
 import json
 import math
@@ -7,7 +8,7 @@ import socket
 import threading
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xvm import errors
@@ -386,77 +387,6 @@ json_values = st.recursive(
                                                                 max_size=4),
     max_leaves=20,
 )
-json_objects = st.dictionaries(st.text(max_size=8), json_values, max_size=5)
-
-
-def feed_all(data, cuts):
-    """Feed *data* cut at *cuts*; returns (messages, error or None)."""
-    decoder = FrameDecoder()
-    out = []
-    bounds = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    try:
-        for start, end in zip(bounds, bounds[1:]):
-            out += decoder.feed(data[start:end])
-        out += decoder.feed(b"")
-        decoder.eof()
-    except ProtocolError as exc:
-        return out, exc
-    return out, None
-
-
-@settings(max_examples=300, deadline=2000)
-@given(st.binary(max_size=200), st.lists(st.integers(min_value=0), max_size=8))
-def test_decoder_on_arbitrary_bytes(data, cuts):
-    messages, error = feed_all(data, cuts)
-    assert all(isinstance(m, dict) for m in messages)
-    assert error is None or isinstance(error, ProtocolError)
-
-
-@st.composite
-def mutated_frames(draw):
-    messages = draw(st.lists(json_objects, min_size=1, max_size=4))
-    data = bytearray(b"".join(encode_frame(m) for m in messages))
-    for _ in range(draw(st.integers(0, 4))):
-        kind = draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
-        pos = draw(st.integers(0, len(data)))
-        if kind == "flip" and pos < len(data):
-            data[pos] ^= draw(st.integers(1, 255))
-        elif kind == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
-        elif kind == "delete":
-            del data[pos:pos + draw(st.integers(1, 8))]
-        else:
-            del data[pos:]
-    return messages, bytes(data)
-
-
-@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
-@given(mutated_frames(), st.lists(st.integers(min_value=0), max_size=8))
-def test_decoder_on_mutated_frames(case, cuts):
-    originals, data = case
-    messages, error = feed_all(data, cuts)
-    assert error is None or isinstance(error, ProtocolError)
-    assert all(isinstance(m, dict) for m in messages)
-    if data == b"".join(encode_frame(m) for m in originals):
-        assert error is None and messages == originals
-
-
-@settings(max_examples=40, deadline=5000)
-@given(st.binary(max_size=100))
-def test_recv_message_on_arbitrary_bytes_never_hangs(data):
-    a, b = socket.socketpair()
-    try:
-        a.sendall(data)
-        a.shutdown(socket.SHUT_WR)
-        while True:
-            try:
-                message, fds = recv_message(b, timeout=5)
-            except (ProtocolError, ConnectionClosed):
-                break
-            assert isinstance(message, dict) and fds == []
-    finally:
-        a.close()
-        b.close()
 
 
 # --- requests, replies, events ------------------------------------------------------------------
