@@ -16,6 +16,7 @@ from .sched.config import Sched, validate_cpuset, validate_pins
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 MIN_MEMORY_MIB = 16
+MAX_MEMORY_MIB = 1 << 32  # 4 PiB: all x86-64's 52 physical address bits can reach
 MAX_VCPUS = 255
 CMDLINE_MAX = 4095
 HOST_STOP_POLICIES = ("shutdown", "destroy", "ignore")
@@ -63,6 +64,9 @@ class DomainConfig:
             raise ConfigError(f"vcpus must be an integer from 1 to {MAX_VCPUS}, not {self.vcpus!r}")
         if not _is_int(self.memory_mib) or self.memory_mib < MIN_MEMORY_MIB:
             raise ConfigError(f"memory_mib must be an integer of at least {MIN_MEMORY_MIB}, not {self.memory_mib!r}")
+        if self.memory_mib > MAX_MEMORY_MIB:
+            raise ConfigError(f"memory_mib must be at most {MAX_MEMORY_MIB} (4 PiB, the most x86-64 can address), "
+                              f"not {self.memory_mib!r}")
         set_("kernel", _boot_file(self.kernel, "kernel"))
         if self.initrd is not None:
             set_("initrd", _boot_file(self.initrd, "initrd"))

@@ -12,7 +12,7 @@ import pytest
 
 import xvm
 
-from xvm.config import CMDLINE_MAX, MAX_VCPUS, MIN_MEMORY_MIB, DomainConfig, preflight
+from xvm.config import CMDLINE_MAX, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, DomainConfig, preflight
 from xvm.errors import ConfigError
 from xvm.machine import layout
 
@@ -114,6 +114,15 @@ def test_valid_memory(make, mib):
 def test_invalid_memory(make, mib):
     with pytest.raises(ConfigError, match=rf"memory_mib must be an integer of at least 16, not {mib!r}"):
         make(memory_mib=mib)
+
+
+@pytest.mark.parametrize("mib", [MAX_MEMORY_MIB + 1, 10 ** 46])
+def test_memory_beyond_what_x86_64_addresses_is_refused(make, mib):
+    # Once accepted (the domain XML's <memory unit='TiB'>999...</memory>), and the VMM died
+    # of an OverflowError creating its RAM.
+    with pytest.raises(ConfigError, match=rf"memory_mib must be at most {MAX_MEMORY_MIB} .*, not {mib}$"):
+        make(memory_mib=mib)
+    assert make(memory_mib=MAX_MEMORY_MIB).memory_mib == MAX_MEMORY_MIB
 
 
 # --- kernel and initrd ------------------------------------------------------------------
