@@ -1,9 +1,38 @@
-"""The fuzz targets: bounded hypothesis runs (``-m fuzz``), seeds from ``corpus/``."""
+"""The fuzz targets: bounded hypothesis runs (``-m fuzz``), seeds from ``corpus/``.
+
+Every target is a hypothesis test with a bounded number of examples (:func:`examples`;
+``XVM_FUZZ_SCALE=10`` hunts ten times longer) and no per-example deadline; a hang fails
+through pytest-timeout (each target has its own ``@pytest.mark.timeout``, else 60 s from
+:func:`pytest_collection_modifyitems`).  The whole directory runs in well under a minute.
+
+The seed corpus: ``corpus/<target>/``, one small file per seed, replayed before the
+target's random examples -- through hypothesis ``@example`` (:func:`replay`) or a
+parametrized ``test_<target>_seeds`` -- and, for byte-level targets, mutated as their
+starting points (:func:`mutated`).  Names say what a seed is: ``valid-*`` seeds must be
+accepted, the others are edge cases (most of them refused, several once crashed xvm).
+
+To add a seed (an input that mattered: a crash hypothesis found, a shape it rarely
+reaches), write one file into the target's directory and run the target:
+
+- byte formats (``elf``, ``bzimage``, ``migration``, ``snapshot``, ``protocol``, ``xml``):
+  the raw bytes as the parser reads them (``snapshot``: the header and state only, the
+  target extends the file to the size its header declares; ``migration``: the whole
+  stream the receiver reads, HELLO with the token ``bytes(range(32))`` included);
+- the others: JSON of the test's arguments, ``{"accesses": [[reg, size, write, value],
+  ...]}`` and the like, bytes as hex strings (see the decode function given to
+  :func:`replay`, or the target's ``*_seeds`` test);
+- name it ``valid-*`` if it must be accepted.
+
+``tests/fuzz/make_corpus.py`` regenerates the seeds that come from a real machine (the
+migration STATE and the snapshot head, which need /dev/kvm) and the hostile ones derived
+from them.
+"""
 import copy
+import json
 import os
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, example, settings
 from hypothesis import strategies as st
 
 # The profile of the fuzz targets: no per-example deadline (a loaded CI machine is slow; a
@@ -37,7 +66,23 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "/tests/fuzz/" in str(item.fspath):
             item.add_marker(pytest.mark.fuzz)
-            item.add_marker(pytest.mark.timeout(60))  # a hang fails
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(60))  # a hang fails
+
+
+def replay(target, decode=None):
+    """A decorator: each seed of ``corpus/<target>/`` as a hypothesis ``@example`` of the
+    test, run before its random examples.  ``decode(bytes)`` gives the test's arguments (a
+    dict: keywords; a list: positional); by default the seed is JSON of that dict or list."""
+    decode = decode or json.loads
+
+    def wrap(test):
+        for _, data in reversed(seeds(target, names=True)):
+            args = decode(data)
+            test = (example(**args) if isinstance(args, dict) else example(*args))(test)
+        return test
+
+    return wrap
 
 
 def mutated(target, max_size=8192):

@@ -1,25 +1,21 @@
 """Fuzz targets for what a guest or a client feeds xvm: device register files, boot
 loaders, the domain config parser, the virtio net header parser and the ring walkers.
 
-Each target: hypothesis with a bounded number of examples (``conftest.examples``);
-byte-level targets start from the checked-in seeds of ``corpus/<target>/``, mutated.
-Only the errors of the documented kind may come out; anything else, or a hang
-(pytest-timeout), fails.  Property tests elsewhere are fuzz targets too (listed in
-the issue's closing note): tests/unit/test_actions.py (action decoder),
-test_protocol.py (control-socket frames), test_block_request.py (blk request parser),
-test_virtio_queue.py (rings of random bytes; C and Python walkers against each other).
+Each target: hypothesis with a bounded number of examples (``conftest.examples``),
+the seeds of ``corpus/<target>/`` replayed first (``conftest.replay``); byte-level
+targets also start from them, mutated.  Only the errors of the documented kind may come
+out; anything else, or a hang (pytest-timeout), fails.  The other targets: the sibling
+files test_fuzz_*.py (see conftest.py).
 """
 import json
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import examples, mutated
+from conftest import FUZZ, examples, mutated, replay
 from xvm.errors import XvmError
-
-FAST = dict(deadline=None, suppress_health_check=list(HealthCheck))
 
 ACCESS = st.tuples(st.integers(0, 7), st.sampled_from([1, 2, 4]), st.booleans(), st.integers(0, 0xFFFF_FFFF))
 
@@ -33,8 +29,9 @@ def drive(bus, base, accesses, span):
             assert 0 <= bus.read(port, size) < 1 << (8 * size)
 
 
-@settings(max_examples=examples(300), **FAST)
-@given(st.lists(ACCESS, max_size=60))
+@replay("uart")
+@settings(FUZZ, max_examples=examples(300))
+@given(accesses=st.lists(ACCESS, max_size=60))
 def test_uart_registers(accesses):
     from xvm.devices.legacy.serial import Serial8250
     from xvm.machine.bus import Bus
@@ -43,8 +40,9 @@ def test_uart_registers(accesses):
     drive(bus, 0x3F8, accesses, 8)
 
 
-@settings(max_examples=examples(300), **FAST)
-@given(st.lists(ACCESS, max_size=60))
+@replay("i8042")
+@settings(FUZZ, max_examples=examples(300))
+@given(accesses=st.lists(ACCESS, max_size=60))
 def test_i8042_registers(accesses):
     from xvm.devices.legacy import i8042
     from xvm.machine.bus import Bus
@@ -53,8 +51,9 @@ def test_i8042_registers(accesses):
     drive(bus, i8042.DATA_PORT, accesses, 5)
 
 
-@settings(max_examples=examples(300), **FAST)
-@given(st.lists(ACCESS, max_size=60))
+@replay("acpi_pm")
+@settings(FUZZ, max_examples=examples(300))
+@given(accesses=st.lists(ACCESS, max_size=60))
 def test_acpi_pm_registers(accesses):
     from xvm.acpi import AcpiPm, pm
     from xvm.machine.bus import Bus
@@ -63,8 +62,9 @@ def test_acpi_pm_registers(accesses):
     drive(bus, pm.PM_BASE, accesses, pm.PM_SIZE)
 
 
-@settings(max_examples=examples(200), **FAST)
-@given(st.lists(st.tuples(st.booleans(), st.integers(0, 0xFFFF), st.sampled_from([1, 2, 4]),
+@replay("pci_host_bridge")
+@settings(FUZZ, max_examples=examples(200))
+@given(accesses=st.lists(st.tuples(st.booleans(), st.integers(0, 0xFFFF), st.sampled_from([1, 2, 4]),
                           st.booleans(), st.integers(0, 0xFFFF_FFFF)), max_size=60))
 def test_pci_host_bridge_config_space(accesses):
     from xvm.devices.pci import PciFunction, PciHostBridge
@@ -103,8 +103,9 @@ def _elf_seed():
     return ehdr + phdr + b"\0" * (0x1000 - 120) + b"\xf4" * 0x100
 
 
-@settings(max_examples=examples(200), **FAST)
-@given(mutated("elf"))
+@replay("elf", lambda data: {"image": data})
+@settings(FUZZ, max_examples=examples(200))
+@given(image=mutated("elf"))
 def test_elf_loader(image):
     from xvm.errors import BootError
     from xvm.kvm.memory import GuestMemory
@@ -117,8 +118,9 @@ def test_elf_loader(image):
             pass
 
 
-@settings(max_examples=examples(200), **FAST)
-@given(mutated("bzimage"))
+@replay("bzimage", lambda data: {"image": data})
+@settings(FUZZ, max_examples=examples(200))
+@given(image=mutated("bzimage"))
 def test_bzimage_loader(image):
     from xvm.errors import BootError
     from xvm.kvm.memory import GuestMemory
@@ -138,8 +140,9 @@ CONFIG_KEYS = st.sampled_from(["name", "uuid", "memory_mib", "vcpus", "kernel", 
                                "disks", "nics", "cpu_features", "virtio_transport", "path", "readonly"])
 
 
-@settings(max_examples=examples(150), **FAST)
-@given(st.dictionaries(CONFIG_KEYS, JSON, max_size=8))
+@replay("domain_config")
+@settings(FUZZ, max_examples=examples(150))
+@given(data=st.dictionaries(CONFIG_KEYS, JSON, max_size=8))
 def test_domain_config_parser(data):
     """A client's config (xvmd takes it as JSON): ConfigError or a config that round-trips."""
     from xvm.config import DomainConfig
@@ -150,9 +153,12 @@ def test_domain_config_parser(data):
     assert DomainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
-@settings(max_examples=examples(300), **FAST)
-@given(st.binary(max_size=64), st.lists(st.tuples(st.integers(0, 0xF000), st.integers(1, 0x800)), max_size=4),
-       st.integers(0, (1 << 64) - 1))
+@replay("net_tx", lambda data: (lambda seed: {"header": bytes.fromhex(seed["header"]), "features": seed["features"],
+                                               "pieces": [tuple(p) for p in seed["pieces"]]})(json.loads(data)))
+@settings(FUZZ, max_examples=examples(300))
+@given(header=st.binary(max_size=64),
+       pieces=st.lists(st.tuples(st.integers(0, 0xF000), st.integers(1, 0x800)), max_size=4),
+       features=st.integers(0, (1 << 64) - 1))
 def test_net_tx_header_parser(header, pieces, features):
     from xvm.devices.net.request import TxError, parse_tx
     from xvm.devices.virtio.queue import DescriptorChain
@@ -182,9 +188,11 @@ def _pop_all(queue, size):
     return out
 
 
-@settings(max_examples=examples(40), **FAST)
-@given(st.binary(min_size=8 * 16 + 6 + 16, max_size=8 * 16 + 6 + 16), st.binary(max_size=192),
-       st.booleans())
+@replay("ring", lambda data: (lambda seed: {"raw": bytes.fromhex(seed["raw"]), "table": bytes.fromhex(seed["table"]),
+                                            "indirect": seed["indirect"]})(json.loads(data)))
+@settings(FUZZ, max_examples=examples(40))
+@given(raw=st.binary(min_size=8 * 16 + 6 + 16, max_size=8 * 16 + 6 + 16), table=st.binary(max_size=192),
+       indirect=st.booleans())
 def test_ring_pop_c_and_python_agree(raw, table, indirect):
     """Whole rings of random bytes popped by both walkers: the same chains and errors."""
     from xvm.devices.virtio import native

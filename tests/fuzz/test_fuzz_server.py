@@ -7,6 +7,7 @@ frames cut short.  The server must answer or close that connection — never cra
 hang — and keep serving a well-behaved client on another connection after every
 example.  ConsoleAttach and Wait hold a connection open by design; they are fuzzed
 through their fields, not awaited."""
+import json
 import os
 import socket
 import struct
@@ -16,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import FUZZ, examples
+from conftest import FUZZ, examples, replay
 from xvm.config import DomainConfig
 from xvm.vmm import actions as A
 from xvm.vmm import protocol as P
@@ -139,8 +140,9 @@ def _well_behaved(path):
     return reply["result"]
 
 
+@replay("vmm_server", lambda data: {"frames": [(bytes.fromhex(h), attach) for h, attach in json.loads(data)["frames"]]})
 @settings(FUZZ, max_examples=examples(60))
-@given(st.lists(frame(), min_size=1, max_size=8))
+@given(frames=st.lists(frame(), min_size=1, max_size=8))
 def test_vmm_server_end_to_end(server, frames):
     srv, path = server
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

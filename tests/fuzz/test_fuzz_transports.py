@@ -10,7 +10,7 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import FUZZ, examples
+from conftest import FUZZ, examples, replay
 from xvm.devices.virtio.device import (
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FEATURES_OK, EventFdLine, VirtioDevice,
@@ -60,8 +60,9 @@ MMIO_ACCESS = st.tuples(st.one_of(st.integers(0, 0x1FF), st.sampled_from(
     SIZES, st.booleans(), VALUES)
 
 
+@replay("virtio_mmio")
 @settings(FUZZ, max_examples=examples(100))
-@given(st.booleans(), st.lists(MMIO_ACCESS, max_size=60))
+@given(set_up=st.booleans(), accesses=st.lists(MMIO_ACCESS, max_size=60))
 def test_virtio_mmio_register_file(set_up, accesses):
     from xvm.devices.virtio import mmio as M
     from xvm.devices.virtio.testing import MmioDriver
@@ -139,8 +140,9 @@ def _pci_setup(function):
     w(P.VIRTIO_PCI_COMMON_STATUS, 1, STATUS_OK)
 
 
+@replay("virtio_pci")
 @settings(FUZZ, max_examples=examples(100))
-@given(st.booleans(), st.lists(PCI_ACCESS, max_size=60))
+@given(set_up=st.booleans(), accesses=st.lists(PCI_ACCESS, max_size=60))
 def test_virtio_pci_common_config_and_msix_table(set_up, accesses):
     from xvm.devices.pci import GsiRouter
     from xvm.devices.virtio import pci as P
