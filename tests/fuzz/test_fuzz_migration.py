@@ -330,7 +330,7 @@ def test_migration_stream_seeds(stream):
 
 
 @pytest.mark.timeout(60)
-@settings(FUZZ, max_examples=examples(150))
+@settings(FUZZ, max_examples=examples(100))
 @given(streams())
 def test_migration_stream(stream):
     check(stream)

@@ -85,7 +85,7 @@ def mutated_frames(draw):
 
 
 @pytest.mark.timeout(60)
-@settings(FUZZ, max_examples=examples(80))
+@settings(FUZZ, max_examples=examples(60))
 @given(mutated_frames(), st.lists(st.integers(min_value=0), max_size=8))
 def test_decoder_on_mutated_frames(case, cuts):
     originals, data = case
@@ -151,21 +151,21 @@ def check_decode(value, allowed=None):
 
 
 @pytest.mark.timeout(60)
-@settings(FUZZ, max_examples=examples(100))
+@settings(FUZZ, max_examples=examples(60))
 @given(json_values)
 def test_decode_action_on_arbitrary_json(value):
     check_decode(value)
 
 
 @pytest.mark.timeout(60)
-@settings(FUZZ, max_examples=examples(100))
+@settings(FUZZ, max_examples=examples(60))
 @given(action_like | ACTION_SEEDS.flatmap(hostile_tree), st.sampled_from([None, VMM_ACTIONS, HOST_ACTIONS]))
 def test_decode_action_on_action_like_objects(value, allowed):
     check_decode(value, allowed)
 
 
 @pytest.mark.timeout(60)
-@settings(FUZZ, max_examples=examples(100))
+@settings(FUZZ, max_examples=examples(60))
 @given(st.builds(lambda domain, inner: {"type": "DomainRequest", "domain": domain, "action": inner},
                  st.text(max_size=5), action_like | json_values))
 def test_decode_action_on_domain_requests(value):

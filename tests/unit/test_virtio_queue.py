@@ -1,13 +1,12 @@
 """The split virtqueue against hand-built rings in real guest memory.
 
 Every test runs twice: with the Python reference chain walker and with the C
-walker (skipped if it cannot be built here).
+walker (skipped if it cannot be built here).  Hostile and random rings, and the two
+walkers against each other, are fuzz targets: tests/fuzz/test_fuzz_ring.py.
 """
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from xvm.devices.virtio import native as native_loader
 from xvm.devices.virtio.errors import ChainError, QueueError
@@ -366,119 +365,3 @@ def test_split_ranges():
 
 
 # -- hostile descriptor tables ----------------------------------------------------------
-
-_ADDRS = st.one_of(
-    st.integers(0, 3 * RAM),
-    st.integers(0x3F0000, 0x410010),
-    st.integers(0, 2**64 - 1),
-    st.sampled_from([0, RAM - 1, RAM, 2 * RAM - 16, TABLE, 0x400000, 2**64 - 16]),
-)
-_LENS = st.one_of(st.integers(0, 0x200), st.sampled_from([0, 16, 32, 2**31, 2**32 - 1, RAM]),
-                  st.integers(0, 2**32 - 1))
-_FLAGS = st.integers(0, 7) | st.integers(0, 0xFFFF)
-_DESCS = st.tuples(_ADDRS, _LENS, _FLAGS, st.integers(0, 0xFFFF) | st.integers(0, 20))
-
-
-def _check_chain(memory, chain):
-    total = 0
-    for gpa, length in chain.readable + chain.writable:
-        assert length > 0
-        assert memory.contains(gpa, length)  # every buffer lies inside guest RAM
-        total += length
-    assert total <= 2**32
-
-
-@settings(max_examples=250, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(size_log=st.integers(0, 4), descs=st.lists(_DESCS, min_size=16, max_size=16),
-       table=st.lists(_DESCS, min_size=0, max_size=24), heads=st.lists(st.integers(0, 20),
-                                                                       min_size=1, max_size=4),
-       indirect=st.booleans(), event_idx=st.booleans())
-def test_hostile_tables(size_log, descs, table, heads, indirect, event_idx):
-    size = 1 << size_log
-    # The body is a function of its own: what it makes (queues, a device: they hold views of
-    # guest RAM) are gone when the memory closes, so close needs no garbage collection.
-    def run(memory):
-        ring = DriverRing(memory, RING, size)
-        q = Queue(memory, size, ring.desc_table, ring.avail_ring, ring.used_ring,
-                  indirect=indirect, event_idx=event_idx, native=NATIVE)
-        for i in range(size):
-            addr, length, flags, nxt = descs[i]
-            ring.write_desc(i, addr, length, flags, nxt)
-        for i, (addr, length, flags, nxt) in enumerate(table):
-            memory.write(TABLE + 16 * i, struct.pack("<QIHH", addr, length, flags, nxt))
-        published = heads[:size]
-        for head in published:
-            ring.publish(head)
-        for _ in published:
-            try:
-                chain = q.pop()
-            except ChainError:
-                continue
-            assert chain is not None
-            _check_chain(memory, chain)
-        assert q.pop() is None
-    with GuestMemory.create(LAYOUT) as memory:
-        run(memory)
-
-
-@settings(max_examples=200, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(raw=st.binary(min_size=16 * 8 + 6 + 2 * 8, max_size=16 * 8 + 6 + 2 * 8),
-       table=st.binary(min_size=0, max_size=256))
-def test_random_bytes_as_rings(raw, table):
-    """Arbitrary bytes as descriptor table and avail ring: only QueueError/ChainError."""
-    size = 8
-    # The body is a function of its own: what it makes (queues, a device: they hold views of
-    # guest RAM) are gone when the memory closes, so close needs no garbage collection.
-    def run(memory):
-        ring = DriverRing(memory, RING, size)
-        memory.write(ring.desc_table, raw[:16 * size])
-        memory.write(ring.avail_ring, raw[16 * size:])
-        memory.write(TABLE, table)
-        q = Queue(memory, size, ring.desc_table, ring.avail_ring, ring.used_ring,
-                  indirect=True, native=NATIVE)
-        for _ in range(size + 1):
-            try:
-                chain = q.pop()
-            except ChainError:
-                continue
-            except QueueError:
-                break
-            if chain is None:
-                break
-            _check_chain(memory, chain)
-    with GuestMemory.create(LAYOUT) as memory:
-        run(memory)
-
-
-def _outcome(queue, head):
-    try:
-        chain = queue.walk(head)
-    except ChainError as e:
-        return ("error", e.reason, e.head)
-    return ("chain", chain.readable, chain.writable)
-
-
-@settings(max_examples=300, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(descs=st.lists(_DESCS, min_size=8, max_size=8), table=st.lists(_DESCS, max_size=12),
-       head=st.integers(0, 9), indirect=st.booleans())
-def test_c_and_python_walkers_agree(walker, descs, table, head, indirect):
-    """Differential test: the C walker gives exactly the Python reference's answer."""
-    if not walker:
-        pytest.skip("compares both walkers: runs once, as [native]")
-    # The body is a function of its own: what it makes (queues, a device: they hold views of
-    # guest RAM) are gone when the memory closes, so close needs no garbage collection.
-    def run(memory):
-        ring = DriverRing(memory, RING, 8)
-        for i, (addr, length, flags, nxt) in enumerate(descs):
-            ring.write_desc(i, addr, length, flags, nxt)
-        for i, (addr, length, flags, nxt) in enumerate(table):
-            memory.write(TABLE + 16 * i, struct.pack("<QIHH", addr, length, flags, nxt))
-        args = (memory, 8, ring.desc_table, ring.avail_ring, ring.used_ring)
-        py = Queue(*args, indirect=indirect, native=False)
-        c = Queue(*args, indirect=indirect, native=True)
-        assert _outcome(py, head) == _outcome(c, head)
-    with GuestMemory.create(LAYOUT) as memory:
-        run(memory)
