@@ -16,6 +16,12 @@ say the stream is bad (or, at a STATE, build the state or refuse it with a
 MigrationError), never with another exception, never waiting (the sender closes its end),
 and guest RAM must then hold exactly what the frames before that point wrote: no byte
 more, none outside the frame's range.
+
+The other direction (:func:`test_migration_replies`): what a hostile destination (or
+source host) answers -- HELLO, then READY/RUNNING (the source VMM), COMMIT (the destination
+VMM) or CONTROL JSON (the hosts' control connection) -- read by a
+:class:`~xvm.migration.stream.Channel` over a socketpair: the same kind of oracle, seeds in
+``corpus/migration_replies/``.
 """
 import json
 import socket
@@ -334,3 +340,136 @@ def test_migration_stream_seeds(stream):
 @given(streams())
 def test_migration_stream(stream):
     check(stream)
+
+
+# --- the other direction: what a hostile destination answers -------------------------------------
+
+def reference_replies(stream, steps):
+    """The ``what``s of the MigrationError a reader of ``steps`` must raise on ``stream``
+    (``steps``: the frames it expects in turn, READY/RUNNING/COMMIT empty, CONTROL JSON),
+    or "ok"."""
+    at = 0
+
+    def take(n):
+        nonlocal at
+        chunk = stream[at:at + n]
+        at += len(chunk)
+        return chunk
+
+    if len(stream) < len(S.MAGIC):
+        return {"peer"}
+    if stream[:len(S.MAGIC)] != S.MAGIC and stream[0] == S.ERROR:
+        return {"peer", "version"}
+    hello = take(S.HELLO.size)
+    if len(hello) < S.HELLO.size:
+        return {"peer"}
+    magic, major, _, _ = S.HELLO.unpack(hello)
+    if magic != S.MAGIC:
+        return {"protocol"}
+    if major != S.MAJOR:
+        return {"version"}
+    for step in steps:
+        head = take(S.FRAME.size)
+        if len(head) < S.FRAME.size:
+            return {"peer"}
+        kind, length = S.FRAME.unpack(head)
+        if kind == S.ERROR:
+            return {"peer"}
+        if kind != step:
+            return {"protocol"}
+        if length > (S.MAX_CONTROL if step == S.CONTROL else MAX_SMALL):
+            return {"protocol"}
+        payload = take(length)
+        if len(payload) < length:
+            return {"peer"}
+        if step == S.CONTROL:
+            try:
+                json.loads(payload)
+            except (ValueError, RecursionError):
+                return {"protocol"}
+    return "ok"
+
+
+def read_replies(stream, steps):
+    """What a :class:`~xvm.migration.stream.Channel` reading ``steps`` makes of ``stream``
+    (over a real socketpair): "ok", or the MigrationError."""
+    a, b = socket.socketpair()
+    sender = threading.Thread(target=_send_all, args=(a, stream), daemon=True)
+    sender.start()
+    channel = S.Channel(b, "the destination VMM 127.0.0.1:1")
+    channel.settimeout(10)
+    try:
+        channel.recv_hello()
+        for step in steps:
+            if step == S.CONTROL:
+                channel.recv_json(S.CONTROL)
+            else:
+                channel.expect(step)
+        return "ok"
+    except MigrationError as e:
+        return e
+    finally:
+        channel.close()
+        sender.join(10)
+        assert not sender.is_alive(), "the sender is stuck"
+
+
+def _send_all(sock, stream):
+    with sock:
+        try:
+            sock.sendall(stream)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass
+
+
+STEPS = st.sampled_from([(S.READY, S.RUNNING), (S.COMMIT,), (S.CONTROL,), (S.CONTROL, S.CONTROL)])
+REPLY = st.one_of(
+    st.builds(frame, st.sampled_from([S.READY, S.COMMIT, S.RUNNING]), st.binary(max_size=8)),
+    st.builds(frame, st.sampled_from([S.READY, S.COMMIT, S.RUNNING]), st.just(b""),
+              st.sampled_from([MAX_SMALL, MAX_SMALL + 1, 0xFFFF_FFFF])),
+    st.builds(frame, st.just(S.CONTROL), st.one_of(
+        st.sampled_from([b'{"ok":true,"port":1,"token":"00"}', b"[" * 3000, b"\xff", b"{"]), st.binary(max_size=16))),
+    st.builds(frame, st.just(S.CONTROL), st.just(b"{}"), st.sampled_from([S.MAX_CONTROL + 1, 0xFFFF_FFFF])),
+    st.builds(frame, st.integers(0, 255), st.binary(max_size=16)),
+    st.binary(min_size=1, max_size=16))
+
+
+@st.composite
+def replies(draw):
+    data = draw(hellos()) + b"".join(draw(st.lists(REPLY, max_size=3)))
+    if draw(st.integers(0, 3)) == 0:
+        data = data[:draw(st.integers(0, len(data)))]
+    return draw(STEPS), data
+
+
+def check_replies(steps, stream):
+    want, got = reference_replies(stream, steps), read_replies(stream, steps)
+    if want == "ok":
+        assert got == "ok", got
+    else:
+        assert got != "ok", "the reader accepted what the rules refuse"
+        assert got.what in want, f"{got.what}: {got} (the rules: {want})"
+
+
+REPLY_SEEDS = {name: json.loads(data) for name, data in seeds("migration_replies", names=True)}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", sorted(REPLY_SEEDS))
+def test_migration_replies_seeds(name):
+    """corpus/migration_replies/*.json: {"steps": frame names the reader expects, "stream": hex}."""
+    seed = REPLY_SEEDS[name]
+    steps = tuple(getattr(S, step) for step in seed["steps"])
+    stream = bytes.fromhex(seed["stream"])
+    check_replies(steps, stream)
+    assert (read_replies(stream, steps) == "ok") == name.startswith("valid")
+
+
+@pytest.mark.timeout(60)
+@settings(FUZZ, max_examples=examples(100))
+@given(replies())
+def test_migration_replies(case):
+    check_replies(*case)
