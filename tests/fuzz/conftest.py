@@ -66,6 +66,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "/tests/fuzz/" in str(item.fspath):
             item.add_marker(pytest.mark.fuzz)
+            # an exception that ends a server's thread (a connection's) is a crash too
+            item.add_marker(pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning"))
             if item.get_closest_marker("timeout") is None:
                 item.add_marker(pytest.mark.timeout(60))  # a hang fails
 

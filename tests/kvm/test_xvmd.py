@@ -106,6 +106,8 @@ def _raw(sock_path, data):
     (P.encode_frame({"id": 1, "action": {"type": "Format", "disk": "/"}}), "BadAction"),
     (P.encode_frame({"id": 1, "action": {"type": "Rename", "domain": 5, "new_name": "x"}}), "BadAction"),
     (P.encode_frame({"id": "x", "action": {"type": "ListDomains"}}), "BadPayload"),
+    # id true: the error reply for it raised in xvmd's connection thread, and no answer came
+    (P.encode_frame({"id": True, "action": {"type": "ListDomains"}}), "BadPayload"),
     (P.encode_frame({"id": 2, "action": {"type": "DomainRequest", "domain": "nope",
                                          "action": {"type": "Destroy"}}}), "NotFoundError"),
 ])

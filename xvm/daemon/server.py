@@ -164,7 +164,8 @@ class Daemon:
                         action = A.join_fd(action, fds)
                         result = getattr(self, "_do_" + type(action).__name__)(action)
                 except BaseException as e:
-                    reply = P.error_reply(request_id if isinstance(request_id, int) else None, e)
+                    known = isinstance(request_id, int) and not isinstance(request_id, bool)  # true is no id
+                    reply = P.error_reply(request_id if known else None, e)
                 else:
                     reply = P.reply(request_id, result)
                 finally:

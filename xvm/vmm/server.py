@@ -135,7 +135,9 @@ class VmmServer:
                 raise P.BadPayload("a request needs an integer 'id'")
             action = A.join_fd(A.decode_action(message.get("action"), allowed=ACCEPTED), fds)
         except XvmError as e:
-            P.send_message(conn, P.error_reply(request_id if isinstance(request_id, int) else None, e))
+            # id true is a bool, not an id: the reply names no request (error_reply refuses a bool)
+            known = isinstance(request_id, int) and not isinstance(request_id, bool)
+            P.send_message(conn, P.error_reply(request_id if known else None, e))
             return True
         if isinstance(action, A.ConsoleAttach):
             with self._idle:  # a stream is not a reply in flight
