@@ -31,6 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks._common import add_program  # noqa: E402
 
 CMDLINE = "console=ttyS0 quiet panic=-1"
 NESTED_TCG = bool(os.environ.get("XVM_TESTHOST_INNER"))
@@ -51,11 +52,6 @@ FIGURES = (("IOPS", "k"), ("MB/s", ""), ("p50", "us"), ("p99", "us"))  # name, u
 
 # --- the guest ---------------------------------------------------------------------------------
 
-def _shared_libs(binary):
-    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
-    return [m.group(1) for m in (re.search(r"(/\S+) \(0x", line) for line in out.splitlines()) if m]
-
-
 def build_initramfs(path, seconds):
     """Write the guest's initramfs (gzip-compressed newc cpio) to ``path``."""
     from xvm.testhost import cache
@@ -66,16 +62,7 @@ def build_initramfs(path, seconds):
         raise SystemExit("bench_fio: fio is not installed (scripts/setup.sh installs it)")
     w = CpioWriter()
     busybox_base(w)
-    dirs = set()
-    for lib in [fio] + _shared_libs(fio):
-        parts = lib.strip("/").split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            d = "/".join(parts[:i])
-            if d not in dirs and d not in ("bin", "lib", "tmp"):
-                dirs.add(d)
-                w.directory(d)
-        with open(os.path.realpath(lib), "rb") as f:
-            w.file(lib.strip("/"), f.read(), 0o755)
+    add_program(w, fio)
     modules = resolve_modules(cache.kernel_package("cloud").modules, GUEST_MODULES)
     for name, data in modules:
         w.file(f"lib/modules/{name}.ko", data)

@@ -32,7 +32,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import xvm  # noqa: E402
-from benchmarks._common import summary  # noqa: E402
+from benchmarks._common import add_program, summary  # noqa: E402
 from xvm.net import bridge as _bridge  # noqa: E402
 from xvm.testhost import TestHost, hardware_virtualization  # noqa: E402
 
@@ -54,33 +54,13 @@ TESTS = (  # name, iperf3 client arguments, unit
 
 # --- the guest -------------------------------------------------------------------------------
 
-def _shared_libs(binary):
-    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
-    libs = []
-    for line in out.splitlines():
-        m = re.search(r"(/\S+) \(0x", line)
-        if m:
-            libs.append(m.group(1))
-    return libs
-
-
 def bench_initramfs(seconds):
     from xvm.testhost import cache
     from xvm.testhost.initramfs import CpioWriter, busybox_base, resolve_modules
     package = cache.kernel_package("cloud")
     w = CpioWriter()
     busybox_base(w)
-    iperf = shutil.which("iperf3")
-    dirs = set()
-    for path in [iperf] + _shared_libs(iperf):
-        parts = path.strip("/").split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            d = "/".join(parts[:i])
-            if d not in dirs and d not in ("bin", "lib", "tmp"):
-                dirs.add(d)
-                w.directory(d)
-        with open(os.path.realpath(path), "rb") as f:
-            w.file(path.strip("/"), f.read(), 0o755)
+    add_program(w, shutil.which("iperf3"))
     modules = resolve_modules(package.modules, GUEST_MODULES)
     for name, data in modules:
         w.file(f"lib/modules/{name}.ko", data)

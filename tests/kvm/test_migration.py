@@ -14,6 +14,7 @@ import time
 import pytest
 
 import xvm
+from xvm.devices.net import Tap
 from xvm import DomainState, MigrationError
 from xvm.errors import NotFoundError
 from xvm.host.local import LocalHost
@@ -510,15 +511,6 @@ def test_a_disk_changes_hands_at_the_switchover_back_and_forth(pair, guest, tls_
     assert not _disk_is_locked(image)  # the last holder let go
 
 
-def _can_admin_net():
-    from xvm.devices.net import Tap, TapError
-    try:
-        Tap.open("xvmprobe%d").close()
-        return True
-    except TapError:
-        return False
-
-
 ETH_P_XVM = 0x88B5  # the net guest's EtherType (tests/guests/net.c)
 GUEST_MAC = "52:54:00:00:13:13"
 SEQ = re.compile(rb"hello from guest 13 seq (\d+)")
@@ -539,7 +531,7 @@ def _frames_seen(sock, count, timeout=10):
     return seqs
 
 
-@pytest.mark.skipif(not _can_admin_net(), reason="needs CAP_NET_ADMIN")
+@pytest.mark.skipif(not Tap.can_create(), reason="needs CAP_NET_ADMIN")
 def test_a_nic_reattaches_to_the_network_of_the_same_name(pair, guest, tls_dir):
     """The destination's network of the same name (here its own bridge: one machine, two
     hosts) gets a new TAP for the guest, which goes on sending and receiving through it."""

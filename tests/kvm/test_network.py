@@ -15,6 +15,7 @@ import pytest
 
 import xvm
 from xvm import DomainState
+from xvm.devices.net import Tap
 from xvm.net import NicPlan
 
 ETH_P_XVM = 0x88B5
@@ -31,16 +32,7 @@ def links():
     return set(os.listdir("/sys/class/net"))
 
 
-def _can_admin_net():
-    from xvm.devices.net import Tap, TapError
-    try:
-        Tap.open("xvmprobe%d").close()
-        return True
-    except TapError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _can_admin_net(), reason="needs CAP_NET_ADMIN")
+pytestmark = pytest.mark.skipif(not Tap.can_create(), reason="needs CAP_NET_ADMIN")
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import time
 import pytest
 
 import xvm
+from xvm.devices.net import Tap
 from xvm import DomainState
 from xvm.migration import SnapshotError
 
@@ -248,16 +249,7 @@ def _open_images(pid):
     return found
 
 
-def _can_admin_net():
-    from xvm.devices.net import Tap, TapError
-    try:
-        Tap.open("xvmprobe%d").close()
-        return True
-    except TapError:
-        return False
-
-
-@pytest.mark.skipif(not _can_admin_net(), reason="needs CAP_NET_ADMIN")
+@pytest.mark.skipif(not Tap.can_create(), reason="needs CAP_NET_ADMIN")
 def test_restore_with_another_disk_image_and_network(any_host, guest, tmp_path):
     """A saved domain comes back on other host resources -- its disk image copied elsewhere,
     its NIC on another network -- given as the configuration ``xvm.snapshot_config`` read

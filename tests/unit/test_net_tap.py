@@ -23,17 +23,7 @@ from xvm.net import NetworkTable, bridge
 from test_net_device import NetDriver, wait_for
 
 
-def _can_admin_net():
-    if not os.path.exists("/dev/net/tun"):
-        return False
-    try:
-        Tap.open("xvmprobe%d").close()
-        return True
-    except TapError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _can_admin_net(), reason="needs CAP_NET_ADMIN and /dev/net/tun")
+pytestmark = pytest.mark.skipif(not Tap.can_create(), reason="needs CAP_NET_ADMIN and /dev/net/tun")
 SUFFIX = f"{os.getpid() % 100000}"
 
 

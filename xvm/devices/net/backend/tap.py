@@ -62,6 +62,16 @@ class Tap:
         self.offloads = 0
 
     @classmethod
+    def can_create(cls):
+        """Whether this process may create TAP devices (CAP_NET_ADMIN and /dev/net/tun):
+        one is created and closed to find out."""
+        try:
+            cls.open("xvmprobe%d").close()
+            return True
+        except TapError:
+            return False
+
+    @classmethod
     def open(cls, name=DEFAULT_NAME):
         """Create a TAP named ``name`` (``%d`` lets the kernel number it).
 
