@@ -4,8 +4,8 @@ connection of :mod:`.stream`.
 
 The source turns on KVM's dirty logging, sends all of memory (zero ranges as ranges),
 then, pass after pass, the pages dirtied meanwhile, until what is left would go within
-the downtime limit at the rate measured on the last pass -- and, within it, for as long as
-every pass halves what is left, down to a few milliseconds' worth (:meth:`Outgoing._should_stop`).
+the downtime limit at the rate measured on the last pass -- and, within it, down to a few
+milliseconds' worth while the passes shrink it (:meth:`Outgoing._should_stop`).
 Then, on the VMM's control thread, it pauses the machine (devices drain in-flight I/O),
 sends the last pages and the machine state (:meth:`~xvm.machine.Machine.save_state`,
 disks flushed), and waits for READY; it sends COMMIT and, on RUNNING, the source domain
@@ -279,16 +279,17 @@ class Outgoing:
 
     def _should_stop(self, expected_ms):
         """Whether to pause now, with ``expected_ms`` of pages left to send.  Within the
-        downtime limit, passes go on while each leaves at most half of what the one before
-        did, until what is left would take :data:`AIM_MS` (a downtime the limit allows is
-        not one to aim for: a few short passes more cost far less than pausing the guest);
-        a pass that did not halve it ends them (throttling the guest to go lower would slow
-        it longer than the pause it saves)."""
+        downtime limit, passes go on until what is left would take :data:`AIM_MS` (a downtime
+        the limit allows is not one to aim for: a few short passes more cost far less than
+        pausing the guest).  A pass that did not halve what is left ends them once that fits
+        in a quarter of the limit; above, the passes go on, the guest throttled a step more
+        each time (:meth:`_converge`).  At most :data:`MAX_PASSES` within the limit."""
         previous, self._previous_expected = self._previous_expected, expected_ms
         if expected_ms > self.action.downtime_ms:
             return False
         shrinking = previous is None or expected_ms * 2 < previous
-        return expected_ms <= AIM_MS or not shrinking or self.status["iterations"] >= MAX_PASSES
+        return (expected_ms <= AIM_MS or self.status["iterations"] >= MAX_PASSES
+                or (not shrinking and expected_ms <= self.action.downtime_ms / 4))
 
     def _converge(self, dirty):
         """Auto-converge: from the third pass on, a pass that did not leave at most half of the

@@ -307,7 +307,7 @@ class Vmm:
                 machine.close()
                 scheduler.close()
                 raise
-            self._run_machine(machine, scheduler, boot_id, before_start=incoming.handshake)
+            self._run_machine(machine, scheduler, boot_id, before_start=incoming.handshake, place=False)
         except BaseException:
             incoming.release()
             raise
@@ -316,6 +316,11 @@ class Vmm:
         if not incoming.running:
             self.machine.pause()
         incoming.confirm()  # the source's downtime ends here; what follows is bookkeeping
+        try:  # the vCPU threads into their cgroups (made already): a few ms the guest need not wait for
+            scheduler.attach(machine.vcpu_thread_ids())
+        except XvmError as e:  # the source is gone: the guest runs here, unplaced
+            log.warning("domain %s: placing the vCPU threads after the migration failed: %s",
+                        self.config.name, e)
         self._set_state(DomainState.RUNNING if incoming.running else DomainState.PAUSED)
         return self._info()
 
@@ -432,13 +437,15 @@ class Vmm:
             raise
         return machine, scheduler
 
-    def _run_machine(self, machine, scheduler, boot_id, before_start=None):
-        """Start the machine and make it this boot's; closed with its scheduler if that fails."""
+    def _run_machine(self, machine, scheduler, boot_id, before_start=None, place=True):
+        """Start the machine and make it this boot's (``place``: its vCPU threads placed in
+        their cgroups first); closed with its scheduler if that fails."""
         try:
             if before_start is not None:
                 before_start(machine)
             machine.start()
-            scheduler.attach(machine.vcpu_thread_ids())
+            if place:
+                scheduler.attach(machine.vcpu_thread_ids())
         except BaseException:
             machine.close()
             scheduler.close()
