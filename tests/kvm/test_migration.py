@@ -227,6 +227,50 @@ def _sent(dom):
     return status["bytes_sent"] if status else 0
 
 
+def test_the_destination_builds_the_machine_while_the_pages_arrive(pair, guest, tls_dir):
+    """The switchover only loads the state: while the pages still come (the domain still
+    shut off there), the destination VMM has built the machine -- its KVM VM exists."""
+    from xvm.vmm.actions import MigrateStatus
+
+    dom, thread, outcome = _start_slow_migration(pair, guest, tls_dir)
+    try:
+        pid = _destination_vmm_pid(pair)
+        wait_for(lambda: _sent(dom) > 4 << 20, what="4 MiB sent")
+        incoming = pair.hosts[1].lookup("dirty")
+        status = incoming._host._act(incoming, MigrateStatus())
+        assert status["state"] == "incoming" and incoming.state is DomainState.SHUTOFF
+        assert status["machine_built"] is True
+        fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        assert "anon_inode:kvm-vm" in fds
+    finally:
+        dom.abort_migration()
+        thread.join(30)
+    assert outcome["error"].what == "aborted", outcome
+    _assert_source_runs_and_destination_clean(pair, dom)
+
+
+@pytest.mark.skipif(os.environ.get("XVM_FORKSERVER", "1") in ("0", "no", "false"),
+                    reason="XVM_FORKSERVER=0: VMMs start without a fork server")
+def test_a_listening_host_keeps_its_fork_server_up(tls_dir):
+    """An incoming migration's VMM is forked, not started from scratch (a Python start and
+    xvm's imports, ~0.5 s of the migration's total time): a host that listens for migrations
+    has its fork server up before any migration comes."""
+    from xvm.vmm import zygote
+
+    state = tempfile.mkdtemp(prefix="xvm-listen-", dir="/tmp")
+    host = LocalHost(state)
+    try:
+        path = zygote.socket_path(host.state_dir.run_dir)
+        assert not os.path.exists(path)  # nothing started a VMM here yet
+        with host.listen_migrations("127.0.0.1:0", tls_dir=tls_dir):
+            wait_for(lambda: os.path.exists(path), timeout=15, what="the fork server")
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)
+    finally:
+        host.close()
+        shutil.rmtree(state, ignore_errors=True)
+
+
 def test_abort_and_timeout_leave_the_source_running(pair, guest, tls_dir):
     dom, thread, outcome = _start_slow_migration(pair, guest, tls_dir)
     wait_for(lambda: _sent(dom) > 4 << 20, what="4 MiB sent")

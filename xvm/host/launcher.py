@@ -180,6 +180,20 @@ def _child_env():
     return env
 
 
+def warm_forkserver(state_dir):
+    """Have the state directory's fork server up -- started if none serves it, or its idle
+    clock restarted (it exits after ``zygote.IDLE_EXIT`` seconds unasked) -- so that the
+    next VMM starts in milliseconds (a migration listener keeps it so).  False if there is
+    none to be had (``XVM_FORKSERVER=0``, or it cannot start)."""
+    if os.environ.get("XVM_FORKSERVER", "1") in ("0", "no", "false"):
+        return False
+    conn = _zygote_connection(state_dir)
+    if conn is None:
+        return False
+    conn.close()  # an empty request: the server drops it
+    return True
+
+
 def _zygote_connection(state_dir, start_timeout=10.0):
     """A connection to the state directory's fork server, started if need be; None if
     it cannot be had (then a VMM is started the slow way)."""

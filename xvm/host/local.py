@@ -310,6 +310,8 @@ class LocalHost(Host):
             console._detach_fn = channel.attach_console(console._listener, history=True)
         except VmmGone:
             self._drop_channel(uuid)
+            # the attachment let go of above would have said so when its VMM ended: say it
+            console._listener("closed", "the VMM ended")
             return
         console._attached_boot = key
 

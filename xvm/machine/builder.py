@@ -19,7 +19,7 @@ from .vcpus import ExitReason, VcpuSet
 
 
 def build_machine(kvm, config, *, console_sink, disks=None, nics=(), on_exit=None, state=None,
-                  memory=None):
+                  memory=None, awaiting_state=False):
     """A complete, not yet started :class:`Machine` for ``config`` on ``kvm``.
 
     With ``state`` (a :class:`~.state.MachineState` taken from a machine of the
@@ -43,8 +43,15 @@ def build_machine(kvm, config, *, console_sink, disks=None, nics=(), on_exit=Non
     see :class:`~.vcpus.VcpuSet`.
     Backends and devices passed in belong to the machine from the call on:
     they are closed with it, or when building fails.
+
+    ``awaiting_state=True`` (with ``memory``, without ``state``): build what a restore
+    builds before its vCPUs -- VM, memory mapped, devices -- and load no state yet:
+    :func:`load_state` makes the vCPUs and loads it later (a live migration's destination
+    builds while the pages arrive and loads the state at the switchover).
     """
-    if (state is None) != (memory is None):
+    if awaiting_state and (state is not None or memory is None):
+        raise ValueError("a machine awaiting its state needs the guest memory and no state yet")
+    if (state is None) != (memory is None) and not awaiting_state:
         raise ValueError("a restore needs both the machine state and the guest memory")
     pending = [item for item in (disks or ()) if item is not None]
     if memory is not None:
@@ -60,7 +67,7 @@ def build_machine(kvm, config, *, console_sink, disks=None, nics=(), on_exit=Non
             misfit = state.misfit(config)
             if misfit is not None:
                 raise ConfigError(f"domain {config.name!r}: the saved state does not fit: {misfit}")
-        _build(machine, config, console_sink, disks, nics, pending, state, memory)
+        _build(machine, config, console_sink, disks, nics, pending, state, memory, awaiting_state)
     except BaseException:
         machine.close()
         for item in pending:
@@ -70,8 +77,9 @@ def build_machine(kvm, config, *, console_sink, disks=None, nics=(), on_exit=Non
     return machine
 
 
-def _build(machine, config, console_sink, disks, nics, pending, state=None, memory=None):
-    if state is None:
+def _build(machine, config, console_sink, disks, nics, pending, state=None, memory=None,
+           awaiting_state=False):
+    if state is None and not awaiting_state:
         kernel_data = _read_boot_file(config.kernel, "kernel")
         initrd_data = _read_boot_file(config.initrd, "initrd") if config.initrd is not None else None
         kind = kernel_format(kernel_data, str(config.kernel))
@@ -111,7 +119,9 @@ def _build(machine, config, console_sink, disks, nics, pending, state=None, memo
             pending.remove(nic)
         devices.add_virtio(device, name=f"virtio-net:{getattr(device, 'mac_address', '?')}")
     if state is not None:
-        _restore(machine, config, state)
+        load_state(machine, config, state)
+        return
+    if awaiting_state:
         return
     rsdp = devices.build_acpi(config.vcpus)
 
@@ -131,11 +141,16 @@ def _build(machine, config, console_sink, disks, nics, pending, state=None, memo
     cpu.configure_boot_registers(vm.vcpus[0], plan)
 
 
-def _restore(machine, config, state):
-    """Load ``state`` into the machine built so far (VM, memory, devices) and its vCPUs."""
+def load_state(machine, config, state):
+    """Make the vCPUs of a machine built to restore ``state`` (VM, memory, devices:
+    ``build_machine(..., awaiting_state=True)``) and load ``state`` into them, the VM
+    and the devices."""
     from .state import restore_vcpu, restore_vm
 
     vm, devices = machine.vm, machine.devices
+    misfit = state.misfit(config)
+    if misfit is not None:
+        raise ConfigError(f"domain {config.name!r}: the saved state does not fit: {misfit}")
     supported = machine.kvm.supported_cpuid()
     for index in range(config.vcpus):
         vcpu = vm.create_vcpu(index)

@@ -33,6 +33,7 @@ from .tls import read_material
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.02  # the source host reads its VMM's progress this often
+SWITCHOVER_POLL_INTERVAL = 0.002  # and this often once the last, paused pass has begun
 CONTROL_TIMEOUT = 60.0  # preparing (starting a VMM) and finishing take at most this long
 ABORT_WAIT = 10.0  # a receiving VMM told to abort is gone within this
 
@@ -67,8 +68,11 @@ class MigrationListener:
                                  what="destination") from None
         self.address = self._sock.getsockname()[:2]
         self._closed = False
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, name="xvm-migration-listen", daemon=True)
         self._thread.start()
+        if getattr(host, "state_dir", None) is not None:
+            threading.Thread(target=self._keep_forkserver_warm, name="xvm-migration-warm", daemon=True).start()
 
     @property
     def uri(self):
@@ -84,6 +88,7 @@ class MigrationListener:
         if self._closed:
             return
         self._closed = True
+        self._stop.set()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -96,6 +101,20 @@ class MigrationListener:
 
     def __exit__(self, *exc):
         self.close()
+
+    def _keep_forkserver_warm(self):
+        """An incoming migration starts a VMM: from a fork server already up, that takes
+        milliseconds, not the ~0.5 s of a Python start and xvm's imports -- so while this
+        listens the host's fork server is kept up, as QEMU's ``-incoming`` keeps its process."""
+        from ..host import launcher
+        from ..vmm import zygote
+
+        while not self._stop.is_set():
+            try:
+                launcher.warm_forkserver(self.host.state_dir)
+            except Exception as e:  # a slower start, nothing worse
+                log.debug("cannot keep the fork server up: %s", e)
+            self._stop.wait(zygote.IDLE_EXIT / 3)
 
     def _accept_loop(self):
         while not self._closed:
@@ -285,14 +304,15 @@ def migrate(host, domain, uri, *, downtime_ms=300, bandwidth=None, timeout_s=Non
         finally:
             data.close()
         status, interrupted, last = _follow(host, domain, progress, A, VmmGone)
-        if status is None and last is not None and last["state"] == "switchover":
-            # the source ended in its last pass and its end could not be read (through xvmd, the
-            # domain is gone from the source's store by then): the destination says how it went
+        if status is None and last is not None:
+            # the source VMM ended and its end could not be read (through xvmd, the domain is
+            # gone from the source's store by then -- a small guest's whole migration may fall
+            # between two reads of its progress): the destination says how it went
             channel.send_json(S.CONTROL, {"op": "finish", "ok": True})
             reply = _reply(channel)
             if reply.get("id") is None:
-                raise MigrationError("the source VMM ended in its last pass and the destination does not "
-                                     "run the domain", what="unknown")
+                raise MigrationError("the source VMM ended during the migration and the destination does not "
+                                     "run the domain", what="unknown" if last["state"] == "switchover" else "state")
             return _stats(last, started, reply)
         if status is not None and status["state"] == "completed":
             channel.send_json(S.CONTROL, {"op": "finish", "ok": True})
@@ -341,7 +361,7 @@ def _follow(host, domain, progress, A, VmmGone):
         if status is None or status["state"] in ("completed", "failed", "unknown"):
             return status, interrupted, last
         try:
-            time.sleep(POLL_INTERVAL)
+            time.sleep(SWITCHOVER_POLL_INTERVAL if status["state"] == "switchover" else POLL_INTERVAL)
         except KeyboardInterrupt:
             interrupted = True
             _abort(host, domain, A)

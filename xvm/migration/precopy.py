@@ -4,10 +4,14 @@ connection of :mod:`.stream`.
 
 The source turns on KVM's dirty logging, sends all of memory (zero ranges as ranges),
 then, pass after pass, the pages dirtied meanwhile, until what is left would go within
-the downtime limit at the rate measured on the last pass.  Then, on the VMM's control
-thread, it pauses the machine (devices drain in-flight I/O), sends the last pages and
-the machine state (:meth:`~xvm.machine.Machine.save_state`, disks flushed), and waits
-for READY; it sends COMMIT and, on RUNNING, the source domain ends.  A guest dirtying
+the downtime limit at the rate measured on the last pass -- and, within it, down to a few
+milliseconds' worth while the passes shrink it (:meth:`Outgoing._should_stop`).
+Then, on the VMM's control thread, it pauses the machine (devices drain in-flight I/O),
+sends the last pages and the machine state (:meth:`~xvm.machine.Machine.save_state`,
+disks flushed), and waits for READY; it sends COMMIT and, on RUNNING, the source domain
+ends.  The destination VMM built its machine around the memory that receives the pages
+before the source connected -- VM, devices, vCPU threads started parked and placed in
+their cgroups -- so that the switchover there only loads the state and lets the vCPUs go.  A guest dirtying
 memory faster than the link is throttled by parking its vCPUs part of every 50 ms
 (auto-converge: 20 % first, 10 % more every pass that does not shrink, up to 99 %).
 
@@ -33,6 +37,8 @@ import threading
 import time
 
 from ..kvm.memory import PAGE_SIZE, GuestMemory
+from ..machine import state as _machine_state  # noqa: F401  (imported now, not during the downtime)
+from . import snapshot as _snapshot  # noqa: F401  (likewise)
 from . import stream as S
 from .stream import MigrationError
 
@@ -46,6 +52,39 @@ THROTTLE_PERIOD = 0.05  # seconds: the vCPUs are parked throttle_pct % of each
 HANDSHAKE_TIMEOUT = 10.0
 DISK_HANDOVER_WAIT = 2.0  # the destination waits this long for the disks the source let go of
 RELOCK_WAIT = 10.0  # an aborted switchover's source waits this long for the destination to let go of the disks
+
+
+MADV_POPULATE_READ = 22  # Linux 5.14: fault a range's pages in at once (older kernels: EINVAL, skipped)
+ZERO_PAGE = bytes(PAGE_SIZE)
+AIM_MS = 5.0  # passes go on while they shrink, until the last one would take this long (see _should_stop)
+MAX_PASSES = 30
+
+
+def nonzero_page_runs(mapping, start, end):
+    """``(start, end)`` byte offsets of the maximal runs of pages in ``[start, end)`` (page
+    aligned) holding a non-zero byte.  Page by page: a zero page costs one 4 KiB compare, a
+    data page usually its first bytes -- cheaper than comparing larger chunks first, which
+    copies data pages several times over (guest RAM in use is mostly data)."""
+    zero, runs, run_start = ZERO_PAGE, [], None
+    for page in range(start, end, PAGE_SIZE):
+        if mapping[page:page + PAGE_SIZE] == zero:
+            if run_start is not None:
+                runs.append((run_start, page))
+                run_start = None
+        elif run_start is None:
+            run_start = page
+    if run_start is not None:
+        runs.append((run_start, end))
+    return runs
+
+
+def _populate(region, start, length):
+    """Map ``region``'s pages in ``[start, start + length)`` into this process at once
+    (the VMM has not touched most of what the guest wrote: a fault per page otherwise)."""
+    try:
+        region.mapping.madvise(MADV_POPULATE_READ, start, length)
+    except (OSError, ValueError):
+        pass
 
 
 def dirty_runs(bitmap, base_page=0):
@@ -87,6 +126,7 @@ class Outgoing:
         self.collected = False  # the host has read the final status (the VMM may exit)
         self._final_runs = []  # the dirty runs of the pass that decided to stop
         self._previous_dirty = None
+        self._previous_expected = None
         self._throttler = None
         self._throttle_lock = threading.Lock()
         self._unthrottled = threading.Event()
@@ -146,7 +186,7 @@ class Outgoing:
                 runs, dirty = self._collect_dirty()
                 rate = max(self.status["rate_bytes_per_s"], 1.0)
                 self.status["remaining_bytes"] = dirty * PAGE_SIZE
-                if dirty * PAGE_SIZE / rate * 1000 <= a.downtime_ms:
+                if self._should_stop(dirty * PAGE_SIZE / rate * 1000):
                     self._final_runs = runs
                     break
                 self._converge(dirty)
@@ -164,14 +204,15 @@ class Outgoing:
                 self._sock = None
 
     def _first_pass(self):
-        from .snapshot import _data_extents, _nonzero_runs
+        from .snapshot import _data_extents
 
         start = time.monotonic()
         sent = self._channel.bytes_sent
         for region in self.machine.memory.regions:
             offset = 0
             for ext_start, ext_end in _data_extents(region):
-                for run_start, run_end in _nonzero_runs(region.mapping, ext_start, ext_end, 0):
+                _populate(region, ext_start, ext_end - ext_start)
+                for run_start, run_end in nonzero_page_runs(region.mapping, ext_start, ext_end):
                     self._zero(region.gpa + offset, run_start - offset)
                     self._send_range(region, run_start, run_end - run_start)
                     offset = run_end
@@ -235,6 +276,20 @@ class Outgoing:
         elif not self.status["rate_bytes_per_s"] and elapsed > 0:
             self.status["rate_bytes_per_s"] = max(amount, 1) / elapsed
         self.status["bytes_sent"] = self._channel.bytes_sent
+
+    def _should_stop(self, expected_ms):
+        """Whether to pause now, with ``expected_ms`` of pages left to send.  Within the
+        downtime limit, passes go on until what is left would take :data:`AIM_MS` (a downtime
+        the limit allows is not one to aim for: a few short passes more cost far less than
+        pausing the guest).  A pass that did not halve what is left ends them once that fits
+        in a quarter of the limit; above, the passes go on, the guest throttled a step more
+        each time (:meth:`_converge`).  At most :data:`MAX_PASSES` within the limit."""
+        previous, self._previous_expected = self._previous_expected, expected_ms
+        if expected_ms > self.action.downtime_ms:
+            return False
+        shrinking = previous is None or expected_ms * 2 < previous
+        return (expected_ms <= AIM_MS or self.status["iterations"] >= MAX_PASSES
+                or (not shrinking and expected_ms <= self.action.downtime_ms / 4))
 
     def _converge(self, dirty):
         """Auto-converge: from the third pass on, a pass that did not leave at most half of the
@@ -394,22 +449,30 @@ def _switchover_action():
 class Incoming:
     """The destination side, in the destination VMM: listens on an ephemeral port of
     ``action.host`` (:attr:`port`), accepts the one source VMM that shows the token,
-    receives RAM into fresh memory and the state, then has the control thread build the
-    machine (``MigrateIncoming``) and start it on COMMIT."""
+    receives RAM and the state into fresh memory -- around which the VMM has built the
+    machine before the source connects (its vCPU threads parked) -- then has the control
+    thread load the state (``MigrateIncoming``) and let the vCPUs go on COMMIT."""
 
     def __init__(self, vmm, action):
+        from ..machine.layout import ram_ranges
+
         self.vmm = vmm
         self.action = action
-        self.memory = None
         self.state = None
         self.running = True
         self.channel = None
         self._aborted = None
         if action.fd is None:
             raise MigrationError("MigrateReceive needs the listening socket the host made", what="destination")
+        self.memory = GuestMemory.create(ram_ranges(vmm.config.memory_bytes))
+        self._owns_memory = True  # until a machine is built around it (hand_over_memory)
         self._listener = socket.socket(fileno=os.dup(action.fd))  # the host closes its own
         self.port = self._listener.getsockname()[1]
         self.rounds = 0
+
+    def close(self):
+        """Never started (:meth:`start`): let go of the listening socket."""
+        self._listener.close()
 
     def start(self):
         threading.Thread(target=self._run, name="xvm-migrate-recv", daemon=True).start()
@@ -447,14 +510,17 @@ class Incoming:
         finally:
             self._listener.close()
 
+    def hand_over_memory(self):
+        """The machine being built takes the memory (it closes it); we go on writing the
+        pages that arrive into it until the state has come."""
+        self._owns_memory = False
+
     def release(self):
-        if self.memory is not None:
+        if self.memory is not None and self._owns_memory:
             self.memory.close()
-            self.memory = None
+        self.memory = None
 
     def _receive(self):
-        from ..machine.layout import ram_ranges
-
         a = self.action
         self._listener.settimeout(ACCEPT_TIMEOUT)
         try:
@@ -473,7 +539,6 @@ class Incoming:
         self.channel.recv_hello(bytes.fromhex(a.token))
         self.channel.send_hello()
         self.channel.settimeout(IDLE_TIMEOUT)
-        self.memory = GuestMemory.create(ram_ranges(self.vmm.config.memory_bytes))
         ch = self.channel
         expect = (S.PAGES, S.ZERO, S.ROUND, S.STATE)
         while True:
@@ -496,8 +561,7 @@ class Incoming:
                 ch.recv_small(S.ROUND, length, least=S.ROUND_NUMBER.size)
                 self.rounds += 1
             else:
-                data = ch.recv_json(S.STATE, length)
-                self._take_state(data)
+                self._take_state(ch.recv_json(S.STATE, length))
                 return
 
     def _guest_view(self, gpa, length):

@@ -395,7 +395,8 @@ class MigrateSwitchover(Action):
 
 @action
 class MigrateIncoming(Action):
-    """Internal: the state has arrived; build the machine, start it on COMMIT."""
+    """Internal: the state has arrived; load it into the machine (built now if it was not
+    already), start it on COMMIT."""
 
 
 @action

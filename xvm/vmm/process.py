@@ -21,8 +21,9 @@ MIGRATION_LINGER = 5.0  # a VMM that migrated its domain away waits this long fo
 class KvmMachine:
     """The real machine behind the :class:`~xvm.vmm.vmm.Vmm` factory protocol."""
 
-    def __init__(self, machine):
+    def __init__(self, machine, config=None):
         self._machine = machine
+        self._config = config
 
     @property
     def machine(self):
@@ -30,6 +31,14 @@ class KvmMachine:
 
     def start(self):
         self._machine.start()
+
+    def load_state(self, received):
+        """Load an incoming migration's state (:class:`~xvm.migration.precopy.Incoming`, its
+        STATE arrived) into this machine, built for it while its pages came in."""
+        from ..machine.builder import load_state
+
+        received.check_cpu(self._machine.kvm.supported_cpuid())
+        load_state(self._machine, self._config, received.state)
 
     def pause(self):
         self._machine.pause()
@@ -68,11 +77,13 @@ def machine_factory(kvm, *, disk_fds=None, nics=()):
     def build(config, console_sink, on_exit, restore=None, received=None):
         """``restore``: the :class:`~xvm.vmm.actions.Restore` to continue from instead of
         booting (its snapshot file by descriptor, or by path); ``received``: an incoming
-        migration (:class:`~xvm.migration.precopy.Incoming`) whose state and memory have
-        arrived."""
+        migration (:class:`~xvm.migration.precopy.Incoming`) whose memory is arriving: the
+        machine is built around that memory awaiting its state (``load_state`` at the
+        switchover, once the state has come too)."""
         holder = []
         snapshot = memory = None
-        if received is not None:
+        awaiting = received is not None and received.state is None
+        if received is not None and not awaiting:
             received.check_cpu(kvm.supported_cpuid())
         if restore is not None:
             from ..migration.snapshot import load_snapshot
@@ -104,10 +115,11 @@ def machine_factory(kvm, *, disk_fds=None, nics=()):
                 raise
         state = snapshot.state if snapshot else None
         if received is not None:
-            state, memory, received.memory = received.state, received.memory, None  # the machine's now
+            state, memory = received.state, received.memory
+            received.hand_over_memory()  # the machine's now (closed with it, or if building fails)
         machine = build_machine(kvm, config, console_sink=console_sink, disks=disks, nics=devices,
-                                on_exit=exited, state=state, memory=memory)
-        wrapped = KvmMachine(machine)
+                                on_exit=exited, state=state, memory=memory, awaiting_state=awaiting)
+        wrapped = KvmMachine(machine, config)
         holder.append(wrapped)
         return wrapped
 

@@ -94,6 +94,7 @@ class Vmm:
         self.quit_requested = threading.Event()
         self.outgoing = None  # xvm.migration.precopy.Outgoing of the current migration
         self.incoming = None  # xvm.migration.precopy.Incoming while receiving one
+        self._prebuilt = None  # (machine, scheduler, id) built for it, awaiting its state
 
     def __repr__(self):
         return f"<Vmm {self.config.name!r} {self.state.value} id={self.id}>"
@@ -249,7 +250,8 @@ class Vmm:
             self.outgoing.collected = self.outgoing.finished
             return dict(self.outgoing.status)
         if self.incoming is not None:
-            return {"state": "incoming", "iterations": self.incoming.rounds}
+            return {"state": "incoming", "iterations": self.incoming.rounds,
+                    "machine_built": self._prebuilt is not None}
         return None
 
     def _do_MigrateAbort(self, action):
@@ -269,29 +271,72 @@ class Vmm:
     def _do_MigrateReceive(self, action):
         from ..migration.precopy import Incoming
 
-        self.incoming = Incoming(self, action)
-        self.incoming.start()
-        return {"port": self.incoming.port}
+        incoming = Incoming(self, action)
+        try:
+            self._prebuild(incoming)
+        except BaseException:
+            incoming.release()
+            incoming.close()
+            raise
+        self.incoming = incoming
+        incoming.start()
+        return {"port": incoming.port}
+
+    def _prebuild(self, incoming):
+        """Before the pages arrive, what the switchover would otherwise build: the machine
+        (VM, devices, disks and NICs opened) around the memory that receives them, the
+        domain's scheduler and cgroups, the new id -- so that then only the state is loaded
+        (vCPUs made from it) and the vCPU threads started.  (vCPUs made and started parked
+        this early lost a virtio-blk request across the switchover now and then.)"""
+        machine, scheduler = self._build(received=incoming)
+        try:
+            boot_id = self._id_above(incoming.action.after_id)
+        except BaseException:
+            machine.close()
+            scheduler.close()
+            raise
+        self._prebuilt = (machine, scheduler, boot_id)
 
     def _do_MigrateIncoming(self, action):
         incoming = self.incoming
+        (machine, scheduler, boot_id), self._prebuilt = self._prebuilt, None  # by MigrateReceive
         try:
-            self._boot(received=incoming, before_start=incoming.handshake)
+            try:
+                machine.load_state(incoming)
+            except BaseException:
+                machine.close()
+                scheduler.close()
+                raise
+            self._run_machine(machine, scheduler, boot_id, before_start=incoming.handshake, place=False)
         except BaseException:
             incoming.release()
             raise
         self.incoming = None
-        after = incoming.action.after_id
-        while after is not None and self.id <= after:
-            self.id = self._next_id()
         self.crash_reason = None
         if not incoming.running:
             self.machine.pause()
+        incoming.confirm()  # the source's downtime ends here; what follows is bookkeeping
+        try:  # the vCPU threads into their cgroups (made already): a few ms the guest need not wait for
+            scheduler.attach(machine.vcpu_thread_ids())
+        except XvmError as e:  # the source is gone: the guest runs here, unplaced
+            log.warning("domain %s: placing the vCPU threads after the migration failed: %s",
+                        self.config.name, e)
         self._set_state(DomainState.RUNNING if incoming.running else DomainState.PAUSED)
-        incoming.confirm()
         return self._info()
 
+    def _id_above(self, after):
+        """A new boot id above ``after`` (the source's: ids only grow along a domain's life)."""
+        boot_id = self._next_id()
+        while after is not None and boot_id <= after:
+            boot_id = self._next_id()
+        return boot_id
+
     def _do_MigrateIncomingFailed(self, action):
+        prebuilt, self._prebuilt = self._prebuilt, None
+        if prebuilt is not None:  # the receiving thread has stopped writing into its memory
+            machine, scheduler, _ = prebuilt
+            machine.close()
+            scheduler.close()
         if self.incoming is None:
             return
         self.incoming = None
@@ -371,6 +416,11 @@ class Vmm:
 
     # -- machinery ----------------------------------------------------------------------------
     def _boot(self, settings=None, restore=None, received=None, before_start=None):
+        machine, scheduler = self._build(settings, restore=restore, received=received)
+        self._run_machine(machine, scheduler, None, before_start=before_start)
+
+    def _build(self, settings=None, restore=None, received=None):
+        """``(machine, scheduler)`` of a new boot, not started."""
         cfg = self.config
         sched, pins, emulator_pin = settings or (cfg.sched, cfg.vcpu_pins, cfg.emulator_pin)
         scheduler = DomainScheduler(str(cfg.uuid), cfg.vcpus, sched, pins, emulator_pin,
@@ -385,11 +435,17 @@ class Vmm:
         except BaseException:
             scheduler.close()
             raise
+        return machine, scheduler
+
+    def _run_machine(self, machine, scheduler, boot_id, before_start=None, place=True):
+        """Start the machine and make it this boot's (``place``: its vCPU threads placed in
+        their cgroups first); closed with its scheduler if that fails."""
         try:
             if before_start is not None:
                 before_start(machine)
             machine.start()
-            scheduler.attach(machine.vcpu_thread_ids())
+            if place:
+                scheduler.attach(machine.vcpu_thread_ids())
         except BaseException:
             machine.close()
             scheduler.close()
@@ -397,7 +453,7 @@ class Vmm:
         self.machine = machine
         self.last_machine = machine  # in-process callers may still read its devices' metrics
         self.scheduler = scheduler
-        self.id = self._next_id()
+        self.id = boot_id if boot_id is not None else self._next_id()
         self.boot_count += 1
         self.started_at = time.time()
         self.console._attach(machine.console_input)

@@ -67,6 +67,8 @@ def _preload():
     from ..devices.virtio import native
     from ..store import Store  # noqa: F401
     from . import process, server  # noqa: F401
+    from ..machine import state  # noqa: F401
+    from ..migration import precopy, tls  # noqa: F401  (a switchover imports nothing)
 
     native.load()  # the C chain walker, built or found once
 
