@@ -73,17 +73,7 @@ class Pages(dict):
 
 def allocated_pages(region):
     """The pages of a memfd-backed region that hold data (the rest are holes: zero)."""
-    import os
-    pages, offset = set(), 0
-    while offset < region.size:
-        try:
-            start = os.lseek(region.fd, offset, os.SEEK_DATA)
-        except OSError:  # ENXIO: no data after offset
-            break
-        end = min(os.lseek(region.fd, start, os.SEEK_HOLE), region.size)
-        pages.update(range(start // PAGE_SIZE, (end + PAGE_SIZE - 1) // PAGE_SIZE))
-        offset = end
-    return pages
+    return {page for start, end in region.data_extents() for page in range(start // PAGE_SIZE, end // PAGE_SIZE)}
 
 
 def same_ram(region, want):

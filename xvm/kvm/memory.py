@@ -54,6 +54,22 @@ class MemoryRegion:
         """Host virtual address of the region's first byte (for KVM and C code)."""
         return int(ffi.cast("uintptr_t", ffi.from_buffer(self.mapping)))
 
+    def data_extents(self):
+        """``(start, end)`` offsets, page aligned, of the parts that may hold data: a
+        memfd's allocated extents (the rest are holes, which read as zero), else all of it."""
+        if self.fd < 0:
+            return [(0, self.size)]
+        extents, offset = [], 0
+        while offset < self.size:
+            try:
+                start = os.lseek(self.fd, offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after offset
+                break
+            end = min(os.lseek(self.fd, start, os.SEEK_HOLE), self.size)
+            extents.append((start - start % PAGE_SIZE, -(-end // PAGE_SIZE) * PAGE_SIZE))
+            offset = end
+        return extents
+
     def close(self):
         if self.mapping is not None:
             try:

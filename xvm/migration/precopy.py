@@ -204,13 +204,11 @@ class Outgoing:
                 self._sock = None
 
     def _first_pass(self):
-        from .snapshot import _data_extents
-
         start = time.monotonic()
         sent = self._channel.bytes_sent
         for region in self.machine.memory.regions:
             offset = 0
-            for ext_start, ext_end in _data_extents(region):
+            for ext_start, ext_end in region.data_extents():
                 _populate(region, ext_start, ext_end - ext_start)
                 for run_start, run_end in nonzero_page_runs(region.mapping, ext_start, ext_end):
                     self._zero(region.gpa + offset, run_start - offset)

@@ -221,7 +221,7 @@ def _write_region(fd, region, file_offset):
     """Write the non-zero pages of ``region`` at ``file_offset`` (zero pages stay holes)."""
     mapping = region.mapping
     stored = 0
-    for start, end in _data_extents(region):
+    for start, end in region.data_extents():
         for run_start, run_end in _nonzero_runs(mapping, start, end, 0):
             view = memoryview(mapping)[run_start:run_end]
             try:
@@ -232,22 +232,6 @@ def _write_region(fd, region, file_offset):
                 view.release()
             stored += run_end - run_start
     return stored
-
-
-def _data_extents(region):
-    """Ranges of ``region`` that may hold data: a memfd's allocated extents, else all of it."""
-    if region.fd < 0:
-        return [(0, region.size)]
-    extents, offset = [], 0
-    while offset < region.size:
-        try:
-            start = os.lseek(region.fd, offset, os.SEEK_DATA)
-        except OSError:  # ENXIO: no data after offset
-            break
-        end = min(os.lseek(region.fd, start, os.SEEK_HOLE), region.size)
-        extents.append((start - start % PAGE_SIZE, _align(end)))
-        offset = end
-    return extents
 
 
 def _nonzero_runs(mapping, start, end, level):
