@@ -142,6 +142,7 @@ def _restore(machine, config, state):
         cpu.configure_cpuid(vcpu, supported, config.vcpus, config.disable_cpu_features)
         restore_vcpu(vcpu, state.vcpus[index])
     restore_vm(vm, state.vm)
+    machine.pending_timekeeping = (state.vcpus, state.vm.clock)  # the TSCs: at start()
     saved = state.devices
     devices.serial.restore(saved.serial)
     devices.i8042.restore(saved.i8042)

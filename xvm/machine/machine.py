@@ -30,6 +30,7 @@ class Machine:
         self.memory = None
         self.devices = None  # DeviceManager
         self.vcpus = None  # VcpuSet
+        self.pending_timekeeping = None  # a restored machine's (VcpuStates, clock), set at start()
 
     # -- the parts callers use -------------------------------------------
     @property
@@ -80,11 +81,11 @@ class Machine:
             if flush is not None:
                 flush()
         indices = self.kvm.msr_index_list()
-        vcpus = tuple(save_vcpu(vcpu, indices) for vcpu in self.vm.vcpus)
+        vcpus = tuple(save_vcpu(vcpu, indices, self.memory) for vcpu in self.vm.vcpus)
         slots = tuple(SlotState(slot.name, slot.kind, slot.device.device_id, slot.device.save(),
                                 slot.transport.save()) for slot in devices.slots)
         return MachineState(
-            vcpus=vcpus, vm=save_vm(self.vm),
+            vcpus=vcpus, vm=save_vm(self.vm, vcpus),
             devices=DevicesState(devices.serial.save(), devices.i8042.save(), devices.acpi_pm.save(),
                                  devices.pci.save(), slots),
             memory=tuple((region.gpa, region.size) for region in self.memory.regions))
@@ -125,6 +126,12 @@ class Machine:
 
     # -- lifecycle --------------------------------------------------------
     def start(self):
+        if self.pending_timekeeping is not None:
+            from .state import restore_timekeeping
+
+            vcpus, clock = self.pending_timekeeping
+            self.pending_timekeeping = None
+            restore_timekeeping(self.vm, vcpus, clock)
         self.vcpus.start()
 
     def pause(self):
