@@ -133,7 +133,7 @@ def _build(machine, config, console_sink, disks, nics, pending, state=None, memo
 
 def _restore(machine, config, state):
     """Load ``state`` into the machine built so far (VM, memory, devices) and its vCPUs."""
-    from .state import restore_vcpu, restore_vm
+    from .state import PendingTimekeeping, restore_vcpu, restore_vm
 
     vm, devices = machine.vm, machine.devices
     supported = machine.kvm.supported_cpuid()
@@ -142,7 +142,7 @@ def _restore(machine, config, state):
         cpu.configure_cpuid(vcpu, supported, config.vcpus, config.disable_cpu_features)
         restore_vcpu(vcpu, state.vcpus[index])
     restore_vm(vm, state.vm)
-    machine.pending_timekeeping = (state.vcpus, state.vm.clock)  # the TSCs: at start()
+    machine.pending_timekeeping = PendingTimekeeping(vm, state.vcpus, state.vm.clock)  # as the vCPUs start
     saved = state.devices
     devices.serial.restore(saved.serial)
     devices.i8042.restore(saved.i8042)

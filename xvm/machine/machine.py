@@ -30,7 +30,7 @@ class Machine:
         self.memory = None
         self.devices = None  # DeviceManager
         self.vcpus = None  # VcpuSet
-        self.pending_timekeeping = None  # a restored machine's (VcpuStates, clock), set at start()
+        self.pending_timekeeping = None  # a restored machine's clock and TSCs (state.PendingTimekeeping)
 
     # -- the parts callers use -------------------------------------------
     @property
@@ -75,6 +75,8 @@ class Machine:
 
         if not self.vcpus.quiescent:
             raise StateError("the machine must be paused before its state is taken")
+        if self.pending_timekeeping is not None:  # restored, some vCPU never ran
+            self.pending_timekeeping.apply_all()
         devices = self.devices
         for slot in devices.slots:
             flush = getattr(slot.device, "flush", None)
@@ -127,11 +129,7 @@ class Machine:
     # -- lifecycle --------------------------------------------------------
     def start(self):
         if self.pending_timekeeping is not None:
-            from .state import restore_timekeeping
-
-            vcpus, clock = self.pending_timekeeping
-            self.pending_timekeeping = None
-            restore_timekeeping(self.vm, vcpus, clock)
+            self.vcpus.before_first_run = self.pending_timekeeping.apply
         self.vcpus.start()
 
     def pause(self):
