@@ -192,6 +192,31 @@ class Vcpu:
 
     def set_tsc_khz(self, khz):
         ioctl(self.fd, "KVM_SET_TSC_KHZ", khz)
+        self.tsc_scaled = True
+
+    tsc_scaled = False  # set_tsc_khz() was called: the guest TSC is the host's scaled
+
+    def _tsc_offset_attr(self, value):
+        attr = ffi.new("struct kvm_device_attr *", {"group": kvm_h.KVM_VCPU_TSC_CTRL,
+                                                      "attr": kvm_h.KVM_VCPU_TSC_OFFSET})
+        attr.addr = int(ffi.cast("uintptr_t", value))
+        return attr
+
+    def get_tsc_offset(self):
+        """The ``KVM_VCPU_TSC_OFFSET`` attribute (guest TSC = host TSC, scaled, + offset;
+        Linux 5.16+), or None where KVM has no such attribute."""
+        value = ffi.new("uint64_t *")
+        attr = self._tsc_offset_attr(value)
+        try:
+            ioctl(self.fd, "KVM_HAS_DEVICE_ATTR", attr)
+        except KvmError:
+            return None
+        ioctl(self.fd, "KVM_GET_DEVICE_ATTR", attr)
+        return value[0]
+
+    def set_tsc_offset(self, offset):
+        value = ffi.new("uint64_t *", offset & 0xFFFF_FFFF_FFFF_FFFF)
+        ioctl(self.fd, "KVM_SET_DEVICE_ATTR", self._tsc_offset_attr(value))
 
     def set_cpuid(self, cpuid):
         """``KVM_SET_CPUID2`` from a ``struct kvm_cpuid2 *``; kept as :attr:`cpuid`

@@ -145,7 +145,7 @@ def load_state(machine, config, state):
     """Make the vCPUs of a machine built to restore ``state`` (VM, memory, devices:
     ``build_machine(..., awaiting_state=True)``) and load ``state`` into them, the VM
     and the devices."""
-    from .state import restore_vcpu, restore_vm
+    from .state import PendingTimekeeping, restore_vcpu, restore_vm
 
     vm, devices = machine.vm, machine.devices
     misfit = state.misfit(config)
@@ -157,6 +157,7 @@ def load_state(machine, config, state):
         cpu.configure_cpuid(vcpu, supported, config.vcpus, config.disable_cpu_features)
         restore_vcpu(vcpu, state.vcpus[index])
     restore_vm(vm, state.vm)
+    machine.pending_timekeeping = PendingTimekeeping(vm, state.vcpus, state.vm.clock)  # as the vCPUs start
     saved = state.devices
     devices.serial.restore(saved.serial)
     devices.i8042.restore(saved.i8042)

@@ -30,6 +30,7 @@ class Machine:
         self.memory = None
         self.devices = None  # DeviceManager
         self.vcpus = None  # VcpuSet
+        self.pending_timekeeping = None  # a restored machine's clock and TSCs (state.PendingTimekeeping)
 
     # -- the parts callers use -------------------------------------------
     @property
@@ -74,17 +75,19 @@ class Machine:
 
         if not self.vcpus.quiescent:
             raise StateError("the machine must be paused before its state is taken")
+        if self.pending_timekeeping is not None:  # restored, some vCPU never ran
+            self.pending_timekeeping.apply_all()
         devices = self.devices
         for slot in devices.slots:
             flush = getattr(slot.device, "flush", None)
             if flush is not None:
                 flush()
         indices = self.kvm.msr_index_list()
-        vcpus = tuple(save_vcpu(vcpu, indices) for vcpu in self.vm.vcpus)
+        vcpus = tuple(save_vcpu(vcpu, indices, self.memory) for vcpu in self.vm.vcpus)
         slots = tuple(SlotState(slot.name, slot.kind, slot.device.device_id, slot.device.save(),
                                 slot.transport.save()) for slot in devices.slots)
         return MachineState(
-            vcpus=vcpus, vm=save_vm(self.vm),
+            vcpus=vcpus, vm=save_vm(self.vm, vcpus),
             devices=DevicesState(devices.serial.save(), devices.i8042.save(), devices.acpi_pm.save(),
                                  devices.pci.save(), slots),
             memory=tuple((region.gpa, region.size) for region in self.memory.regions))
@@ -125,6 +128,8 @@ class Machine:
 
     # -- lifecycle --------------------------------------------------------
     def start(self):
+        if self.pending_timekeeping is not None:
+            self.vcpus.before_first_run = self.pending_timekeeping.apply
         self.vcpus.start()
 
     def pause(self):

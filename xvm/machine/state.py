@@ -16,6 +16,9 @@ Every state class has ``save() -> dict`` of JSON values and
 ``restore(dict) -> state``; the serializer lives elsewhere
 (:mod:`xvm.migration.snapshot`).
 """
+import struct
+import threading
+import time
 from dataclasses import asdict, dataclass
 
 from ..acpi.pm import AcpiPmState
@@ -34,6 +37,13 @@ STATE_VERSION = 1
 # MSRs KVM lists but that must not be written back as plain values.
 _MSR_TSC_DEADLINE = 0x6E0  # restored after the LAPIC by KVM_SET_MSRS ordering below
 MSR_IA32_TSC = 0x10
+# kvmclock's per-vCPU time page: bit 0 enables it, the rest is its guest-physical address
+# (Documentation/virt/kvm/x86/msr.rst); struct pvclock_vcpu_time_info.
+MSR_KVM_SYSTEM_TIME_NEW = 0x4B56_4D01
+MSR_KVM_SYSTEM_TIME = 0x12
+_U64 = (1 << 64) - 1
+TSC_SLACK_NS = 1_000_000  # a TSC read back this far from the written value was not set
+_PVCLOCK = struct.Struct("<IIQQIbBxx")  # version, pad, tsc_timestamp, system_time, mul, shift, flags
 # Paravirtual MSRs some KVM backends accept but leave out of KVM_GET_MSR_INDEX_LIST: PVM's
 # (0x4b564d10.., the "virtual IF" page and friends of a PVM guest).  Probed on save; on
 # restore the read-only ones among them (PVM's signature) may be refused.
@@ -86,10 +96,16 @@ class VcpuState:
     mp_state: int
     tsc_khz: int
     msrs: tuple  # of (index, value), in KVM's list order
+    # The guest's kvmclock (ns) at the moment its TSC (MSR_IA32_TSC in ``msrs``) was read: the
+    # TSC is restored relative to the restored clock, so that the two stay in step (a guest
+    # whose TSC and kvmclock drift apart marks its TSC unstable).  None in older states.
+    tsc_clock: object = None
 
     def save(self):
         out = {"id": self.id, "mp_state": self.mp_state, "tsc_khz": self.tsc_khz,
                "msrs": [[i, v] for i, v in self.msrs]}
+        if self.tsc_clock is not None:
+            out["tsc_clock"] = self.tsc_clock
         for name, *_ in _VCPU_STRUCTS:
             out[name] = _hex(getattr(self, name))
         return out
@@ -97,8 +113,10 @@ class VcpuState:
     @classmethod
     def restore(cls, data):
         blobs = {name: bytes.fromhex(data[name]) for name, *_ in _VCPU_STRUCTS}
+        tsc_clock = data.get("tsc_clock")
         return cls(id=data["id"], mp_state=data["mp_state"], tsc_khz=data["tsc_khz"],
-                   msrs=tuple((int(i), int(v)) for i, v in data["msrs"]), **blobs)
+                   msrs=tuple((int(i), int(v)) for i, v in data["msrs"]),
+                   tsc_clock=None if tsc_clock is None else int(tsc_clock), **blobs)
 
 
 def read_msrs(vcpu, indices):
@@ -112,13 +130,42 @@ def read_msrs(vcpu, indices):
     return values
 
 
-def save_vcpu(vcpu, msr_indices):
-    """The :class:`VcpuState` of ``vcpu`` (outside KVM_RUN)."""
+def pvclock_ns(memory, msrs, tsc):
+    """The guest's kvmclock at guest TSC ``tsc``, as the guest computes it from its time page
+    (``system_time + (tsc - tsc_timestamp) * mul >> 32``, pvclock_scale_delta); None if the
+    guest has no kvmclock enabled or its page is mid-update or outside RAM."""
+    for index in (MSR_KVM_SYSTEM_TIME_NEW, MSR_KVM_SYSTEM_TIME):
+        value = msrs.get(index, 0)
+        if value & 1:
+            break
+    else:
+        return None
+    gpa = value & ~1
+    if memory is None or not memory.contains(gpa, _PVCLOCK.size):
+        return None
+    version, _, stamp, system_time, mul, shift, _ = _PVCLOCK.unpack(memory.read(gpa, _PVCLOCK.size))
+    if version & 1:
+        return None
+    delta = (tsc - stamp) & _U64
+    delta = delta >> -shift if shift < 0 else delta << shift
+    return system_time + ((delta * mul) >> 32)
+
+
+def save_vcpu(vcpu, msr_indices, memory=None):
+    """The :class:`VcpuState` of ``vcpu`` (outside KVM_RUN); ``memory`` (guest RAM) to read
+    the guest's kvmclock page for :attr:`VcpuState.tsc_clock`."""
     blobs = {name: _bytes_of(getattr(vcpu, get)(), ctype) for name, ctype, get, _ in _VCPU_STRUCTS}
     indices = list(msr_indices) + [i for i in EXTRA_MSRS if i not in msr_indices]
     msrs = read_msrs(vcpu, indices)
+    tsc_clock = None
+    if MSR_IA32_TSC in msrs:
+        # the TSC and the clock at one moment: the TSC read again, the clock at once after
+        msrs[MSR_IA32_TSC] = vcpu.get_msrs([MSR_IA32_TSC])[MSR_IA32_TSC]
+        tsc_clock = pvclock_ns(memory, msrs, msrs[MSR_IA32_TSC])
+        if tsc_clock is None:
+            tsc_clock = vcpu.vm.get_clock().clock
     return VcpuState(id=vcpu.id, mp_state=vcpu.get_mp_state(), tsc_khz=vcpu.get_tsc_khz(),
-                     msrs=tuple((i, msrs[i]) for i in indices if i in msrs), **blobs)
+                     msrs=tuple((i, msrs[i]) for i in indices if i in msrs), tsc_clock=tsc_clock, **blobs)
 
 
 def restore_vcpu(vcpu, state):
@@ -126,7 +173,8 @@ def restore_vcpu(vcpu, state):
 
     The order follows what KVM needs: the TSC frequency first, the special
     registers (EFER, CR0/CR4) before the MSRs and XSAVE that depend on them,
-    the LAPIC before the TSC-deadline MSR, pending events last.
+    the LAPIC before the TSC-deadline MSR, pending events last.  The TSC itself and
+    the TSC-deadline MSR are left to :func:`restore_tsc`, once the VM's clock is set.
     """
     if state.tsc_khz and vcpu.get_tsc_khz() != state.tsc_khz:
         try:
@@ -145,7 +193,8 @@ def restore_vcpu(vcpu, state):
     vcpu.set_debugregs(cdata["debugregs"])
     vcpu.set_lapic(cdata["lapic"])
     msrs = dict(state.msrs)
-    deadline = msrs.pop(_MSR_TSC_DEADLINE, None)
+    msrs.pop(_MSR_TSC_DEADLINE, None)
+    msrs.pop(MSR_IA32_TSC, None)
     extra = {i: msrs.pop(i) for i in EXTRA_MSRS if i in msrs}
     if msrs:
         vcpu.set_msrs(msrs)
@@ -155,9 +204,96 @@ def restore_vcpu(vcpu, state):
         except KvmError:
             if vcpu.get_msrs([index]).get(index) != value:
                 raise StateError(f"vCPU {vcpu.id}: KVM refused MSR {index:#x} = {value:#x}") from None
+    vcpu.set_vcpu_events(cdata["events"])
+
+
+def restore_tsc(vcpu, state):
+    """Write the vCPU's TSC, then its TSC deadline, after :func:`restore_vm` set the clock;
+    returns how far (ns) the TSC then runs ahead of what was written (0 where KVM sets
+    it; PVM hosts ignore the write and the guest sees the host's TSC).
+
+    The TSC goes on from the saved value by as much as the VM's kvmclock has gone on
+    since the moment it was read (:attr:`VcpuState.tsc_clock`), so the guest's TSC and
+    kvmclock keep the offset they had (a guest whose two clocks disagree by a fraction of
+    a millisecond marks its TSC unstable).  Where KVM reads the clock and the host TSC at
+    one instant (KVM_CLOCK_HOST_TSC) and has the vCPU's TSC offset attribute, the offset is
+    then corrected from that pair, exactly (Documentation/virt/kvm/devices/vcpu.rst, 4.1);
+    otherwise the time between reading the clock and writing the MSR is the error.
+    KVM treats host writes within a second of each other as one synchronized TSC (its
+    kvm_synchronize_tsc), so the MSR is written exactly once.
+    """
+    msrs = dict(state.msrs)
+    tsc = msrs.get(MSR_IA32_TSC)
+    ahead_ns = 0
+    if tsc is not None:
+        khz = state.tsc_khz or vcpu.get_tsc_khz()
+        if state.tsc_clock is not None and khz:
+            clock = vcpu.vm.get_clock().clock
+            read_at = time.monotonic_ns()
+            elapsed_ns = max(clock - state.tsc_clock, 0)
+            tsc += (elapsed_ns + time.monotonic_ns() - read_at) * khz // 1_000_000  # to the write
+        tsc &= _U64
+        started = time.monotonic_ns()
+        vcpu.set_msrs({MSR_IA32_TSC: tsc})
+        if state.tsc_clock is not None and khz:
+            read_back = vcpu.get_msrs([MSR_IA32_TSC]).get(MSR_IA32_TSC, tsc)
+            # less the time the write and the read took: what is left, the TSC did not take
+            ahead_ns = (read_back - tsc) * 1_000_000 // khz - (time.monotonic_ns() - started)
+            if ahead_ns <= TSC_SLACK_NS and not vcpu.tsc_scaled:
+                _correct_tsc_offset(vcpu, state, khz)
+    deadline = msrs.get(_MSR_TSC_DEADLINE)
     if deadline is not None:
         vcpu.set_msrs({_MSR_TSC_DEADLINE: deadline})
-    vcpu.set_vcpu_events(cdata["events"])
+    return ahead_ns
+
+
+def _correct_tsc_offset(vcpu, state, khz):
+    """Set the TSC offset so that the guest TSC at the instant of one KVM_GET_CLOCK is the
+    saved TSC plus the clock's progress since it was saved (unscaled TSC only)."""
+    offset = vcpu.get_tsc_offset()
+    if offset is None:
+        return
+    clock = vcpu.vm.get_clock()
+    if not clock.flags & kvm_h.KVM_CLOCK_HOST_TSC:
+        return
+    guest_tsc = (clock.host_tsc + offset) & _U64
+    want = dict(state.msrs)[MSR_IA32_TSC] + max(clock.clock - state.tsc_clock, 0) * khz // 1_000_000
+    vcpu.set_tsc_offset(offset + want - guest_tsc)
+
+
+class PendingTimekeeping:
+    """A restored machine's kvmclock and TSCs, set as late as can be: each vCPU's in its own
+    thread just before its first KVM_RUN (:meth:`apply`; the clock with the first), or all at
+    once if the machine's state is taken before then (:meth:`apply_all`).
+
+    KVM anchors the guest's clock page at a vCPU's entry, and where the host's kvmclock and
+    TSC drift apart (no master clock: a nested host, 1-3 % measured in the HVM test host),
+    the longer a TSC has been set before that entry, the further the guest's kvmclock jumps
+    from its TSC.  Where the host does not let the TSC be set (it runs on from the host's),
+    the kvmclock is moved on by as much, so the two still agree."""
+
+    def __init__(self, vm, vcpus, clock):
+        self.vm = vm
+        self.clock = clock
+        self._pending = {state.id: state for state in vcpus}
+        self._clock_set = False
+        self._lock = threading.Lock()
+
+    def apply(self, vcpu):
+        with self._lock:
+            state = self._pending.pop(vcpu.id, None)
+            if state is None:
+                return
+            if not self._clock_set:
+                self.vm.set_clock(ffi.new("struct kvm_clock_data *", {"clock": self.clock}))
+            ahead_ns = restore_tsc(vcpu, state)
+            if not self._clock_set and ahead_ns > TSC_SLACK_NS:
+                self.vm.set_clock(ffi.new("struct kvm_clock_data *", {"clock": self.vm.get_clock().clock + ahead_ns}))
+            self._clock_set = True
+
+    def apply_all(self):
+        for vcpu in self.vm.vcpus:
+            self.apply(vcpu)
 
 
 @dataclass(frozen=True)
@@ -177,9 +313,14 @@ class VmState:
                    int(data["clock"]))
 
 
-def save_vm(vm):
+def save_vm(vm, vcpus=()):
+    """The VM's state; ``vcpus`` (their :class:`VcpuState`, taken first): the clock is the
+    latest the guest saw when its TSCs were read, so that it resumes where the guest left
+    it (a later KVM_GET_CLOCK would count the time the saving itself took)."""
+    seen = [v.tsc_clock for v in vcpus if v.tsc_clock is not None]
+    clock = max(seen) if seen else vm.get_clock().clock
     return VmState(tuple(_bytes_of(vm.get_irqchip(chip), "struct kvm_irqchip") for chip in IRQCHIPS),
-                   _bytes_of(vm.get_pit2(), "struct kvm_pit_state2"), vm.get_clock().clock)
+                   _bytes_of(vm.get_pit2(), "struct kvm_pit_state2"), clock)
 
 
 def restore_vm(vm, state):

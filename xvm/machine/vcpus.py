@@ -50,6 +50,9 @@ class VcpuSet:
         self._pause_requested = False
         self._parked = 0
         self._started = False
+        # called with each vCPU in its thread just before its first KVM_RUN (a restored
+        # machine sets its TSCs there: machine.state.PendingTimekeeping)
+        self.before_first_run = None
 
     @property
     def vcpus(self):
@@ -154,10 +157,14 @@ class VcpuSet:
         pio, mmio = self.pio_bus, self.mmio_bus
         IoExit, MmioExit, InterruptedExit = exits.IoExit, exits.MmioExit, exits.InterruptedExit
         record = self.record_exit
+        first_run = self.before_first_run
         try:
             while self._exit is None:
                 if self._pause_requested and not self._park():
                     break
+                if first_run is not None:
+                    first_run(vcpu)
+                    first_run = None
                 exit = vcpu.run()
                 kind = type(exit)
                 if kind is IoExit:
