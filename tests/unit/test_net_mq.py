@@ -1,7 +1,6 @@
 """virtio-net multiqueue (virtio 1.2 §5.1.6.5.5) and the control virtqueue (§5.1.6.5)
 without a guest: mmio registers, the worker thread, one socketpair per queue pair in
 place of a multi-queue TAP's queues; good and hostile control commands."""
-import socket
 import struct
 import time
 
@@ -24,6 +23,8 @@ from xvm.devices.virtio.device import (
 from xvm.devices.virtio.testing import MmioDriver, ring_footprint
 from xvm.kvm.memory import GuestMemory
 
+import test_net_device
+
 RING = 0x10000
 CTRLBUF = 0x80000
 ACK = 0x90000
@@ -35,45 +36,22 @@ FRAME = bytes.fromhex("ffffffffffff525400aabb0188b5") + b"multiqueue frame" * 3
 PAIRS = 3
 
 
-class PairBackend:
-    """One TAP queue's stand-in: a SOCK_SEQPACKET socketpair (one datagram, one frame
-    with its vnet header); ``attached`` follows TUNSETQUEUE as the device asks it."""
-
-    offloads = 0
+class PairBackend(test_net_device.PairBackend):
+    """One TAP queue's stand-in (one datagram, one frame with its vnet header);
+    ``attached`` follows TUNSETQUEUE as the device asks it."""
 
     def __init__(self):
-        self.sock, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.sock.setblocking(False)
-        self.peer.settimeout(5)
+        super().__init__()
         self.attached = True
         self.attach_calls = []
-
-    def fileno(self):
-        return self.sock.fileno()
 
     @property
     def frame_fd(self):  # one writev, one datagram: one frame (the C transmit path's fd)
         return self.sock.fileno()
 
-    def read_into(self, buffer):
-        try:
-            return self.sock.recv_into(buffer)
-        except BlockingIOError:
-            return None
-
-    def writev(self, views):
-        return self.sock.sendmsg(views)
-
-    def set_offload(self, flags):
-        pass
-
     def set_queue_attached(self, on):
         self.attach_calls.append(on)
         self.attached = on
-
-    def close(self):
-        self.sock.close()
-        self.peer.close()
 
 
 @pytest.fixture
