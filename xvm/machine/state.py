@@ -29,7 +29,7 @@ from ..devices.pci.persist import PciHostState
 from ..devices.virtio.persist import VirtioMmioState
 from ..devices.virtio.pci import VirtioPciState
 from ..errors import KvmError, StateError
-from ..kvm.ffi import ffi
+from ..kvm.ffi import ffi, ioctl
 from ..kvm.generated import kvm_h
 
 STATE_VERSION = 1
@@ -261,6 +261,38 @@ def _correct_tsc_offset(vcpu, state, khz):
     vcpu.set_tsc_offset(offset + want - guest_tsc)
 
 
+def _tsc_then_clock(vm, vcpu, state):
+    """The first vCPU's TSC written as saved, then the kvmclock set to what it was at that
+    TSC, as of the instant of the write (KVM_SET_CLOCK with KVM_CLOCK_REALTIME: the kernel
+    adds the real time elapsed since), so that no delay of this thread between the two
+    (another thread holding the GIL for milliseconds, say) comes between them (older KVM,
+    without that flag: the elapsed time is added here).  False where the host ignores the
+    TSC write (PVM): the caller then has the clock follow the TSC (:func:`restore_tsc`)."""
+    msrs = dict(state.msrs)
+    tsc = msrs.get(MSR_IA32_TSC)
+    if tsc is None or state.tsc_clock is None or not state.tsc_khz:
+        return False
+    request = ffi.new("struct kvm_msrs *", {"nmsrs": 1, "entries": 1})
+    request.entries[0].index, request.entries[0].data = MSR_IA32_TSC, tsc
+    started = time.monotonic_ns()
+    written_at = time.clock_gettime_ns(time.CLOCK_REALTIME)
+    if ioctl(vcpu.fd, "KVM_SET_MSRS", request) != 1:
+        return False
+    read_back = vcpu.get_msrs([MSR_IA32_TSC]).get(MSR_IA32_TSC, tsc)
+    if (read_back - tsc) * 1_000_000 // state.tsc_khz - (time.monotonic_ns() - started) > TSC_SLACK_NS:
+        return False  # not taken: the clock must follow the host's TSC instead
+    try:
+        vm.set_clock(ffi.new("struct kvm_clock_data *", {"clock": state.tsc_clock, "flags": kvm_h.KVM_CLOCK_REALTIME,
+                                                           "realtime": written_at}))
+    except KvmError:  # older KVM: the time since the write counted here (the TSC is written once)
+        since = max(time.clock_gettime_ns(time.CLOCK_REALTIME) - written_at, 0)
+        vm.set_clock(ffi.new("struct kvm_clock_data *", {"clock": state.tsc_clock + since}))
+    deadline = msrs.get(_MSR_TSC_DEADLINE)
+    if deadline is not None:
+        vcpu.set_msrs({_MSR_TSC_DEADLINE: deadline})
+    return True
+
+
 class PendingTimekeeping:
     """A restored machine's kvmclock and TSCs, set as late as can be: each vCPU's in its own
     thread just before its first KVM_RUN (:meth:`apply`; the clock with the first), or all at
@@ -286,6 +318,9 @@ class PendingTimekeeping:
                 return
             if not self._clock_set:
                 self.vm.set_clock(ffi.new("struct kvm_clock_data *", {"clock": self.clock}))
+                if _tsc_then_clock(self.vm, vcpu, state):
+                    self._clock_set = True
+                    return
             ahead_ns = restore_tsc(vcpu, state)
             if not self._clock_set and ahead_ns > TSC_SLACK_NS:
                 self.vm.set_clock(ffi.new("struct kvm_clock_data *", {"clock": self.vm.get_clock().clock + ahead_ns}))
