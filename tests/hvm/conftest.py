@@ -23,6 +23,8 @@ then in the foreground, when the first tests/hvm item is reached),
 XVM_HVM_BACKGROUND=1 (start the test host with the session, in a thread, while the other tests
 run, its items placed last; shorter on two or more CPUs, but the tests that count open
 descriptors may then see the thread's; by default it runs when the first tests/hvm item does),
+XVM_HVM_WORKERS=N (pytest-xdist workers inside, default one per test host CPU; each takes whole
+files, whose tests share networks, addresses and pools; 1 runs them one after another),
 XVM_HVM_PLUGINS=a,b (pytest plugins to load inside: the inner pytest runs with
 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1, because discovering entry points over 9p costs ~45 s under TCG;
 e.g. XVM_HVM_PLUGINS=_hypothesis_pytestplugin).
@@ -230,7 +232,26 @@ class _InnerRun:
             if plugin.strip():
                 command += ["-p", plugin.strip()]
         files = dict.fromkeys(nodeid.split("::", 1)[0] for nodeid in self.nodeids)
+        workers = self._workers(len(files))
+        if workers > 1:  # a file's tests stay together: they share networks, addresses, pools
+            command += ["-p", "xdist", "-n", str(workers), "--dist", "loadfile"]
         return command + list(files)
+
+    def _workers(self, files):
+        """How many pytest-xdist workers the inner run gets: XVM_HVM_WORKERS, else one per
+        CPU of the test host (each test keeps about one of its vCPUs busy; the outer pytest
+        waits meanwhile), never more than there are files, 1 without pytest-xdist."""
+        try:
+            import xdist  # noqa: F401
+        except ImportError:
+            return 1
+        wanted = os.environ.get("XVM_HVM_WORKERS")
+        if wanted:
+            try:
+                return max(1, int(wanted))
+            except ValueError:
+                raise TestHostConfigError(f"XVM_HVM_WORKERS={wanted!r} is not a number of workers") from None
+        return max(1, min(self.host.smp, files))
 
     def summary(self):
         if self.wall is None:

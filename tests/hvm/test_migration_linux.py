@@ -111,6 +111,9 @@ BUSY_WATCHDOG = re.compile(r"timekeeping watchdog on CPU\d+: \S+ wd-wd read-back
                            r"wd-\S+-wd read-back delay of \d+ns, clock-skew test skipped!$")
 
 
+LONG_READOUT = re.compile(r"Long readout interval, skipping watchdog check: cs_nsec: (\d+) wd_nsec: (\d+)")
+
+
 def benign(line):
     """A kernel line about the TCG machine being slow, not about the guest's clocks disagreeing:
     a watchdog interval stretched past 1 s with both clocks agreeing on it (the watchdog skips
@@ -118,7 +121,7 @@ def benign(line):
     interrupt."""
     if BUSY_WATCHDOG.search(line.strip()):
         return True
-    m = re.search(r"Long readout interval, skipping watchdog check: cs_nsec: (\d+) wd_nsec: (\d+)", line)
+    m = LONG_READOUT.search(line)
     if m:
         return abs(int(m.group(1)) - int(m.group(2))) < 100_000
     return "hrtimer: interrupt took" in line
@@ -142,9 +145,15 @@ def host_has_stable_tsc():
 
 def watchdog_skews(kernel):
     """``(skews in ns, lines)`` of the guest watchdog's "Marking clocksource 'tsc' as unstable"
-    reports (each a block of lines with wd_nsec and cs_nsec)."""
+    reports (each a block of lines with wd_nsec and cs_nsec), and of its "Long readout interval"
+    lines that are not :func:`benign` (the two clocks disagreeing over the stretched interval)."""
     skews, lines = [], set()
     for i, line in enumerate(kernel):
+        m = LONG_READOUT.search(line)
+        if m and not benign(line):
+            skews.append(abs(int(m.group(1)) - int(m.group(2))))
+            lines.add(i)
+            continue
         if "Marking clocksource 'tsc' as unstable" not in line:
             continue
         block = kernel[i:i + 5]

@@ -62,6 +62,23 @@ def test_progress_reads_appended_events_and_names_the_running_test(tmp_path):
     assert progress.describe() == "while running tests/a.py::test_y"
 
 
+def test_progress_follows_tests_running_at_once(tmp_path):
+    """pytest -n inside: two workers' tests start and end interleaved."""
+    path = tmp_path / "progress"
+    progress = Progress(path)
+    path.write_text("start a.py::t1\nstart b.py::t2\nbusy a.py::t1\n")
+    progress.poll()
+    assert progress.describe() == "while running a.py::t1, b.py::t2"
+    with open(path, "a") as f:
+        f.write("end a.py::t1\n")
+    progress.poll()
+    assert progress.running == "b.py::t2" and progress.describe() == "while running b.py::t2"
+    with open(path, "a") as f:
+        f.write("end b.py::t2\n")
+    progress.poll()
+    assert progress.running is None
+
+
 def test_tree_cpu_seconds_counts_live_children():
     child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
                               "while time.process_time() - t < 1.0: pass\nimport sys; sys.stdin.read()"],
@@ -103,6 +120,25 @@ def test_progress_plugin_reports_starts_ends_and_busy_tests(tmp_path):
     assert f"busy {busy}" in body  # ticks every 1 s while it burns CPU
     assert f"busy {idle}" not in body  # a sleeping test is no progress
     assert body[-1] == f"end {idle}"
+
+
+def test_progress_plugin_under_xdist_reports_each_test_once_from_the_controller(tmp_path):
+    (tmp_path / "test_inner.py").write_text(INNER_TESTS)
+    (tmp_path / "test_other.py").write_text(INNER_TESTS)
+    progress = tmp_path / "progress"
+    run = _pytest(["-p", "xvm.testhost.progress", "-p", "xdist", "-n", "2", "--dist", "loadfile", "-q",
+                   "test_inner.py", "test_other.py"], tmp_path,
+                  env={"XVM_TESTHOST_PROGRESS": str(progress), "XVM_TESTHOST_STALL_TIMEOUT": "4"})
+    assert run.returncode == 0, run.stdout
+    events = progress.read_text().splitlines()
+    assert events.count("session start") == 1 and events[-1] == "session finished 0"
+    names = [f"{f}::{t}" for f in ("test_inner.py", "test_other.py") for t in ("test_busy", "test_idle")]
+    for name in names:
+        assert events.count(f"start {name}") == 1 and events.count(f"end {name}") == 1, events
+    starts = [i for i, e in enumerate(events) if e.startswith("start ")]
+    ends = [i for i, e in enumerate(events) if e.startswith("end ")]
+    assert starts[1] < ends[0], f"the two workers' tests did not run at once: {events}"
+    assert any(e.startswith("busy ") and e.endswith("::test_busy") for e in events)
 
 
 # --- a test host that cannot start ----------------------------------------------------------------

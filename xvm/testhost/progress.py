@@ -15,7 +15,8 @@ Loaded into a pytest with ``-p xvm.testhost.progress`` this module is a plugin t
 ``start``/``end`` for every test and, while a test runs, ``busy`` every quarter of
 ``$XVM_TESTHOST_STALL_TIMEOUT`` if the test's processes (the pytest and its descendants) used
 CPU meanwhile -- a nested guest booting slowly is progress, a machine that stopped is not.
-Without ``$XVM_TESTHOST_PROGRESS`` the plugin does nothing.
+With pytest-xdist (``-n``) the controller reports every worker's tests, several at once, and
+the workers report nothing.  Without ``$XVM_TESTHOST_PROGRESS`` the plugin does nothing.
 """
 import os
 import threading
@@ -32,9 +33,14 @@ class Progress:
     def __init__(self, path):
         self.path = path
         self.size = 0
-        self.running = None  # NAME of the last "start" without its "end"
         self.last = None  # the last event line
+        self._running = {}  # NAMEs started (or busy) without their "end", oldest first
         self._partial = b""
+
+    @property
+    def running(self):
+        """NAME of the last "start" without its "end" (several run at once with pytest -n)."""
+        return next(reversed(self._running), None)
 
     def poll(self) -> bool:
         """Read what was appended since the last call; True if anything was."""
@@ -59,14 +65,14 @@ class Progress:
             return
         self.last = line.strip()
         if event in ("start", "busy"):
-            self.running = name
-        elif event == "end" and name == self.running:
-            self.running = None
+            self._running.setdefault(name, None)
+        elif event == "end":
+            self._running.pop(name, None)
 
     def describe(self) -> str:
         """What the run was doing, for an error message."""
-        if self.running:
-            return f"while running {self.running}"
+        if self._running:
+            return "while running " + ", ".join(self._running)
         if self.last:
             return f"after the progress event {self.last!r}"
         return "before the job reported any progress"
@@ -118,12 +124,13 @@ def tree_cpu_seconds(root_pid=None) -> float:
 
 
 class _Ticker:
-    """While a test runs, reports ``busy NAME`` every ``interval`` s if CPU was used (not
-    counting the ticker's own look at /proc)."""
+    """While tests run, reports ``busy NAME`` for each every ``interval`` s if CPU was used
+    (not counting the ticker's own look at /proc).  Under pytest-xdist the controller's tree
+    holds the workers, so their tests count."""
 
     def __init__(self, interval):
         self.interval = interval
-        self.nodeid = None
+        self.nodeids = {}
         self._last = 0.0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -131,15 +138,16 @@ class _Ticker:
 
     def start(self, nodeid):
         with self._lock:
-            self.nodeid = nodeid
-            self._last = None  # the test's own baseline, taken at the next look
+            if not self.nodeids:
+                self._last = None  # the test's own baseline, taken at the next look
+            self.nodeids[nodeid] = None
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="xvm-progress", daemon=True)
             self._thread.start()
 
-    def stop(self):
+    def stop(self, nodeid):
         with self._lock:
-            self.nodeid = None
+            self.nodeids.pop(nodeid, None)
 
     def close(self):
         self._wake.set()
@@ -153,8 +161,9 @@ class _Ticker:
             now = tree_cpu_seconds() - own
             own += time.thread_time() - before
             with self._lock:
-                if self._last is not None and self.nodeid is not None and now > self._last + 0.05:
-                    report("busy", self.nodeid)
+                if self._last is not None and now > self._last + 0.05:
+                    for nodeid in self.nodeids:
+                        report("busy", nodeid)
                 self._last = now
             if self._wake.wait(self.interval):
                 return
@@ -174,31 +183,46 @@ _ticker = None
 # --- pytest hooks (active with -p xvm.testhost.progress) ----------------------------------------
 
 
+_in_worker = False  # a pytest-xdist worker: its controller reports its tests (the hooks run there too)
+
+
+def pytest_configure(config):
+    global _in_worker
+    _in_worker = hasattr(config, "workerinput")
+
+
 def pytest_sessionstart(session):
     global _ticker
-    if os.environ.get(PROGRESS_ENV):
+    if os.environ.get(PROGRESS_ENV) and not _in_worker:
         _ticker = _Ticker(_tick_interval())
         report("session", "start")
 
 
 def pytest_collection_finish(session):
-    report("collected", str(len(session.items)))
+    if not _in_worker:
+        report("collected", str(len(session.items)))
 
 
 def pytest_runtest_logstart(nodeid, location):
+    if _in_worker:
+        return
     report("start", nodeid)
     if _ticker is not None:
         _ticker.start(nodeid)
 
 
 def pytest_runtest_logfinish(nodeid, location):
+    if _in_worker:
+        return
     if _ticker is not None:
-        _ticker.stop()
+        _ticker.stop(nodeid)
     report("end", nodeid)
 
 
 def pytest_sessionfinish(session, exitstatus):
     global _ticker
+    if _in_worker:
+        return
     if _ticker is not None:
         _ticker.close()
         _ticker = None
