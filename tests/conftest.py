@@ -1,4 +1,5 @@
 """Shared fixtures: test guests built on demand, a Host, and a leak check."""
+import compileall
 import importlib.util
 import os
 import pathlib
@@ -18,11 +19,25 @@ def kvm_usable():
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
+def _compile_package():
+    """Byte-compile the checkout's xvm package (what is not compiled already): the suite starts
+    hundreds of Python processes -- a VMM per domain, the CLI, xvmd, the test host's inner
+    pytest reading this checkout over 9p under emulation -- and where PYTHONDONTWRITEBYTECODE
+    is set (as on these machines) each would compile every module it imports again.  They read
+    the cached bytecode even so.  Nothing is written where the checkout is read-only (inside
+    the test host)."""
+    package = TESTS.parent / "xvm"
+    if os.access(package, os.W_OK):
+        compileall.compile_dir(str(package), quiet=2)
+
+
 def pytest_configure(config):
     # Every host the tests open (and every process they start) uses a state directory
     # of this run, never the machine's own /var/lib/xvm.  Short: socket paths must fit
     # in 108 bytes.
     os.environ["XVM_STATE_DIR"] = tempfile.mkdtemp(prefix="xvm-tests-", dir="/tmp")
+    if not hasattr(config, "workerinput"):  # pytest-xdist: the controller has done it
+        _compile_package()
 
 
 def pytest_collection_modifyitems(config, items):

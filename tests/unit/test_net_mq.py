@@ -429,9 +429,10 @@ def test_any_control_command_gets_ok_or_err_and_breaks_nothing(cls, cmd, data, c
     with GuestMemory.create([(0, 0x100000)]) as memory:
         backends = [PairBackend() for _ in range(PAIRS)]
         dev = VirtioNet(MAC, backends=backends, queue_size=8)
+        queues = []
         try:
-            queues = [Queue(memory, 8, 0x1000 * (i + 1), 0x1000 * (i + 1) + 0x100,
-                            0x1000 * (i + 1) + 0x400) for i in range(2 * PAIRS + 1)]
+            queues += [Queue(memory, 8, 0x1000 * (i + 1), 0x1000 * (i + 1) + 0x100,
+                             0x1000 * (i + 1) + 0x400) for i in range(2 * PAIRS + 1)]
             dev.ack_features(dev.device_features)
             dev.activate(memory, queues, None)
             raw = bytes([cls, cmd]) + data
@@ -460,3 +461,5 @@ def test_any_control_command_gets_ok_or_err_and_breaks_nothing(cls, cmd, data, c
         finally:
             dev.queues = ()
             dev.close()
+            queues.clear()  # their views of guest memory go before it does (no gc.collect in close)
+            chain = None
