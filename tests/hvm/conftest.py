@@ -2,11 +2,11 @@
 
 * On a machine with vmx/svm (real hardware, or inside the HVM test host) they run directly.
 * Otherwise (the project's PVM machines) the outer pytest boots the TCG test host ONCE per
-  session, when the first of these tests runs (or, with XVM_HVM_BACKGROUND=1, as the session
-  starts, in a thread, while the other tests run), runs all the selected tests/hvm tests inside
-  it with ``--junitxml`` written to the results share, and each outer item then reports the
-  inner result of the same node id (pass, fail with the inner failure text, skip with the
-  inner reason).
+  session, in a process of its own (:mod:`xvm.testhost.job`), as the session's tests start, and
+  runs all the selected tests/hvm tests inside it (pytest-xdist workers, whole files each) while
+  the other tests run here; their items come last, and each then reports the inner result of
+  the same node id (pass, fail with the inner failure text, skip with the inner reason), read
+  from the ``--junitxml`` the inner pytest wrote to the results share.
 * Not set up (kernels not downloaded), or the test host cannot start for any other reason: each
   test fails with one clear error (the first in full), naming scripts/setup-testhost.sh where
   that is the cure. No qemu-system-x86_64 at all: they are skipped.
@@ -20,9 +20,8 @@ Environment: XVM_HVM_TIMEOUT (seconds for the inner run, default 600 + 120 per t
 XVM_HVM_STALL_TIMEOUT (seconds of silence that mean a hang, default 120),
 XVM_HVM_STREAM=1 (stream the test host's console to the terminal; also with -s or -vv; the run is
 then in the foreground, when the first tests/hvm item is reached),
-XVM_HVM_BACKGROUND=1 (start the test host with the session, in a thread, while the other tests
-run, its items placed last; shorter on two or more CPUs, but the tests that count open
-descriptors may then see the thread's; by default it runs when the first tests/hvm item does),
+XVM_HVM_BACKGROUND=0 (the same without streaming: the tests/hvm items keep their place and the
+first one starts the test host; the default, 1, runs it beside the other tests),
 XVM_HVM_WORKERS=N (pytest-xdist workers inside, default one per test host CPU; each takes whole
 files, whose tests share networks, addresses and pools; 1 runs them one after another),
 XVM_HVM_PLUGINS=a,b (pytest plugins to load inside: the inner pytest runs with
@@ -34,7 +33,6 @@ import contextlib
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -42,6 +40,7 @@ import pytest
 
 from xvm.testhost import (NESTED_MARKER, TestHost, TestHostCancelled, TestHostConfigError, TestHostError,
                           cloud_kernel, hardware_virtualization, nested_initramfs, qemu_path)
+from xvm.testhost.job import JobProcess
 from xvm.testhost.junit import junit_key, read_junit
 
 HVM_DIR = Path(__file__).resolve().parent
@@ -71,6 +70,8 @@ def pytest_collection_modifyitems(session, config, items):
     hvm = [i for i, item in enumerate(items) if _is_hvm_item(item)]
     if not hvm or hardware_virtualization():
         _select_inner(config, items)
+        if os.environ.get(INNER_ENV):
+            _costliest_first(items)
         return  # run here
     if os.environ.get(INNER_ENV):
         # Inside the test host without hardware-assisted KVM: fail, never recurse or pass.
@@ -124,11 +125,23 @@ def _select_inner(config, items):
         items[:] = [item for item in items if item.nodeid in wanted]
 
 
+def _costliest_first(items):
+    """Inside the test host: the files that take longest first (a module's ``TCG_SECONDS``,
+    measured), so that the xdist workers, which take whole files in this order, end together."""
+    def cost(item):
+        module = getattr(item, "module", None)
+        return -getattr(module, "TCG_SECONDS", 0) if _is_hvm_item(item) else 0
+    items.sort(key=cost)  # stable: a file's tests keep their order
+
+
 _RUNNER = pytest.StashKey()
 
 
 class _InnerRun:
-    """The one inner pytest session in the test host, started by the first remote item."""
+    """The one inner pytest session in the test host: a process of its own
+    (:class:`xvm.testhost.job.JobProcess`) started with the session's test loop (in the
+    background, the default) or by the first remote item, whose outcomes every remote item
+    reads."""
 
     def __init__(self, config, nodeids):
         self.config = config
@@ -140,30 +153,36 @@ class _InnerRun:
         self.wall = None
         self.first_failure = None  # node id of the item that reported self.error in full
         self.host = None
-        self.thread = None
-        # In the background only with XVM_HVM_BACKGROUND=1, and never with its console streamed
-        # to the terminal (it would mix with the other tests' output).  Not the default: the
-        # thread opens files now and then, and the tests that count this process's open
-        # descriptors (no_leaks) cannot tell its descriptors from a leak.
-        self.background = os.environ.get("XVM_HVM_BACKGROUND") == "1" and not self._stream_wanted()
+        self.job = None
+        self._started_at = None
+        # In the background by default (XVM_HVM_BACKGROUND=0: not), never with its console
+        # streamed to the terminal (it would mix with the other tests' output).  Nothing of the
+        # machine lives in this process meanwhile (no thread, no descriptor the tests that count
+        # theirs, no_leaks, could see): it is started before the first test and read after.
+        self.background = os.environ.get("XVM_HVM_BACKGROUND", "1") != "0" and not self._stream_wanted()
 
     def start(self):
-        """Start the inner session in a thread (the first remote item waits for it)."""
-        if self.thread is None and self.wall is None:
-            self.thread = threading.Thread(target=self._run, name="xvm-hvm-testhost", daemon=True)
-            self.thread.start()
+        """Start the inner session (the first remote item waits for it)."""
+        if self._started_at is None:
+            self._started_at = time.monotonic()
+            self._guarded(self._launch)
 
     def cancel(self):
-        if self.thread is not None and self.thread.is_alive():
-            if self.host is not None:
-                self.host.cancel()
-            self.thread.join(30)
+        """The session ends before any remote item asked (-x, Ctrl-C): the machine must not outlive it."""
+        if self.job is not None and self.wall is None:
+            self.job.cancel()
+            self.error = TestHostCancelled("the session ended first")
+            self.wall = time.monotonic() - self._started_at
 
     def outcome_of(self, nodeid):
-        if self.thread is not None:
-            self.thread.join()
-        elif self.wall is None:
-            self._run()
+        if self.wall is None:
+            stream = sys.stderr if self.job is None and self._stream_wanted() else None
+            capman = self.config.pluginmanager.getplugin("capturemanager") if stream else None
+            with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+                self.start()
+                if self.error is None:
+                    self._guarded(self._finish)
+            self.wall = time.monotonic() - self._started_at
         if self.error is not None:
             return None
         return self.outcomes.get(junit_key(nodeid))
@@ -181,35 +200,38 @@ class _InnerRun:
         return (os.environ.get("XVM_HVM_STREAM") == "1" or getattr(opt, "capture", "") == "no"
                 or getattr(opt, "verbose", 0) >= 2)
 
-    def _run(self):
-        start = time.monotonic()
+    def _guarded(self, step):
         try:
-            stream = sys.stderr if self._stream_wanted() else None
-            host = self.host = TestHost(stream=stream, stall_timeout=self._stall_timeout())
-            host.prepare()  # NotPreparedError names scripts/setup-testhost.sh
-            self.results_dir = Path(tempfile.mkdtemp(prefix="xvm-hvm-"))
-            junit = self.results_dir / "junit.xml"
-            capman = self.config.pluginmanager.getplugin("capturemanager") if stream else None
-            with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
-                if stream:
-                    stream.write(f"\n[xvm hvm] booting the HVM test host for {len(self.nodeids)} test(s)\n")
-                # Entry-point plugin discovery reads every dist-info over 9p: ~45 s under TCG.
-                select = self.results_dir / "selected-nodeids"
-                select.write_text("".join(f"{nodeid}\n" for nodeid in self.nodeids))
-                env = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", SELECT_ENV: str(select)}
-                self.result = host.run(self._command(junit), timeout=self._timeout(), cwd=self._rootdir(),
-                                       env=env, results_dir=self.results_dir)
-            (self.results_dir / "output.log").write_text(self.result.output)
-            if not junit.exists():
-                raise TestHostError(f"the inner pytest wrote no {junit.name} (exit status "
-                                    f"{self.result.exit_status}); its output ends:\n" + _tail(self.result.output))
-            self.outcomes = read_junit(junit)
+            step()
         except TestHostError as e:
             self.error = e
         except Exception as e:  # whatever stops the start, each test reports it; none goes unreported
             self.error = TestHostError(f"could not start: {type(e).__name__}: {e}")
-        finally:
-            self.wall = time.monotonic() - start
+
+    def _launch(self):
+        stream = None if self.background else (sys.stderr if self._stream_wanted() else None)
+        self.host = TestHost(stall_timeout=self._stall_timeout())  # its settings checked here; the job runs it
+        self.results_dir = Path(tempfile.mkdtemp(prefix="xvm-hvm-"))
+        if stream:
+            stream.write(f"\n[xvm hvm] booting the HVM test host for {len(self.nodeids)} test(s)\n")
+            stream.flush()
+        select = self.results_dir / "selected-nodeids"
+        select.write_text("".join(f"{nodeid}\n" for nodeid in self.nodeids))
+        # Entry-point plugin discovery reads every dist-info over 9p: ~45 s under TCG.
+        env = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", SELECT_ENV: str(select)}
+        self.job = JobProcess(self._command(self.results_dir / "junit.xml"), timeout=self._timeout(),
+                              cwd=self._rootdir(), env=env, results_dir=self.results_dir,
+                              host={"stall_timeout": self.host.stall_timeout}, stream=stream)
+        self.job.start()
+
+    def _finish(self):
+        junit = self.results_dir / "junit.xml"
+        self.result = self.job.wait()  # NotPreparedError names scripts/setup-testhost.sh
+        (self.results_dir / "output.log").write_text(self.result.output)
+        if not junit.exists():
+            raise TestHostError(f"the inner pytest wrote no {junit.name} (exit status "
+                                f"{self.result.exit_status}); its output ends:\n" + _tail(self.result.output))
+        self.outcomes = read_junit(junit)
 
     def _rootdir(self):
         return Path(str(self.config.rootpath))
@@ -239,8 +261,9 @@ class _InnerRun:
 
     def _workers(self, files):
         """How many pytest-xdist workers the inner run gets: XVM_HVM_WORKERS, else one per
-        CPU of the test host (each test keeps about one of its vCPUs busy; the outer pytest
-        waits meanwhile), never more than there are files, 1 without pytest-xdist."""
+        CPU of the test host (each test keeps about one of its vCPUs busy; while the outer
+        tests run beside it the kernel shares this machine's CPUs, and once they are done the
+        test host has them all); never more than there are files, 1 without pytest-xdist."""
         try:
             import xdist  # noqa: F401
         except ImportError:

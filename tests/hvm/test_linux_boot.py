@@ -8,6 +8,8 @@ import xvm
 from xvm import DomainState
 from xvm.testhost import nested_initramfs
 
+TCG_SECONDS = 265  # what this file takes in the TCG test host (its workers take the costliest first)
+
 # TCG, which emulates the test host's CPU, does not carry XSETBV through to nested
 # guests faithfully (ENVIRONMENT.md); hiding XSAVE there keeps the guest's FPU set-up clean.
 CPU_QUIRKS = ("xsave",) if os.environ.get("XVM_TESTHOST_INNER") else ()

@@ -9,6 +9,8 @@ import pytest
 import xvm
 from xvm import DomainState
 
+TCG_SECONDS = 70  # what this file takes in the TCG test host (its workers take the costliest first)
+
 CPU_QUIRKS = ("xsave",) if os.environ.get("XVM_TESTHOST_INNER") else ()
 CMDLINE = "console=ttyS0 quiet panic=-1"
 BOOT_TIMEOUT = 240

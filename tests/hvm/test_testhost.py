@@ -13,6 +13,8 @@ from xvm.testhost import TestHost, qemu_path
 from xvm.testhost.junit import junit_key
 from xvm.testhost.peer import qemu_kvm_command
 
+TCG_SECONDS = 20  # what this file takes in the TCG test host (its workers take the costliest first)
+
 KVM_GET_API_VERSION = 0xAE00
 KVM_CREATE_VM = 0xAE01
 NESTED_BOOT_TIMEOUT = 240
