@@ -114,11 +114,38 @@ def test_save_restore():
     dev.write(2, 2, pm.PWRBTN_EN)
     dev.raise_power_button()
     state = dev.save()
-    assert state == AcpiPmState(pm.PWRBTN_STS, pm.PWRBTN_EN, pm.SCI_EN)
+    assert state == AcpiPmState(pm.PWRBTN_STS, pm.PWRBTN_EN, pm.SCI_EN, 0)
     other, rec2, _ = make()
     other.restore(state)
     assert other.sci_level and rec2.levels == [True]
     assert other.read(0, 4) == pm.PWRBTN_STS | (pm.PWRBTN_EN << 16)
+
+
+def test_the_pm_timer_counts_on_from_its_saved_value():
+    """A restored (or migrated) guest's PM timer neither restarts at 0 nor counts the time
+    the guest was stopped: it goes on from where it was saved, as its kvmclock does."""
+    dev, _, ticks = make()
+    ticks[0] = 3_000_000_000  # 3 s after the machine started
+    saved = dev.save()
+    assert saved.pm_tmr == 3 * pm.PM_TIMER_HZ
+    other, _, other_ticks = make()
+    other_ticks[0] = 987_654_321_000  # the new VMM's clock is somewhere else entirely
+    other.restore(saved)
+    assert other.timer() == saved.pm_tmr
+    other_ticks[0] += 1_000_000_000
+    assert other.timer() == saved.pm_tmr + pm.PM_TIMER_HZ
+    assert other.read(8, 4) == other.timer()
+
+
+@pytest.mark.parametrize("fields", [{"pm_tmr": -1}, {"pm_tmr": 1 << 32}, {"pm_tmr": "7"}, {"pm1_sts": 1 << 16},
+                                    {"pm1_cnt": 1.5}, {"pm1_en": True}])
+def test_a_state_out_of_range_is_refused(fields):
+    with pytest.raises(ValueError, match="ACPI PM state"):
+        AcpiPmState(**fields)
+
+
+def test_a_state_saved_before_the_timer_was_still_loads():
+    assert AcpiPmState(**{"pm1_sts": 0, "pm1_en": 0, "pm1_cnt": pm.SCI_EN}).pm_tmr == 0
 
 
 @pytest.fixture

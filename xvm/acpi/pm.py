@@ -56,11 +56,20 @@ _REGISTERS = ((_STS, 2), (_EN, 2), (_CNT, 2), (_TMR, 4))
 
 @dataclass(frozen=True)
 class AcpiPmState:
-    """Snapshot state of :class:`AcpiPm`."""
+    """Snapshot state of :class:`AcpiPm`: the PM1 registers and the PM timer's value, from
+    which the restored timer counts on (as the kvmclock does: the time a saved guest spent
+    stopped is not counted; 0 in a state saved before the timer was)."""
 
     pm1_sts: int = 0
     pm1_en: int = 0
     pm1_cnt: int = SCI_EN
+    pm_tmr: int = 0
+
+    def __post_init__(self):
+        for name, bits in (("pm1_sts", 16), ("pm1_en", 16), ("pm1_cnt", 16), ("pm_tmr", 32)):
+            value = getattr(self, name)
+            if type(value) is not int or not 0 <= value < 1 << bits:
+                raise ValueError(f"ACPI PM state: {name} must be a {bits}-bit unsigned integer, not {value!r}")
 
 
 class AcpiPm:
@@ -149,11 +158,13 @@ class AcpiPm:
 
     def save(self):
         with self._lock:
-            return AcpiPmState(self._sts, self._en, self._cnt)
+            return AcpiPmState(self._sts, self._en, self._cnt, self.timer())
 
     def restore(self, state):
         with self._lock:
             self._sts, self._en, self._cnt = state.pm1_sts, state.pm1_en, state.pm1_cnt | SCI_EN
+            # The timer reads state.pm_tmr now and counts on from there.
+            self._t0 = self._clock() - -(-state.pm_tmr * 1_000_000_000 // PM_TIMER_HZ)
             self._update_sci(force=True)
 
     # --- internals ---------------------------------------------------------------------

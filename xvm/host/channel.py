@@ -43,7 +43,7 @@ class LocalChannel:
     def attach_console(self, listener, history=True):
         return self.vmm.console.subscribe(listener, history=history)
 
-    def close(self):
+    def close(self, drain=0.0):
         pass
 
 
@@ -145,13 +145,16 @@ class SocketChannel:
         self._consoles.append(reader)
         return reader.stop
 
-    def close(self):
+    def close(self, drain=0.0):
+        """Close every connection.  ``drain``: seconds each console attachment may take to
+        read what its VMM, which is ending, sent before it closed (the last lines a guest
+        printed before a save, say), instead of dropping it."""
         with self._lock:
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
         for reader in self._consoles:
-            reader.stop()
+            reader.stop(drain)
         self._consoles.clear()
 
 
@@ -185,7 +188,9 @@ class _ConsoleReader:
         if not self._stopped:
             self._listener("closed", reason)
 
-    def stop(self):
+    def stop(self, drain=0.0):
+        if drain and self._thread is not threading.current_thread():
+            self._thread.join(drain)  # up to the VMM's end of the connection, all events read
         self._stopped = True
         try:
             self._sock.shutdown(socket.SHUT_RDWR)

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 WAIT_POLL = 0.05  # a domain with no VMM changes state only when someone starts it
 GONE_SETTLE = 5.0  # seconds a VMM whose socket closed has to release the domain lock
 VMM_EXIT_WAIT = 10.0  # how long a VMM may take to exit once its domain has stopped
+CONSOLE_DRAIN = 2.0  # seconds the console mirror may take to read what an ending VMM sent last
 VOLUME_RELEASE_WAIT = 3.0  # how long a disk nobody uses may stay locked (FUSE releases late)
 
 
@@ -207,7 +208,7 @@ class LocalHost(Host):
             self._channels[uuid] = entry
             return entry
 
-    def _drop_channel(self, uuid):
+    def _drop_channel(self, uuid, drain=0.0):
         with self._lock:
             entry = self._channels.pop(uuid, None)
             vmm = self._vmms.get(uuid)
@@ -216,7 +217,7 @@ class LocalHost(Host):
                 vmm.close()
                 self._vmm_locks.pop(uuid).close()
         if entry is not None:
-            entry[1].close()
+            entry[1].close(drain)
 
     def _act(self, domain, action):
         uuid = str(domain.uuid)
@@ -319,7 +320,7 @@ class LocalHost(Host):
         """The domain has stopped (destroy, shutdown): let go of its VMM's channel and wait
         for the VMM to be gone, so that a start() right after this succeeds."""
         uuid = str(domain.uuid)
-        self._drop_channel(uuid)
+        self._drop_channel(uuid, drain=CONSOLE_DRAIN)  # the console mirror gets the guest's last output
         self._ended_vmms.pop(uuid, None)  # destroyed or shut down by the caller: no machine left
         self._wait_vmm_gone(uuid, VMM_EXIT_WAIT)
 
