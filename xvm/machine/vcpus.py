@@ -75,10 +75,15 @@ class VcpuSet:
         return [thread.native_id for thread in self._threads]
 
     # -- lifecycle --------------------------------------------------------
-    def start(self):
+    def start(self, parked=False):
+        """Start the vCPU threads; ``parked``: each parks before its first KVM_RUN (and
+        before ``before_first_run``) until :meth:`resume`."""
         if self._started:
             raise RuntimeError("machine already started")
         self._started = True
+        if parked:
+            with self._lock:
+                self._pause_requested = True
         for vcpu in self.vcpus:
             thread = threading.Thread(target=self._loop, args=(vcpu,), name=f"xvm-vcpu{vcpu.id}", daemon=True)
             self._threads.append(thread)

@@ -284,10 +284,11 @@ class Vmm:
 
     def _prebuild(self, incoming):
         """Before the pages arrive, what the switchover would otherwise build: the machine
-        (VM, devices, disks and NICs opened) around the memory that receives them, the
-        domain's scheduler and cgroups, the new id -- so that then only the state is loaded
-        (vCPUs made from it) and the vCPU threads started.  (vCPUs made and started parked
-        this early lost a virtio-blk request across the switchover now and then.)"""
+        (VM, devices, disks and NICs opened, the vCPUs made with their CPUID) around the
+        memory that receives them, the domain's scheduler and cgroups, the new id -- so that
+        then only the state is loaded into the vCPUs and their threads started.  (vCPU
+        threads started parked this early, before the state, lost a virtio-blk request
+        across the switchover now and then: they start once it is loaded.)"""
         machine, scheduler = self._build(received=incoming)
         try:
             boot_id = self._id_above(incoming.action.after_id)
@@ -307,14 +308,19 @@ class Vmm:
                 machine.close()
                 scheduler.close()
                 raise
-            self._run_machine(machine, scheduler, boot_id, before_start=incoming.handshake, place=False)
+            def start_parked(machine):  # the threads made while the source's COMMIT is on its way
+                machine.start(parked=True)
+                incoming.handshake(machine)
+
+            self._run_machine(machine, scheduler, boot_id, before_start=start_parked, place=False,
+                              start=machine.unpark if incoming.running else (lambda: None))
         except BaseException:
             incoming.release()
             raise
         self.incoming = None
         self.crash_reason = None
         if not incoming.running:
-            self.machine.pause()
+            self.machine.pause()  # its vCPUs never left their parking
         incoming.confirm()  # the source's downtime ends here; what follows is bookkeeping
         try:  # the vCPU threads into their cgroups (made already): a few ms the guest need not wait for
             scheduler.attach(machine.vcpu_thread_ids())
@@ -437,13 +443,14 @@ class Vmm:
             raise
         return machine, scheduler
 
-    def _run_machine(self, machine, scheduler, boot_id, before_start=None, place=True):
-        """Start the machine and make it this boot's (``place``: its vCPU threads placed in
-        their cgroups first); closed with its scheduler if that fails."""
+    def _run_machine(self, machine, scheduler, boot_id, before_start=None, place=True, start=None):
+        """Start the machine (``start()`` instead of ``machine.start()`` if given) and make it
+        this boot's (``place``: its vCPU threads placed in their cgroups first); closed with
+        its scheduler if that fails."""
         try:
             if before_start is not None:
                 before_start(machine)
-            machine.start()
+            (start or machine.start)()
             if place:
                 scheduler.attach(machine.vcpu_thread_ids())
         except BaseException:
