@@ -12,9 +12,9 @@ Then, on the VMM's control thread, it pauses the machine (devices drain in-fligh
 sends the last pages and the machine state (:meth:`~xvm.machine.Machine.save_state`,
 disks flushed), and waits for READY; it sends COMMIT and, on RUNNING, the source domain
 ends.  The destination VMM built its machine around the memory that receives the pages
-before the source connected -- VM, devices, the vCPUs made with their CPUID, cgroups --
-so that the switchover there only loads the state, starts the vCPU threads parked before
-READY and lets them go on COMMIT.  Each side times the steps of its switchover
+before the source connected -- VM, devices, the vCPUs made with their CPUID, cgroups,
+its vCPU threads started, parked -- so that the switchover there only loads the state and
+lets the threads go on COMMIT.  Each side times the steps of its switchover
 (:class:`Phases`); the destination's come back in RUNNING, and both end up in the
 migration's stats with the downtime (pause to RUNNING) and ``downtime_sent_ms`` (pause to
 the state sent: the span QEMU reports as its downtime).  A guest dirtying
@@ -671,13 +671,12 @@ class Incoming:
             raise MigrationError(f"this host lacks CPU features the guest saw: {names}", what="state")
 
     def handshake(self, machine):
-        """Called by the control thread once the state is loaded and the vCPU threads wait
-        parked (they run on COMMIT): lock the disks (the source let go of them before it sent the state), READY, then
+        """Called by the control thread once the state is loaded into the machine, whose
+        vCPU threads wait parked (they run on COMMIT): lock the disks (the source let go of them before it sent the state), READY, then
         wait for the source's COMMIT; without it the disks are let go again for the source."""
         from ..errors import XvmError
 
         machine = getattr(machine, "machine", machine)
-        self.phases.mark("start_parked")
         try:
             machine.take_disks(wait=DISK_HANDOVER_WAIT)
             self.phases.mark("take_disks")

@@ -284,14 +284,16 @@ class Vmm:
 
     def _prebuild(self, incoming):
         """Before the pages arrive, what the switchover would otherwise build: the machine
-        (VM, devices, disks and NICs opened, the vCPUs made with their CPUID) around the
-        memory that receives them, the domain's scheduler and cgroups, the new id -- so that
-        then only the state is loaded into the vCPUs and their threads started.  (vCPU
-        threads started parked this early, before the state, lost a virtio-blk request
-        across the switchover now and then: they start once it is loaded.)"""
+        (VM, devices, disks and NICs opened, the vCPUs made with their CPUID and their
+        threads started, parked) around the memory that receives them, the domain's
+        scheduler and cgroups, the new id -- so that then only the state is loaded into the
+        vCPUs and the threads let go.  (The threads read their first-run hook -- the restored
+        clocks -- only once unparked: read at their start, before the state had come, it was
+        never run, and the guest lost a virtio-blk request across the switchover now and then.)"""
         machine, scheduler = self._build(received=incoming)
         try:
             boot_id = self._id_above(incoming.action.after_id)
+            machine.start(parked=True)  # no KVM_RUN before the state is loaded and COMMIT came
         except BaseException:
             machine.close()
             scheduler.close()
@@ -308,11 +310,8 @@ class Vmm:
                 machine.close()
                 scheduler.close()
                 raise
-            def start_parked(machine):  # the threads made while the source's COMMIT is on its way
-                machine.start(parked=True)
-                incoming.handshake(machine)
-
-            self._run_machine(machine, scheduler, boot_id, before_start=start_parked, place=False,
+            # the vCPU threads wait parked since the machine was built (_prebuild)
+            self._run_machine(machine, scheduler, boot_id, before_start=incoming.handshake, place=False,
                               start=machine.unpark if incoming.running else (lambda: None))
         except BaseException:
             incoming.release()
