@@ -225,12 +225,15 @@ def restore_vcpu(vcpu, state):
     extra = {i: msrs.pop(i) for i in EXTRA_MSRS if i in msrs}
     if msrs:
         vcpu.set_msrs(msrs)
-    for index, value in extra.items():
-        try:
-            vcpu.set_msrs({index: value})
-        except KvmError:
-            if vcpu.get_msrs([index]).get(index) != value:
-                raise StateError(f"vCPU {vcpu.id}: KVM refused MSR {index:#x} = {value:#x}") from None
+    rest = list(extra.items())
+    while rest:  # in one KVM_SET_MSRS but for those refused (fine if they read back as saved)
+        written = vcpu.set_msrs(dict(rest), partial=True)
+        if written == len(rest):
+            break
+        index, value = rest[written]
+        if vcpu.get_msrs([index]).get(index) != value:
+            raise StateError(f"vCPU {vcpu.id}: KVM refused MSR {index:#x} = {value:#x}")
+        rest = rest[written + 1:]
     vcpu.set_vcpu_events(cdata["events"])
 
 
