@@ -28,7 +28,8 @@ The downtimes do not all span the same:
 The ratios compare like with like: xvm's "sent" to QEMU's own figure (and xvm's full span to
 QEMU's, which is shorter by construction).
 
-    PYTHONPATH=$PWD python3 benchmarks/bench_migrate.py [--sizes 256,1024] [--downtime 300]
+    PYTHONPATH=$PWD python3 benchmarks/bench_migrate.py [--sizes 256,1024] [--downtime 300] [--rounds N]
+        [--workloads idle,dirty] [--steps] [--no-guest-gap]
 """
 import argparse
 import json
@@ -51,6 +52,7 @@ from xvm.migration.tls import make_test_ca  # noqa: E402
 
 QEMU = shutil.which("qemu-system-x86_64")
 WATCH = True  # --no-guest-gap: no CounterWatch
+PHASES = False  # --steps: each switchover step of xvm's (median ms), source and destination
 PERIOD = 0.001  # seconds between two reads of the guest counter (CounterWatch)
 WORKLOADS = {"idle": ("busy", "shift=30", "count"), "dirty": ("dirty", "mib=64 shift=4", "dirty: pass")}
 
@@ -180,6 +182,7 @@ def run_xvm(work, size_mib, workload, downtime_ms, tls):
         moved.destroy()
         return {"downtime_ms": stats.downtime_ms, "sent_ms": getattr(stats, "downtime_sent_ms", None),
                 "guest_ms": watch.gap_ms() if watch is not None else None,
+                "steps": getattr(stats, "switchover_ms", None),
                 "total_ms": stats.total_ms, "bytes": stats.bytes_sent,
                 "iterations": stats.iterations, "throttle": stats.throttle_pct, "continues": True}
     finally:
@@ -297,7 +300,7 @@ def run_qemu(work, size_mib, workload, downtime_ms):
             watch.stop()
         ram = info.get("ram", {})
         downtime = float(info.get("downtime", 0))
-        return {"downtime_ms": None, "sent_ms": downtime, "guest_ms": watch.gap_ms() if watch else None,
+        return {"downtime_ms": None, "sent_ms": downtime, "guest_ms": watch.gap_ms() if watch else None, "steps": None,
                 "total_ms": float(info.get("total-time", 0)),
                 "bytes": int(ram.get("transferred", 0)), "iterations": int(ram.get("dirty-sync-count", 0)),
                 "throttle": int(info.get("cpu-throttle-percentage", 0)), "continues": continues}
@@ -314,11 +317,20 @@ def _median(results):
     out = {}
     for key in results[0]:
         values = [r[key] for r in results if r[key] is not None]
-        if key == "continues":
+        if key == "steps":
+            out[key] = {side: _median_steps([v.get(side) or {} for v in values]) for side in ("source", "destination")}
+        elif key == "continues":
             out[key] = all(values)
         else:
             out[key] = statistics.median(values) if values else None
     return out
+
+
+def _median_steps(runs):
+    names = []
+    for run in runs:
+        names += [n for n in run if n not in names]
+    return {n: statistics.median([run[n] for run in runs if n in run]) for n in names}
 
 
 def _ms(value):
@@ -339,9 +351,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=1, help="migrations per case and VMM (medians printed)")
     parser.add_argument("--no-guest-gap", action="store_true",
                         help="do not watch the guest's counter (the 'guest' column; its reader takes some CPU)")
+    parser.add_argument("--steps", action="store_true", help="print the steps of xvm's switchovers (median ms)")
     args = parser.parse_args()
-    global WATCH
-    WATCH = not args.no_guest_gap
+    global WATCH, PHASES
+    WATCH, PHASES = not args.no_guest_gap, args.steps
     work = tempfile.mkdtemp(prefix="bench-migrate-", dir="/tmp")
     make_test_ca(os.path.join(work, "tls"))
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; "
@@ -366,6 +379,10 @@ def main():
                           f"{_ms(guest_ms)}{r['total_ms']:>10.0f}"
                           f"{r['bytes'] / (size << 20):>10.3f}{r['iterations']:>8}{r['throttle']:>8}%  "
                           f"{'yes' if r['continues'] else 'NO'}")
+                    if PHASES and r.get("steps") and any(r["steps"].values()):
+                        for side in ("source", "destination"):
+                            steps = " ".join(f"{n} {v:.2f}" for n, v in r["steps"][side].items())
+                            print(f"{'':<16}  {side[:3]} ms: {steps}")
                 if QEMU:
                     q = rows[-1][1]
                     for vmm, r in rows[:-1]:
