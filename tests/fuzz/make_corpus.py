@@ -47,8 +47,8 @@ def main():
     with open(os.path.join(HERE, "corpus", "snapshot", "valid-16mib.bin"), "rb") as f:
         valid = f.read()
     body = json.loads(valid[HEADER_SIZE:HEADER_SIZE + HEADER.unpack_from(valid)[5]])
-    write_streams(json.dumps({"machine": body["machine"], "cpuid": body["cpuid"], "running": True},
-                             separators=(",", ":")).encode())
+    write_streams(json.dumps({"machine": body["machine"], "running": True}, separators=(",", ":")).encode(),
+                  json.dumps(body["cpuid"], separators=(",", ":")).encode())
     write_snapshot_edges(valid, body)
 
 
@@ -86,14 +86,18 @@ def frame(kind, payload=b"", length=None):
     return S.FRAME.pack(kind, len(payload) if length is None else length) + payload
 
 
-def hello(major=None, token=TOKEN, magic=None):
+def _hello(major=None, token=TOKEN, magic=None):
     from xvm.migration import stream as S
     return S.HELLO.pack(magic or S.MAGIC, S.MAJOR if major is None else major, S.MINOR, token)
 
 
-def write_streams(state):
-    """corpus/migration/*.bin: the valid stream, and hostile ones that once mattered."""
+def write_streams(state, cpuid):
+    """corpus/migration/*.bin: the valid stream, and hostile ones that once mattered (each
+    after the HELLO and the CPUID frame, unless it is about them)."""
     from xvm.migration import stream as S
+
+    def hello(major=None, token=TOKEN, magic=None, cpuid_frame=frame(S.CPUID, cpuid)):
+        return _hello(major, token, magic) + cpuid_frame
 
     page = bytes(range(256)) * 16
     ram = 16 << 20
@@ -128,6 +132,10 @@ def write_streams(state):
         "error-instead-of-hello": frame(S.ERROR, b"no thanks"),
         "ready-out-of-turn": hello() + frame(S.READY),
         "unknown-type": hello() + frame(0xEE, b"?" * 16),
+        # the CPUID frame missing, or not 7 u32s per entry
+        "cpuid-missing": hello(cpuid_frame=b"") + body,
+        "cpuid-not-u32": hello(cpuid_frame=frame(S.CPUID, b"[[1,0,0,0,0,0,4294967296]]")) + body,
+        "cpuid-bool": hello(cpuid_frame=frame(S.CPUID, b"[[true,0,0,0,0,0,0]]")) + body,
     }
     directory = os.path.join(HERE, "corpus", "migration")
     os.makedirs(directory, exist_ok=True)

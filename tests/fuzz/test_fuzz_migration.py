@@ -3,7 +3,7 @@ destination VMM's receiver (:class:`xvm.migration.precopy.Incoming`), over a rea
 connection on the loopback.
 
 Each example is a whole byte stream: a HELLO (right, or another magic, major version or
-token), then frames with valid framing and hostile contents (pages and zero ranges
+token), a CPUID frame (mostly right; or garbage, or another frame in its place), then frames with valid framing and hostile contents (pages and zero ranges
 outside guest RAM, unaligned, overlapping, huge or wrapping; truncated payloads; lengths
 past the end; unknown or out-of-turn types; ROUNDs and STATEs of any length; STATE
 blobs of garbage, non-UTF-8, nested past the recursion limit, or the real state with
@@ -116,6 +116,19 @@ def reference(stream, ram=RAM, token=TOKEN):
         return {"version"}, memory, None
     if their_token != token:
         return PROTOCOL, memory, None
+    head = take(S.FRAME.size)  # the CPUID comes first: a JSON list of 7 u32s per entry
+    if len(head) < S.FRAME.size:
+        return PEER, memory, None
+    kind, length = S.FRAME.unpack(head)
+    if kind == S.ERROR:
+        return PEER, memory, None
+    if kind != S.CPUID or length > S.MAX_CONTROL:
+        return PROTOCOL, memory, None
+    payload = take(length)
+    if len(payload) < length:
+        return PEER, memory, None
+    if not valid_cpuid(payload):
+        return PROTOCOL, memory, None
     while True:
         head = take(S.FRAME.size)
         if len(head) < S.FRAME.size:
@@ -161,6 +174,16 @@ def reference(stream, ram=RAM, token=TOKEN):
             return PEER, memory, None
         else:  # unknown, or a type the source never sends here
             return PROTOCOL, memory, None
+
+
+def valid_cpuid(payload):
+    try:
+        entries = json.loads(payload)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(entries, list) and all(
+        isinstance(e, list) and len(e) == 7 and all(type(x) is int and 0 <= x < 1 << 32 for x in e)
+        for e in entries)
 
 
 def receive(stream, inspect):
@@ -309,9 +332,18 @@ def hellos(draw):
                         draw(st.sampled_from([TOKEN] * 8 + [bytes(32), TOKEN[::-1]])))
 
 
+VALID_CPUID = frame(S.CPUID, json.dumps([[1, 0, 0, 0x806F8, 0x800, 0xFEDA3203, 0x178BFBFF],
+                                         [7, 0, 1, 0, 0x219C07AB, 0, 0]]).encode())
+CPUIDS = mostly(st.just(VALID_CPUID), st.one_of(
+    st.builds(frame, st.just(S.CPUID), st.sampled_from([b"[[1,2,3]]", b"[[1,0,0,0,0,0,4294967296]]", b"[[true,0,0,0,0,0,0]]",
+                                                        b"{}", b"null", b"[" * 3000, b"\xff", b"[[-1,0,0,0,0,0,0]]"])),
+    st.builds(frame, st.just(S.CPUID), st.just(b"[]"), st.sampled_from([S.MAX_CONTROL + 1, 0xFFFF_FFFF, 1])),
+    FRAMES))
+
+
 @st.composite
 def streams(draw):
-    data = draw(hellos()) + b"".join(draw(st.lists(FRAMES, max_size=8)))
+    data = draw(hellos()) + draw(CPUIDS) + b"".join(draw(st.lists(FRAMES, max_size=8)))
     if draw(st.integers(0, 3)) == 0:
         data = data[:draw(st.integers(0, len(data)))]
     return data

@@ -173,3 +173,49 @@ def test_one_slot_list_for_both_transports(no_leaks, kvm, guest, tmp_path, trans
 def _cpu_ns(tid):
     with open(f"/proc/self/task/{tid}/schedstat") as f:
         return int(f.read().split()[0])
+
+
+def test_a_machine_started_parked_runs_only_once_unparked(no_leaks, kvm, guest):
+    """start(parked=True) makes the vCPU threads but none enters KVM_RUN until unpark() (a
+    migration's destination starts them while the pages arrive, before the state)."""
+    console = Console()
+    machine = build_machine(kvm, config(guest, "busy", cmdline="shift=20"), console_sink=console.sink)
+    try:
+        machine.start(parked=True)
+        assert len(machine.vcpu_thread_ids()) == 1
+        time.sleep(0.3)
+        assert console.data == b"" and machine.vcpus.quiescent
+        # the first-run hook (a restored machine's clocks) may come after the threads started
+        hooked = []
+        machine.vcpus.before_first_run = lambda vcpu: hooked.append(vcpu.id)
+        machine.unpark()
+        console.expect("count ")
+        assert hooked == [0]
+    finally:
+        machine.close()
+
+
+def test_a_saved_machine_reads_its_msrs_in_one_ioctl(no_leaks, kvm, guest):
+    """Which MSRs a vCPU can read is found when it is made: saving the state (a migration's
+    switchover) then reads them all in one KVM_GET_MSRS (and the TSC once more), not one
+    call per MSR KVM cannot read, and gets the same MSRs as trying each."""
+    from xvm.machine import state as machine_state
+
+    machine = build_machine(kvm, config(guest, "busy"), console_sink=None)
+    try:
+        machine.start()
+        time.sleep(0.1)
+        machine.pause()
+        vcpu = machine.vm.vcpus[0]
+        calls = []
+        get_msrs = vcpu.get_msrs
+        vcpu.get_msrs = lambda indices: calls.append(len(indices)) or get_msrs(indices)
+        state = machine.save_state()
+        assert len(calls) == 2 and calls[1] == 1, calls
+        del vcpu.get_msrs
+        machine_state._READABLE_MSRS.pop(vcpu)  # forgotten: every index tried again
+        again = machine.save_state()
+        assert [i for i, _ in again.vcpus[0].msrs] == [i for i, _ in state.vcpus[0].msrs]
+        assert len(state.vcpus[0].msrs) > 10
+    finally:
+        machine.close()

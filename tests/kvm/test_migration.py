@@ -124,6 +124,13 @@ def test_counter_guest_migrates_back_and_forth_20_times(pair, guest, tls_dir):
             assert isinstance(stats, xvm.MigrationStats)
             assert stats.iterations >= 1 and stats.pages_sent > 0 and 0 < stats.downtime_ms < stats.total_ms
             assert stats.zero_bytes > 0 and stats.bytes_sent < stats.memory_bytes  # zero pages skipped
+            # the span QEMU calls its downtime (pause to the state sent) lies within the full one,
+            # and each side's steps of the switchover are told
+            assert 0 < stats.downtime_sent_ms < stats.downtime_ms
+            steps = stats.switchover_ms
+            assert {"pause", "save_state", "send", "ready", "running"} <= set(steps["source"])
+            assert {"receive_parse", "load_state", "commit", "resume"} <= set(steps["destination"])
+            assert sum(steps["source"].values()) == pytest.approx(stats.downtime_ms, abs=0.1)
             with pytest.raises(NotFoundError):  # a transient domain: gone from the source
                 pair.hosts[src].lookup("busy")
             moved = pair.hosts[dst].lookup("busy")
@@ -449,6 +456,7 @@ def test_a_corrupted_data_stream_is_refused_and_the_destination_cleaned_up(pair,
             try:
                 data.send_hello(bytes.fromhex(answer["token"]))
                 data.recv_hello()
+                data.send_cpuid([])
                 if bad == "outside":
                     data.send_pages(config.memory_bytes + (64 << 20), memoryview(bytes(4096)))
                     expected = "outside the guest's RAM"
@@ -464,6 +472,35 @@ def test_a_corrupted_data_stream_is_refused_and_the_destination_cleaned_up(pair,
         finally:
             ch.close()
         wait_for(lambda: not pair.hosts[1].domains(), what="the destination to forget the domain")
+
+
+def test_a_destination_lacking_a_cpu_feature_refuses_before_any_page(pair, guest, tls_dir):
+    """The guest's CPUID comes first on the data connection and is checked at once: a
+    destination lacking a feature the guest saw refuses before the source sent any page, let
+    alone paused (here a fake source claims every feature bit of CPUID leaf 1 and 7)."""
+    config = busy_config(guest)
+    ch = _control(pair.listeners[1], tls_dir)
+    try:
+        ch.send_hello()
+        ch.recv_hello()
+        ch.send_json(S.CONTROL, {"op": "prepare", "config": config.to_dict(), "after_id": 1})
+        answer = ch.recv_json(S.CONTROL)
+        assert answer["ok"], answer
+        data = S.Channel.connect("127.0.0.1", answer["port"], client_context(tls_dir), what="the test VMM")
+        try:
+            data.send_hello(bytes.fromhex(answer["token"]))
+            data.recv_hello()
+            every = 0xFFFF_FFFF
+            data.send_cpuid([(1, 0, 0, 0, 0, every, every), (7, 0, 1, 0, every, every, every)])
+            with pytest.raises(MigrationError, match="lacks CPU features the guest saw"):
+                data.recv_header()
+        finally:
+            data.close()
+        ch.send_json(S.CONTROL, {"op": "finish", "ok": False})
+        assert ch.recv_json(S.CONTROL)["ok"] is True
+    finally:
+        ch.close()
+    wait_for(lambda: not pair.hosts[1].domains(), what="the destination to forget the domain")
 
 
 # --- disks and NICs ------------------------------------------------------------------------------

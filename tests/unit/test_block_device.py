@@ -168,6 +168,25 @@ def test_flush_calls_fdatasync(blk):
     assert dev.metrics.fdatasync_count == 1
 
 
+def test_a_snapshot_flush_syncs_only_what_was_written_since_the_last_sync(blk):
+    """The flush before a snapshot or a migration's switchover (device.flush(), the guest
+    paused) skips fdatasync when nothing was written since the last one -- an idle guest whose
+    last request was a FLUSH costs its switchover no sync -- and syncs after any write."""
+    dev, mmio, drv = blk
+    syncs = []
+    flush = dev.backend.flush
+    dev.backend.flush = lambda: syncs.append(1) or flush()
+    assert dev.flush() is True and len(syncs) == 1  # never synced here yet
+    assert dev.flush() is False and len(syncs) == 1
+    assert drv.request(VIRTIO_BLK_T_OUT, 8, out=bytes(512))[0] == VIRTIO_BLK_S_OK
+    assert dev.flush() is True and len(syncs) == 2
+    assert drv.request(VIRTIO_BLK_T_OUT, 8, out=bytes(512))[0] == VIRTIO_BLK_S_OK
+    assert drv.request(VIRTIO_BLK_T_FLUSH)[0] == VIRTIO_BLK_S_OK  # the guest's own FLUSH
+    assert dev.flush() is False and len(syncs) == 3
+    assert drv.request(VIRTIO_BLK_T_IN, 8, in_len=512)[0] == VIRTIO_BLK_S_OK  # a read changes nothing
+    assert dev.flush() is False and len(syncs) == 3
+
+
 def test_flush_unsafe_is_noop(image, memory, irq):
     dev, mmio, drv = make(memory, irq, Disk(image, cache="unsafe"))
     try:

@@ -241,12 +241,15 @@ class Vcpu:
         n = ioctl(self.fd, "KVM_GET_MSRS", msrs)
         return {msrs.entries[i].index: msrs.entries[i].data for i in range(n)}
 
-    def set_msrs(self, values):
-        """Write ``{index: value}``; raises if KVM refused any of them."""
+    def set_msrs(self, values, partial=False):
+        """Write ``{index: value}``; raises if KVM refused any of them.  ``partial``: returns
+        how many KVM wrote instead (it stops at the first it refuses, in order)."""
         msrs = ffi.new("struct kvm_msrs *", {"nmsrs": len(values), "entries": len(values)})
         for entry, (index, value) in zip(msrs.entries, values.items()):
             entry.index, entry.data = index, value
         n = ioctl(self.fd, "KVM_SET_MSRS", msrs)
+        if partial:
+            return n
         if n != len(values):
             bad = msrs.entries[n].index
             raise KvmError("KVM_SET_MSRS", errno.EINVAL, f"MSR {bad:#x} refused")

@@ -121,7 +121,8 @@ def _build(machine, config, console_sink, disks, nics, pending, state=None, memo
     if state is not None:
         load_state(machine, config, state)
         return
-    if awaiting_state:
+    if awaiting_state:  # the vCPUs made now, their registers loaded with the state (load_state)
+        _make_vcpus(machine, config)
         return
     rsdp = devices.build_acpi(config.vcpus)
 
@@ -132,30 +133,42 @@ def _build(machine, config, console_sink, disks, nics, pending, state=None, memo
     else:
         plan = load_bzimage(machine.memory, kernel_data, cmdline=cmdline, initrd=initrd_data, rsdp=rsdp,
                             e820=layout.e820_map(config.memory_bytes), path=str(config.kernel))
-    supported = machine.kvm.supported_cpuid()
-    for index in range(config.vcpus):
-        vcpu = vm.create_vcpu(index)
-        cpu.configure_cpuid(vcpu, supported, config.vcpus, config.disable_cpu_features)
+    for vcpu in _make_vcpus(machine, config):
         cpu.configure_fpu(vcpu)
         cpu.configure_lapic(vcpu)
     cpu.configure_boot_registers(vm.vcpus[0], plan)
 
 
+def _make_vcpus(machine, config):
+    """The vCPUs of ``config``, their CPUID set and their readable MSRs found
+    (:func:`~.state.probe_msrs`: a later save reads them in one go)."""
+    from .state import msr_indices, probe_msrs
+
+    supported = machine.kvm.supported_cpuid()
+    indices = msr_indices(machine.kvm.msr_index_list())
+    for index in range(config.vcpus):
+        vcpu = machine.vm.create_vcpu(index)
+        cpu.configure_cpuid(vcpu, supported, config.vcpus, config.disable_cpu_features)
+        probe_msrs(vcpu, indices)
+    return machine.vm.vcpus
+
+
 def load_state(machine, config, state):
-    """Make the vCPUs of a machine built to restore ``state`` (VM, memory, devices:
-    ``build_machine(..., awaiting_state=True)``) and load ``state`` into them, the VM
-    and the devices."""
+    """Load ``state`` into the vCPUs (made here unless ``build_machine(...,
+    awaiting_state=True)`` made them), the VM and the devices of a machine built to
+    restore it."""
     from .state import PendingTimekeeping, restore_vcpu, restore_vm
 
     vm, devices = machine.vm, machine.devices
     misfit = state.misfit(config)
     if misfit is not None:
         raise ConfigError(f"domain {config.name!r}: the saved state does not fit: {misfit}")
-    supported = machine.kvm.supported_cpuid()
-    for index in range(config.vcpus):
-        vcpu = vm.create_vcpu(index)
-        cpu.configure_cpuid(vcpu, supported, config.vcpus, config.disable_cpu_features)
-        restore_vcpu(vcpu, state.vcpus[index])
+    if not vm.vcpus:  # made already if the machine was built awaiting its state
+        supported = machine.kvm.supported_cpuid()
+        for index in range(config.vcpus):
+            cpu.configure_cpuid(vm.create_vcpu(index), supported, config.vcpus, config.disable_cpu_features)
+    for vcpu, vcpu_state in zip(vm.vcpus, state.vcpus):
+        restore_vcpu(vcpu, vcpu_state)
     restore_vm(vm, state.vm)
     machine.pending_timekeeping = PendingTimekeeping(vm, state.vcpus, state.vm.clock)  # as the vCPUs start
     saved = state.devices

@@ -127,10 +127,20 @@ class Machine:
             raise
 
     # -- lifecycle --------------------------------------------------------
-    def start(self):
+    def start(self, parked=False):
+        """Start the vCPU threads; ``parked``: they wait before their first KVM_RUN until
+        :meth:`unpark` (a migration's destination starts them while the pages arrive, and
+        loads their state before it lets them go)."""
         if self.pending_timekeeping is not None:
             self.vcpus.before_first_run = self.pending_timekeeping.apply
-        self.vcpus.start()
+        self.vcpus.start(parked=parked)
+
+    def unpark(self):
+        """Let the vCPUs of a machine started ``parked`` run (their clocks set as they
+        enter the guest, if a state was loaded since: :class:`~.state.PendingTimekeeping`)."""
+        if self.pending_timekeeping is not None:
+            self.vcpus.before_first_run = self.pending_timekeeping.apply
+        self.vcpus.resume()
 
     def pause(self):
         """Stop every vCPU outside KVM_RUN, then let the devices finish in-flight I/O."""

@@ -19,6 +19,7 @@ Every state class has ``save() -> dict`` of JSON values and
 import struct
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass
 
 from ..acpi.pm import AcpiPmState
@@ -119,15 +120,41 @@ class VcpuState:
                    tsc_clock=None if tsc_clock is None else int(tsc_clock), **blobs)
 
 
+# vCPU -> (the indices asked for, those of them KVM_GET_MSRS reads): which MSRs a vCPU can
+# read depends on its CPUID and the host, not on what the guest does, so it is found once
+# (:func:`probe_msrs`, when the vCPU is made) and the switchover reads them in one ioctl.
+_READABLE_MSRS = weakref.WeakKeyDictionary()
+
+
+def probe_msrs(vcpu, indices):
+    """Find which of ``indices`` ``vcpu`` can read and remember it for :func:`read_msrs`
+    (done where a vCPU is configured, not while the guest is paused)."""
+    read_msrs(vcpu, indices)
+
+
 def read_msrs(vcpu, indices):
     """``{index: value}`` of every MSR in ``indices`` the vCPU can read (KVM_GET_MSRS stops
-    at the first it cannot: that one is skipped and the rest read on)."""
+    at the first it cannot: that one is skipped and the rest read on).  One ioctl where
+    the readable ones are known already (:func:`probe_msrs`); should one of those fail,
+    every index is tried again."""
+    indices = tuple(indices)
+    known = _READABLE_MSRS.get(vcpu)
+    if known is not None and known[0] == indices:
+        got = vcpu.get_msrs(known[1])
+        if len(got) == len(known[1]):
+            return got
     values, rest = {}, list(indices)
     while rest:
         got = vcpu.get_msrs(rest)
         values.update(got)
         rest = rest[len(got) + 1:]
+    _READABLE_MSRS[vcpu] = (indices, tuple(i for i in indices if i in values))
     return values
+
+
+def msr_indices(msr_index_list):
+    """The MSRs a vCPU's state keeps: KVM's list, then the paravirtual ones it leaves out."""
+    return list(msr_index_list) + [i for i in EXTRA_MSRS if i not in msr_index_list]
 
 
 def pvclock_ns(memory, msrs, tsc):
@@ -151,11 +178,11 @@ def pvclock_ns(memory, msrs, tsc):
     return system_time + ((delta * mul) >> 32)
 
 
-def save_vcpu(vcpu, msr_indices, memory=None):
+def save_vcpu(vcpu, msr_index_list, memory=None):
     """The :class:`VcpuState` of ``vcpu`` (outside KVM_RUN); ``memory`` (guest RAM) to read
     the guest's kvmclock page for :attr:`VcpuState.tsc_clock`."""
     blobs = {name: _bytes_of(getattr(vcpu, get)(), ctype) for name, ctype, get, _ in _VCPU_STRUCTS}
-    indices = list(msr_indices) + [i for i in EXTRA_MSRS if i not in msr_indices]
+    indices = msr_indices(msr_index_list)
     msrs = read_msrs(vcpu, indices)
     tsc_clock = None
     if MSR_IA32_TSC in msrs:
@@ -198,12 +225,15 @@ def restore_vcpu(vcpu, state):
     extra = {i: msrs.pop(i) for i in EXTRA_MSRS if i in msrs}
     if msrs:
         vcpu.set_msrs(msrs)
-    for index, value in extra.items():
-        try:
-            vcpu.set_msrs({index: value})
-        except KvmError:
-            if vcpu.get_msrs([index]).get(index) != value:
-                raise StateError(f"vCPU {vcpu.id}: KVM refused MSR {index:#x} = {value:#x}") from None
+    rest = list(extra.items())
+    while rest:  # in one KVM_SET_MSRS but for those refused (fine if they read back as saved)
+        written = vcpu.set_msrs(dict(rest), partial=True)
+        if written == len(rest):
+            break
+        index, value = rest[written]
+        if vcpu.get_msrs([index]).get(index) != value:
+            raise StateError(f"vCPU {vcpu.id}: KVM refused MSR {index:#x} = {value:#x}")
+        rest = rest[written + 1:]
     vcpu.set_vcpu_events(cdata["events"])
 
 

@@ -51,7 +51,8 @@ class VcpuSet:
         self._parked = 0
         self._started = False
         # called with each vCPU in its thread just before its first KVM_RUN (a restored
-        # machine sets its TSCs there: machine.state.PendingTimekeeping)
+        # machine sets its TSCs there: machine.state.PendingTimekeeping); read once the
+        # thread leaves its parking, so it may be set after a parked start()
         self.before_first_run = None
 
     @property
@@ -75,10 +76,15 @@ class VcpuSet:
         return [thread.native_id for thread in self._threads]
 
     # -- lifecycle --------------------------------------------------------
-    def start(self):
+    def start(self, parked=False):
+        """Start the vCPU threads; ``parked``: each parks before its first KVM_RUN (and
+        before ``before_first_run``) until :meth:`resume`."""
         if self._started:
             raise RuntimeError("machine already started")
         self._started = True
+        if parked:
+            with self._lock:
+                self._pause_requested = True
         for vcpu in self.vcpus:
             thread = threading.Thread(target=self._loop, args=(vcpu,), name=f"xvm-vcpu{vcpu.id}", daemon=True)
             self._threads.append(thread)
@@ -157,14 +163,15 @@ class VcpuSet:
         pio, mmio = self.pio_bus, self.mmio_bus
         IoExit, MmioExit, InterruptedExit = exits.IoExit, exits.MmioExit, exits.InterruptedExit
         record = self.record_exit
-        first_run = self.before_first_run
+        first = True
         try:
             while self._exit is None:
                 if self._pause_requested and not self._park():
                     break
-                if first_run is not None:
-                    first_run(vcpu)
-                    first_run = None
+                if first:  # read only now: set after the start of threads started parked
+                    first = False
+                    if self.before_first_run is not None:
+                        self.before_first_run(vcpu)
                 exit = vcpu.run()
                 kind = type(exit)
                 if kind is IoExit:

@@ -338,7 +338,8 @@ def _stats(status, started, reply):
         iterations=status["iterations"], bytes_sent=status["bytes_sent"], pages_sent=status["pages_sent"],
         downtime_ms=status["downtime_ms"], total_ms=(time.monotonic() - started) * 1000,
         zero_bytes=status["zero_bytes"], memory_bytes=status["memory_bytes"],
-        throttle_pct=status["throttle_pct"], destination_id=reply.get("id"))
+        throttle_pct=status["throttle_pct"], destination_id=reply.get("id"),
+        downtime_sent_ms=status.get("downtime_sent_ms"), switchover_ms=status.get("switchover_ms"))
 
 
 def _follow(host, domain, progress, A, VmmGone):

@@ -2,7 +2,9 @@
 guest RAM and the machine state to :class:`Incoming` (the destination VMM) on the data
 connection of :mod:`.stream`.
 
-The source turns on KVM's dirty logging, sends all of memory (zero ranges as ranges),
+The source first sends the guest's CPUID, which the destination checks at once (a host
+lacking a feature refuses before any page).  It turns on KVM's dirty logging, sends all of
+memory (zero ranges as ranges),
 then, pass after pass, the pages dirtied meanwhile, until what is left would go within
 the downtime limit at the rate measured on the last pass -- and, within it, down to a few
 milliseconds' worth while the passes shrink it (:meth:`Outgoing._should_stop`).
@@ -10,8 +12,12 @@ Then, on the VMM's control thread, it pauses the machine (devices drain in-fligh
 sends the last pages and the machine state (:meth:`~xvm.machine.Machine.save_state`,
 disks flushed), and waits for READY; it sends COMMIT and, on RUNNING, the source domain
 ends.  The destination VMM built its machine around the memory that receives the pages
-before the source connected -- VM, devices, vCPU threads started parked and placed in
-their cgroups -- so that the switchover there only loads the state and lets the vCPUs go.  A guest dirtying
+before the source connected -- VM, devices, the vCPUs made with their CPUID, cgroups,
+its vCPU threads started, parked -- so that the switchover there only loads the state and
+lets the threads go on COMMIT.  Each side times the steps of its switchover
+(:class:`Phases`); the destination's come back in RUNNING, and both end up in the
+migration's stats with the downtime (pause to RUNNING) and ``downtime_sent_ms`` (pause to
+the state sent: the span QEMU reports as its downtime).  A guest dirtying
 memory faster than the link is throttled by parking its vCPUs part of every 50 ms
 (auto-converge: 20 % first, 10 % more every pass that does not shrink, up to 99 %).
 
@@ -29,7 +35,9 @@ recorded while a migration runs where every chain completes (``Queue.add_used``,
 ``GuestMemory.track_device_writes``) and sent with the vCPUs' dirty pages in every pass
 and in the final one (the devices are drained by then).
 """
+import json
 import logging
+import math
 import mmap
 import os
 import socket
@@ -114,7 +122,8 @@ class Outgoing:
         self.status = {"state": "connecting", "iterations": 0, "bytes_sent": 0, "pages_sent": 0,
                        "zero_bytes": 0, "memory_bytes": self.machine.memory.size, "remaining_bytes":
                        self.machine.memory.size, "rate_bytes_per_s": 0.0, "throttle_pct": 0,
-                       "downtime_ms": None, "started_at": time.time(), "error": None}
+                       "downtime_ms": None, "downtime_sent_ms": None, "switchover_ms": None,
+                       "started_at": time.time(), "error": None}
         self._aborted = None  # the reason, once abort() was called
         if action.fd is None:
             raise MigrationError("MigrateSend needs the connection the host made", what="connect")
@@ -175,6 +184,8 @@ class Outgoing:
             self._channel.send_hello(bytes.fromhex(a.token))
             self._channel.recv_hello()
             self._channel.settimeout(IDLE_TIMEOUT)
+            vcpus = self.machine.vm.vcpus
+            self._channel.send_cpuid(vcpus[0].cpuid_entries() if vcpus else [])  # checked now, not paused
             self.machine.memory.track_device_writes(True)  # what KVM's log does not see
             self.machine.vm.set_dirty_logging(True)
             self._dirty_on = True
@@ -335,28 +346,38 @@ class Outgoing:
         raises MigrationError with the source running again (or, what="unknown", paused)."""
         self.stop_throttle()
         was_running = self.vmm.state.value == "running"
-        paused_at = time.monotonic()
+        ph = Phases()
         if was_running:
             self.machine.pause()
+        ph.mark("pause")
         committed = self._disks_released = False
         try:
             self._check()
             runs, dirty = self._collect_dirty()
             runs = self._merge(self._final_runs, runs)
+            ph.mark("bitmap")
             self._send_pass(runs)
+            ph.mark("last_pages")
             self.status["iterations"] -= 1  # the paused pass is not an iteration
             state = self.machine.save_state()  # disks flushed
+            ph.mark("save_state")
             self.machine.release_disks()  # the destination locks them before it runs the guest
             self._disks_released = True
-            cpuid = self.machine.vm.vcpus[0].cpuid_entries() if self.machine.vm.vcpus else []
-            self._channel.send_json(S.STATE, {"machine": state.save(), "cpuid": [list(e) for e in cpuid],
-                                              "running": was_running})
+            ph.mark("release_disks")
+            payload = json.dumps({"machine": state.save(), "running": was_running}, separators=(",", ":"))
+            ph.mark("encode")
+            self._channel.send(S.STATE, payload.encode())
+            ph.mark("send")
+            sent_ns = ph.total_ns()
             self.status["bytes_sent"] = self._channel.bytes_sent
             self._channel.expect(S.READY)
+            ph.mark("ready")
             self._check()
             self._channel.send(S.COMMIT)
+            ph.mark("commit")
             committed = True
-            self._channel.expect(S.RUNNING)
+            destination = self._recv_running()
+            ph.mark("running")
         except MigrationError as e:
             if not committed:
                 self._resume(was_running)
@@ -369,10 +390,26 @@ class Outgoing:
             if not committed:
                 self._resume(was_running)
             raise
-        self.status["downtime_ms"] = (time.monotonic() - paused_at) * 1000
+        self.status["downtime_ms"] = ph.total_ns() / 1e6
+        self.status["downtime_sent_ms"] = sent_ns / 1e6
+        self.status["switchover_ms"] = {"source": ph.as_ms(), "destination": destination}
         self.status["total_ms"] = (time.monotonic() - self._t0) * 1000
         self.status["remaining_bytes"] = 0
         self._channel.close()
+
+    def _recv_running(self):
+        """Wait for RUNNING; returns the destination's step times it carries ({} if none)."""
+        _, length = self._channel.recv_header((S.RUNNING,))
+        if not length:
+            return {}
+        try:
+            steps = json.loads(self._channel.recv_small(S.RUNNING, length))
+        except (ValueError, RecursionError):
+            return {}
+        if not isinstance(steps, dict):
+            return {}
+        return {str(k): float(v) for k, v in steps.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
     def completed(self):
         """Called once the source's copy is torn down and its state recorded: only then may
@@ -434,6 +471,25 @@ class Outgoing:
         self.status["state"] = "failed"
 
 
+class Phases:
+    """How long each step of a switchover took: :meth:`mark` ends the step named."""
+
+    def __init__(self):
+        self._start = self._last = time.perf_counter_ns()
+        self.spans = []
+
+    def mark(self, name):
+        now = time.perf_counter_ns()
+        self.spans.append((name, now - self._last))
+        self._last = now
+
+    def total_ns(self):
+        return self._last - self._start
+
+    def as_ms(self):
+        return {name: round(ns / 1e6, 3) for name, ns in self.spans}
+
+
 def _encode(error):
     from ..vmm.protocol import encode_error
     return encode_error(error)
@@ -467,6 +523,12 @@ class Incoming:
         self._listener = socket.socket(fileno=os.dup(action.fd))  # the host closes its own
         self.port = self._listener.getsockname()[1]
         self.rounds = 0
+        self.cpuid = None  # the guest's, from the CPUID frame
+        # this host's (set by whoever builds the machine, before start()): the guest's CPUID
+        # is checked against it as it arrives; else when the state is loaded
+        self.supported_cpuid = None
+        self.cpu_checked = False
+        self.phases = Phases()  # of the switchover, from the STATE's arrival on
 
     def close(self):
         """Never started (:meth:`start`): let go of the listening socket."""
@@ -538,6 +600,9 @@ class Incoming:
         self.channel.send_hello()
         self.channel.settimeout(IDLE_TIMEOUT)
         ch = self.channel
+        self.cpuid = ch.recv_cpuid()
+        if self.supported_cpuid is not None:  # before any page: the source has not paused
+            self.check_cpu(self.supported_cpuid)
         expect = (S.PAGES, S.ZERO, S.ROUND, S.STATE)
         while True:
             kind, length = ch.recv_header(expect)
@@ -559,7 +624,9 @@ class Incoming:
                 ch.recv_small(S.ROUND, length, least=S.ROUND_NUMBER.size)
                 self.rounds += 1
             else:
+                self.phases = Phases()
                 self._take_state(ch.recv_json(S.STATE, length))
+                self.phases.mark("receive_parse")
                 return
 
     def _guest_view(self, gpa, length):
@@ -586,45 +653,48 @@ class Incoming:
 
         try:
             self.state = MachineState.restore(data["machine"])
-            cpuid = [tuple(int(x) for x in e) for e in data["cpuid"]]
             self.running = bool(data.get("running", True))
         except (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError) as e:
             raise MigrationError(f"{self.channel.peer} sent a malformed machine state: {e}", what="state") from None
         misfit = self.state.misfit(self.vmm.config)
         if misfit is not None:
             raise MigrationError(f"the machine state does not fit the domain: {misfit}", what="state")
-        self.cpuid = cpuid
 
     def check_cpu(self, supported):
         """MigrationError if this host (``supported``: its CPUID) lacks a feature the guest saw."""
         from .snapshot import missing_cpu_features
 
         missing = missing_cpu_features(self.cpuid, supported)
+        self.cpu_checked = True
         if missing:
             names = ", ".join(n or f"CPUID {leaf:#x} {reg} bit {bit}" for leaf, _, reg, bit, n in missing[:8])
             raise MigrationError(f"this host lacks CPU features the guest saw: {names}", what="state")
 
     def handshake(self, machine):
-        """Called by the control thread once the machine is built and before it starts:
-        lock the disks (the source let go of them before it sent the state), READY, then
+        """Called by the control thread once the state is loaded into the machine, whose
+        vCPU threads wait parked (they run on COMMIT): lock the disks (the source let go of them before it sent the state), READY, then
         wait for the source's COMMIT; without it the disks are let go again for the source."""
         from ..errors import XvmError
 
         machine = getattr(machine, "machine", machine)
         try:
             machine.take_disks(wait=DISK_HANDOVER_WAIT)
+            self.phases.mark("take_disks")
         except XvmError as e:
             raise MigrationError(f"the destination cannot lock the disks: {e}", what="destination") from None
         try:
             self.channel.send(S.READY)
+            self.phases.mark("ready")
             self.channel.expect(S.COMMIT)
+            self.phases.mark("commit")
         except BaseException:
             machine.release_disks()
             raise
 
     def confirm(self):
+        self.phases.mark("resume")
         try:
-            self.channel.send(S.RUNNING)
+            self.channel.send(S.RUNNING, json.dumps(self.phases.as_ms(), separators=(",", ":")).encode())
         except MigrationError as e:
             log.warning("could not confirm the migration to the source (it stays paused): %s", e)
         self.channel.close()

@@ -14,13 +14,20 @@ another magic, or a wrong token is refused with an ERROR frame that says why.
 Then frames, each ``type (u8), 3 zero bytes, payload length (u32)``, payload:
 
 ========  ===========================  ===========================================
+CPUID     source → destination VMM      UTF-8 JSON: the CPUID the guest sees, a list
+                                        of [function, index, flags, eax, ebx, ecx,
+                                        edx] (u32 each); the first frame, so that a
+                                        destination lacking a feature refuses at once
 PAGES     source → destination VMM      u64 guest-physical address, page data
 ZERO      source → destination VMM      u64 address, u64 length: a zero range
 ROUND     source → destination VMM      u32 iteration: the end of one pass
-STATE     source → destination VMM      UTF-8 JSON: machine state and CPUID
-READY     destination VMM → source      the machine is built; it waits for COMMIT
+STATE     source → destination VMM      UTF-8 JSON: machine state, whether it ran
+READY     destination VMM → source      the state is loaded, the vCPU threads wait
+                                        parked; it waits for COMMIT
 COMMIT    source → destination VMM      run it (the source stays paused for good)
 RUNNING   destination VMM → source      it runs; the source may destroy its copy
+                                        (payload, from 2.0 on: UTF-8 JSON, how long
+                                        the destination's steps took, in ms)
 CONTROL   host ↔ host                   UTF-8 JSON: prepare / answer / finish
 ERROR     either way                    UTF-8 text: the sender gives up; says why
 ========  ===========================  ===========================================
@@ -41,7 +48,7 @@ from ..errors import XvmError
 from ..vmm.protocol import register_error
 
 MAGIC = b"XVMMIG\0\0"
-MAJOR = 1
+MAJOR = 2  # 2: the CPUID frame after the HELLOs (1: the CPUID was in the STATE)
 MINOR = 0
 HELLO = struct.Struct("<8sHH32s")
 FRAME = struct.Struct("<B3xI")
@@ -51,9 +58,10 @@ ROUND_NUMBER = struct.Struct("<I")
 NO_TOKEN = bytes(32)
 MAX_CONTROL = 16 << 20  # a JSON frame (state, config) larger than this is refused
 MAX_SMALL = 4096  # the most a ROUND or an empty frame may carry (room for a newer minor version)
-PAGES, ZERO, ROUND, STATE, READY, COMMIT, RUNNING, CONTROL, ERROR = range(1, 10)
+PAGES, ZERO, ROUND, STATE, READY, COMMIT, RUNNING, CONTROL, ERROR, CPUID = range(1, 11)
 NAMES = {PAGES: "PAGES", ZERO: "ZERO", ROUND: "ROUND", STATE: "STATE", READY: "READY",
-         COMMIT: "COMMIT", RUNNING: "RUNNING", CONTROL: "CONTROL", ERROR: "ERROR"}
+         COMMIT: "COMMIT", RUNNING: "RUNNING", CONTROL: "CONTROL", ERROR: "ERROR", CPUID: "CPUID"}
+U32_MAX = 0xFFFF_FFFF
 SCHEMES = {"xvm+tls": True, "xvm+tcp": False}  # scheme -> TLS
 
 
@@ -77,7 +85,11 @@ class MigrationStats:
     ``downtime_ms``: from the source's pause to the destination running (None if the source's
     end could not be read: a source reached through xvmd whose VMM ended first); ``total_ms``:
     the whole call; ``throttle_pct``: the most the guest was slowed to converge (0: never;
-    auto-converge parked its vCPUs that share of the time)."""
+    auto-converge parked its vCPUs that share of the time).  ``downtime_sent_ms``: from the
+    pause until the last byte of the state was handed to the connection -- the span QEMU's
+    query-migrate calls its downtime (it does not wait for the destination to load the state
+    and run the vCPUs); ``switchover_ms``: ``{"source": {step: ms}, "destination": {step:
+    ms}}``, how long each step of the switchover took on either side (None where unknown)."""
 
     iterations: int
     bytes_sent: int
@@ -88,6 +100,8 @@ class MigrationStats:
     memory_bytes: int = 0
     throttle_pct: int = 0
     destination_id: int | None = None
+    downtime_sent_ms: float | None = None
+    switchover_ms: dict | None = None
 
     @property
     def auto_converged(self):
@@ -228,6 +242,19 @@ class Channel:
 
     def send_zero(self, gpa, length):
         self.send(ZERO, RANGE.pack(gpa, length))
+
+    def send_cpuid(self, entries):
+        self.send_json(CPUID, [list(e) for e in entries])
+
+    def recv_cpuid(self):
+        """The CPUID frame due first: ``[(function, index, flags, eax, ebx, ecx, edx)]``."""
+        entries = self.recv_json(CPUID)
+        if not isinstance(entries, list) or not all(
+                isinstance(e, list) and len(e) == 7
+                and all(type(x) is int and 0 <= x <= U32_MAX for x in e) for e in entries):
+            raise MigrationError(f"{self.peer} sent a malformed CPUID: not a list of 7 u32s per entry",
+                                 what="protocol")
+        return [tuple(e) for e in entries]
 
     def send_json(self, kind, obj):
         self.send(kind, json.dumps(obj, separators=(",", ":")).encode())

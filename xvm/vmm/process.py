@@ -29,16 +29,22 @@ class KvmMachine:
     def machine(self):
         return self._machine
 
-    def start(self):
-        self._machine.start()
+    def start(self, parked=False):
+        self._machine.start(parked=parked)
+
+    def unpark(self):
+        self._machine.unpark()
 
     def load_state(self, received):
         """Load an incoming migration's state (:class:`~xvm.migration.precopy.Incoming`, its
         STATE arrived) into this machine, built for it while its pages came in."""
         from ..machine.builder import load_state
 
-        received.check_cpu(self._machine.kvm.supported_cpuid())
+        received.phases.mark("dispatch")
+        if not received.cpu_checked:
+            received.check_cpu(self._machine.kvm.supported_cpuid())
         load_state(self._machine, self._config, received.state)
+        received.phases.mark("load_state")
 
     def pause(self):
         self._machine.pause()
@@ -85,6 +91,8 @@ def machine_factory(kvm, *, disk_fds=None, nics=()):
         awaiting = received is not None and received.state is None
         if received is not None and not awaiting:
             received.check_cpu(kvm.supported_cpuid())
+        if awaiting:  # the guest's CPUID is checked as it arrives (Incoming)
+            received.supported_cpuid = kvm.supported_cpuid()
         if restore is not None:
             from ..migration.snapshot import load_snapshot
             snapshot = load_snapshot(restore.path, fd=restore.fd, supported_cpuid=kvm.supported_cpuid())

@@ -284,13 +284,16 @@ class Vmm:
 
     def _prebuild(self, incoming):
         """Before the pages arrive, what the switchover would otherwise build: the machine
-        (VM, devices, disks and NICs opened) around the memory that receives them, the
-        domain's scheduler and cgroups, the new id -- so that then only the state is loaded
-        (vCPUs made from it) and the vCPU threads started.  (vCPUs made and started parked
-        this early lost a virtio-blk request across the switchover now and then.)"""
+        (VM, devices, disks and NICs opened, the vCPUs made with their CPUID and their
+        threads started, parked) around the memory that receives them, the domain's
+        scheduler and cgroups, the new id -- so that then only the state is loaded into the
+        vCPUs and the threads let go.  (The threads read their first-run hook -- the restored
+        clocks -- only once unparked: read at their start, before the state had come, it was
+        never run, and the guest lost a virtio-blk request across the switchover now and then.)"""
         machine, scheduler = self._build(received=incoming)
         try:
             boot_id = self._id_above(incoming.action.after_id)
+            machine.start(parked=True)  # no KVM_RUN before the state is loaded and COMMIT came
         except BaseException:
             machine.close()
             scheduler.close()
@@ -307,14 +310,16 @@ class Vmm:
                 machine.close()
                 scheduler.close()
                 raise
-            self._run_machine(machine, scheduler, boot_id, before_start=incoming.handshake, place=False)
+            # the vCPU threads wait parked since the machine was built (_prebuild)
+            self._run_machine(machine, scheduler, boot_id, before_start=incoming.handshake, place=False,
+                              start=machine.unpark if incoming.running else (lambda: None))
         except BaseException:
             incoming.release()
             raise
         self.incoming = None
         self.crash_reason = None
         if not incoming.running:
-            self.machine.pause()
+            self.machine.pause()  # its vCPUs never left their parking
         incoming.confirm()  # the source's downtime ends here; what follows is bookkeeping
         try:  # the vCPU threads into their cgroups (made already): a few ms the guest need not wait for
             scheduler.attach(machine.vcpu_thread_ids())
@@ -437,13 +442,14 @@ class Vmm:
             raise
         return machine, scheduler
 
-    def _run_machine(self, machine, scheduler, boot_id, before_start=None, place=True):
-        """Start the machine and make it this boot's (``place``: its vCPU threads placed in
-        their cgroups first); closed with its scheduler if that fails."""
+    def _run_machine(self, machine, scheduler, boot_id, before_start=None, place=True, start=None):
+        """Start the machine (``start()`` instead of ``machine.start()`` if given) and make it
+        this boot's (``place``: its vCPU threads placed in their cgroups first); closed with
+        its scheduler if that fails."""
         try:
             if before_start is not None:
                 before_start(machine)
-            machine.start()
+            (start or machine.start)()
             if place:
                 scheduler.attach(machine.vcpu_thread_ids())
         except BaseException:

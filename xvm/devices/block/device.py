@@ -98,6 +98,9 @@ class VirtioBlock(VirtioDevice):
         self.limits = Limits(self.capacity, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
                              MAX_DISCARD_SECTORS, MAX_DISCARD_SEG)
         self._fast = None  # (queue, its C request engine or None)
+        # the write counts as of the last fdatasync known to cover them (None: none yet): a
+        # snapshot's or switchover's flush with nothing written since has nothing to sync
+        self._synced_writes = None
         # The C path's I/O pool (xvm_blk_start): how many helper threads requests in
         # flight may use (0: one request after another), the request size worth a helper,
         # and whether smaller reads are first tried without blocking (page-cache hits
@@ -250,8 +253,10 @@ class VirtioBlock(VirtioDevice):
         if kind == VIRTIO_BLK_T_FLUSH:
             # Offered by default; completes only after fdatasync (unsafe cache: no-op).
             self.metrics.flush_count += 1
+            writes = self._writes()
             if self.backend.flush():
                 self.metrics.fdatasync_count += 1
+                self._synced_writes = writes
             return VIRTIO_BLK_S_OK, 0
         # Everything below writes the disk.
         if self.readonly:
@@ -305,9 +310,23 @@ class VirtioBlock(VirtioDevice):
                                   f"(readonly, queue size)", self.disk.path)
         self.acked_features = state.acked_features
 
+    def _writes(self):
+        """Counts of the requests that changed the image (any request the C engine completes
+        that is not a read counts as a write)."""
+        m = self.metrics
+        return m.write_count, m.discard_count, m.write_zeroes_count
+
     def flush(self):
-        """Make every completed write durable (before a snapshot is taken)."""
-        self.backend.flush()
+        """Make every completed write durable (before a snapshot is taken); no fdatasync if
+        nothing was written since the last one this device did (a guest's FLUSH, an earlier
+        snapshot's).  Returns whether fdatasync ran."""
+        writes = self._writes()
+        if writes == self._synced_writes:
+            return False
+        ran = self.backend.flush()
+        if ran:
+            self._synced_writes = writes
+        return ran
 
 
 class _InFlight:
