@@ -4,9 +4,12 @@ leave the source running; bad certificates and bad streams are refused clearly."
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -655,12 +658,25 @@ def test_a_nic_reattaches_to_the_network_of_the_same_name(pair, guest, tls_dir):
             net.destroy()
 
 
+GRABBER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+print("spinning", flush=True)
+while True:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        break
+    except BlockingIOError:
+        pass
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
 def test_a_disk_taken_by_another_user_at_the_switchover_stays_with_the_source(pair, guest, tls_dir, tmp_path):
     """Someone else grabs the image the moment the source lets go of it: the destination
     cannot lock it and gives up, the source takes it back before it resumes (it waits for
     the lock), and the guest goes on reading right data on the source."""
-    import fcntl
-
     a, b = pair.hosts
     image = _disk_image(tmp_path / "grab.img")
     dom = a.create(soak_config(guest, image, name="grab"))
@@ -675,24 +691,28 @@ def test_a_disk_taken_by_another_user_at_the_switchover_stays_with_the_source(pa
         finally:
             done.set()
 
-    fd = os.open(image, os.O_RDWR)
+    # The third user is a process of its own, spinning on the lock on the other CPU: no GIL
+    # shared with the migration's threads here slows it, so it takes the moment the source
+    # lets go (before the destination, which first receives and parses the state).
+    grabber = subprocess.Popen([sys.executable, "-c", GRABBER, str(image)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
     try:
+        assert grabber.stdout.readline() == "spinning\n"
         thread = threading.Thread(target=migrate)
         thread.start()
-        while not done.is_set():  # the third user, trying all along
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                pass
-        else:
-            raise AssertionError("the migration ended without the disk ever being free")
+        ready, _, _ = select.select([grabber.stdout], [], [], 60)
+        assert ready and grabber.stdout.readline() == "locked\n", (
+            f"the disk was never free for the other user (the migration: {errors or 'succeeded' if done.is_set() else 'running'})")
         assert not done.wait(0.5)  # the source waits for the disk before it resumes
         wait_for(lambda: _gone(b, "grab"), timeout=20, what="the destination to give up")
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        grabber.stdin.write("release\n")
+        grabber.stdin.flush()
+        assert grabber.wait(10) == 0
         thread.join(30)
     finally:
-        os.close(fd)
+        if grabber.poll() is None:
+            grabber.kill()
+            grabber.wait()
     assert errors and "cannot lock the disks" in str(errors[0]), errors
     assert dom.state is DomainState.RUNNING and _disk_is_locked(image)
     since = len(log(dom))
