@@ -1,6 +1,7 @@
 """Live migration between two hosts (two state directories on loopback) on the real /dev/kvm
 (issue 13): pre-copy over TLS 1.3, VMM to VMM; abort, timeout and a killed destination
 leave the source running; bad certificates and bad streams are refused clearly."""
+import contextlib
 import json
 import os
 import re
@@ -442,46 +443,12 @@ def test_cli_migrate(pair, guest, tls_dir):
     assert pair.hosts[0].lookup("busy").state is DomainState.RUNNING
 
 
-def test_a_corrupted_data_stream_is_refused_and_the_destination_cleaned_up(pair, guest, tls_dir):
-    """A source (here a fake one) that sends pages outside the guest's RAM, or garbage, gets an
-    ERROR naming it; the receiving VMM ends and the destination forgets the domain."""
-    config = busy_config(guest)
-    for bad in ("outside", "garbage"):
-        ch = _control(pair.listeners[1], tls_dir)
-        try:
-            ch.send_hello()
-            ch.recv_hello()
-            ch.send_json(S.CONTROL, {"op": "prepare", "config": config.to_dict(), "after_id": 1})
-            answer = ch.recv_json(S.CONTROL)
-            assert answer["ok"], answer
-            assert pair.hosts[1].lookup("busy").state is DomainState.SHUTOFF  # receiving, not running
-            data = S.Channel.connect("127.0.0.1", answer["port"], client_context(tls_dir), what="the test VMM")
-            try:
-                data.send_hello(bytes.fromhex(answer["token"]))
-                data.recv_hello()
-                data.send_cpuid([])
-                if bad == "outside":
-                    data.send_pages(config.memory_bytes + (64 << 20), memoryview(bytes(4096)))
-                    expected = "outside the guest's RAM"
-                else:
-                    data.send(S.COMMIT)  # out of turn: no state was sent
-                    expected = "COMMIT where PAGES or ZERO or ROUND or STATE was due"
-                with pytest.raises(MigrationError, match=expected):
-                    data.recv_header()
-            finally:
-                data.close()
-            ch.send_json(S.CONTROL, {"op": "finish", "ok": False})
-            assert ch.recv_json(S.CONTROL)["ok"] is True
-        finally:
-            ch.close()
-        wait_for(lambda: not pair.hosts[1].domains(), what="the destination to forget the domain")
-
-
-def test_a_destination_lacking_a_cpu_feature_refuses_before_any_page(pair, guest, tls_dir):
-    """The guest's CPUID comes first on the data connection and is checked at once: a
-    destination lacking a feature the guest saw refuses before the source sent any page, let
-    alone paused (here a fake source claims every feature bit of CPUID leaf 1 and 7)."""
-    config = busy_config(guest)
+@contextlib.contextmanager
+def _fake_source(pair, config, tls_dir):
+    """A source of our own making, talking to the second host's listener: the control
+    connection prepared for ``config`` and the data connection greeted; yields that
+    connection.  Afterwards the migration is called off and the destination must forget the
+    domain."""
     ch = _control(pair.listeners[1], tls_dir)
     try:
         ch.send_hello()
@@ -489,14 +456,12 @@ def test_a_destination_lacking_a_cpu_feature_refuses_before_any_page(pair, guest
         ch.send_json(S.CONTROL, {"op": "prepare", "config": config.to_dict(), "after_id": 1})
         answer = ch.recv_json(S.CONTROL)
         assert answer["ok"], answer
+        assert pair.hosts[1].lookup(config.name).state is DomainState.SHUTOFF  # receiving, not running
         data = S.Channel.connect("127.0.0.1", answer["port"], client_context(tls_dir), what="the test VMM")
         try:
             data.send_hello(bytes.fromhex(answer["token"]))
             data.recv_hello()
-            every = 0xFFFF_FFFF
-            data.send_cpuid([(1, 0, 0, 0, 0, every, every), (7, 0, 1, 0, every, every, every)])
-            with pytest.raises(MigrationError, match="lacks CPU features the guest saw"):
-                data.recv_header()
+            yield data
         finally:
             data.close()
         ch.send_json(S.CONTROL, {"op": "finish", "ok": False})
@@ -504,6 +469,34 @@ def test_a_destination_lacking_a_cpu_feature_refuses_before_any_page(pair, guest
     finally:
         ch.close()
     wait_for(lambda: not pair.hosts[1].domains(), what="the destination to forget the domain")
+
+
+def test_a_corrupted_data_stream_is_refused_and_the_destination_cleaned_up(pair, guest, tls_dir):
+    """A source (here a fake one) that sends pages outside the guest's RAM, or garbage, gets an
+    ERROR naming it; the receiving VMM ends and the destination forgets the domain."""
+    config = busy_config(guest)
+    for bad in ("outside", "garbage"):
+        with _fake_source(pair, config, tls_dir) as data:
+            data.send_cpuid([])
+            if bad == "outside":
+                data.send_pages(config.memory_bytes + (64 << 20), memoryview(bytes(4096)))
+                expected = "outside the guest's RAM"
+            else:
+                data.send(S.COMMIT)  # out of turn: no state was sent
+                expected = "COMMIT where PAGES or ZERO or ROUND or STATE was due"
+            with pytest.raises(MigrationError, match=expected):
+                data.recv_header()
+
+
+def test_a_destination_lacking_a_cpu_feature_refuses_before_any_page(pair, guest, tls_dir):
+    """The guest's CPUID comes first on the data connection and is checked at once: a
+    destination lacking a feature the guest saw refuses before the source sent any page, let
+    alone paused (here a fake source claims every feature bit of CPUID leaf 1 and 7)."""
+    with _fake_source(pair, busy_config(guest), tls_dir) as data:
+        every = 0xFFFF_FFFF
+        data.send_cpuid([(1, 0, 0, 0, 0, every, every), (7, 0, 1, 0, every, every, every)])
+        with pytest.raises(MigrationError, match="lacks CPU features the guest saw"):
+            data.recv_header()
 
 
 # --- disks and NICs ------------------------------------------------------------------------------
