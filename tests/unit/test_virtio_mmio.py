@@ -17,6 +17,7 @@ from xvm.devices.virtio.device import (
 from xvm.devices.virtio.errors import QueueError, StatusError
 from xvm.devices.virtio.mmio import VirtioMmioDevice
 from xvm.devices.virtio.testing import MmioDriver
+from xvm.devices.virtio.worker import drain_eventfd
 from xvm.kvm.memory import GuestMemory
 
 RING = 0x10000
@@ -435,6 +436,21 @@ def test_a_kick_pending_at_save_is_served_after_restore(env):
         assert ring.wait_used() == [(head, 22)]
     finally:
         mmio2.close()
+
+
+def test_work_left_when_the_worker_stopped_is_served_after_resume(env):
+    """A request the guest made available whose kick the stopping worker had already taken
+    from the eventfd (a pause for a save or a switchover that then failed): resuming looks at
+    every queue once, so the request is served, not left waiting for a kick that came already."""
+    memory, irq, dev, mmio, d = env
+    d.init()
+    mmio.pause()
+    ring = d.rings[0]
+    head = echo(memory, ring, b"made available at the pause")
+    d.kick(0)
+    drain_eventfd(mmio.transport.notify_eventfds()[0])  # taken, not served: the worker was stopping
+    mmio.resume()
+    assert ring.wait_used() == [(head, 27)]
 
 
 def test_level_triggered_resample(env):

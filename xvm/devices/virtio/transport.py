@@ -302,6 +302,15 @@ class VirtioTransport:
             self.paused = False
             if self.active and self._worker is None:
                 self._start_worker()
+                self._look_at_every_queue()
+
+    def _look_at_every_queue(self):
+        """Each live queue looked at once as if notified: a kick that a pause or a save
+        took from its eventfd before it was served, or work a queue still had when the
+        worker stopped, is not lost; one notification too many is harmless."""
+        for index, queue in enumerate(self.device.queues):
+            if queue is not None and index < len(self._notify_fds):
+                os.eventfd_write(self._notify_fds[index], 1)
 
     def _serve_callback(self, index, work, worker):
         """One bounded turn of queue ``index`` (``work`` or the device's
@@ -411,11 +420,8 @@ class VirtioTransport:
                             queue.next_avail, queue.next_used = s.next_avail, s.next_used
                             queue._signalled_used = s.signalled_used
                     # The saved machine's kicks that were still pending on its eventfds (or
-                    # work a busy queue had left when it paused) are not in the state: each
-                    # queue is looked at once as if notified; one too many is harmless.
-                    for index, queue in enumerate(self.device.queues):
-                        if queue is not None and index < len(self._notify_fds):
-                            os.eventfd_write(self._notify_fds[index], 1)
+                    # work a busy queue had left when it paused) are not in the state.
+                    self._look_at_every_queue()
             with self._irq_lock:
                 self.interrupt_status = state.interrupt_status
             if live:
