@@ -132,9 +132,11 @@ def benign(line):
 # A guest's watchdog finding its TSC and kvmclock this far apart after the operation is tolerated
 # (and printed) where the host has no stable TSC: the HVM test host's KVM then has no master
 # clock, freezes the guest TSC at every vCPU load and catches it up later, and re-anchors the
-# guest's kvmclock each time (0.6-2.4 ms measured after an exact restore).  xvm restoring the two
-# out of step made it 100-900 ms.  On a host whose clocksource is the TSC, nothing is tolerated.
-SKEW_TOLERATED_NS = 5_000_000
+# guest's kvmclock each time (0.6-2.4 ms measured after an exact restore on a quiet machine, up to
+# 13 ms with the test host's two workers and the other tests sharing its two CPUs).  xvm
+# restoring the two out of step made it 100-900 ms.  On a host whose clocksource is the TSC,
+# nothing is tolerated.
+SKEW_TOLERATED_NS = 50_000_000
 
 
 def host_has_stable_tsc():
