@@ -2,9 +2,10 @@
 
 * On a machine with vmx/svm (real hardware, or inside the HVM test host) they run directly.
 * Otherwise (the project's PVM machines) the outer pytest boots the TCG test host ONCE per
-  session, in a process of its own (:mod:`xvm.testhost.job`), as the session's tests start, and
-  runs all the selected tests/hvm tests inside it (pytest-xdist workers, whole files each) while
-  the other tests run here; their items come last, and each then reports the inner result of
+  session, in a process of its own (:mod:`xvm.testhost.job`), when the first of these tests
+  runs (or, with XVM_HVM_BACKGROUND=1, as the session's tests start, while the other tests run
+  here, its items placed last), and runs all the selected tests/hvm tests inside it
+  (pytest-xdist workers, whole files each); each outer item then reports the inner result of
   the same node id (pass, fail with the inner failure text, skip with the inner reason), read
   from the ``--junitxml`` the inner pytest wrote to the results share.
 * Not set up (kernels not downloaded), or the test host cannot start for any other reason: each
@@ -20,8 +21,8 @@ Environment: XVM_HVM_TIMEOUT (seconds for the inner run, default 600 + 120 per t
 XVM_HVM_STALL_TIMEOUT (seconds of silence that mean a hang, default 120),
 XVM_HVM_STREAM=1 (stream the test host's console to the terminal; also with -s or -vv; the run is
 then in the foreground, when the first tests/hvm item is reached),
-XVM_HVM_BACKGROUND=0 (the same without streaming: the tests/hvm items keep their place and the
-first one starts the test host; the default, 1, runs it beside the other tests),
+XVM_HVM_BACKGROUND=1 (start the test host as the session's tests start, beside the other tests,
+its items placed last: nothing of it in this process, so no_leaks is not disturbed),
 XVM_HVM_WORKERS=N (pytest-xdist workers inside, default one per test host CPU; each takes whole
 files, whose tests share networks, addresses and pools; 1 runs them one after another),
 XVM_HVM_PLUGINS=a,b (pytest plugins to load inside: the inner pytest runs with
@@ -155,11 +156,13 @@ class _InnerRun:
         self.host = None
         self.job = None
         self._started_at = None
-        # In the background by default (XVM_HVM_BACKGROUND=0: not), never with its console
-        # streamed to the terminal (it would mix with the other tests' output).  Nothing of the
-        # machine lives in this process meanwhile (no thread, no descriptor the tests that count
-        # theirs, no_leaks, could see): it is started before the first test and read after.
-        self.background = os.environ.get("XVM_HVM_BACKGROUND", "1") != "0" and not self._stream_wanted()
+        # In the background only with XVM_HVM_BACKGROUND=1, never with its console streamed to
+        # the terminal (it would mix with the other tests' output).  Nothing of the machine lives
+        # in this process meanwhile (no thread, no descriptor the tests that count theirs,
+        # no_leaks, could see): it is started before the first test and read after.  Not the
+        # default: on two CPUs the suite takes about as long either way (the test host's two
+        # workers use both), and the timing-sensitive tests here would share them with it.
+        self.background = os.environ.get("XVM_HVM_BACKGROUND") == "1" and not self._stream_wanted()
 
     def start(self):
         """Start the inner session (the first remote item waits for it)."""
@@ -261,9 +264,8 @@ class _InnerRun:
 
     def _workers(self, files):
         """How many pytest-xdist workers the inner run gets: XVM_HVM_WORKERS, else one per
-        CPU of the test host (each test keeps about one of its vCPUs busy; while the outer
-        tests run beside it the kernel shares this machine's CPUs, and once they are done the
-        test host has them all); never more than there are files, 1 without pytest-xdist."""
+        CPU of the test host (each test keeps about one of its vCPUs busy); never more than
+        there are files, 1 without pytest-xdist."""
         try:
             import xdist  # noqa: F401
         except ImportError:

@@ -196,7 +196,12 @@ def _assert_source_runs_and_destination_clean(pair, dom):
     a, b = pair.hosts
     assert dom.state is DomainState.RUNNING
     before = log(dom).count("dirty: pass")
-    wait_for(lambda: log(dom).count("dirty: pass") > before + 4, timeout=60, what="the source to go on")
+    try:
+        wait_for(lambda: log(dom).count("dirty: pass") > before + 4, timeout=60, what="the source to go on")
+    except AssertionError:
+        from xvm.vmm.actions import Info, MigrateStatus
+        raise AssertionError(f"the source did not go on: {dom._host._act(dom, Info())}, "
+                             f"{dom._host._act(dom, MigrateStatus())}; its console ends {log(dom)[-300:]!r}") from None
     assert "FAIL" not in log(dom)
     wait_for(lambda: not b.domains(), timeout=15, what="the destination to forget the domain")
     assert not [f for f in os.listdir(b.state_dir.run_dir) if f.endswith(".pid")]  # no VMM left
