@@ -67,7 +67,12 @@ class TestHostTimeout(_MachineError):
 
 
 class TestHostCrashed(_MachineError):
-    """QEMU exited without the command's exit status (kernel panic, init failure, QEMU error)."""
+    """QEMU exited without the command's exit status (kernel panic, init failure, QEMU error).
+
+    ``kernel_fault``: the test host's kernel's own report (a panic, BUG or Oops line) if it
+    crashed while the job ran -- such a run is retried like a hang -- else None."""
+
+    kernel_fault = None
 
 
 class TestHostCancelled(TestHostError):

@@ -201,6 +201,14 @@ class TestHost:
                     self._say(f"xvm.testhost: attempt {attempt} hung ({e.reason}); "
                               + ("retrying" if attempt <= self.retries else "giving up")
                               + f"; console in {ctl}/console-{attempt}.log")
+                except TestHostCrashed as e:
+                    if e.kernel_fault is None:
+                        raise  # the job's own doing (init, QEMU refusing): another attempt would do the same
+                    last = e
+                    failed = True
+                    self._say(f"xvm.testhost: attempt {attempt}: the test host's kernel crashed ({e.kernel_fault}); "
+                              + ("retrying" if attempt <= self.retries else "giving up")
+                              + f"; console in {ctl}/console-{attempt}.log")
             raise last
         except TestHostError:
             failed = True
@@ -321,9 +329,12 @@ class TestHost:
             if marker is not None:
                 status = marker
         if status is None:
-            raise TestHostCrashed(
+            error = TestHostCrashed(
                 f"the test host stopped without reporting an exit status (QEMU exit {proc.returncode})",
                 tail, attempt)
+            fault = _KERNEL_FAULT.search(text) if console.begun is not None else None
+            error.kernel_fault = fault.group(0).strip() if fault else None
+            raise error
         return Result(exit_status=status, output=_between_markers(text), console=text, mode="tcg",
                       attempts=attempt, duration=duration, boot_time=boot_time)
 
@@ -432,6 +443,12 @@ def _job_script(command, cwd, env) -> str:
     else:
         lines.append("exec " + shlex.join(list(command)))
     return "\n".join(lines) + "\n"
+
+
+# The test host's own kernel failing under emulation (seen once: "BUG: TASK stack guard page was
+# hit" in nested SVM under TCG), as opposed to the job failing: such a run is retried like a hang.
+_KERNEL_FAULT = re.compile(r"Kernel panic - not syncing[^\n]*|BUG: [^\n]*|Oops: [^\n]*|"
+                           r"general protection fault[^\n]*")
 
 
 def _libc_prctl():
