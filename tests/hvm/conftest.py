@@ -140,9 +140,8 @@ _RUNNER = pytest.StashKey()
 
 class _InnerRun:
     """The one inner pytest session in the test host: a process of its own
-    (:class:`xvm.testhost.job.JobProcess`) started with the session's test loop (in the
-    background, the default) or by the first remote item, whose outcomes every remote item
-    reads."""
+    (:class:`xvm.testhost.job.JobProcess`) started by the first remote item (or, in the
+    background, with the session's test loop), whose outcomes every remote item reads."""
 
     def __init__(self, config, nodeids):
         self.config = config
