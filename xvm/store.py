@@ -164,9 +164,12 @@ class Store:
 
     def _check_identity(self, conn):
         """True if the file is an xvm store, False if it is an empty database; else StoreError."""
+        # One statement, so one read snapshot: read apart, another process creating the store
+        # could commit between the two and leave a new store looking like a foreign database.
         try:
-            application_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            application_id, tables = conn.execute(
+                "SELECT (SELECT application_id FROM pragma_application_id),"
+                " (SELECT count(*) FROM sqlite_master)").fetchone()
         except sqlite3.DatabaseError as e:
             if _code(e) in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
                 raise StoreError(self.path, f"is not an xvm store ({e})") from None
