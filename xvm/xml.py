@@ -548,8 +548,11 @@ class _Reader:
             self.attrs(readonly, ())
         if serial is not None:
             self.attrs(serial, ())
+            if not _LIBVIRT_SERIAL.fullmatch(serial.text or ""):
+                raise ConfigError(f"{self.where(serial)}: serial {serial.text or ''!r} is not a libvirt disk "
+                                  "serial (1-20 letters, digits, spaces, '_', '.', '+' or '-')")
         disk = self.wrap(el, lambda: Disk(path, readonly=readonly is not None,
-                                          serial=None if serial is None else serial.text or "", cache=cache))
+                                          serial=None if serial is None else serial.text, cache=cache))
         return dev, disk
 
     def interface(self, el):

@@ -160,11 +160,13 @@ def test_counter_guest_migrates_back_and_forth_20_times(pair, guest, tls_dir):
 
 def test_dirtying_guest_converges_and_its_memory_survives(pair, guest, tls_dir):
     a, b = pair.hosts
-    dom = a.create(dirty_config(guest))
+    dom = a.create(dirty_config(guest, mib=16))
     dom.console.expect(r"dirty: pass \d+", 20)
-    stats = dom.migrate(pair.listeners[1].uri, tls_dir=tls_dir, downtime_ms=20, timeout_s=60)
-    assert stats.throttle_pct > 0 and stats.auto_converged  # it had to be slowed to converge
-    assert stats.iterations > 1 and stats.pages_sent > 16384  # more than one pass of its 64 MiB
+    # The link is capped well below the guest's dirty rate (as QEMU's auto-converge test does):
+    # on a quiet, fast host an uncapped link outruns the guest, which then converges unslowed.
+    stats = dom.migrate(pair.listeners[1].uri, tls_dir=tls_dir, downtime_ms=20, bandwidth=32, timeout_s=60)
+    assert stats.throttle_pct > 0 and stats.auto_converged, stats  # it had to be slowed to converge
+    assert stats.iterations > 1 and stats.pages_sent > 4096, stats  # more than one pass of its 16 MiB
     moved = b.lookup("dirty")
     passes = lambda: [int(m) for m in re.findall(r"dirty: pass (\d+)", log(moved))]  # noqa: E731
     first = wait_for(passes, what="a pass on the destination")[-1]

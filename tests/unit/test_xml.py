@@ -296,6 +296,15 @@ def test_block_disks(files):
         X.config_from_xml(domain(files, devices=disk.replace("dev='/dev/vg0/web'", "file='/x'")))
 
 
+@pytest.mark.parametrize("serial", ["<serial/>", "<serial>a/b</serial>"])
+def test_a_serial_libvirt_would_refuse_is_refused_on_reading(files, serial):
+    # What is read must write back: an empty serial (a fuzz find) or one outside libvirt's
+    # diskSerial pattern would give a config that config_to_xml refuses.
+    disk = f"<disk type='file' device='disk'><source file='/x.img'/><target dev='vda'/>{serial}</disk>"
+    with pytest.raises(ConfigError, match=r"<serial> at line 1: serial '(|a/b)' is not a libvirt disk serial"):
+        X.config_from_xml(domain(files, devices=disk))
+
+
 def test_disk_errors_name_the_line(files):
     disk = f"<disk type='file' device='disk'>\n<source file='/x.img'/><target dev='vda'/><serial>{'s' * 21}</serial></disk>"
     with pytest.raises(ConfigError, match=r"<disk> at line 1: disk '/x.img': serial 's{21}' is longer than 20 bytes"):
