@@ -3,8 +3,8 @@
 * On a machine with vmx/svm (real hardware, or inside the HVM test host) they run directly.
 * Otherwise (the project's PVM machines) the outer pytest boots the TCG test host ONCE per
   session, in a process of its own (:mod:`xvm.testhost.job`), when the first of these tests
-  runs (or, with XVM_HVM_BACKGROUND=1, as the session's tests start, while the other tests run
-  here, its items placed last), and runs all the selected tests/hvm tests inside it
+  runs, or by default as the session's tests start, at the lowest CPU priority, while the other
+  tests run here (its items placed last), and runs all the selected tests/hvm tests inside it
   (pytest-xdist workers, whole files each); each outer item then reports the inner result of
   the same node id (pass, fail with the inner failure text, skip with the inner reason), read
   from the ``--junitxml`` the inner pytest wrote to the results share.
@@ -21,8 +21,9 @@ Environment: XVM_HVM_TIMEOUT (seconds for the inner run, default 600 + 120 per t
 XVM_HVM_STALL_TIMEOUT (seconds of silence that mean a hang, default 120),
 XVM_HVM_STREAM=1 (stream the test host's console to the terminal; also with -s or -vv; the run is
 then in the foreground, when the first tests/hvm item is reached),
-XVM_HVM_BACKGROUND=1 (start the test host as the session's tests start, beside the other tests,
-its items placed last: nothing of it in this process, so no_leaks is not disturbed),
+XVM_HVM_BACKGROUND=0 (start the test host only when the first tests/hvm item runs, alone; by
+default it starts with the session's tests, beside them at nice 19, its items placed last: nothing
+of it in this process, so no_leaks is not disturbed),
 XVM_HVM_WORKERS=N (pytest-xdist workers inside, default one per test host CPU; each takes whole
 files, whose tests share networks, addresses and pools; 1 runs them one after another),
 XVM_HVM_PLUGINS=a,b (pytest plugins to load inside: the inner pytest runs with
@@ -49,6 +50,7 @@ INNER_ENV = "XVM_TESTHOST_INNER"
 SELECT_ENV = "XVM_HVM_SELECT"
 DEFAULT_STALL_TIMEOUT = 120.0
 PROGRESS_PLUGIN = "xvm.testhost.progress"  # the inner pytest's heartbeat
+BACKGROUND_NICE = 19  # the test host beside the other tests: only the CPU time they leave
 
 
 def _is_hvm_item(item) -> bool:
@@ -155,13 +157,14 @@ class _InnerRun:
         self.host = None
         self.job = None
         self._started_at = None
-        # In the background only with XVM_HVM_BACKGROUND=1, never with its console streamed to
+        # In the background unless XVM_HVM_BACKGROUND=0, and never with its console streamed to
         # the terminal (it would mix with the other tests' output).  Nothing of the machine lives
         # in this process meanwhile (no thread, no descriptor the tests that count theirs,
-        # no_leaks, could see): it is started before the first test and read after.  Not the
-        # default: on two CPUs the suite takes about as long either way (the test host's two
-        # workers use both), and the timing-sensitive tests here would share them with it.
-        self.background = os.environ.get("XVM_HVM_BACKGROUND") == "1" and not self._stream_wanted()
+        # no_leaks, could see): it is started before the first test and read after.  It runs at
+        # the lowest priority (BACKGROUND_NICE): it takes the CPU time the other tests leave
+        # (about half of two CPUs: they wait on guests and processes), and the timing-sensitive
+        # ones among them are not slowed.  In the foreground it ran alone, one CPU idle.
+        self.background = os.environ.get("XVM_HVM_BACKGROUND", "1") != "0" and not self._stream_wanted()
 
     def start(self):
         """Start the inner session (the first remote item waits for it)."""
@@ -223,7 +226,8 @@ class _InnerRun:
         env = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", SELECT_ENV: str(select)}
         self.job = JobProcess(self._command(self.results_dir / "junit.xml"), timeout=self._timeout(),
                               cwd=self._rootdir(), env=env, results_dir=self.results_dir,
-                              host={"stall_timeout": self.host.stall_timeout}, stream=stream)
+                              host={"stall_timeout": self.host.stall_timeout}, stream=stream,
+                              nice=BACKGROUND_NICE if self.background else 0)
         self.job.start()
 
     def _finish(self):

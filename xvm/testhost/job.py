@@ -27,12 +27,15 @@ CANCEL_WAIT = 30.0  # seconds the child has to stop its machine after SIGTERM be
 
 class JobProcess:
     """``TestHost(**host).run(command, timeout=..., cwd=..., env=..., results_dir=...)`` in a child
-    process.  ``stream``: a file with a descriptor the child writes the console to (or None)."""
+    process.  ``stream``: a file with a descriptor the child writes the console to (or None);
+    ``nice``: added to the child's niceness (19: the machine uses only the CPU time that other
+    work leaves)."""
 
-    def __init__(self, command, *, timeout, cwd, env, results_dir, host=None, stream=None):
+    def __init__(self, command, *, timeout, cwd, env, results_dir, host=None, stream=None, nice=0):
         self.results_dir = Path(results_dir)
         self.spec = {"command": list(command), "timeout": timeout, "cwd": str(cwd), "env": dict(env or {}),
-                     "results_dir": str(self.results_dir), "host": dict(host or {}), "stream": stream is not None}
+                     "results_dir": str(self.results_dir), "host": dict(host or {}), "stream": stream is not None,
+                     "nice": int(nice)}
         self.stream = stream
         self.proc = None
 
@@ -96,6 +99,8 @@ def _main(spec_file):
     from .host import TestHost
 
     spec = json.loads(Path(spec_file).read_text())
+    if spec.get("nice"):
+        os.nice(spec["nice"])  # before QEMU starts: it inherits this
     results_dir = Path(spec["results_dir"])
     host = TestHost(stream=sys.stdout if spec["stream"] else None, **spec["host"])
     signal.signal(signal.SIGTERM, lambda *_: host.cancel())
