@@ -14,7 +14,8 @@ Q-pair multiqueue NIC under both VMMs (xvm ``Nic(queues=Q)``; QEMU ``-netdev tap
 `virtio-net-device` on a TAP (virtio-mmio too, vhost off: there is no vhost-net here) run the
 same guest in turn.  Unmodified kernels need hardware-assisted KVM, so on a PVM host the
 script re-runs itself inside the HVM test host (QEMU-TCG, emulated AMD-V): absolute figures
-there mean little, the xvm/QEMU ratio is the result.
+there mean little, the xvm/QEMU ratio is the result.  Each row also gives the host CPU per MB (or
+per packet) of the VMM's process, its vCPU threads included, between the guest's result lines.
 
 --native measures instead, on this (PVM) host, the native-speed test guest tests/guests/net.c:
 frames per second it transmits to a raw socket on the bridge, and guest<->guest round trips.
@@ -107,6 +108,46 @@ def parse(text):
     return out
 
 
+def process_cpu_seconds(pid):
+    """User + system CPU time of process ``pid``, all its threads (the guest's vCPUs among them)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMarks:
+    """The VMM process's CPU time each time the guest prints an XVM-BENCH line: a test's
+    CPU is what its process used between the line before and its own."""
+
+    def __init__(self, pid):
+        self.pid, self.marks, self._partial = pid, [], b""
+
+    def feed(self, data):
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            m = re.search(rb"XVM-BENCH[ -](\w+)", line)
+            if m:
+                self.marks.append((m.group(1).decode(), process_cpu_seconds(self.pid)))
+
+    def per_test(self):
+        """{test: CPU seconds} from the marks (XVM-BENCH-UP starts the first)."""
+        out = {}
+        for (_, before), (name, after) in zip(self.marks, self.marks[1:]):
+            out[name] = after - before
+        return out
+
+
+def cpu_per_unit(values, cpu, seconds):
+    """{test: host CPU µs per MB (throughput rows) or per packet (kpps rows)}."""
+    out = {}
+    for name, _, unit in TESTS:
+        if name in values and name in cpu and values[name] > 0:
+            amount = values[name] * seconds * (1000 if unit == "kpps" else 1 / 8)  # packets or MB
+            out[name] = cpu[name] * 1e6 / amount
+    return out
+
+
 # --- the two VMMs ----------------------------------------------------------------------------
 
 def run_xvm(host, net, kernel, initrd, timeout, queues=1):
@@ -114,12 +155,17 @@ def run_xvm(host, net, kernel, initrd, timeout, queues=1):
         name="bench-net", memory_mib=512, vcpus=queues, kernel=kernel, initrd=initrd, cmdline=CMDLINE,
         disable_cpu_features=("xsave",) if NESTED_TCG else (),
         nics=[xvm.Nic(network=net.name, mac="52:54:00:be:0c:02", queues=queues)]))
+    marks = CpuMarks(os.getpid())  # in_process: the VMM is this process
     try:
         dom.start()
-        dom.console.expect("XVM-BENCH-DONE", timeout=timeout)
+        unsubscribe = dom.console.subscribe(lambda event, data: event == "data" and marks.feed(data))
+        try:
+            dom.console.expect("XVM-BENCH-DONE", timeout=timeout)
+        finally:
+            unsubscribe()
         nic = dom.machine.virtio[0].device
         metrics = nic.metrics.snapshot()
-        return dom.console.text(), metrics
+        return dom.console.text(), metrics, marks.per_test()
     finally:
         if dom.state is not xvm.DomainState.SHUTOFF:
             dom.destroy()
@@ -136,8 +182,17 @@ def run_qemu(net, kernel, initrd, timeout, queues=1):
            "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off{mq}",
            "-device", "virtio-net-device,netdev=n0,mac=52:54:00:be:0c:02" + (",mq=on" if queues > 1 else "")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    lines, marks = [], CpuMarks(proc.pid)
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            try:
+                marks.feed(line)
+            except OSError:  # QEMU already gone
+                pass
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
         deadline = time.monotonic() + 60
@@ -153,7 +208,7 @@ def run_qemu(net, kernel, initrd, timeout, queues=1):
             proc.kill()
             proc.wait()
         reader.join(10)
-    return b"".join(lines).decode(errors="replace")
+    return b"".join(lines).decode(errors="replace"), marks.per_test()
 
 
 def run_here(seconds, rounds, queues=1):
@@ -165,6 +220,7 @@ def run_here(seconds, rounds, queues=1):
     timeout = 300 + 12 * seconds * len(TESTS)
     server = None
     results = {"xvm": [], "qemu": []}
+    cpu = {"xvm": [], "qemu": []}  # per round: {test: host CPU µs per MB or per packet}
     try:
         with xvm.connect(in_process=True) as host:  # reads vCPU and device internals
             net = host.create_network(xvm.Network("bench", address=f"{HOST_IP}/24"))
@@ -172,12 +228,14 @@ def run_here(seconds, rounds, queues=1):
                 server = subprocess.Popen(["iperf3", "-s", "-B", HOST_IP],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 for _ in range(rounds):
-                    text, metrics = run_xvm(host, net, kernel, initrd, timeout, queues)
+                    text, metrics, used = run_xvm(host, net, kernel, initrd, timeout, queues)
                     results["xvm"].append(parse(text))
+                    cpu["xvm"].append(cpu_per_unit(results["xvm"][-1], used, seconds))
                     print("xvm  :", _lines(text), "| metrics:",
                           {k: v for k, v in metrics.items() if v}, flush=True)
-                    text = run_qemu(net, kernel, initrd, timeout, queues)
+                    text, used = run_qemu(net, kernel, initrd, timeout, queues)
                     results["qemu"].append(parse(text))
+                    cpu["qemu"].append(cpu_per_unit(results["qemu"][-1], used, seconds))
                     print("qemu :", _lines(text), flush=True)
             finally:
                 net.destroy()
@@ -198,6 +256,12 @@ def run_here(seconds, rounds, queues=1):
                   if name in a and name in b and b[name]]
         ratio = summary(ratios, "x") if ratios else "n/a"
         print(f"{name:10s} xvm: {row[0]}\n{'':10s} qemu: {row[1]}\n{'':10s} xvm/qemu: {ratio}")
+        per = "µs/packet" if unit == "kpps" else "µs/MB"
+        costs = [a[name] / b[name] for a, b in zip(cpu["xvm"], cpu["qemu"]) if name in a and name in b]
+        for vmm in ("xvm", "qemu"):
+            values = [c[name] for c in cpu[vmm] if name in c]
+            print(f"{'':10s} host CPU {vmm}: {summary(values, per) if values else 'n/a'}")
+        print(f"{'':10s} host CPU xvm/qemu: {summary(costs, 'x') if costs else 'n/a'}")
 
 
 def _lines(text):
