@@ -10,7 +10,7 @@ import re
 import threading
 import time
 
-from .errors import ConsoleTimeout, StateError
+from .errors import ConfigError, ConsoleTimeout, StateError
 
 DEFAULT_LOG_LIMIT = 1 << 20
 SETTLE = 0.05  # seconds a match at the end of the output waits for the rest of it
@@ -60,30 +60,36 @@ class Console:
             except Exception:  # a listener must not break the guest's output path
                 self._listeners.remove(listener)
 
-    def subscribe(self, listener, history=True):
+    def subscribe(self, listener, history=True, offset=None):
         """Call ``listener(event, payload)`` for every change: ``("data", bytes)``,
         ``("open", None)`` when input becomes possible, ``("closed", reason)`` when it stops.
 
         First, before this returns, the listener gets what is retained now (if
         ``history``) and the current input state, taken atomically with the
-        subscription, so nothing is lost, seen twice or out of order.  Listeners run
-        on the guest's output path: they must not block.  Returns ``unsubscribe()``.
+        subscription, so nothing is lost, seen twice or out of order.  ``offset``: replay
+        from that position (:attr:`end` counts every byte this console ever got) instead of
+        the oldest byte retained -- what a client that already has ``offset`` bytes asks
+        for; past :attr:`end` it is a ConfigError.  Listeners run on the guest's output
+        path: they must not block.  Returns a :class:`Subscription`: call it to unsubscribe.
         """
         with self._cond:
-            if history and self._log:
-                listener("data", bytes(self._log))
+            if offset is not None:
+                if offset < 0:
+                    raise ConfigError(f"console offset {offset} is negative")
+                if offset > self.end:
+                    raise ConfigError(f"console offset {offset} is past the end of the output "
+                                      f"({self.end} bytes so far)")
+                start = max(offset, self._base)  # what was dropped beyond ``limit`` is gone
+            else:
+                start = self._base if history else self.end
+            if start < self.end:
+                listener("data", self._since(start))
             if self._input is not None:
                 listener("open", None)
             else:
                 listener("closed", self._closed_reason)
             self._listeners.append(listener)
-
-        def unsubscribe():
-            with self._cond:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return unsubscribe
+            return Subscription(self, listener, start)
 
     def widget(self, history=True, title=None):
         """A live console for Jupyter: output as it arrives, an input line
@@ -175,3 +181,18 @@ class Console:
     def _since(self, position):
         start = max(position - self._base, 0)
         return bytes(self._log[start:])
+
+
+class Subscription:
+    """A listener of a :class:`Console` (:meth:`Console.subscribe`); calling it unsubscribes.
+    ``start``: the position of the first byte the listener got (the end if none)."""
+
+    def __init__(self, console, listener, start):
+        self._console = console
+        self._listener = listener
+        self.start = start
+
+    def __call__(self):
+        with self._console._cond:
+            if self._listener in self._console._listeners:
+                self._console._listeners.remove(self._listener)

@@ -325,8 +325,9 @@ class DomainConsole(Console):
     """A domain's serial console, the same API wherever its VMM runs.
 
     It mirrors the VMM's console server: on first use (and after each new boot) it
-    attaches, receives the retained history, then every byte as the guest writes it;
-    ``write()`` sends input to the VMM.  The mirror keeps what it received across
+    attaches, receives the retained history, then every byte as the guest writes it
+    (dropped by the server for falling behind, it attaches again from the bytes it has:
+    :class:`~xvm.host.channel.SocketChannel`); ``write()`` sends input to the VMM.  The mirror keeps what it received across
     boots, bounded like the VMM's own log.
     """
 

@@ -128,7 +128,7 @@ def test_protocol_seeds(name, data):
 
 # --- the action decoder --------------------------------------------------------------------------
 
-field_names = st.sampled_from(["data", "history", "key", "config", "domain", "new_name", "action",
+field_names = st.sampled_from(["data", "history", "offset", "key", "config", "domain", "new_name", "action",
                                "on", "count", "ratio", "name", "flag", "blob", "table", "tags",
                                "maybe", "type", "extra"])
 action_like = st.fixed_dictionaries(

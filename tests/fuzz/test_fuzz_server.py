@@ -5,8 +5,8 @@ broken headers, valid frames with random JSON, well-formed requests for every ac
 random fields, descriptors attached where none belong (or missing where one does),
 frames cut short.  The server must answer or close that connection — never crash, never
 hang — and keep serving a well-behaved client on another connection after every
-example.  ConsoleAttach and Wait hold a connection open by design; they are fuzzed
-through their fields, not awaited."""
+example.  ConsoleAttach and Wait hold a connection open by design; ConsoleAttach is fuzzed
+through its fields (a hostile ``offset``, ``history``) up to its first reply, not followed."""
 import json
 import os
 import socket
@@ -186,3 +186,29 @@ def test_fds_are_not_leaked(server):
     while len(os.listdir("/proc/self/fd")) > before + 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(os.listdir("/proc/self/fd")) <= before + 2
+
+
+HOSTILE_OFFSETS = st.one_of(JSON, st.integers(-2**70, 2**70), st.sampled_from([-1, 0, 7, 8, 2**63 - 1, 2**63]))
+
+
+@replay("console_attach")
+@settings(FUZZ, max_examples=examples(40))
+@given(fields=st.dictionaries(st.sampled_from(["offset", "history"]), HOSTILE_OFFSETS, max_size=2))
+def test_console_attach_fields(server, fields):
+    """An attach with any offset is answered: the history from there (its position said)
+    or a precise refusal; the VMM goes on serving."""
+    srv, path = server
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        P.send_message(sock, P.request(1, {"type": "ConsoleAttach", **fields}))
+        reply, fds = P.recv_message(sock, timeout=ANSWER_TIMEOUT)
+        P.close_fds(fds)
+    assert reply["id"] == 1
+    if reply["ok"]:
+        result = reply["result"]
+        offset = fields.get("offset")
+        assert result["offset"] == (offset if offset is not None else 0)
+        assert P.unb64(result["history"]) == srv.vmm.console.log()[result["offset"]:]
+    else:
+        assert reply["error"]["type"] in ("BadAction", "ConfigError") and reply["error"]["message"]
+    _well_behaved(path)

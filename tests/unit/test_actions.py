@@ -141,6 +141,8 @@ VALID = {"type": "AllTypes", "count": 1, "ratio": 1.5, "name": "n", "flag": True
      "SetAutostart.on must be a bool, not int"),
     ({"type": "ConsoleAttach", "history": "yes"}, None,
      "ConsoleAttach.history must be a bool, not string"),
+    ({"type": "ConsoleAttach", "history": False, "offset": 0}, None,
+     "ConsoleAttach: an offset asks for the history from there on; history=false asks for none"),
     ({"type": "ConsoleInput", "data": [104]}, None,
      "ConsoleInput.data must be bytes (a base64 string), not array"),
     ({"type": "ConsoleInput", "data": "abc"}, None,

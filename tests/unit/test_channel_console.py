@@ -7,6 +7,7 @@ import threading
 import time
 
 from xvm.host.channel import _ConsoleReader
+from xvm.vmm.actions import ConsoleAttach
 from xvm.vmm import protocol as P
 
 LINES = [b"count %d\n" % i for i in range(50)]
@@ -28,10 +29,28 @@ def _ending_vmm(vmm_end, delay):
     return thread
 
 
+class _AttachedChannel:
+    """The channel side a reader needs, its one connection already attached (nothing retained)."""
+
+    name = "t"
+    timeout = 5.0
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def _connect(self):
+        return self.sock
+
+    def _roundtrip(self, sock, request_id, action, timeout):
+        return {"history": "", "open": True, "reason": None, "offset": 0}
+
+
 def _reader():
     host_end, vmm_end = socket.socketpair()
     got = []
-    reader = _ConsoleReader(host_end, lambda event, payload: got.append(payload) if event == "data" else None, "t")
+    reader = _ConsoleReader(_AttachedChannel(host_end),
+                            lambda event, payload: got.append(payload) if event == "data" else None, lambda a: a)
+    reader.attach(ConsoleAttach())
     return reader, vmm_end, got
 
 

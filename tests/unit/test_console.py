@@ -11,7 +11,7 @@ import time
 import pytest
 
 from xvm.console import Console
-from xvm.errors import ConsoleTimeout, StateError, XvmError
+from xvm.errors import ConfigError, ConsoleTimeout, StateError, XvmError
 
 
 class Input:
@@ -305,6 +305,21 @@ def test_reattach_after_reboot_keeps_the_log(console):
     console.write(b"y")
     assert second.data == b"y" and console.input.data == b""
     assert console.read() == b"first boot\nsecond boot\n"
+
+
+def test_subscribe_from_an_offset():
+    """A client that has the first ``offset`` bytes gets the rest; from bytes no longer
+    retained it starts at the oldest (its ``start`` says so); past the end is refused."""
+    console = Console(limit=10)
+    console._feed(b"0123456789abcdef")  # 0-5 dropped
+    got = []
+    assert console.subscribe(lambda event, payload: got.append((event, payload)), offset=12).start == 12
+    assert got[0] == ("data", b"cdef")
+    got = []
+    subscription = console.subscribe(lambda event, payload: got.append((event, payload)), offset=2)
+    assert subscription.start == 6 and got[0] == ("data", b"6789abcdef")
+    with pytest.raises(ConfigError, match=r"^console offset 17 is past the end of the output \(16 bytes so far\)$"):
+        console.subscribe(lambda event, payload: None, offset=17)
 
 
 # --- the console log file (log/<name>.log) ---------------------------------------------

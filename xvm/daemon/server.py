@@ -311,8 +311,7 @@ class Daemon:
         domain = self.host.lookup(key)
         domain.console._ensure()
         try:
-            stream_console(conn, request_id, lambda listener: domain.console.subscribe(listener, action.history),
-                           domain.name)
+            stream_console(conn, request_id, domain.console, action, domain.name)
         except XvmError as e:
             P.try_send(conn, P.error_reply(request_id, e))
 

@@ -1,13 +1,14 @@
 """How a host reaches one domain's VMM: in-process, or over the VMM's control socket.
 
 Both channels offer ``call(action, timeout)`` (the action's result, or the error the
-VMM raised, as the same exception class) and ``attach_console(listener, history)``
+VMM raised, as the same exception class) and ``attach_console(listener, history, offset=)``
 (the listener gets ``("data", bytes)``, ``("open", None)`` and ``("closed", reason)``
-events, after the retained history).  A VMM that cannot be reached raises
+events, after the retained history, or the history from ``offset`` on).  A VMM that cannot be reached raises
 :class:`VmmGone`; one that does not answer within the timeout raises
 :class:`VmmNotResponding` — a client never hangs on a stuck VMM.
 """
 import errno
+import logging
 import os
 import socket
 import threading
@@ -17,6 +18,8 @@ from ..vmm import actions as A
 from ..vmm import protocol as P
 from ..vmm.lifecycle import DomainState
 from ..vmm.vmm import VmmGone
+
+log = logging.getLogger(__name__)
 
 # Booting and destroying take time; nothing legitimate takes this long.  $XVM_VMM_TIMEOUT
 # overrides it (seconds).
@@ -40,8 +43,8 @@ class LocalChannel:
             return state.value if state is not None else None
         return self.vmm.handle(action)
 
-    def attach_console(self, listener, history=True):
-        return self.vmm.console.subscribe(listener, history=history)
+    def attach_console(self, listener, history=True, *, offset=None):
+        return self.vmm.console.subscribe(listener, history, offset)
 
     def close(self, drain=0.0):
         pass
@@ -125,23 +128,12 @@ class SocketChannel:
                 self._sock = None
                 raise
 
-    def attach_console(self, listener, history=True, *, request=None):
-        """Attach ``listener`` to the console; ``request`` replaces the ConsoleAttach action
-        (xvmd wraps it in a DomainRequest).  Returns the function that detaches."""
-        sock = self._connect()
-        try:
-            result = self._roundtrip(sock, 1, request or A.ConsoleAttach(history=history), self.timeout)
-        except BaseException:
-            sock.close()
-            raise
-        snapshot = P.unb64(result.get("history", ""))
-        if snapshot:
-            listener("data", snapshot)
-        if result.get("open"):
-            listener("open", None)
-        else:
-            listener("closed", result.get("reason") or "the domain is not running")
-        reader = _ConsoleReader(sock, listener, self.name)
+    def attach_console(self, listener, history=True, *, offset=None, wrap=None):
+        """Attach ``listener`` to the console (from ``offset``: :class:`~xvm.vmm.actions.ConsoleAttach`);
+        ``wrap(attach)``: the action that carries the ConsoleAttach ``attach`` (xvmd wraps it
+        in a DomainRequest).  Returns the function that detaches."""
+        reader = _ConsoleReader(self, listener, wrap or (lambda attach: attach))
+        reader.attach(A.ConsoleAttach(history=history, offset=offset))
         self._consoles.append(reader)
         return reader.stop
 
@@ -159,14 +151,57 @@ class SocketChannel:
 
 
 class _ConsoleReader:
-    """Reads console events from an attached connection on a thread of its own."""
+    """Reads console events from an attached connection on a thread of its own.  Dropped by
+    the server for falling behind (``console-dropped``), it attaches again from the position
+    of the bytes it has, so that the listener misses nothing and sees nothing twice."""
 
-    def __init__(self, sock, listener, name):
-        self._sock = sock
+    def __init__(self, channel, listener, wrap):
+        self._channel = channel
         self._listener = listener
+        self._wrap = wrap
+        self._lock = threading.Lock()
+        self._sock = None
+        self._position = None  # of the next byte; None from a server that does not say
+        self._state = None  # the input state last told: ("open", None) or ("closed", reason)
         self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=f"xvm-console-{name}", daemon=True)
-        self._thread.start()
+        self._thread = None
+
+    def attach(self, attach):
+        """Attach with the ConsoleAttach ``attach``; tell the listener the history and the
+        input state (if it changed), then read on a thread (started by the first attach)."""
+        sock = self._channel._connect()
+        with self._lock:
+            if self._stopped:
+                sock.close()
+                return
+            self._sock = sock  # stop() can interrupt the round trip
+        try:
+            result = self._channel._roundtrip(sock, 1, self._wrap(attach), self._channel.timeout)
+        except BaseException:
+            sock.close()
+            raise
+        start = result.get("offset")
+        if not isinstance(start, int) or isinstance(start, bool):
+            start = None
+        if attach.offset is not None and start != attach.offset:
+            log.warning("domain %s: the console's output from byte %d to %s is no longer retained; "
+                        "it goes on from there", self._channel.name, attach.offset, start)
+        snapshot = P.unb64(result.get("history", ""))
+        if snapshot:
+            self._listener("data", snapshot)
+        self._position = None if start is None else start + len(snapshot)
+        state = ("open", None) if result.get("open") else \
+            ("closed", result.get("reason") or "the domain is not running")
+        if state != self._state:  # attached again: the listener knows the state unless it changed
+            self._tell(state)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"xvm-console-{self._channel.name}",
+                                            daemon=True)
+            self._thread.start()
+
+    def _tell(self, state):
+        self._state = state
+        self._listener(*state)
 
     def _run(self):
         reason = "the VMM ended"
@@ -175,30 +210,40 @@ class _ConsoleReader:
                 message, fds = P.recv_message(self._sock)
                 event = message.get("event")
                 if event == "console":
-                    self._listener("data", P.unb64(message.get("data", "")))
+                    data = P.unb64(message.get("data", ""))
+                    self._listener("data", data)
+                    if self._position is not None:
+                        self._position += len(data)
                 elif event == "console-open":
-                    self._listener("open", None)
+                    self._tell(("open", None))
                 elif event == "console-closed":
                     reason = message.get("reason") or reason
-                    self._listener("closed", reason)
+                    self._tell(("closed", reason))
+                elif event == "console-dropped" and self._position is not None:
+                    log.info("domain %s: the console stream was dropped (%s); attaching again at byte %d",
+                             self._channel.name, message.get("reason"), self._position)
+                    self._sock.close()
+                    self.attach(A.ConsoleAttach(offset=self._position))
         except (XvmError, OSError):
             pass
         finally:
             self._sock.close()
         if not self._stopped:
-            self._listener("closed", reason)
+            self._tell(("closed", reason))
 
     def stop(self, drain=0.0):
         if drain and self._thread is not threading.current_thread():
             self._thread.join(drain)  # up to the VMM's end of the connection, all events read
-        self._stopped = True
+        with self._lock:
+            self._stopped = True
+            sock = self._sock
         try:
-            self._sock.shutdown(socket.SHUT_RDWR)
+            sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         if self._thread is not threading.current_thread():
             self._thread.join(5)
-        self._sock.close()
+        sock.close()
 
 
 def _env_timeout():

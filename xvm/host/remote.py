@@ -138,8 +138,9 @@ class RemoteHost(Host):
         console follows it across boots, so this one never needs to re-attach."""
         if console._detach_fn is not None:
             return
-        request = A.DomainRequest(domain=str(domain.uuid), action=A.ConsoleAttach(history=True).to_json())
-        console._detach_fn = self._channel.attach_console(console._listener, request=request)
+        uuid = str(domain.uuid)
+        console._detach_fn = self._channel.attach_console(
+            console._listener, wrap=lambda attach: A.DomainRequest(domain=uuid, action=attach.to_json()))
         console._attached_boot = "xvmd"
 
     def close(self):

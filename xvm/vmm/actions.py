@@ -278,11 +278,34 @@ class Ping(Action):
     """Check that the VMM answers; does nothing."""
 
 
+CONSOLE_OFFSET_MAX = (1 << 63) - 1  # a byte position: no console ever holds more
+
+
 @action
 class ConsoleAttach(Action):
-    """Subscribe this connection to console output (events), the buffered history first if asked."""
+    """Subscribe this connection to console output (events), the buffered history first if
+    asked.  ``offset``: the history from that position on (the client has the bytes before
+    it; :meth:`xvm.console.Console.subscribe`); without one, all that is retained.  Sent
+    without ``offset`` when it is None, as servers that predate it expect."""
 
     history: bool = True
+    offset: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.offset is not None:
+            if not 0 <= self.offset <= CONSOLE_OFFSET_MAX:
+                raise BadAction(f"ConsoleAttach.offset must be a byte position from 0 to 2**63-1, "
+                                f"not {_short(self.offset)}")
+            if not self.history:
+                raise BadAction("ConsoleAttach: an offset asks for the history from there on; "
+                                "history=false asks for none")
+
+    def to_json(self):
+        wire = super().to_json()
+        if self.offset is None:
+            del wire["offset"]
+        return wire
 
 
 @action

@@ -4,11 +4,13 @@ One thread per connection.  A connection sends requests (``{"id", "action"}``) a
 gets one reply each, in order.  Two requests are served by the connection itself
 rather than the control thread:
 
-* ``ConsoleAttach``: the reply carries the retained console output (base64) and
-  whether input is open; from then on the connection only *receives* events —
-  ``{"event": "console", "data"}``, ``{"event": "console-open"}`` and
-  ``{"event": "console-closed", "reason"}`` — until either side closes it.  A client
-  that falls too far behind is disconnected (:mod:`~xvm.vmm.streams`).
+* ``ConsoleAttach``: the reply carries the retained console output (base64; from the
+  request's ``offset`` on if it has one), its position and whether input is open; from
+  then on the connection only *receives* events — ``{"event": "console", "data"}``,
+  ``{"event": "console-open"}`` and ``{"event": "console-closed", "reason"}`` — until
+  either side closes it.  A client that falls too far behind is told
+  (``console-dropped``) and disconnected, and attaches again from its offset
+  (:mod:`~xvm.vmm.streams`).
 * ``Wait``: blocks this connection (never the control thread) until the domain is
   in one of the given states or the timeout passes.
 
@@ -169,7 +171,6 @@ class VmmServer:
         return state.value if state is not None else None
 
     def _stream_console(self, conn, request_id, action):
-        stream_console(conn, request_id, lambda listener: self.vmm.console.subscribe(listener, action.history),
-                       self.vmm.config.name)
+        stream_console(conn, request_id, self.vmm.console, action, self.vmm.config.name)
 
 
