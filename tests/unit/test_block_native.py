@@ -89,10 +89,23 @@ def _serve(memory, path, native_path, setup, heads, readonly, tune):
         dev.close()
 
 
+def _per_request(tune):
+    """``tune``, and the C path without whole turns in C: one C call per request."""
+    def per_request(dev):
+        if tune is not None:
+            tune(dev)
+        dev.turns_in_c = False
+    return per_request
+
+
 def _both(tmp_path, setup, heads, tune=None, **kw):
+    """The C path (whole turns in C, and one C call per request) and the Python reference
+    end alike; returns the first's."""
     c = _run(tmp_path, "c", True, setup, heads, tune=tune, **kw)
+    per_request = _run(tmp_path, "c1", True, setup, heads, tune=_per_request(tune), **kw)
     py = _run(tmp_path, "py", False, setup, heads, **kw)
-    assert sorted(c[0]) == sorted(py[0]) and c[1:] == py[1:]
+    for other in (per_request, py):
+        assert sorted(c[0]) == sorted(other[0]) and c[1:] == other[1:]
     return c
 
 

@@ -329,7 +329,8 @@ class VirtioTransport:
             if worker.abandoned:
                 return
             # A queue the driver never set up (or stopped using) is not served.
-            batch = serve_queue(device, index, work, stop=stop, abandoned=abandoned)
+            batch = serve_queue(device, index, work, stop=stop, abandoned=abandoned,
+                                stop_flag=worker.stop_flag)
             if batch is None:
                 return
             if device.broken:
@@ -418,7 +419,7 @@ class VirtioTransport:
                         if queue is not None:
                             s = next(saved)
                             queue.next_avail, queue.next_used = s.next_avail, s.next_used
-                            queue._signalled_used = s.signalled_used
+                            queue.signalled_used = s.signalled_used
                     # The saved machine's kicks that were still pending on its eventfds (or
                     # work a busy queue had left when it paused) are not in the state.
                     self._look_at_every_queue()
