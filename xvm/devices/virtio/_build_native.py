@@ -709,7 +709,7 @@ uint32_t xvm_blk_inflight(struct xvm_blk_ctx *ctx)
  *   XVM_TURN_HEAD_*   t->head was popped and is the reference path's, or conflicts with a
  *                     request in flight (the caller drains, starts it again), or its I/O
  *                     failed (the caller does it again in Python, errors and all);
- *   XVM_TURN_NOTIFY   a notification is due while requests are still in flight;
+ *   XVM_TURN_NOTIFY   a notification is due after a reaping (requests may be in flight);
  *   XVM_TURN_STOP     *q->stop was set: t->reaped finished requests in heads[]/results[]
  *                     are not on the used ring yet (the caller decides whether the ring is
  *                     still its own);
@@ -866,7 +866,7 @@ int xvm_blk_serve(struct xvm_blk_ctx *ctx, const struct xvm_blk_queue *q,
             t->reaped = 0;
             for (i = 0; i < n; i++)
                 turn_used(q, t, heads[i], results[i].used);
-            if (ctx->inflight && turn_notify(q, t))
+            if (turn_notify(q, t))  /* after each reaping, as Batch.serve_in_flight */
                 return XVM_TURN_NOTIFY;
             continue;
         }
