@@ -59,7 +59,7 @@ class TransportInterrupt(Interrupt):
         self._transport = transport
 
     def trigger(self, kind, queue=None):
-        self._transport.raise_interrupt(InterruptKind(kind), queue)
+        self._transport.raise_interrupt(kind, queue)
 
 
 class VirtioTransport:
@@ -115,7 +115,8 @@ class VirtioTransport:
     def raise_interrupt(self, kind, queue=None):
         """Notify the driver: ``kind`` says why, ``queue`` which queue has used
         buffers (None: any of them)."""
-        kind = InterruptKind(kind)
+        if type(kind) is not InterruptKind:  # (the conversion costs on every used buffer)
+            kind = InterruptKind(kind)
         with self._irq_lock:
             if kind & InterruptKind.CONFIG_CHANGE:
                 self.config_generation = (self.config_generation + 1) & 0xFFFFFFFF
