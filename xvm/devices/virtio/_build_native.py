@@ -11,6 +11,20 @@ import hashlib
 
 import cffi
 
+# xvm_blk_serve's structures (see SOURCE), one text for the declarations and the definitions.
+BLK_TURN_STRUCTS = """
+struct xvm_blk_queue {
+    const struct xvm_region *regions; uint32_t nregions; uintptr_t desc_table;
+    uint32_t queue_size; int indirect_ok; uintptr_t avail_ring; uintptr_t used_ring;
+    int event_idx; int readonly; int fd; const volatile int *stop;
+};
+struct xvm_blk_turn {
+    uint64_t capacity, parallel_min; uint32_t threads; int32_t nowait;
+    uint32_t budget, next_avail, next_used, notified_used; int32_t signalled_used;
+    uint32_t notify, head, reaped, reads, writes; uint64_t read_bytes, write_bytes;
+};
+"""
+
 CDEF = """
 struct xvm_region { uint64_t gpa; uint64_t size; uintptr_t host; };
 struct xvm_piece { uint64_t gpa; uint64_t len; };
@@ -31,19 +45,9 @@ uint32_t xvm_blk_reap(struct xvm_blk_ctx *ctx, int wait, uint32_t *heads,
                       struct xvm_blk_result *results, uint32_t max);
 uint32_t xvm_blk_inflight(struct xvm_blk_ctx *ctx);
 uint32_t xvm_blk_pool_peak(int reset);
-struct xvm_blk_queue {
-    const struct xvm_region *regions; uint32_t nregions; uintptr_t desc_table;
-    uint32_t queue_size; int indirect_ok; uintptr_t avail_ring; uintptr_t used_ring;
-    int event_idx; int readonly; int fd; const volatile int *stop;
-};
-struct xvm_blk_turn {
-    uint64_t capacity, parallel_min; uint32_t threads; int32_t nowait;
-    uint32_t budget, next_avail, next_used, notified_used; int32_t signalled_used;
-    uint32_t notify, head, reaped, reads, writes; uint64_t read_bytes, write_bytes;
-};
+void xvm_blk_pool_rendezvous(uint32_t n, uint32_t timeout_ms);
 int xvm_blk_serve(struct xvm_blk_ctx *ctx, const struct xvm_blk_queue *q,
                   struct xvm_blk_turn *t, uint32_t *heads, struct xvm_blk_result *results);
-void xvm_blk_pool_rendezvous(uint32_t n, uint32_t timeout_ms);
 int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
                uintptr_t desc_table, uint32_t queue_size, int indirect_ok,
                uintptr_t avail_ring, uintptr_t used_ring, uint32_t next_avail,
@@ -53,7 +57,7 @@ int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
 int64_t xvm_net_tx(const struct xvm_region *regions, uint32_t nregions,
                    uintptr_t desc_table, uint32_t queue_size, uint32_t head, int indirect_ok,
                    struct xvm_piece *scratch, uint32_t max_scratch, uint32_t features, int fd);
-"""
+""" + BLK_TURN_STRUCTS
 
 SOURCE = r"""
 #ifndef _GNU_SOURCE
@@ -717,22 +721,13 @@ uint32_t xvm_blk_inflight(struct xvm_blk_ctx *ctx)
  *                     again in Python, errors and all, and goes on);
  *   XVM_TURN_RING     avail.idx is more than Queue Size ahead (§2.7.6): nothing popped.
  * t->budget heads at most are popped.  Counters of the requests done are added to t. */
-/* The queue and its disk as they stay for the engine's life; `stop` is the worker's stop
- * request (Worker.stop_flag; NULL: none). */
-struct xvm_blk_queue {
-    const struct xvm_region *regions; uint32_t nregions; uintptr_t desc_table;
-    uint32_t queue_size; int indirect_ok; uintptr_t avail_ring; uintptr_t used_ring;
-    int event_idx; int readonly; int fd; const volatile int *stop;
-};
-/* One call's: in, the disk's capacity and the I/O pool's knobs (as xvm_blk_start's); in and
- * out, the turn's budget, the queue's indexes, Queue.signalled_used (-1: never) and
- * Batch.notified_used; out, the rest (see above) and the counters of what was done.
- * Laid out without padding: Python packs and unpacks it with struct (block/device.py). */
-struct xvm_blk_turn {
-    uint64_t capacity, parallel_min; uint32_t threads; int32_t nowait;
-    uint32_t budget, next_avail, next_used, notified_used; int32_t signalled_used;
-    uint32_t notify, head, reaped, reads, writes; uint64_t read_bytes, write_bytes;
-};
+/* struct xvm_blk_queue: the queue and its disk as they stay for the engine's life; `stop` is
+ * the worker's stop request (Worker.stop_flag; NULL: none).  struct xvm_blk_turn, one call's:
+ * in, the disk's capacity and the I/O pool's knobs (as xvm_blk_start's); in and out, the
+ * turn's budget, the queue's indexes, Queue.signalled_used (-1: never) and
+ * Batch.notified_used; out, the rest (see above) and the counters of what was done.  Laid
+ * out without padding: Python packs and unpacks it with struct (block/device.py). */
+/* BLK_TURN_STRUCTS */
 _Static_assert(sizeof(struct xvm_blk_turn) == 80, "struct xvm_blk_turn has padding");
 
 #define XVM_TURN_IDLE 0
@@ -1067,6 +1062,9 @@ int64_t xvm_net_tx(const struct xvm_region *regions, uint32_t nregions,
     return (int64_t)frame_len;
 }
 """
+
+
+SOURCE = SOURCE.replace("/* BLK_TURN_STRUCTS */\n", BLK_TURN_STRUCTS)
 
 
 def digest():
