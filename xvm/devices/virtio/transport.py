@@ -34,6 +34,8 @@ from .worker import Worker, drain_eventfd
 
 log = logging.getLogger(__name__)
 
+_CONFIG_CHANGE = InterruptKind.CONFIG_CHANGE.value
+
 
 @dataclass
 class QueueConfig:
@@ -115,15 +117,17 @@ class VirtioTransport:
     def raise_interrupt(self, kind, queue=None):
         """Notify the driver: ``kind`` says why, ``queue`` which queue has used
         buffers (None: any of them)."""
-        if type(kind) is not InterruptKind:  # (the conversion costs on every used buffer)
+        # Plain ints where it can: flag arithmetic on InterruptKind costs on every used buffer.
+        if type(kind) is not InterruptKind:
             kind = InterruptKind(kind)
+        bits = int(kind)
         with self._irq_lock:
-            if kind & InterruptKind.CONFIG_CHANGE:
+            if bits & _CONFIG_CHANGE:
                 self.config_generation = (self.config_generation + 1) & 0xFFFFFFFF
             vectors = self._message_vectors(kind, queue)
             if vectors is None:
                 # The line-based way: the interrupt status register says why.
-                self.interrupt_status |= int(kind)
+                self.interrupt_status |= bits
         if vectors is None:
             self.irq.trigger()
         else:
