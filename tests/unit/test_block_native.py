@@ -293,6 +293,20 @@ def test_a_stop_request_reaches_a_turn_in_c(tmp_path, monkeypatch):
         _stopped_turn(memory, _image(tmp_path / "s.img"), setup, heads, flag)
 
 
+def test_a_live_migration_sees_what_the_c_path_writes(tmp_path):
+    """While device writes are tracked (a live migration's pre-copy), reads done in C
+    record the pages they filled and the used ring's."""
+    setup, heads = _requests([(VIRTIO_BLK_T_IN, 0, 0x8000), (VIRTIO_BLK_T_IN, 64, 512)])
+    with GuestMemory.create([(0, MEMORY)]) as memory:
+        memory.track_device_writes(True)
+        _serve(memory, _image(tmp_path / "m.img"), True, setup, heads, False, None)
+        pages = memory.device_dirty.take()
+    used_ring = RING + 4096  # DriverRing's: the page after the table and available ring
+    wanted = {used_ring // 4096, STATUS // 4096, (DATA + 0x10000) // 4096}
+    wanted |= set(range(DATA // 4096, (DATA + 0x8000) // 4096))
+    assert wanted <= pages
+
+
 def _stopped_turn(memory, path, setup, heads, flag):
     dev = VirtioBlock(Disk(path), queue_size=QUEUE_SIZE)
     try:
