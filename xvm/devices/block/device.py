@@ -7,10 +7,10 @@ bounded batches: reads and writes in C, several in flight side by side on a smal
 I/O pool (a request overlapping a write in flight, and every other type, waits for
 what is in flight: a FLUSH covers the writes before it), a whole turn in one C call
 (popped, done, on the used ring, the notification decided) until something needs
-Python, the rest one chain at a time in Python (:meth:`VirtioBlock.process_chain`, also the reference); a
-malformed request fails alone (IOERR/UNSUPP, or used length 0 when it has no
-status byte) and is counted as a guest error; a broken ring puts the device in
-DEVICE_NEEDS_RESET (the core's business).
+Python, the rest one chain at a time in Python (:meth:`VirtioBlock.process_chain`,
+also the reference); a malformed request fails alone (IOERR/UNSUPP, or used length
+0 when it has no status byte) and is counted as a guest error; a broken ring puts
+the device in DEVICE_NEEDS_RESET (the core's business).
 """
 import logging
 import struct

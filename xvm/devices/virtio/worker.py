@@ -8,8 +8,8 @@ takes the queues back.
 
 Handlers are bounded (one batch of a queue, see :mod:`.batch`) and check
 :attr:`Worker.stop_requested` (C code: :attr:`Worker.stop_flag`) as they go, so a
-stop waits for one request, however busy the guest keeps its queues.  The worker thread takes no lock of
-its callers: a caller may stop it while holding its own.
+stop waits for one request, however busy the guest keeps its queues.  The worker
+thread takes no lock of its callers: a caller may stop it while holding its own.
 """
 import logging
 import os
