@@ -10,7 +10,8 @@ depth 4.  It prints one terse line per job: IOPS, MB/s and p50/p99 completion la
 read from it.  Host CPU per I/O: the VMM process's CPU time (all its threads, from
 /proc/<pid>/stat) between the guest's lines before and after each job, divided by the job's
 I/Os (IOPS times runtime and ramp: fio's own start-up is in the CPU time, alike for both).
-xvm (virtio-mmio, in a VMM process of its own as users run it) and `qemu-system-x86_64 -accel kvm -M microvm` with `virtio-blk-device` (virtio-mmio too; its
+xvm (virtio-mmio, in a VMM process of its own as users run it) and
+`qemu-system-x86_64 -accel kvm -M microvm` with `virtio-blk-device` (virtio-mmio too; its
 default cache, the host page cache, as xvm's) run the same guest in turn, alternating which
 goes first.  Unmodified kernels need hardware-assisted KVM, so on a PVM host the script
 re-runs itself inside the HVM test host (QEMU-TCG, emulated AMD-V): absolute figures there
