@@ -167,8 +167,11 @@ def run_xvm(host, kernel, initrd, image, timeout):
             unsubscribe()
         return dom.console.text(), cpu
     finally:
-        if dom.state is not xvm.DomainState.SHUTOFF:
-            dom.destroy()
+        try:
+            if dom.state is not xvm.DomainState.SHUTOFF:
+                dom.destroy()
+        except xvm.errors.StateError:
+            pass  # the guest powered off (its last step) between the two calls
         dom.undefine()
 
 
@@ -220,8 +223,12 @@ def run_here(compressed, seconds, rounds):
                 order = ("xvm", "qemu") if r % 2 == 0 else ("qemu", "xvm")
                 for vmm in order:
                     t = time.monotonic()
-                    text, cpu = run_xvm(host, kernel, initrd, image, timeout) if vmm == "xvm" \
-                        else run_qemu(kernel, initrd, image, timeout)
+                    try:
+                        text, cpu = run_xvm(host, kernel, initrd, image, timeout) if vmm == "xvm" \
+                            else run_qemu(kernel, initrd, image, timeout)
+                    except Exception:
+                        _print_logs(os.path.join(work, "state"))
+                        raise
                     parsed = parse(text, cpu, seconds)
                     results[vmm].append(parsed)
                     print(f"{vmm:5s}: {len(parsed)}/{len(JOBS)} jobs in {time.monotonic() - t:.0f} s: "
@@ -231,6 +238,15 @@ def run_here(compressed, seconds, rounds):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(results, seconds, rounds)
+
+
+def _print_logs(state_dir):
+    """The end of every log under ``state_dir`` (the VMM's: why it ended)."""
+    for root, _, files in os.walk(state_dir):
+        for name in files:
+            if name.endswith(".log"):
+                with open(os.path.join(root, name), errors="replace") as f:
+                    print(f"--- {name}:\n{f.read()[-4000:]}", flush=True)
 
 
 def report(results, seconds, rounds):
