@@ -7,7 +7,10 @@ A Debian cloud kernel boots with fio (Debian's, with its libraries) in its initr
 the same fio jobs on its virtio-blk disk /dev/vda (a raw image; direct=1, libaio):
 4 KiB random reads and writes at queue depth 1 and 32, 1 MiB sequential reads and writes at
 depth 4.  It prints one terse line per job: IOPS, MB/s and p50/p99 completion latency are
-read from it.  xvm (virtio-mmio, in a VMM process of its own as users run it) and
+read from it.  Host CPU per I/O: the VMM process's CPU time (all its threads, from
+/proc/<pid>/stat) between the guest's lines before and after each job, divided by the job's
+I/Os (IOPS times runtime and ramp: fio's own start-up is in the CPU time, alike for both).
+xvm (virtio-mmio, in a VMM process of its own as users run it) and
 `qemu-system-x86_64 -accel kvm -M microvm` with `virtio-blk-device` (virtio-mmio too; its
 default cache, the host page cache, as xvm's) run the same guest in turn, alternating which
 goes first.  Unmodified kernels need hardware-assisted KVM, so on a PVM host the script
@@ -47,7 +50,9 @@ JOBS = (
     ("read 1M qd4", "--rw=read --bs=1M --iodepth=4"),
     ("write 1M qd4", "--rw=write --bs=1M --iodepth=4"),
 )
-FIGURES = (("IOPS", "k"), ("MB/s", ""), ("p50", "us"), ("p99", "us"))  # name, unit
+FIGURES = (("IOPS", "k"), ("MB/s", ""), ("p50", "us"), ("p99", "us"),
+           ("CPU/IO", "us"))  # name, unit
+RAMP_S = 1
 
 
 # --- the guest ---------------------------------------------------------------------------------
@@ -67,8 +72,9 @@ def build_initramfs(path, seconds):
     for name, data in modules:
         w.file(f"lib/modules/{name}.ko", data)
     common = f"--filename=/dev/vda --direct=1 --ioengine=libaio --runtime={seconds} --time_based " \
-             "--ramp_time=1 --output-format=terse --terse-version=3"
-    runs = "\n".join(f'echo "XVM-FIO {i} $(fio --name=j{i} {common} {args} 2>&1 | tail -1)"'
+             f"--ramp_time={RAMP_S} --output-format=terse --terse-version=3"
+    runs = "\n".join(f'echo "XVM-FIO-BEGIN {i}"\n'
+                     f'echo "XVM-FIO {i} $(fio --name=j{i} {common} {args} 2>&1 | tail -1)"'
                      for i, (_, args) in enumerate(JOBS))
     init = f"""#!/bin/sh
 /bin/busybox --install -s /bin
@@ -86,10 +92,45 @@ poweroff -f
         f.write(w.getvalue())
 
 
-def parse(text):
+def process_cpu(pid):
+    """CPU time in seconds of process ``pid``, all its threads (utime + stime), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuPerJob:
+    """Fed the guest's console as it comes: the VMM process's CPU time at each job's
+    "XVM-FIO-BEGIN i" and "XVM-FIO i" lines; ``seconds[i]`` is job i's."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.seconds = {}
+        self._begin = {}
+        self._partial = b""
+
+    def feed(self, data):
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            m = re.search(rb"XVM-FIO(-BEGIN)? (\d+)", line)
+            if not m:
+                continue
+            now, job = process_cpu(self.pid), int(m.group(2))
+            if m.group(1):
+                self._begin[job] = now
+            elif now is not None and self._begin.get(job) is not None:
+                self.seconds[job] = now - self._begin[job]
+
+
+def parse(text, cpu=None, seconds=None):
     """{job name: {figure: value}} from the guest's XVM-FIO lines (fio's terse format v3:
     read IOPS at field 8, write IOPS at 49, bandwidth in KiB/s before each, then each
-    direction's completion latency percentiles as "50.000000%=N" in microseconds)."""
+    direction's completion latency percentiles as "50.000000%=N" in microseconds); with
+    ``cpu`` (a :class:`CpuPerJob`) and the jobs' ``seconds``, host CPU per I/O too."""
     out = {}
     for m in re.finditer(r"XVM-FIO (\d+) (3;\S+)", text):
         name = JOBS[int(m.group(1))][0]
@@ -102,6 +143,9 @@ def parse(text):
         pct = dict(p.split("%=") for p in section if "%=" in p)
         out[name] = {"IOPS": iops / 1000, "MB/s": bw * 1024 / 1e6,
                      "p50": float(pct.get("50.000000", "nan")), "p99": float(pct.get("99.000000", "nan"))}
+        job = int(m.group(1))
+        if cpu is not None and job in cpu.seconds and iops:
+            out[name]["CPU/IO"] = cpu.seconds[job] / (iops * (seconds + RAMP_S)) * 1e6
     return out
 
 
@@ -115,11 +159,19 @@ def run_xvm(host, kernel, initrd, image, timeout):
         disable_cpu_features=("xsave",) if NESTED_TCG else (), disks=[xvm.Disk(image)]))
     try:
         dom.start()
-        dom.console.expect("XVM-FIO-DONE", timeout=timeout)
-        return dom.console.text()
+        cpu = CpuPerJob(dom.info()["pid"])
+        unsubscribe = dom.console.subscribe(lambda event, data: event == "data" and cpu.feed(data))
+        try:
+            dom.console.expect("XVM-FIO-DONE", timeout=timeout)
+        finally:
+            unsubscribe()
+        return dom.console.text(), cpu
     finally:
-        if dom.state is not xvm.DomainState.SHUTOFF:
-            dom.destroy()
+        try:
+            if dom.state is not xvm.DomainState.SHUTOFF:
+                dom.destroy()
+        except xvm.errors.StateError:
+            pass  # the guest powered off (its last step) between the two calls
         dom.undefine()
 
 
@@ -132,7 +184,13 @@ def run_qemu(kernel, initrd, image, timeout):
            "-device", "virtio-blk-device,drive=d0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    cpu = CpuPerJob(proc.pid)
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            cpu.feed(line)
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
         proc.wait(timeout=timeout)
@@ -141,7 +199,7 @@ def run_qemu(kernel, initrd, image, timeout):
             proc.kill()
             proc.wait()
         reader.join(10)
-    return b"".join(lines).decode(errors="replace")
+    return b"".join(lines).decode(errors="replace"), cpu
 
 
 def run_here(compressed, seconds, rounds):
@@ -165,9 +223,13 @@ def run_here(compressed, seconds, rounds):
                 order = ("xvm", "qemu") if r % 2 == 0 else ("qemu", "xvm")
                 for vmm in order:
                     t = time.monotonic()
-                    text = run_xvm(host, kernel, initrd, image, timeout) if vmm == "xvm" \
-                        else run_qemu(kernel, initrd, image, timeout)
-                    parsed = parse(text)
+                    try:
+                        text, cpu = run_xvm(host, kernel, initrd, image, timeout) if vmm == "xvm" \
+                            else run_qemu(kernel, initrd, image, timeout)
+                    except Exception:
+                        _print_logs(os.path.join(work, "state"))
+                        raise
+                    parsed = parse(text, cpu, seconds)
                     results[vmm].append(parsed)
                     print(f"{vmm:5s}: {len(parsed)}/{len(JOBS)} jobs in {time.monotonic() - t:.0f} s: "
                           + "; ".join(f"{k} {v['IOPS']:.2f} kIOPS" for k, v in parsed.items()), flush=True)
@@ -178,9 +240,18 @@ def run_here(compressed, seconds, rounds):
     report(results, seconds, rounds)
 
 
+def _print_logs(state_dir):
+    """The end of every log under ``state_dir`` (the VMM's: why it ended)."""
+    for root, _, files in os.walk(state_dir):
+        for name in files:
+            if name.endswith(".log"):
+                with open(os.path.join(root, name), errors="replace") as f:
+                    print(f"--- {name}:\n{f.read()[-4000:]}", flush=True)
+
+
 def report(results, seconds, rounds):
     """One row per job and figure: the medians, and the median of each round's xvm/QEMU ratio
-    (for latencies lower is better: a ratio below 1 is xvm's win)."""
+    (for latencies and CPU per I/O lower is better: a ratio below 1 is xvm's win)."""
     import statistics
 
     where = "nested under TCG" if NESTED_TCG else "hardware KVM"
@@ -191,10 +262,10 @@ def report(results, seconds, rounds):
         for figure, unit in FIGURES:
             medians = []
             for vmm in ("xvm", "qemu"):
-                values = [r[name][figure] for r in results[vmm] if name in r]
+                values = [r[name][figure] for r in results[vmm] if figure in r.get(name, {})]
                 medians.append(f"{statistics.median(values):.1f}" if values else "n/a")
             ratios = sorted(a[name][figure] / b[name][figure] for a, b in zip(results["xvm"], results["qemu"])
-                            if name in a and name in b and b[name][figure])
+                            if figure in a.get(name, {}) and b.get(name, {}).get(figure))
             ratio = (f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})" if ratios else "n/a")
             print(f"{name:18s} {(figure + ' ' + unit).strip():8s} "
                   f"{medians[0]:>10s} {medians[1]:>10s}  {ratio}")

@@ -5,11 +5,12 @@
 it.  Requests are served on the transport's worker thread, in the virtio core's
 bounded batches: reads and writes in C, several in flight side by side on a small
 I/O pool (a request overlapping a write in flight, and every other type, waits for
-what is in flight: a FLUSH covers the writes before it), the rest one chain at a
-time in Python (:meth:`VirtioBlock.process_chain`, also the reference); a
-malformed request fails alone (IOERR/UNSUPP, or used length 0 when it has no
-status byte) and is counted as a guest error; a broken ring puts the device in
-DEVICE_NEEDS_RESET (the core's business).
+what is in flight: a FLUSH covers the writes before it), a whole turn in one C call
+(popped, done, on the used ring, the notification decided) until something needs
+Python, the rest one chain at a time in Python (:meth:`VirtioBlock.process_chain`,
+also the reference); a malformed request fails alone (IOERR/UNSUPP, or used length
+0 when it has no status byte) and is counted as a guest error; a broken ring puts
+the device in DEVICE_NEEDS_RESET (the core's business).
 """
 import logging
 import struct
@@ -35,6 +36,15 @@ log = logging.getLogger(__name__)
 
 # xvm_blk_start's answers (xvm/devices/virtio/_build_native.py)
 _STARTED, _DONE_NOW, _NOT_C, _CONFLICT = 0, 1, 2, 3
+# xvm_blk_serve's: XVM_TURN_* as Batch.serve_in_flight's turn events
+_TURN_EVENTS = ("idle", "budget", "python", "conflict", "failed", "again", "stop", "ring",
+                "again")
+# struct xvm_blk_turn: what Python sets (up to signalled_used), then what it reads back
+# (from budget on)
+_TURN_IN = struct.Struct("<QQIiIIIIi")
+_TURN_OUT_OFFSET = 24  # after capacity, parallel_min, threads, nowait
+_TURN_OUT = struct.Struct("<IIIIiIIIIIQQ")
+assert _TURN_OUT_OFFSET + _TURN_OUT.size == 80
 
 # Backends whose readv/writev are plain preadv/pwritev on ``fd``: the C path may
 # do them itself.
@@ -108,6 +118,9 @@ class VirtioBlock(VirtioDevice):
         self.io_threads = IO_THREADS
         self.parallel_min_bytes = PARALLEL_MIN_BYTES
         self.nowait = True
+        # Whether the C path serves whole turns in one call (xvm_blk_serve: a request done
+        # at once costs no Python) rather than one call per request.
+        self.turns_in_c = True
 
     # -- features and configuration (§5.2.3, §5.2.4) --------------------------------
 
@@ -352,6 +365,19 @@ class _InFlight:
         self._fd = device.backend.fd
         self._readonly = 1 if device.readonly else 0
         self.inflight = 0
+        # The whole-turn path (xvm_blk_serve): the queue as C sees it, and one call's
+        # in/out state, packed and unpacked in one go (_TURN_IN, _TURN_OUT).
+        self._ffi = ffi
+        c_queue = self._c_queue = ffi.new("struct xvm_blk_queue *")
+        c_queue.regions, c_queue.nregions, c_queue.desc_table = args[1], args[2], args[3]
+        c_queue.queue_size, c_queue.indirect_ok = queue.size, args[5]
+        c_queue.avail_ring, c_queue.used_ring = queue.native_rings()
+        c_queue.event_idx = 1 if queue.event_idx else 0
+        c_queue.readonly, c_queue.fd = self._readonly, self._fd
+        self._stop_flag = None
+        self._c_turn = ffi.new("struct xvm_blk_turn *")
+        self._turn_buffer = ffi.buffer(self._c_turn)
+        self._turns_in_c = device.turns_in_c
 
     def _count(self, result):
         metrics = self._device.metrics
@@ -384,6 +410,48 @@ class _InFlight:
         results = self._results
         return [(self._heads[i], self._count(results[i]) if results[i].used else None)
                 for i in range(n)]
+
+    @property
+    def turn(self):
+        # a property: a bound method kept on self would be a reference cycle holding the
+        # queue's views of guest RAM after the device is dropped
+        return self._turn if self._turns_in_c else None
+
+    def _turn(self, batch):
+        """Serve what C can of ``batch``'s turn in one call (``xvm_blk_serve``); see
+        :meth:`~xvm.devices.virtio.batch.Batch.serve_in_flight` for what it returns."""
+        device = self._device
+        queue = self._queue
+        if batch.stop_flag is not self._stop_flag:  # a new worker
+            self._stop_flag = batch.stop_flag
+            self._c_queue.stop = self._ffi.NULL if batch.stop_flag is None else batch.stop_flag
+        signalled = queue.signalled_used
+        _TURN_IN.pack_into(self._turn_buffer, 0, device.limits.capacity,
+                           device.parallel_min_bytes, device.io_threads,
+                           1 if device.nowait else 0, batch.budget, queue.next_avail,
+                           queue.next_used, batch.notified_used,
+                           -1 if signalled is None else signalled)
+        rc = self._lib.xvm_blk_serve(self._ctx, self._c_queue, self._c_turn, self._heads,
+                                     self._results)
+        (batch.budget, queue.next_avail, queue.next_used, batch.notified_used, signalled,
+         notify, head, reaped, reads, writes, read_bytes, write_bytes) = \
+            _TURN_OUT.unpack_from(self._turn_buffer, _TURN_OUT_OFFSET)
+        queue.signalled_used = None if signalled < 0 else signalled
+        if reads or writes:
+            metrics = device.metrics
+            metrics.read_count += reads
+            metrics.read_bytes += read_bytes
+            metrics.write_count += writes
+            metrics.write_bytes += write_bytes
+        if rc <= 1:  # idle, budget: nothing in flight
+            self.inflight = 0
+            return _TURN_EVENTS[rc], None, (), notify
+        self.inflight = self._lib.xvm_blk_inflight(self._ctx)
+        done = ()
+        if reaped:
+            heads, results = self._heads, self._results
+            done = [(heads[i], results[i].used or None) for i in range(reaped)]
+        return _TURN_EVENTS[rc], head, done, notify
 
     def reference(self, head):
         """The Python path for ``head``: used length, or the ChainError (without its

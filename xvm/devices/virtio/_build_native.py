@@ -11,6 +11,20 @@ import hashlib
 
 import cffi
 
+# xvm_blk_serve's structures (see SOURCE), one text for the declarations and the definitions.
+BLK_TURN_STRUCTS = """
+struct xvm_blk_queue {
+    const struct xvm_region *regions; uint32_t nregions; uintptr_t desc_table;
+    uint32_t queue_size; int indirect_ok; uintptr_t avail_ring; uintptr_t used_ring;
+    int event_idx; int readonly; int fd; const volatile int *stop;
+};
+struct xvm_blk_turn {
+    uint64_t capacity, parallel_min; uint32_t threads; int32_t nowait;
+    uint32_t budget, next_avail, next_used, notified_used; int32_t signalled_used;
+    uint32_t notify, head, reaped, reads, writes; uint64_t read_bytes, write_bytes;
+};
+"""
+
 CDEF = """
 struct xvm_region { uint64_t gpa; uint64_t size; uintptr_t host; };
 struct xvm_piece { uint64_t gpa; uint64_t len; };
@@ -32,6 +46,8 @@ uint32_t xvm_blk_reap(struct xvm_blk_ctx *ctx, int wait, uint32_t *heads,
 uint32_t xvm_blk_inflight(struct xvm_blk_ctx *ctx);
 uint32_t xvm_blk_pool_peak(int reset);
 void xvm_blk_pool_rendezvous(uint32_t n, uint32_t timeout_ms);
+int xvm_blk_serve(struct xvm_blk_ctx *ctx, const struct xvm_blk_queue *q,
+                  struct xvm_blk_turn *t, uint32_t *heads, struct xvm_blk_result *results);
 int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
                uintptr_t desc_table, uint32_t queue_size, int indirect_ok,
                uintptr_t avail_ring, uintptr_t used_ring, uint32_t next_avail,
@@ -41,7 +57,7 @@ int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
 int64_t xvm_net_tx(const struct xvm_region *regions, uint32_t nregions,
                    uintptr_t desc_table, uint32_t queue_size, uint32_t head, int indirect_ok,
                    struct xvm_piece *scratch, uint32_t max_scratch, uint32_t features, int fd);
-"""
+""" + BLK_TURN_STRUCTS
 
 SOURCE = r"""
 #ifndef _GNU_SOURCE
@@ -685,6 +701,183 @@ uint32_t xvm_blk_inflight(struct xvm_blk_ctx *ctx)
     return ctx->inflight;
 }
 
+/* ---- one turn of a virtio-blk queue in C (virtio 1.2 §2.7.6-§2.7.10, §5.2.6) -------------
+ * What xvm/devices/virtio/batch.py Batch.serve_in_flight does with this context's
+ * xvm_blk_start and xvm_blk_reap, without going back to Python for each request: pop
+ * available heads (with EVENT_IDX, avail_event follows them), start each, return finished
+ * ones on the used ring (element, then used.idx: §2.7.8.2), and when the ring is empty
+ * re-enable notifications and look once more (§2.7.10).  Whether the driver wants a used
+ * buffer notification (§2.7.7.2) is decided here, as Queue.needs_notification decides it,
+ * and the caller sends it (t->notify).  The turn stops for Python (every return but IDLE
+ * and BUDGET leaves requests in flight, for the caller's drain):
+ *   XVM_TURN_HEAD_*   t->head was popped and is the reference path's, or conflicts with a
+ *                     request in flight (the caller drains, starts it again), or its I/O
+ *                     failed (the caller does it again in Python, errors and all);
+ *   XVM_TURN_NOTIFY   a notification is due after a reaping (requests may be in flight);
+ *   XVM_TURN_STOP     *q->stop was set: t->reaped finished requests in heads[]/results[]
+ *                     are not on the used ring yet (the caller decides whether the ring is
+ *                     still its own);
+ *   XVM_TURN_REAPED   as STOP, because one of them failed its I/O (the caller does that one
+ *                     again in Python, errors and all, and goes on);
+ *   XVM_TURN_RING     avail.idx is more than Queue Size ahead (§2.7.6): nothing popped.
+ * t->budget heads at most are popped.  Counters of the requests done are added to t. */
+/* struct xvm_blk_queue: the queue and its disk as they stay for the engine's life; `stop` is
+ * the worker's stop request (Worker.stop_flag; NULL: none).  struct xvm_blk_turn, one call's:
+ * in, the disk's capacity and the I/O pool's knobs (as xvm_blk_start's); in and out, the
+ * turn's budget, the queue's indexes, Queue.signalled_used (-1: never) and
+ * Batch.notified_used; out, the rest (see above) and the counters of what was done.  Laid
+ * out without padding: Python packs and unpacks it with struct (block/device.py). */
+/* BLK_TURN_STRUCTS */
+_Static_assert(sizeof(struct xvm_blk_turn) == 80, "struct xvm_blk_turn has padding");
+
+#define XVM_TURN_IDLE 0
+#define XVM_TURN_BUDGET 1
+#define XVM_TURN_HEAD_PYTHON 2
+#define XVM_TURN_HEAD_CONFLICT 3
+#define XVM_TURN_HEAD_FAILED 4
+#define XVM_TURN_NOTIFY 5
+#define XVM_TURN_STOP 6
+#define XVM_TURN_RING 7
+#define XVM_TURN_REAPED 8
+#define VIRTQ_AVAIL_F_NO_INTERRUPT 1
+
+static void turn_count(struct xvm_blk_turn *t, const struct xvm_blk_result *r)
+{
+    if (r->type == VIRTIO_BLK_T_IN) {
+        t->reads++;
+        t->read_bytes += r->bytes;
+    } else {
+        t->writes++;
+        t->write_bytes += r->bytes;
+    }
+}
+
+static void turn_used(const struct xvm_blk_queue *q, struct xvm_blk_turn *t, uint32_t head,
+                      uint32_t len)
+{
+    volatile uint16_t *used16 = (volatile uint16_t *)q->used_ring;
+    volatile uint32_t *elems = (volatile uint32_t *)(q->used_ring + 4);
+    uint32_t slot = t->next_used % q->queue_size;
+    elems[2 * slot] = head;
+    elems[2 * slot + 1] = len;
+    t->next_used = (t->next_used + 1) & 0xFFFF;
+    __asm__ __volatile__("" ::: "memory");  /* §2.7.8.2: the element before idx (x86 TSO) */
+    used16[1] = (uint16_t)t->next_used;
+}
+
+/* Queue.needs_notification: with EVENT_IDX, notify iff used_event lies in (old, new]. */
+static int turn_wants_notification(const struct xvm_blk_queue *q, struct xvm_blk_turn *t)
+{
+    volatile uint16_t *avail = (volatile uint16_t *)q->avail_ring;
+    int32_t old = t->signalled_used;
+    uint16_t new = (uint16_t)t->next_used;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);  /* our used.idx store before the loads below */
+    t->signalled_used = new;
+    if (q->event_idx) {
+        uint16_t used_event;
+        if (old < 0)
+            return 1;
+        used_event = avail[2 + q->queue_size];
+        return (uint16_t)(new - used_event - 1) < (uint16_t)(new - (uint16_t)old);
+    }
+    return !(avail[0] & VIRTQ_AVAIL_F_NO_INTERRUPT);
+}
+
+/* Decide on a notification for what was used since the last one; 1 if one is due. */
+static int turn_notify(const struct xvm_blk_queue *q, struct xvm_blk_turn *t)
+{
+    if (t->next_used == t->notified_used)
+        return 0;
+    t->notified_used = t->next_used;
+    t->notify = turn_wants_notification(q, t);
+    return t->notify;
+}
+
+int xvm_blk_serve(struct xvm_blk_ctx *ctx, const struct xvm_blk_queue *q,
+                  struct xvm_blk_turn *t, uint32_t *heads, struct xvm_blk_result *results)
+{
+    volatile uint16_t *avail = (volatile uint16_t *)q->avail_ring;
+    volatile uint16_t *used16 = (volatile uint16_t *)q->used_ring;
+    struct xvm_blk_result r;
+    int more = 0;
+
+    t->notify = t->reaped = t->reads = t->writes = 0;
+    t->read_bytes = t->write_bytes = 0;
+    for (;;) {
+        while (ctx->inflight < ctx->width) {
+            uint32_t pending, head;
+            int rc;
+            if (q->stop && *q->stop)
+                return XVM_TURN_STOP;
+            pending = (uint16_t)(avail[1] - t->next_avail);
+            __asm__ __volatile__("" ::: "memory");  /* idx before the ring entries */
+            if (pending > q->queue_size)
+                return XVM_TURN_RING;  /* §2.7.6: the caller raises QueueError */
+            if (!pending)
+                break;
+            if (!t->budget) {
+                more = 1;
+                break;
+            }
+            head = avail[2 + t->next_avail % q->queue_size];
+            t->next_avail = (t->next_avail + 1) & 0xFFFF;
+            t->budget--;
+            if (q->event_idx)  /* §2.7.10: notify us when the next one is added */
+                used16[2 + 4 * q->queue_size] = (uint16_t)t->next_avail;
+            rc = xvm_blk_start(ctx, q->regions, q->nregions, q->desc_table, q->queue_size, head,
+                               q->indirect_ok, t->capacity, q->readonly, q->fd, t->threads,
+                               t->parallel_min, t->nowait, pending - 1, &r);
+            if (rc == XVM_BLK_STARTED)
+                continue;
+            t->head = head;
+            if (rc == XVM_BLK_NOT_C)
+                return XVM_TURN_HEAD_PYTHON;
+            if (rc == XVM_BLK_CONFLICT)
+                return XVM_TURN_HEAD_CONFLICT;
+            if (!r.used)
+                return XVM_TURN_HEAD_FAILED;
+            turn_count(t, &r);
+            if (q->stop && *q->stop) {  /* done, but is the ring still ours? */
+                heads[0] = head;
+                results[0] = r;
+                t->reaped = 1;
+                return XVM_TURN_STOP;
+            }
+            turn_used(q, t, head, r.used);
+        }
+        if (ctx->inflight) {
+            uint32_t n = xvm_blk_reap(ctx, 1, heads, results, ctx->width), i;
+            for (i = 0; i < n; i++)
+                if (results[i].used)
+                    turn_count(t, &results[i]);
+            t->reaped = n;
+            if (q->stop && *q->stop)
+                return XVM_TURN_STOP;
+            for (i = 0; i < n; i++)
+                if (!results[i].used)
+                    break;
+            if (i < n)  /* an I/O failed: Python does it again, and returns them all */
+                return XVM_TURN_REAPED;
+            t->reaped = 0;
+            for (i = 0; i < n; i++)
+                turn_used(q, t, heads[i], results[i].used);
+            if (turn_notify(q, t))  /* after each reaping, as Batch.serve_in_flight */
+                return XVM_TURN_NOTIFY;
+            continue;
+        }
+        if (more)
+            return XVM_TURN_BUDGET;
+        /* §2.7.10: notifications on again (avail_event), then one more look */
+        if (q->event_idx)
+            used16[2 + 4 * q->queue_size] = (uint16_t)t->next_avail;
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        if ((uint16_t)(avail[1] - t->next_avail))
+            continue;
+        turn_notify(q, t);
+        return XVM_TURN_IDLE;
+    }
+}
+
 /* ---- virtio-net receive (virtio 1.2 §5.1.6.3, §5.1.6.4): one frame into rx buffers ------
  * frame[0:length] starts with the 12-byte virtio_net_hdr_v1.  Chains are taken from the
  * available ring in order, checked as xvm/devices/net/device.py _next_rx_chain checks them,
@@ -869,6 +1062,9 @@ int64_t xvm_net_tx(const struct xvm_region *regions, uint32_t nregions,
     return (int64_t)frame_len;
 }
 """
+
+
+SOURCE = SOURCE.replace("/* BLK_TURN_STRUCTS */\n", BLK_TURN_STRUCTS)
 
 
 def digest():

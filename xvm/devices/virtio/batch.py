@@ -34,21 +34,31 @@ class Batch:
     ``stop()`` returns True once the worker has been asked to stop;
     ``abandoned()`` once its stopper gave up waiting (a hung backend call): the
     turn must then complete nothing more.  ``budget`` is how many chains (or
-    frames) the turn may take, Queue Size by default.
+    frames) the turn may take, Queue Size by default.  ``stop_flag`` is the same
+    stop request as a C ``int *`` (the worker's :attr:`~.worker.Worker.stop_flag`),
+    for request paths that run a whole turn in C; None if there is none.
     """
 
-    __slots__ = ("device", "index", "queue", "budget", "more", "notified_used", "_stop",
-                 "_abandoned")
+    __slots__ = ("device", "index", "queue", "budget", "more", "notified_used", "stop_flag",
+                 "_stop", "_abandoned")
 
-    def __init__(self, device, index, queue, *, budget=None, stop=_never, abandoned=_never):
+    def __init__(self, device, index, queue, *, budget=None, stop=_never, abandoned=_never,
+                 stop_flag=None):
         self.device = device
         self.index = index
         self.queue = queue
         self.budget = queue.size if budget is None else budget
         self.more = False
         self.notified_used = queue.next_used  # used.idx at the last notification (or start)
+        self.stop_flag = stop_flag
         self._stop = stop
         self._abandoned = abandoned
+
+    @property
+    def stops_in_c(self):
+        """Whether C code serving this turn sees its stop requests: it has
+        :attr:`stop_flag`, or it has no stop at all."""
+        return self.stop_flag is not None or self._stop is _never
 
     def owns_queue(self):
         """False once a reset or QueueReady=0 took the queue away, or the turn was
@@ -144,8 +154,31 @@ class Batch:
         used ring as they come (§2.7.8: in any order) with a notification after
         each reaping; the budget and stop check count heads as
         :meth:`serve_heads` does, and nothing popped is left in flight when this
-        returns (a pause or reset waits for what is in flight)."""
+        returns (a pause or reset waits for what is in flight).
+
+        An engine with ``turn`` (not None) serves whole stretches of the turn in
+        one call: ``engine.turn(batch)`` pops, starts, completes and returns
+        requests on the used ring itself, re-enables notifications and decides
+        on the used buffer notification, advancing the queue's indexes, the
+        budget and :attr:`notified_used`; it returns ``(event, head, done,
+        notify)``: ``done`` finished ``(head, used)`` pairs it left to us (a
+        stop, a failed I/O), ``notify`` whether to send the notification now,
+        and ``event`` one of ``"idle"`` (nothing left: the turn is over),
+        ``"budget"`` (spent), ``"stop"``, ``"again"`` (call again), ``"ring"``
+        (avail.idx is too far ahead: :meth:`.queue.Queue.pending` raises), or
+        ``"python"``, ``"conflict"``, ``"failed"`` for ``head``, popped and
+        ours to serve as above.  It is used while the C side sees the stop
+        requests (:attr:`stops_in_c`) and no live migration tracks device
+        writes (:meth:`.queue.Queue.add_used` records them)."""
         queue = self.queue
+        event = None
+        turn = engine.turn if self.stops_in_c else None
+        if turn is not None and queue.memory.device_dirty is None:
+            event = turn(self)
+            if event[0] == "idle" and not event[2]:  # all of it done in C: the common case
+                if event[3] and self.owns_queue():
+                    self._send_notification()
+                return
         owned = True
 
         def complete(head, used):
@@ -169,22 +202,49 @@ class Batch:
                 if self._stop() and not self.owns_queue():
                     owned = False  # the ring is not ours any more: finish, write nothing
 
+        def serve(head, kind, used):
+            if kind == "conflict":
+                drain()
+                kind, used = engine.start(head)
+            if kind == "python":
+                drain()
+                used = engine.reference(head)
+            if kind != "started":
+                complete(head, used)
+
         try:
             while True:
+                if event is None and turn is not None and queue.memory.device_dirty is None:
+                    event = turn(self)
+                if event is not None:
+                    kind, head, done, notify = event
+                    event = None
+                    if done and self._stop() and not self.owns_queue():
+                        owned = False  # the ring is not ours any more
+                    for finished, used in done:
+                        complete(finished, used)
+                    if notify and owned and self.owns_queue():
+                        self._send_notification()
+                    if kind == "idle" or not owned:
+                        return
+                    if kind in ("budget", "stop"):
+                        self.more = True
+                        return
+                    if kind == "ring":
+                        queue.pending()  # raises the QueueError (§2.7.6)
+                    elif kind in ("python", "conflict"):
+                        serve(head, kind, None)
+                    elif kind == "failed":
+                        complete(head, None)
+                    if not owned:
+                        return
+                    continue
                 while engine.inflight < engine.width and self.take():
                     head = queue.pop_head()
                     if head is None:
                         self.budget += 1
                         break
-                    kind, used = engine.start(head)
-                    if kind == "conflict":
-                        drain()
-                        kind, used = engine.start(head)
-                    if kind == "python":
-                        drain()
-                        used = engine.reference(head)
-                    if kind != "started":
-                        complete(head, used)
+                    serve(head, *engine.start(head))
                     if not owned:
                         return
                 if engine.inflight:
@@ -207,13 +267,18 @@ class Batch:
         if queue.next_used != self.notified_used and self.owns_queue():
             self.notified_used = queue.next_used
             if queue.needs_notification():
-                self.device.metrics.interrupt_count += 1
-                self.device.interrupt.trigger(InterruptKind.USED_BUFFER, queue=self.index)
+                self._send_notification()
+
+    def _send_notification(self):
+        self.device.metrics.interrupt_count += 1
+        self.device.interrupt.trigger(InterruptKind.USED_BUFFER, queue=self.index)
 
 
-def serve_queue(device, index, work=None, *, stop=_never, abandoned=_never, budget=None):
+def serve_queue(device, index, work=None, *, stop=_never, abandoned=_never, budget=None,
+                stop_flag=None):
     """Run one turn of ``work(index, batch)`` (default
-    ``device.process_queue``) on ``device``'s queue ``index``.
+    ``device.process_queue``) on ``device``'s queue ``index``; ``stop``,
+    ``abandoned``, ``budget`` and ``stop_flag`` are the :class:`Batch`'s.
 
     Returns the :class:`Batch` (``more`` says work is left), or None if the
     queue is not live or the device is broken.  A corrupt ring is reported
@@ -225,7 +290,8 @@ def serve_queue(device, index, work=None, *, stop=_never, abandoned=_never, budg
     queue = queues[index] if 0 <= index < len(queues) else None
     if queue is None or device.broken:
         return None
-    batch = Batch(device, index, queue, budget=budget, stop=stop, abandoned=abandoned)
+    batch = Batch(device, index, queue, budget=budget, stop=stop, abandoned=abandoned,
+                  stop_flag=stop_flag)
     try:
         (work or device.process_queue)(index, batch)
     except QueueError as e:

@@ -199,7 +199,7 @@ class Queue:
         self.next_avail = 0
         self.next_used = 0
         # used.idx when we last notified (or decided not to); None = never.
-        self._signalled_used = None
+        self.signalled_used = None
         # The walker is stored as a plain function, not a bound method: a bound
         # method on self would make a reference cycle keeping the ring views (and
         # so the guest RAM mapping) alive after the queue is dropped.
@@ -447,8 +447,8 @@ class Queue:
         """
         full_barrier()
         new = self.next_used
-        old = self._signalled_used
-        self._signalled_used = new
+        old = self.signalled_used
+        self.signalled_used = new
         if self.event_idx:
             if old is None:
                 return True
@@ -476,7 +476,7 @@ class Queue:
         from .persist import QueueState
         return QueueState(self.size, self.desc_table, self.avail_ring, self.used_ring,
                           self.event_idx, self.indirect, self.next_avail, self.next_used,
-                          self._signalled_used)
+                          self.signalled_used)
 
     @classmethod
     def restore(cls, memory, state, native=None):
@@ -484,5 +484,5 @@ class Queue:
                     event_idx=state.event_idx, indirect=state.indirect, native=native)
         queue.next_avail = state.next_avail
         queue.next_used = state.next_used
-        queue._signalled_used = state.signalled_used
+        queue.signalled_used = state.signalled_used
         return queue

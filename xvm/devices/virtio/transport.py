@@ -34,6 +34,8 @@ from .worker import Worker, drain_eventfd
 
 log = logging.getLogger(__name__)
 
+_CONFIG_CHANGE = InterruptKind.CONFIG_CHANGE.value
+
 
 @dataclass
 class QueueConfig:
@@ -59,7 +61,7 @@ class TransportInterrupt(Interrupt):
         self._transport = transport
 
     def trigger(self, kind, queue=None):
-        self._transport.raise_interrupt(InterruptKind(kind), queue)
+        self._transport.raise_interrupt(kind, queue)
 
 
 class VirtioTransport:
@@ -115,14 +117,17 @@ class VirtioTransport:
     def raise_interrupt(self, kind, queue=None):
         """Notify the driver: ``kind`` says why, ``queue`` which queue has used
         buffers (None: any of them)."""
-        kind = InterruptKind(kind)
+        # Plain ints where it can: flag arithmetic on InterruptKind costs on every used buffer.
+        if type(kind) is not InterruptKind:
+            kind = InterruptKind(kind)
+        bits = int(kind)
         with self._irq_lock:
-            if kind & InterruptKind.CONFIG_CHANGE:
+            if bits & _CONFIG_CHANGE:
                 self.config_generation = (self.config_generation + 1) & 0xFFFFFFFF
             vectors = self._message_vectors(kind, queue)
             if vectors is None:
                 # The line-based way: the interrupt status register says why.
-                self.interrupt_status |= int(kind)
+                self.interrupt_status |= bits
         if vectors is None:
             self.irq.trigger()
         else:
@@ -329,7 +334,8 @@ class VirtioTransport:
             if worker.abandoned:
                 return
             # A queue the driver never set up (or stopped using) is not served.
-            batch = serve_queue(device, index, work, stop=stop, abandoned=abandoned)
+            batch = serve_queue(device, index, work, stop=stop, abandoned=abandoned,
+                                stop_flag=worker.stop_flag)
             if batch is None:
                 return
             if device.broken:
@@ -418,7 +424,7 @@ class VirtioTransport:
                         if queue is not None:
                             s = next(saved)
                             queue.next_avail, queue.next_used = s.next_avail, s.next_used
-                            queue._signalled_used = s.signalled_used
+                            queue.signalled_used = s.signalled_used
                     # The saved machine's kicks that were still pending on its eventfds (or
                     # work a busy queue had left when it paused) are not in the state.
                     self._look_at_every_queue()

@@ -7,9 +7,9 @@ register accesses) stays on the vCPU thread; :meth:`Worker.stop` is how it
 takes the queues back.
 
 Handlers are bounded (one batch of a queue, see :mod:`.batch`) and check
-:attr:`Worker.stop_requested` as they go, so a stop waits for one request,
-however busy the guest keeps its queues.  The worker thread takes no lock of
-its callers: a caller may stop it while holding its own.
+:attr:`Worker.stop_requested` (C code: :attr:`Worker.stop_flag`) as they go, so a
+stop waits for one request, however busy the guest keeps its queues.  The worker
+thread takes no lock of its callers: a caller may stop it while holding its own.
 """
 import logging
 import os
@@ -17,6 +17,7 @@ import select
 import threading
 
 from ...errors import GuestError
+from . import native as _native_loader
 from .guestlog import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ class Worker:
         self._stop_fd = -1
         self._fd_lock = threading.Lock()  # the stop eventfd against its closing
         self.stop_requested = False
+        # The same request for C code serving a turn with the GIL released: a C int set
+        # with stop_requested (None without the C module).
+        module = _native_loader.load()
+        self.stop_flag = module.ffi.new("int *") if module is not None else None
         self.abandoned = False  # stop() gave up waiting: the loop must touch nothing
         self._error_log = RateLimitedLog(log, name)
 
@@ -81,6 +86,8 @@ class Worker:
         if self._thread is not None:
             raise RuntimeError("worker already started")
         self.stop_requested = self.abandoned = False
+        if self.stop_flag is not None:
+            self.stop_flag[0] = 0
         self._epoll = select.epoll()
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._epoll.register(self._stop_fd, select.EPOLLIN)
@@ -92,6 +99,8 @@ class Worker:
     def request_stop(self):
         """Ask the loop to end once the handler in hand returns; does not wait."""
         self.stop_requested = True
+        if self.stop_flag is not None:
+            self.stop_flag[0] = 1
         with self._fd_lock:
             if self._stop_fd >= 0:
                 os.eventfd_write(self._stop_fd, 1)
