@@ -257,7 +257,7 @@ def _cmd_create(args):
         domain = host.create(parsed.config)
         print(f"Domain '{parsed.config.name}' created from {args.file}", flush=True)
         if args.console:
-            return attach_console(domain)
+            return attach_console(domain, since=0)  # a new domain: all its output is this boot's
     return 0
 
 
@@ -269,10 +269,11 @@ def _configure_start(parser):
 def _cmd_start(args):
     with _host(args) as host:
         domain = lookup_domain(host, args.domain)
+        boot = domain.console.end  # what the console shows from here on is this boot's
         domain.start()
         print(f"Domain '{domain.name}' started", flush=True)
         if args.console:
-            return attach_console(domain)
+            return attach_console(domain, since=boot)
     return 0
 
 
@@ -470,17 +471,19 @@ def _show(value):
 # --- the console -------------------------------------------------------------------------------
 
 
-def attach_console(domain, *, stdin=None, stdout=None, linger=1.0):
+def attach_console(domain, *, stdin=None, stdout=None, linger=1.0, since=None):
     """Connect the terminal to ``domain``'s serial console until ``^]`` (on a terminal),
     the end of stdin (otherwise; then ``linger`` seconds more of output), or the domain
-    stopping. Returns the exit status."""
+    stopping. ``since``: show the output from that console position on (a boot this command
+    started, from its first byte: ``start --console``), not only what comes after attaching
+    (``console``, as virsh). Returns the exit status."""
     name = domain.name
     info = domain.info()
     if info["state"] not in ("running", "paused"):
         raise StateError(f"cannot attach to the console of domain {name!r}: it is {_state_word(info['state'])}")
     stdin = sys.stdin.fileno() if stdin is None else stdin
     stdout = sys.stdout.fileno() if stdout is None else stdout
-    session = _ConsoleSession(domain, stdin, stdout)
+    session = _ConsoleSession(domain, stdin, stdout, since)
     on_tty = os.isatty(stdin)
     if on_tty:
         print(f"Connected to domain '{name}'\nEscape character is ^] (Ctrl + ])", file=sys.stderr, flush=True)
@@ -496,7 +499,7 @@ def attach_console(domain, *, stdin=None, stdout=None, linger=1.0):
 class _ConsoleSession:
     """Copies bytes between a terminal (or pipes) and a domain's console mirror."""
 
-    def __init__(self, domain, stdin, stdout):
+    def __init__(self, domain, stdin, stdout, since=None):
         import queue
 
         self.console = domain.console
@@ -505,7 +508,10 @@ class _ConsoleSession:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.console.log()  # attaches the mirror to the VMM's console server
         sys.stdout.flush()
-        self.unsubscribe = self.console.subscribe(self._listener, history=False)
+        if since is not None:  # the output from there on, what came before attaching included
+            self.unsubscribe = self.console.subscribe(self._listener, offset=min(since, self.console.end))
+        else:
+            self.unsubscribe = self.console.subscribe(self._listener, history=False)
         self.saved_tty = None
         self.old_sigterm = None
 
@@ -740,7 +746,7 @@ def _cmd_install(args):
             if autoconsole is None:
                 autoconsole = os.isatty(sys.stdin.fileno()) and os.isatty(sys.stdout.fileno())
             if autoconsole:
-                return attach_console(domain)
+                return attach_console(domain, since=0)
         return 0
     finally:
         for path in created:

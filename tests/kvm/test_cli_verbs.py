@@ -303,6 +303,9 @@ def test_start_console_on_a_real_terminal(cleanup, guest, xml):
     proc, master = on_pty("start", "irq2", "--console")
     try:
         read_until(master, b"Domain 'irq2' started")
+        # The boot this command started, from its first line: what the guest printed before
+        # the console attached included (it used to show only what came after).
+        read_until(master, b"xvm-guest irq ready")
         read_until(master, b"echo ready")
         os.write(master, b"hi\r")
         read_until(master, b"echo: hi")
