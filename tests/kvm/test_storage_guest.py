@@ -16,6 +16,7 @@ import pytest
 
 import xvm
 from xvm import DomainState
+from xvm.errors import StateError
 from xvm.net.nic import effective_macs
 from xvm.storage import Pool, Pools, StorageBusyError, resolve_volume, zfsfuse
 from xvm.store import Store
@@ -165,7 +166,10 @@ def boot(dom, expect="blk: verify ok"):
     """Run the blk guest to its result line and its power-off."""
     dom.start()
     try:
-        line = dom.console.expect(r"blk: (ok|verify ok|ro ok|FAIL)[^\n]*\n", timeout=60).group(0)
+        try:
+            line = dom.console.expect(r"blk: (ok|verify ok|ro ok|FAIL)[^\n]*\n", timeout=60).group(0)
+        except StateError as e:  # seen once under load, not reproduced: say how the domain ended
+            pytest.fail(f"{e}\ndomain: {dom.info()}")
         assert dom.wait(timeout=20) is DomainState.SHUTOFF
     finally:
         if dom.state is not DomainState.SHUTOFF:
