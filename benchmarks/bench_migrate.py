@@ -219,6 +219,7 @@ class Qmp:
                     raise
                 time.sleep(0.05)
         self.file = self.sock.makefile("rwb")
+        self.events = []  # (name, data, timestamp in s: QEMU's own clock, microseconds)
         self._read()  # greeting
         self.call("qmp_capabilities")
 
@@ -227,6 +228,9 @@ class Qmp:
             message = json.loads(self.file.readline())
             if "event" not in message:
                 return message
+            stamp = message.get("timestamp", {})
+            self.events.append((message["event"], message.get("data", {}),
+                                stamp.get("seconds", 0) + stamp.get("microseconds", 0) / 1e6))
 
     def call(self, command, **arguments):
         self.file.write(json.dumps({"execute": command, "arguments": arguments}).encode() + b"\n")
@@ -265,6 +269,15 @@ def wait_log(path, text, timeout=60, after=0):
     raise SystemExit(f"QEMU: no {text!r} in {path}")
 
 
+def _stop_to_completed_ms(events):
+    """QEMU's switchover to the microsecond, from its QMP events' own timestamps: the STOP
+    event (sent once its vCPUs are paused, so a little after its ``downtime`` starts) to the
+    MIGRATION ``completed`` event (the state sent).  Its ``downtime`` is in whole ms."""
+    stop = next((t for name, _, t in events if name == "STOP"), None)
+    done = next((t for name, data, t in events if name == "MIGRATION" and data.get("status") == "completed"), None)
+    return (done - stop) * 1000 if stop is not None and done is not None and done >= stop else None
+
+
 def run_qemu(work, size_mib, workload, downtime_ms):
     kernel, cmdline, ready = WORKLOADS[workload]
     kernel = guest(kernel)
@@ -279,7 +292,8 @@ def run_qemu(work, size_mib, workload, downtime_ms):
         if workload == "idle" and WATCH:
             watch = CounterWatch(symbol_address(kernel, "busy_counter"), size_mib, lambda: src.pid, lambda: dst.pid)
         q = Qmp(src_qmp)
-        q.call("migrate-set-capabilities", capabilities=[{"capability": "auto-converge", "state": True}])
+        q.call("migrate-set-capabilities", capabilities=[{"capability": "auto-converge", "state": True},
+                                                         {"capability": "events", "state": True}])
         q.call("migrate-set-parameters", **{"downtime-limit": int(downtime_ms), "max-bandwidth": 100 << 30})
         Qmp(dst_qmp).close()
         q.call("migrate", uri=f"tcp:127.0.0.1:{port}")
@@ -290,6 +304,8 @@ def run_qemu(work, size_mib, workload, downtime_ms):
             time.sleep(0.01)
         if info["status"] != "completed":
             raise SystemExit(f"QEMU migration {info['status']}: {info}")
+        q.call("query-status")  # every event emitted by now has been read before its reply
+        events_ms = _stop_to_completed_ms(q.events)
         try:  # on PVM hosts QEMU does not carry PVM's paravirtual MSRs: the guest may not go on
             data = wait_log(dst_log, ready, timeout=5)
             continues = b"FAIL" not in data
@@ -300,7 +316,8 @@ def run_qemu(work, size_mib, workload, downtime_ms):
             watch.stop()
         ram = info.get("ram", {})
         downtime = float(info.get("downtime", 0))
-        return {"downtime_ms": None, "sent_ms": downtime, "guest_ms": watch.gap_ms() if watch else None, "steps": None,
+        return {"downtime_ms": None, "sent_ms": downtime, "events_ms": events_ms,
+                "guest_ms": watch.gap_ms() if watch else None, "steps": None,
                 "total_ms": float(info.get("total-time", 0)),
                 "bytes": int(ram.get("transferred", 0)), "iterations": int(ram.get("dirty-sync-count", 0)),
                 "throttle": int(info.get("cpu-throttle-percentage", 0)), "continues": continues}
@@ -385,8 +402,12 @@ def main():
                             print(f"{'':<16}  {side[:3]} ms: {steps}")
                 if QEMU:
                     q = rows[-1][1]
+                    if q.get("events_ms") is not None:
+                        print(f"{'':<16}{'qemu':<10}  STOP to MIGRATION completed (QMP event times): "
+                              f"{q['events_ms']:.2f} ms")
                     for vmm, r in rows[:-1]:
                         print(f"{'':<16}{vmm + '/qemu':<10}  sent/qemu {_ratio(r['sent_ms'], q['sent_ms'])}"
+                              f"  sent/qemu-events {_ratio(r['sent_ms'], q.get('events_ms'))}"
                               f"  full/qemu {_ratio(r['downtime_ms'], q['sent_ms'])}"
                               f"  guest {_ratio(r['guest_ms'], q['guest_ms'] if q['continues'] else None)}"
                               f"  total {_ratio(r['total_ms'], q['total_ms'])}")
