@@ -13,6 +13,12 @@ QEMU does) and under `qemu-system-x86_64 -accel kvm -M microvm` with `virtio-blk
 (virtio-mmio version 2), alternating which goes first; both on the same raw image in the
 host page cache (xvm cache="none", QEMU's default cache=writeback: neither uses O_DIRECT).
 
+With --irq the guest waits for each completion as Linux's virtio-mmio driver does (used-buffer
+interrupts, HLT, an InterruptStatus read and an InterruptACK write per interrupt) instead of
+polling the used ring: that adds the vCPU thread's exit path to every I/O.  Where KVM's debugfs
+is mounted (/sys/kernel/debug/kvm) the exits each VMM's VM took per I/O are printed too: all of
+them, and those that reached the VMM's userspace (MMIO, port I/O).
+
 With XVM_BENCH_PROCESS=1 in the environment xvm runs as users run it, in a VMM process of
 its own (``xvm.connect()``): the rates then compare process mode; its CPU figures count only
 the client and mean nothing.
@@ -110,11 +116,33 @@ def _comm(pid, tid):
         return ""
 
 
+KVM_STATS = ("exits", "mmio_exits", "io_exits", "halt_exits")
+
+
+def kvm_stats(pid):
+    """KVM's debugfs counters (KVM_STATS) summed over the VMs of process ``pid``, or {}."""
+    totals = {}
+    try:
+        dirs = [d for d in os.listdir("/sys/kernel/debug/kvm") if d.startswith(f"{pid}-")]
+    except OSError:
+        return totals
+    for d in dirs:
+        for name in KVM_STATS:
+            try:
+                with open(f"/sys/kernel/debug/kvm/{d}/{name}") as f:
+                    totals[name] = totals.get(name, 0) + int(f.read())
+            except (OSError, ValueError):
+                pass
+    return totals
+
+
 class Sample:
-    """CPU time of the whole VMM (its live threads) and of its vCPU threads, in seconds."""
+    """CPU time of the whole VMM (its live threads) and of its vCPU threads, in seconds,
+    and its VMs' KVM exit counters."""
 
     def __init__(self, pid, vcpu_tids):
         self.wall = time.perf_counter()
+        self.kvm = kvm_stats(pid)
         try:
             tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
         except OSError:
@@ -146,7 +174,10 @@ def run_vmm(vmm, argv, count):
                 # threads that started during the run count from 0, ones that ended are lost
                 total = sum(ns - start.threads.get(tid, 0) for tid, ns in end.threads.items()) / 1e9
                 vcpu = end.vcpu - start.vcpu
+                exits = {name: (end.kvm[name] - start.kvm.get(name, 0)) / count
+                         for name in end.kvm}
                 return {
+                    "exits_per_io": exits,
                     "guest_s": guest_ns / 1e9,
                     "host_s": end.wall - start.wall,
                     "cpu_us_per_io": total / count * 1e6,
@@ -168,13 +199,24 @@ def run_vmm(vmm, argv, count):
                        f"\nstderr: {err[-2000:]}")
 
 
+def _exits_text(res):
+    e = res["exits_per_io"]
+    if not e:
+        return ""
+    return (f", exits/IO {e.get('exits', 0):.2f} (MMIO to VMM {e.get('mmio_exits', 0):.2f}, "
+            f"PIO {e.get('io_exits', 0):.2f}, HLT {e.get('halt_exits', 0):.2f})")
+
+
 def xvm_argv(kernel, image, cmdline):
     return [sys.executable, os.path.abspath(__file__), "--xvm-child", kernel, image, cmdline]
 
 
 def qemu_argv(kernel, image, cmdline, fmt="raw"):
+    # A guest that wants interrupts needs its device's line: microvm names it on the kernel
+    # command line (virtio_mmio.device=...:<irq>) only without ACPI.
+    machine = "microvm,acpi=off" if " irq=1" in cmdline else "microvm"
     return [
-        "qemu-system-x86_64", "-accel", "kvm", "-M", "microvm", "-m", f"{MEMORY_MIB}M", "-smp", "1",
+        "qemu-system-x86_64", "-accel", "kvm", "-M", machine, "-m", f"{MEMORY_MIB}M", "-smp", "1",
         "-name", "bench-blk,debug-threads=on",  # names the vCPU thread "CPU 0/KVM"
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
         "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
@@ -219,6 +261,8 @@ def main():
     parser.add_argument("--image-mib", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="fewer I/Os per run")
     parser.add_argument("--only", help="run only workloads whose name contains this")
+    parser.add_argument("--irq", action="store_true",
+                        help="the guest waits for interrupts (as Linux does), not polling")
     parser.add_argument("--xvm-child", nargs=3, metavar=("KERNEL", "IMAGE", "CMDLINE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.xvm_child:
@@ -240,6 +284,8 @@ def main():
             for name, op, bs, depth, count, quick in workloads:
                 n = quick if args.quick else count
                 cmdline = f"mode=bench op={op} bs={bs} count={n} depth={depth}"
+                if args.irq:
+                    cmdline += " irq=1"
                 order = ("xvm", "qemu") if r % 2 == 0 else ("qemu", "xvm")
                 for vmm in order:
                     argv = (xvm_argv if vmm == "xvm" else qemu_argv)(kernel, image, cmdline)
@@ -251,7 +297,7 @@ def main():
                     print(f"  round {r + 1} {name:20} {vmm:4}: {res['rate']:8.2f} {unit:5} "
                           f"guest {res['guest_s']:.3f} s host {res['host_s']:.3f} s, CPU/IO "
                           f"{res['cpu_us_per_io']:7.1f} us (without vCPU thread "
-                          f"{res['cpu_us_per_io_no_vcpu']:6.1f} us)", flush=True)
+                          f"{res['cpu_us_per_io_no_vcpu']:6.1f} us){_exits_text(res)}", flush=True)
 
     def med(name, vmm, key):
         return statistics.median(r[key] for r in results[(name, vmm)])
@@ -266,6 +312,11 @@ def main():
         nx, nq = med(name, "xvm", "cpu_us_per_io_no_vcpu"), med(name, "qemu", "cpu_us_per_io_no_vcpu")
         print(f"{name:20} {x:10.2f} {q:10.2f} {x / q:8.2f}   {cx:13.1f} {cq:7.1f} {cx / cq:6.2f}   "
               f"{nx:12.1f} {nq:7.1f} {nx / nq if nq else float('nan'):6.2f}   ({unit})")
+        for vmm in ("xvm", "qemu"):
+            per_io = [r["exits_per_io"] for r in results[(name, vmm)] if r["exits_per_io"]]
+            if per_io:
+                print(f"{'':20} {vmm} KVM exits per I/O: " + ", ".join(
+                    f"{k} {statistics.median(e.get(k, 0) for e in per_io):.2f}" for k in KVM_STATS))
     return 0
 
 
