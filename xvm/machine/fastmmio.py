@@ -9,6 +9,9 @@ serving those exits itself, and returns only for every other exit, which the Pyt
 loop handles as before.  Only an exactly 32-bit access of the register's kind is
 served here; any other width, or a write to a read register, takes the Python path
 (which checks it and logs the illegal access).
+
+The table is made once, when the vCPUs start (:meth:`.devices.DeviceManager.fast_mmio`):
+virtio-mmio windows are placed when the machine is built and never move.
 """
 from ..devices.virtio import native as _native_loader
 from ..kvm.ffi import IOCTLS
