@@ -55,14 +55,22 @@ def test_a_silent_job_is_stopped_by_the_heartbeat_and_retried_once(tmp_path):
     # Reports that a test started (as the inner pytest's progress plugin does), then prints
     # nothing and sleeps: a hung TCG machine looks exactly like this from outside.
     command = f'echo "start {name}" >> "$XVM_TESTHOST_PROGRESS"; exec sleep 3600'
-    stream = io.StringIO()
-    host = TestHost(mode="tcg", retries=1, stall_timeout=STALL, stream=stream)
-    start = time.monotonic()
-    with pytest.raises(TestHostTimeout) as caught:
-        host.run(command, timeout=600, cwd=REPO, results_dir=tmp_path)
-    wall = time.monotonic() - start
-    error = caught.value
-    assert error.attempts == 2
+    for scenario in range(2):
+        # On a loaded machine the second attempt's own kernel may report a stall while it still
+        # boots: stopped and retried as it should be, but the job never started, so the
+        # heartbeat went untried.  Then the scenario runs once more.
+        results = tmp_path / f"scenario-{scenario}"
+        results.mkdir()
+        stream = io.StringIO()
+        host = TestHost(mode="tcg", retries=1, stall_timeout=STALL, stream=stream)
+        start = time.monotonic()
+        with pytest.raises(TestHostTimeout) as caught:
+            host.run(command, timeout=600, cwd=REPO, results_dir=results)
+        wall = time.monotonic() - start
+        error = caught.value
+        assert error.attempts == 2
+        if not (error.boot_time is None and error.reason.startswith("the test host's kernel reported a hang")):
+            break
     assert error.running == name
     assert f"no console output and no progress for {STALL:g} s while running {name}" in str(error)
     assert error.boot_time is not None
@@ -72,7 +80,7 @@ def test_a_silent_job_is_stopped_by_the_heartbeat_and_retried_once(tmp_path):
     # the first attempt hung too (the same stall, or, on a loaded machine, a soft lockup its kernel reported)
     assert re.search(r"attempt 1 hung \((no console output and no progress|the test host's kernel reported)"
                      r".*\); retrying", stream.getvalue()), stream.getvalue()
-    ctl = tmp_path / ".xvm-testhost"
+    ctl = results / ".xvm-testhost"
     assert (ctl / "console-1.log").exists() and (ctl / "console-2.log").exists()
     assert (ctl / "progress-2.log").read_text() == f"start {name}\n"
 
