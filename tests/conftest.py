@@ -6,6 +6,7 @@ import pathlib
 import shutil
 import tempfile
 import threading
+import warnings
 
 import pytest
 
@@ -89,7 +90,35 @@ def state_dir(monkeypatch):
     path = tempfile.mkdtemp(prefix="xvm-", dir="/tmp")
     monkeypatch.setenv("XVM_STATE_DIR", path)
     yield path
+    left = kill_processes_of(path)
+    if left:  # the test's own teardown did not stop them: they would run on, orphaned, all session
+        warnings.warn(f"state directory {path}: killed {len(left)} process(es) still serving it: {left}")
     shutil.rmtree(path, ignore_errors=True)
+
+
+def kill_processes_of(state):
+    """SIGKILL every process started with ``--state-dir STATE`` (its VMMs, their fork server,
+    an xvmd); returns their command lines."""
+    import signal
+
+    killed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        for i, arg in enumerate(argv[:-1]):
+            if arg == b"--state-dir" and argv[i + 1] == os.fsencode(state):
+                try:
+                    os.kill(int(entry), signal.SIGKILL)
+                    killed.append(b" ".join(argv).decode(errors="replace").strip())
+                except OSError:
+                    pass
+                break
+    return killed
 
 
 def destroy_all(host):
