@@ -13,12 +13,6 @@ QEMU does) and under `qemu-system-x86_64 -accel kvm -M microvm` with `virtio-blk
 (virtio-mmio version 2), alternating which goes first; both on the same raw image in the
 host page cache (xvm cache="none", QEMU's default cache=writeback: neither uses O_DIRECT).
 
-With --irq the guest waits for each completion as Linux's virtio-mmio driver does (used-buffer
-interrupts, HLT, an InterruptStatus read and an InterruptACK write per interrupt) instead of
-polling the used ring: that adds the vCPU thread's exit path to every I/O.  Where perf may count
-KVM's tracepoints, each run also prints per I/O the exits that reached the VMM's userspace, KVM's
-MMIO and port-I/O events and the MSIs raised (interrupts, through the irqfd).
-
 With XVM_BENCH_PROCESS=1 in the environment xvm runs as users run it, in a VMM process of
 its own (``xvm.connect()``): the rates then compare process mode; its CPU figures count only
 the client and mean nothing.
@@ -32,7 +26,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -117,44 +110,6 @@ def _comm(pid, tid):
         return ""
 
 
-# KVM tracepoints counted per VMM process during the run, where perf can count them
-# (kvm_mmio fires once for a write, twice for a read: when it leaves for the VMM and when
-# the VMM's data comes back).
-KVM_EVENTS = ("kvm:kvm_userspace_exit", "kvm:kvm_mmio", "kvm:kvm_pio", "kvm:kvm_msi_set_irq")
-
-
-class ExitCounter:
-    """``perf stat`` on the tracepoints of KVM_EVENTS for process ``pid``; ``stop()``
-    returns ``{event: count}``, or {} when perf is not there or may not count them."""
-
-    def __init__(self, pid):
-        self.proc = None
-        if shutil.which("perf") is None:
-            return
-        try:
-            self.proc = subprocess.Popen(["perf", "stat", "-x", ",", "-e", ",".join(KVM_EVENTS),
-                                          "-p", str(pid)], stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, text=True)
-        except OSError:
-            self.proc = None
-
-    def stop(self):
-        if self.proc is None:
-            return {}
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            err = self.proc.communicate(timeout=10)[1]
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return {}
-        counts = {}
-        for line in err.splitlines():
-            fields = line.split(",")
-            if len(fields) > 2 and fields[2] in KVM_EVENTS and fields[0].isdigit():
-                counts[fields[2].split(":")[1]] = int(fields[0])
-        return counts
-
-
 class Sample:
     """CPU time of the whole VMM (its live threads) and of its vCPU threads, in seconds."""
 
@@ -170,11 +125,11 @@ class Sample:
         self.vcpu = sum(per_thread.get(tid, 0) for tid in vcpu_tids) / 1e9
 
 
-def run_vmm(vmm, argv, count, env=None):
+def run_vmm(vmm, argv, count):
     """Run one VMM until the guest reports; returns a dict of figures."""
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    vcpu_tids, start, console, counter = [], None, [], None
+                            stderr=subprocess.PIPE, text=True)
+    vcpu_tids, start, console = [], None, []
     try:
         for line in proc.stdout:
             console.append(line)
@@ -185,16 +140,13 @@ def run_vmm(vmm, argv, count, env=None):
                     vcpu_tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")
                                  if re.fullmatch(r"CPU \d+/KVM", _comm(proc.pid, t))]
                 start = Sample(proc.pid, vcpu_tids)
-                counter = ExitCounter(proc.pid)
             elif (m := RESULT.search(line)) and start is not None:
                 end = Sample(proc.pid, vcpu_tids)
-                events = counter.stop()
                 guest_ns = int(m.group(3))
                 # threads that started during the run count from 0, ones that ended are lost
                 total = sum(ns - start.threads.get(tid, 0) for tid, ns in end.threads.items()) / 1e9
                 vcpu = end.vcpu - start.vcpu
                 return {
-                    "exits_per_io": {name: n / count for name, n in events.items()},
                     "guest_s": guest_ns / 1e9,
                     "host_s": end.wall - start.wall,
                     "cpu_us_per_io": total / count * 1e6,
@@ -203,9 +155,6 @@ def run_vmm(vmm, argv, count, env=None):
             elif "blk: FAIL" in line:
                 break
     finally:
-        if counter is not None and counter.proc is not None and counter.proc.poll() is None:
-            counter.proc.kill()
-            counter.proc.wait()
         if proc.poll() is None:
             try:
                 proc.wait(timeout=20)
@@ -219,23 +168,13 @@ def run_vmm(vmm, argv, count, env=None):
                        f"\nstderr: {err[-2000:]}")
 
 
-def _exits_text(res):
-    e = res["exits_per_io"]
-    if not e:
-        return ""
-    return ("; per I/O: " + ", ".join(f"{name} {n:.2f}" for name, n in e.items()))
-
-
 def xvm_argv(kernel, image, cmdline):
     return [sys.executable, os.path.abspath(__file__), "--xvm-child", kernel, image, cmdline]
 
 
 def qemu_argv(kernel, image, cmdline, fmt="raw"):
-    # A guest that wants interrupts needs its device's line: microvm names it on the kernel
-    # command line (virtio_mmio.device=...:<irq>) only without ACPI.
-    machine = "microvm,acpi=off" if " irq=1" in cmdline else "microvm"
     return [
-        "qemu-system-x86_64", "-accel", "kvm", "-M", machine, "-m", f"{MEMORY_MIB}M", "-smp", "1",
+        "qemu-system-x86_64", "-accel", "kvm", "-M", "microvm", "-m", f"{MEMORY_MIB}M", "-smp", "1",
         "-name", "bench-blk,debug-threads=on",  # names the vCPU thread "CPU 0/KVM"
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
         "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
@@ -280,11 +219,6 @@ def main():
     parser.add_argument("--image-mib", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="fewer I/Os per run")
     parser.add_argument("--only", help="run only workloads whose name contains this")
-    parser.add_argument("--irq", action="store_true",
-                        help="the guest waits for interrupts (as Linux does), not polling")
-    parser.add_argument("--python-exits", action="store_true",
-                        help="also run xvm with XVM_FAST_MMIO=0 (every MMIO exit through the "
-                             "Python bus) as a third peer, 'xvm-py'")
     parser.add_argument("--xvm-child", nargs=3, metavar=("KERNEL", "IMAGE", "CMDLINE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.xvm_child:
@@ -296,9 +230,7 @@ def main():
 
     kernel = guest("blk")
     workloads = [w for w in WORKLOADS if not args.only or args.only in w[0]]
-    vmms = ("xvm", "qemu") + (("xvm-py",) if args.python_exits else ())
-    python_exits_env = dict(os.environ, XVM_FAST_MMIO="0")
-    results = {(w[0], vmm): [] for w in workloads for vmm in vmms}
+    results = {(w[0], vmm): [] for w in workloads for vmm in ("xvm", "qemu")}
     with tempfile.TemporaryDirectory(prefix="bench-blk-", dir="/var/tmp") as tmp:
         image = os.path.join(tmp, "disk.img")
         make_image(image, args.image_mib)
@@ -308,20 +240,18 @@ def main():
             for name, op, bs, depth, count, quick in workloads:
                 n = quick if args.quick else count
                 cmdline = f"mode=bench op={op} bs={bs} count={n} depth={depth}"
-                if args.irq:
-                    cmdline += " irq=1"
-                order = vmms[r % len(vmms):] + vmms[:r % len(vmms)] if r % 2 == 0 else vmms[::-1]
+                order = ("xvm", "qemu") if r % 2 == 0 else ("qemu", "xvm")
                 for vmm in order:
-                    argv = (qemu_argv if vmm == "qemu" else xvm_argv)(kernel, image, cmdline)
+                    argv = (xvm_argv if vmm == "xvm" else qemu_argv)(kernel, image, cmdline)
                     if name.endswith(" cold"):
                         drop_cache(image)
-                    res = run_vmm(vmm, argv, n, python_exits_env if vmm == "xvm-py" else None)
+                    res = run_vmm(vmm, argv, n)
                     res["rate"], unit = rate(name, bs, n, res["guest_s"])
                     results[(name, vmm)].append(res)
-                    print(f"  round {r + 1} {name:20} {vmm:6}: {res['rate']:8.2f} {unit:5} "
+                    print(f"  round {r + 1} {name:20} {vmm:4}: {res['rate']:8.2f} {unit:5} "
                           f"guest {res['guest_s']:.3f} s host {res['host_s']:.3f} s, CPU/IO "
                           f"{res['cpu_us_per_io']:7.1f} us (without vCPU thread "
-                          f"{res['cpu_us_per_io_no_vcpu']:6.1f} us){_exits_text(res)}", flush=True)
+                          f"{res['cpu_us_per_io_no_vcpu']:6.1f} us)", flush=True)
 
     def med(name, vmm, key):
         return statistics.median(r[key] for r in results[(name, vmm)])
@@ -336,16 +266,6 @@ def main():
         nx, nq = med(name, "xvm", "cpu_us_per_io_no_vcpu"), med(name, "qemu", "cpu_us_per_io_no_vcpu")
         print(f"{name:20} {x:10.2f} {q:10.2f} {x / q:8.2f}   {cx:13.1f} {cq:7.1f} {cx / cq:6.2f}   "
               f"{nx:12.1f} {nq:7.1f} {nx / nq if nq else float('nan'):6.2f}   ({unit})")
-        if args.python_exits:
-            p, cp = med(name, "xvm-py", "rate"), med(name, "xvm-py", "cpu_us_per_io")
-            print(f"{'':20} xvm-py (XVM_FAST_MMIO=0) {p:.2f} {unit}, {p / q:.2f}x qemu, CPU/IO "
-                  f"{cp:.1f} us ({cp / cq:.2f}x qemu); xvm/xvm-py {x / p:.2f}")
-        for vmm in vmms:
-            per_io = [r["exits_per_io"] for r in results[(name, vmm)] if r["exits_per_io"]]
-            if per_io:
-                names = [name.split(":")[1] for name in KVM_EVENTS]
-                print(f"{'':20} {vmm} per I/O (median): " + ", ".join(
-                    f"{k} {statistics.median(e.get(k, 0) for e in per_io):.2f}" for k in names))
     return 0
 
 

@@ -16,13 +16,7 @@
  *                     depth=<chains in flight> (1): "blk: bench start ..." then
  *                     "blk: bench <op> <count> ios in <ns> ns" (TSC, calibrated
  *                     against the LAPIC timer), then spins linger_ms= (300) before
- *                     powering off, so the host can sample the VMM's threads;
- *                     irq=1: completions are waited for as Linux's virtio-mmio
- *                     driver does, not polled: used-buffer interrupts on, HLT
- *                     until one arrives, whose handler reads InterruptStatus and
- *                     writes it back to InterruptACK (two MMIO exits a completion);
- *                     the line is the device's `virtio_mmio.device=` irq, else
- *                     (xvm's window) GSI 16 + slot
+ *                     powering off, so the host can sample the VMM's threads
  *   soak              writes the verify pattern to chunks=<n> (8) chunks of
  *                     chunk=<sectors> (256), then forever: reads chunk r%n into
  *                     one buffer (no vCPU write to it: only the device writes it)
@@ -35,8 +29,8 @@
  *                     so that a migration's first pass has that much to send
  *                     after the buffer
  *
- * A failure prints "blk: FAIL <what>" and powers off.  No interrupts (but for
- * bench irq=1): the used ring is polled.
+ * A failure prints "blk: FAIL <what>" and powers off.  No interrupts: the used
+ * ring is polled.
  */
 #include "rt.h"
 #include "virtio_mmio.h"
@@ -301,68 +295,6 @@ static void readonly(void)
 
 /* ---- bench */
 
-#define BLK_VECTOR	0x42
-#define TICK_VECTOR	0x43
-#define XVM_MMIO_BASE	0xd0000000UL	/* xvm's windows: 4 KiB apart from GSI 16 on */
-#define XVM_MMIO_STRIDE	0x1000UL
-#define XVM_FIRST_GSI	16
-
-static volatile u64 blk_irqs, blk_isr_zero;
-
-/* Linux's vm_interrupt(): read InterruptStatus, acknowledge what it says. */
-static void blk_irq(struct trap_frame *f)
-{
-	(void)f;
-	u32 isr = vmmio_read32(&dev, VIRTIO_MMIO_INTERRUPT_STATUS);
-	if (isr)
-		vmmio_write32(&dev, VIRTIO_MMIO_INTERRUPT_ACK, isr);
-	else
-		blk_isr_zero++;
-	blk_irqs++;
-	lapic_eoi();
-}
-
-/* The periodic tick only bounds a lost wake-up (an interrupt taken just before HLT). */
-static void tick_irq(struct trap_frame *f)
-{
-	(void)f;
-	lapic_eoi();
-}
-
-static void irq_setup(void)
-{
-	u32 pin = dev.irq;
-	u64 base = (u64)dev.base;
-	if (!pin && base >= XVM_MMIO_BASE && base < XVM_MMIO_BASE + 8 * XVM_MMIO_STRIDE)
-		pin = XVM_FIRST_GSI + (u32)((base - XVM_MMIO_BASE) / XVM_MMIO_STRIDE);
-	if (!pin)
-		fail("irq=1: the device's interrupt line is unknown (base)", (long)base, 0);
-	lapic_enable();
-	irq_register(BLK_VECTOR, blk_irq);
-	irq_register(TICK_VECTOR, tick_irq);
-	ioapic_route((int)pin, BLK_VECTOR, lapic_id());
-	lapic_timer_periodic(TICK_VECTOR, 10000);
-	*(volatile u16 *)&vq.avail->flags = 0;	/* §2.7.7: used-buffer interrupts wanted */
-	printf("blk: interrupts on pin %u\n", pin);
-}
-
-/* Wait for one completion in HLT, as an idle Linux guest does; returns its slot. */
-static int complete_irq(u32 *len)
-{
-	void *cookie;
-	u64 deadline = rdtsc() + tsc_hz() / 1000000 * TIMEOUT_US;
-	for (;;) {
-		if ((s64)(rdtsc() - deadline) > 0)
-			fail("request timed out after 10 s (in flight, interrupts)", vq_in_flight(&vq), (long)blk_irqs);
-		irq_disable();
-		if (vq_poll(&vq, len, &cookie) >= 0) {
-			irq_enable();
-			return (int)(u64)cookie;
-		}
-		wait_for_interrupt();
-	}
-}
-
 static u64 rng = 0x9e3779b97f4a7c15UL;
 static u64 xorshift(void)
 {
@@ -393,9 +325,6 @@ static void bench(void)
 		for (u64 i = 0; i < bs * depth; i++)
 			pool[i] = (u8)(i * 7 + 1);
 	u64 hz = tsc_hz();
-	int irq = (int)cmdline_long("irq", 0);
-	if (irq)
-		irq_setup();
 	u64 next = 0, submitted = 0, done = 0;
 	printf("blk: bench start op=%s bs=%lu count=%lu depth=%lu tsc_hz=%lu\n", op, bs, count, depth, hz);
 	u64 t0 = rdtsc();
@@ -407,7 +336,7 @@ static void bench(void)
 	vq_kick(&vq);
 	while (done < count) {
 		u32 len;
-		int k = irq ? complete_irq(&len) : complete(&len);
+		int k = complete(&len);
 		if (slots[k].status != VIRTIO_BLK_S_OK)
 			fail("bench request status (io, status)", done, slots[k].status);
 		done++;
@@ -422,8 +351,6 @@ static void bench(void)
 	u64 cycles = rdtsc() - t0;
 	u64 ns = cycles * 1000 / (hz / 1000000);
 	printf("blk: bench %s %lu ios in %lu ns\n", op, count, ns);
-	if (irq)
-		printf("blk: bench interrupts %lu (InterruptStatus 0: %lu)\n", blk_irqs, blk_isr_zero);
 	/* stay up a while: the host samples the VMM's threads after this line */
 	delay_us(cmdline_long("linger_ms", 300) * 1000);
 }

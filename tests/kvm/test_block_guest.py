@@ -184,41 +184,6 @@ def test_bench_mode_reports_and_does_the_ios(no_leaks, host, guest, tmp_path):
         assert (device.metrics.read_count, device.metrics.write_count) == (reads, writes)
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["fast-mmio", "python-exits"])
-def test_interrupt_driven_driver_acks_every_interrupt(no_leaks, host, guest, tmp_path, monkeypatch, fast):
-    """The guest waits as Linux's virtio-mmio driver does: HLT, then InterruptStatus read and
-    InterruptACK write per interrupt.  Served by the vCPU threads' C loop or, with
-    XVM_FAST_MMIO=0, by the Python bus path: the same I/Os either way, every interrupt seen
-    with its used-buffer bit set, none left pending."""
-    if not fast:
-        monkeypatch.setenv("XVM_FAST_MMIO", "0")
-    image = tmp_path / "disk.img"
-    image.write_bytes(os.urandom(4 * MiB))
-    dom = host.define(xvm.DomainConfig(name="blk", memory_mib=64, kernel=guest("blk"),
-                                       cmdline="mode=bench linger_ms=0 op=randread bs=4096 count=300 depth=1 irq=1",
-                                       disks=[xvm.Disk(str(image))]))
-    dom.start()
-    try:
-        machine = dom.machine
-        device, transport = machine.virtio[0].device, machine.virtio[0].transport
-        m = dom.console.expect(r"blk: (bench randread (\d+) ios in \d+ ns|FAIL[^\n]*)\n", timeout=30)
-        assert m.group(2) == "300", m.group(0)
-        irqs, zero = map(int, dom.console.expect(r"blk: bench interrupts (\d+) \(InterruptStatus 0: (\d+)\)",
-                                                 timeout=10).groups())
-        assert dom.wait(timeout=10) is DomainState.SHUTOFF
-    finally:
-        if dom.state is not DomainState.SHUTOFF:
-            dom.destroy()
-        dom.undefine()
-    assert device.metrics.read_count == 300
-    # Edges of completions close together coalesce in the IOAPIC, and a late handler may
-    # acknowledge the next completion's bit (its own interrupt then reads 0, as on Linux).
-    assert 0 < irqs <= 300 and zero < irqs
-    assert transport.interrupt_status == 0
-    # the handler reads InterruptStatus once per interrupt and writes InterruptACK if non-zero
-    assert machine.vcpus.fast_exits == (irqs + (irqs - zero) if fast else 0)
-
-
 QEMU = shutil.which("qemu-system-x86_64")
 
 

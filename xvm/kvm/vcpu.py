@@ -81,18 +81,14 @@ class Vcpu:
         self.thread_id = None  # pthread id of the thread inside run(), for kick()
 
     # -- running ------------------------------------------------------------
-    def run(self, enter=None):
-        """Enter the guest until the next exit; returns an :class:`~xvm.kvm.exits.Exit`.
-
-        ``enter``: a callable that does the KVM_RUN instead (and perhaps serves some exits
-        itself, :mod:`xvm.machine.fastmmio`), returning 0 or KVM_RUN's errno."""
-        if enter is None:
-            if _libc_run.ioctl(self.fd, _KVM_RUN, 0) < 0:
-                return self._run_failed(_run_ffi.errno)
-        else:
-            err = enter()
-            if err:
-                return self._run_failed(err)
+    def run(self):
+        """Enter the guest until the next exit; returns an :class:`~xvm.kvm.exits.Exit`."""
+        if _libc_run.ioctl(self.fd, _KVM_RUN, 0) < 0:
+            err = _run_ffi.errno
+            if err in (errno.EINTR, errno.EAGAIN):
+                self.run_struct.immediate_exit = 0
+                return InterruptedExit()
+            raise KvmError("KVM_RUN", err, f"vCPU {self.id}")
         page = self._run_page
         reason = _EXIT_REASON.unpack_from(page, _EXIT_REASON_AT)[0]
         if reason == _KVM_EXIT_IO:
@@ -119,12 +115,6 @@ class Vcpu:
         if reason == kvm_h.KVM_EXIT_FAIL_ENTRY:
             return FailEntryExit(run.fail_entry.hardware_entry_failure_reason)
         return UnknownExit(reason)
-
-    def _run_failed(self, err):
-        if err in (errno.EINTR, errno.EAGAIN):
-            self.run_struct.immediate_exit = 0
-            return InterruptedExit()
-        raise KvmError("KVM_RUN", err, f"vCPU {self.id}")
 
     def kick(self):
         """Make a concurrent or the next ``run()`` return InterruptedExit promptly."""

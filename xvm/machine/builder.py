@@ -103,7 +103,7 @@ def _build(machine, config, console_sink, disks, nics, pending, state=None, memo
         on_poweroff=lambda: vcpus.record_exit(ExitReason.POWEROFF),
         virtio_transport=config.virtio_transport,
     )
-    vcpus = machine.vcpus = VcpuSet(vm, devices.pio_bus, devices.mmio_bus, fast_mmio=devices.fast_mmio)
+    vcpus = machine.vcpus = VcpuSet(vm, devices.pio_bus, devices.mmio_bus)
 
     for index, disk in enumerate(config.disks):
         backend = disks[index] if disks is not None else None

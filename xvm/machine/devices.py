@@ -152,19 +152,6 @@ class DeviceManager:
         used = {slot.gsi for slot in self._of_kind("mmio")}
         return next((gsi for gsi in reversed(VIRTIO_MMIO_GSIS) if gsi not in used), -1)
 
-    def fast_mmio(self):
-        """The :class:`~.fastmmio.FastMmio` of every virtio-mmio window's registers that the
-        vCPU threads may serve in C, or None (no such register, no C module, or
-        ``XVM_FAST_MMIO=0`` in the environment: every exit through the MMIO bus)."""
-        if os.environ.get("XVM_FAST_MMIO", "1") in ("0", "no", "false", ""):
-            return None
-        registers = [(slot.base + offset, kind, word) for slot in self._of_kind("mmio")
-                     for offset, kind, word in slot.transport.fast_registers()]
-        if not registers:
-            return None
-        from .fastmmio import FastMmio
-        return FastMmio(registers)
-
     # -- ACPI -------------------------------------------------------------
     def build_acpi(self, cpus):
         """Write the ACPI tables describing these devices; returns the RSDP's address."""

@@ -39,12 +39,8 @@ class VcpuSet:
     which may then ``wait()`` or close the machine).
     """
 
-    def __init__(self, vm, pio_bus, mmio_bus, on_exit=None, fast_mmio=None):
+    def __init__(self, vm, pio_bus, mmio_bus, on_exit=None):
         self.vm = vm
-        # called once at start(): the :class:`~.fastmmio.FastMmio` whose exits the vCPU
-        # threads serve in C (None: every exit through the buses)
-        self.fast_mmio = fast_mmio
-        self._fast = None
         self.pio_bus = pio_bus
         self.mmio_bus = mmio_bus
         self.on_exit = on_exit
@@ -62,11 +58,6 @@ class VcpuSet:
     @property
     def vcpus(self):
         return self.vm.vcpus if self.vm is not None else []
-
-    @property
-    def fast_exits(self):
-        """MMIO exits the vCPU threads served in C (:mod:`.fastmmio`) so far."""
-        return self._fast.served if self._fast is not None else 0
 
     @property
     def exit(self):
@@ -91,8 +82,6 @@ class VcpuSet:
         if self._started:
             raise RuntimeError("machine already started")
         self._started = True
-        if self.fast_mmio is not None:
-            self._fast = self.fast_mmio()
         if parked:
             with self._lock:
                 self._pause_requested = True
@@ -174,7 +163,6 @@ class VcpuSet:
         pio, mmio = self.pio_bus, self.mmio_bus
         IoExit, MmioExit, InterruptedExit = exits.IoExit, exits.MmioExit, exits.InterruptedExit
         record = self.record_exit
-        enter = self._fast.runner(vcpu) if self._fast is not None else None
         first = True
         try:
             while self._exit is None:
@@ -184,7 +172,7 @@ class VcpuSet:
                     first = False
                     if self.before_first_run is not None:
                         self.before_first_run(vcpu)
-                exit = vcpu.run(enter)
+                exit = vcpu.run()
                 kind = type(exit)
                 if kind is IoExit:
                     size, data = exit.size, exit.data

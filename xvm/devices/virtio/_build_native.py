@@ -57,18 +57,6 @@ int xvm_net_rx(const struct xvm_region *regions, uint32_t nregions,
 int64_t xvm_net_tx(const struct xvm_region *regions, uint32_t nregions,
                    uintptr_t desc_table, uint32_t queue_size, uint32_t head, int indirect_ok,
                    struct xvm_piece *scratch, uint32_t max_scratch, uint32_t features, int fd);
-struct xvm_fast_reg { uint64_t gpa; uint32_t kind; uint32_t *word; };
-struct xvm_run_loop {
-    int fd; unsigned long kvm_run; unsigned char *run; uint32_t reason_at, mmio_at, exit_mmio;
-    const struct xvm_fast_reg *regs; uint32_t nregs; uint64_t served;
-};
-uint32_t xvm_word_or(uint32_t *word, uint32_t bits);
-uint32_t xvm_word_clear(uint32_t *word, uint32_t bits);
-uint32_t xvm_word_take(uint32_t *word);
-void xvm_word_store(uint32_t *word, uint32_t value);
-uint32_t xvm_word_load(const uint32_t *word);
-int xvm_fast_mmio_serve(struct xvm_run_loop *loop);
-int xvm_vcpu_run(struct xvm_run_loop *loop);
 """ + BLK_TURN_STRUCTS
 
 SOURCE = r"""
@@ -1072,96 +1060,6 @@ int64_t xvm_net_tx(const struct xvm_region *regions, uint32_t nregions,
             return XVM_TX_FALLBACK;
     }
     return (int64_t)frame_len;
-}
-
-/* ---- the vCPU run loop's common exits (xvm/machine/fastmmio.py) ------------------------
- *
- * A 32-bit status word shared by a device's Python side and this run loop: every change
- * is one atomic operation, so a bit the device sets (before it signals the irqfd) is never
- * lost to an acknowledgement the guest writes at the same time on a vCPU thread.
- */
-#include <errno.h>
-#include <sys/ioctl.h>
-
-uint32_t xvm_word_or(uint32_t *word, uint32_t bits)
-{
-    return __atomic_or_fetch(word, bits, __ATOMIC_SEQ_CST);
-}
-
-uint32_t xvm_word_clear(uint32_t *word, uint32_t bits)
-{
-    return __atomic_and_fetch(word, ~bits, __ATOMIC_SEQ_CST);
-}
-
-uint32_t xvm_word_take(uint32_t *word)
-{
-    return __atomic_exchange_n(word, 0, __ATOMIC_SEQ_CST);
-}
-
-void xvm_word_store(uint32_t *word, uint32_t value)
-{
-    __atomic_store_n(word, value, __ATOMIC_SEQ_CST);
-}
-
-uint32_t xvm_word_load(const uint32_t *word)
-{
-    return __atomic_load_n(word, __ATOMIC_SEQ_CST);
-}
-
-/* Register kinds: keep in step with xvm/machine/fastmmio.py. */
-#define XVM_FAST_READ_WORD   0   /* a 32-bit read returns the word */
-#define XVM_FAST_WRITE_CLEAR 1   /* a 32-bit write clears the bits written (InterruptACK) */
-
-struct xvm_fast_reg { uint64_t gpa; uint32_t kind; uint32_t *word; };
-struct xvm_run_loop {
-    int fd; unsigned long kvm_run; unsigned char *run; uint32_t reason_at, mmio_at, exit_mmio;
-    const struct xvm_fast_reg *regs; uint32_t nregs; uint64_t served;
-};
-
-/* struct kvm_run's mmio member (<linux/kvm.h>); its offset comes from the caller. */
-struct xvm_kvm_mmio { uint64_t phys_addr; uint8_t data[8]; uint32_t len; uint8_t is_write; };
-
-/* Serve the exit in loop->run if it is a 32-bit access of its kind to one of loop->regs:
- * 1 if served, 0 if it is for the Python run loop (anything else, at any width). */
-int xvm_fast_mmio_serve(struct xvm_run_loop *loop)
-{
-    uint32_t reason;
-    memcpy(&reason, loop->run + loop->reason_at, sizeof reason);
-    if (reason != loop->exit_mmio)
-        return 0;
-    struct xvm_kvm_mmio *mmio = (struct xvm_kvm_mmio *)(loop->run + loop->mmio_at);
-    if (mmio->len != 4)
-        return 0;
-    for (uint32_t i = 0; i < loop->nregs; i++) {
-        const struct xvm_fast_reg *reg = &loop->regs[i];
-        if (reg->gpa != mmio->phys_addr)
-            continue;
-        uint32_t value;
-        if (reg->kind == XVM_FAST_READ_WORD && !mmio->is_write) {
-            value = xvm_word_load(reg->word);
-            memcpy(mmio->data, &value, sizeof value);
-        } else if (reg->kind == XVM_FAST_WRITE_CLEAR && mmio->is_write) {
-            memcpy(&value, mmio->data, sizeof value);
-            xvm_word_clear(reg->word, value);
-        } else {
-            return 0;
-        }
-        loop->served++;
-        return 1;
-    }
-    return 0;
-}
-
-/* KVM_RUN until an exit xvm_fast_mmio_serve does not serve: 0, the exit left in
- * loop->run for the caller; or -errno from KVM_RUN (EINTR: kicked). */
-int xvm_vcpu_run(struct xvm_run_loop *loop)
-{
-    for (;;) {
-        if (ioctl(loop->fd, loop->kvm_run, 0) < 0)
-            return -errno;
-        if (!xvm_fast_mmio_serve(loop))
-            return 0;
-    }
 }
 """
 

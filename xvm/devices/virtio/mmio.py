@@ -16,7 +16,6 @@ InterruptStatus is non-zero.
 """
 import struct
 
-from .native import FAST_READ_WORD, FAST_WRITE_CLEAR
 from .transport import VirtioTransport
 
 # §4.2.2 MMIO Device Register Layout (names from <linux/virtio_mmio.h>)
@@ -88,16 +87,6 @@ class VirtioMmioDevice:
 
     notify_offset = VIRTIO_MMIO_QUEUE_NOTIFY
     size = MMIO_SIZE
-
-    def fast_registers(self):
-        """``(offset, kind, word)`` of the registers a vCPU run loop may serve in C
-        (:mod:`xvm.machine.fastmmio`): InterruptStatus and InterruptACK on the C status
-        word; none without the C module."""
-        word = self.transport.isr.cell
-        if word is None:
-            return []
-        return [(VIRTIO_MMIO_INTERRUPT_STATUS, FAST_READ_WORD, word),
-                (VIRTIO_MMIO_INTERRUPT_ACK, FAST_WRITE_CLEAR, word)]
 
     @property
     def interrupt_status(self):

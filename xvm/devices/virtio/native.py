@@ -12,11 +12,6 @@ import threading
 
 log = logging.getLogger(__name__)
 
-# Kinds of register the C run loop serves (xvm_fast_mmio_serve; keep in step with
-# XVM_FAST_* in _build_native.py).
-FAST_READ_WORD = 0  # a 32-bit read returns the word (InterruptStatus)
-FAST_WRITE_CLEAR = 1  # a 32-bit write clears the bits written (InterruptACK)
-
 _lock = threading.Lock()
 _loaded = None
 _tried = False

@@ -221,7 +221,8 @@ class PciTransport(VirtioTransport):
 
     def read_isr(self):
         """§4.1.4.5: reading the ISR status returns and clears it."""
-        value = self.isr.take()
+        with self._irq_lock:
+            value, self.interrupt_status = self.interrupt_status, 0
         return value & (VIRTIO_ISR_QUEUE | VIRTIO_ISR_CONFIG)
 
     def reset(self):

@@ -8,8 +8,8 @@ registers onto it; virtio-pci (:mod:`.pci`) its capabilities.
 
 Threads: register accesses come from vCPU threads (serialised here by a
 lock); queue service runs on the worker thread; ``interrupt_status`` is
-shared, every change to it one atomic step (:class:`InterruptStatusWord`).
-The worker never takes the register lock, so a reset, QueueReady=0 or pause may stop it while holding that lock;
+shared and guarded by its own lock.  The worker never takes the register
+lock, so a reset, QueueReady=0 or pause may stop it while holding that lock;
 queue service is bounded (:mod:`.batch`), so that stop waits for one request
 at most, and it never raises: a worker stuck in a hung backend call is
 abandoned after :data:`~.worker.STOP_TIMEOUT` and writes nothing more to the rings.
@@ -54,58 +54,6 @@ class QueueConfig:
         self.desc_table = self.avail_ring = self.used_ring = 0
 
 
-class InterruptStatusWord:
-    """The interrupt status register (§4.2.2 InterruptStatus, §4.1.4.5 ISR): its bits
-    are set by the device side and cleared by the driver's acknowledgement.
-
-    With the C module the bits live in a C word changed only by atomic operations, so the
-    vCPU run loop can serve InterruptStatus and InterruptACK in C
-    (:mod:`xvm.machine.fastmmio`, :attr:`cell`) while the worker sets bits; without it
-    (``XVM_NATIVE=0``) a Python int under a lock, the reference.
-    """
-
-    def __init__(self, native):
-        self._lock = threading.Lock()
-        self._value = 0
-        self.cell = native.ffi.new("uint32_t *") if native is not None else None
-        self._lib = native.lib if native is not None else None
-
-    @property
-    def value(self):
-        if self.cell is not None:
-            return self.cell[0]  # one aligned 32-bit load
-        return self._value
-
-    def set(self, bits):
-        if self.cell is not None:
-            self._lib.xvm_word_or(self.cell, bits)
-            return
-        with self._lock:
-            self._value |= bits
-
-    def clear(self, bits):
-        if self.cell is not None:
-            self._lib.xvm_word_clear(self.cell, bits & 0xFFFFFFFF)
-            return
-        with self._lock:
-            self._value &= ~bits
-
-    def take(self):
-        """The bits, cleared in the same step (a read-to-clear register)."""
-        if self.cell is not None:
-            return self._lib.xvm_word_take(self.cell)
-        with self._lock:
-            value, self._value = self._value, 0
-        return value
-
-    def store(self, value):
-        if self.cell is not None:
-            self._lib.xvm_word_store(self.cell, value & 0xFFFFFFFF)
-            return
-        with self._lock:
-            self._value = value
-
-
 class TransportInterrupt(Interrupt):
     """The :class:`Interrupt` a transport hands to its device."""
 
@@ -135,9 +83,7 @@ class VirtioTransport:
         self.status = DeviceStatus()
         self.driver_features = 0
         self.queue_configs = [QueueConfig(m) for m in device.queue_max_sizes]
-        # Find (or build, once per host) the C module now, on the control plane, not on a
-        # vCPU thread at DRIVER_OK.
-        self.isr = InterruptStatusWord(_native_loader.load())
+        self.interrupt_status = 0
         self.config_generation = 0
         self.illegal_access_count = 0
         self._notify_fds = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -148,10 +94,9 @@ class VirtioTransport:
         self.resample_fd = resample_fd
         self.active = False
         self.paused = False
-
-    @property
-    def interrupt_status(self):
-        return self.isr.value
+        # Find (or build, once per host) the C chain walker now, on the control plane,
+        # not on a vCPU thread at DRIVER_OK.
+        _native_loader.load()
 
     # -- notifications -----------------------------------------------------
 
@@ -182,7 +127,7 @@ class VirtioTransport:
             vectors = self._message_vectors(kind, queue)
             if vectors is None:
                 # The line-based way: the interrupt status register says why.
-                self.isr.set(bits)
+                self.interrupt_status |= bits
         if vectors is None:
             self.irq.trigger()
         else:
@@ -199,7 +144,8 @@ class VirtioTransport:
         raise NotImplementedError
 
     def ack_interrupt(self, bits):
-        self.isr.clear(bits)
+        with self._irq_lock:
+            self.interrupt_status &= ~bits
 
     def resample(self):
         """For a level-triggered line: re-raise it if the driver left bits set
@@ -422,7 +368,7 @@ class VirtioTransport:
             for config in self.queue_configs:
                 config.clear()
             with self._irq_lock:
-                self.isr.store(0)
+                self.interrupt_status = 0
             for fd in self._notify_fds:
                 drain_eventfd(fd)
 
@@ -483,7 +429,7 @@ class VirtioTransport:
                     # work a busy queue had left when it paused) are not in the state.
                     self._look_at_every_queue()
             with self._irq_lock:
-                self.isr.store(state.interrupt_status)
+                self.interrupt_status = state.interrupt_status
             if live:
                 if paused:
                     self.paused = True
