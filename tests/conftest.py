@@ -10,6 +10,8 @@ import warnings
 
 import pytest
 
+from procs import kill_processes_of
+
 TESTS = pathlib.Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("xvm_test_guests", TESTS / "guests" / "build.py")
 guest_build = importlib.util.module_from_spec(_spec)
@@ -94,31 +96,6 @@ def state_dir(monkeypatch):
     if left:  # the test's own teardown did not stop them: they would run on, orphaned, all session
         warnings.warn(f"state directory {path}: killed {len(left)} process(es) still serving it: {left}")
     shutil.rmtree(path, ignore_errors=True)
-
-
-def kill_processes_of(state):
-    """SIGKILL every process started with ``--state-dir STATE`` (its VMMs, their fork server,
-    an xvmd); returns their command lines."""
-    import signal
-
-    killed = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        for i, arg in enumerate(argv[:-1]):
-            if arg == b"--state-dir" and argv[i + 1] == os.fsencode(state):
-                try:
-                    os.kill(int(entry), signal.SIGKILL)
-                    killed.append(b" ".join(argv).decode(errors="replace").strip())
-                except OSError:
-                    pass
-                break
-    return killed
 
 
 def destroy_all(host):

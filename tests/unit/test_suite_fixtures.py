@@ -1,8 +1,8 @@
-"""The suite's own fixtures (tests/conftest.py): what a test's teardown leaves must not run on."""
+"""The suite's own fixtures (tests/conftest.py, tests/procs.py): what a test's teardown leaves must not run on."""
 import subprocess
 import sys
 
-from conftest import kill_processes_of
+from procs import kill_processes_of
 
 
 def test_processes_serving_a_state_directory_are_killed_and_named(tmp_path):
