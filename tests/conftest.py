@@ -94,7 +94,7 @@ def state_dir(monkeypatch):
     yield path
     left = kill_processes_of(path)
     if left:  # the test's own teardown did not stop them: they would run on, orphaned, all session
-        warnings.warn(f"state directory {path}: killed {len(left)} process(es) still serving it: {left}")
+        warnings.warn(f"state directory {path}: killed {len(left)} VMM or xvmd process(es) still serving it: {left}")
     shutil.rmtree(path, ignore_errors=True)
 
 
